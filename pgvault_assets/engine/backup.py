@@ -1,0 +1,178 @@
+"""One backup: pg_dump in an exported snapshot → pipeline → store, manifest last."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+
+import pgvault_assets
+from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.pipeline import Progress, encrypt_stream
+from pgvault_assets.engine.postgres import (
+    check_tool_fits_server,
+    connect,
+    server_version,
+    table_row_counts,
+    tool_env,
+)
+from pgvault_assets.engine.store import LocalStore, S3Store
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import BackupFailed, ConfigError
+from pgvault_assets.settings import DatabaseUrl
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def latest_complete_day(now: datetime) -> date:
+    return now.astimezone(UTC).date() - timedelta(days=1)
+
+
+def check_backup_date(day: date, now: datetime) -> None:
+    """Only yesterday (UTC) may be backed up: a dump taken now holds today's data, not D's."""
+    latest = latest_complete_day(now)
+    if day > latest:
+        raise ConfigError(
+            f"{day.isoformat()} is not complete yet; the latest day that can be backed up is {latest.isoformat()}"
+        )
+    if day < latest:
+        raise ConfigError(
+            f"{day.isoformat()} is in the past: a dump taken now would hold today's data labelled as "
+            f"{day.isoformat()}; only {latest.isoformat()} can be backed up now"
+        )
+
+
+def _tail_reader(stream, lines: deque[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.append(raw.decode(errors="replace").rstrip())
+
+
+def _clean_partials(vault: Vault, day: date) -> None:
+    """Remove what a killed run of this date left behind; we hold the date's lock."""
+    store = vault.store
+    if isinstance(store, LocalStore):
+        folder = store.root / vault.environment / day.isoformat()
+        for partial in folder.glob(".*.partial-*") if folder.exists() else []:
+            partial.unlink(missing_ok=True)
+    elif isinstance(store, S3Store):
+        with contextlib.suppress(Exception):
+            store.abort_stale_uploads(vault.object_key(day), older_than=timedelta(0))
+
+
+def backup_database(
+    vault: Vault,
+    url: DatabaseUrl,
+    day: date,
+    *,
+    now: Clock = utcnow,
+    level: int = 2,
+    progress: Progress | None = None,
+    enforce_date: bool = True,
+) -> Manifest:
+    """Back up `url` as the backup of `day`; return the manifest once it is written.
+
+    The object becomes a backup only when its manifest is written, after the object is
+    complete; until then, a previous backup of the same date stays intact and listed.
+    """
+    started_at = now()
+    if enforce_date:
+        check_backup_date(day, started_at)
+    keys = vault.encryption_keys()
+    context = mf.encryption_context(vault.environment, day)
+    with vault.store.lock(f"{vault.environment}-backup-{day.isoformat()}"):
+        _clean_partials(vault, day)
+        with connect(url, autocommit=False) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            snapshot = row[0]
+            major, version = server_version(conn)
+            pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
+
+            counts: dict[str, int] = {}
+            count_errors: list[BaseException] = []
+
+            def count_rows() -> None:
+                try:
+                    counts.update(table_row_counts(conn))
+                except BaseException as exc:
+                    count_errors.append(exc)
+
+            errors: deque[str] = deque(maxlen=20)
+            proc = subprocess.Popen(
+                [pg_dump, "--no-password", "--format=plain", f"--snapshot={snapshot}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=tool_env(url),
+                bufsize=1024 * 1024,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            stderr_thread = threading.Thread(
+                target=_tail_reader, args=(proc.stderr, errors), daemon=True
+            )
+            stderr_thread.start()
+            counter = threading.Thread(target=count_rows, name="pgvault-row-counts", daemon=True)
+            counter.start()
+            writer = vault.store.open_writer(vault.object_key(day))
+            try:
+                result = encrypt_stream(
+                    proc.stdout, writer, keys, context, level=level, progress=progress
+                )
+                code = proc.wait()
+                stderr_thread.join(5)
+                if code != 0:
+                    reason = next((e for e in reversed(errors) if e), f"exit status {code}")
+                    raise BackupFailed(
+                        f"pg_dump failed ({reason.removeprefix('pg_dump: ')}); "
+                        "no backup was recorded, the previous one is intact"
+                    )
+                counter.join()
+                if count_errors:
+                    raise BackupFailed(
+                        f"counting rows in the dump's snapshot failed ({count_errors[0]})"
+                    )
+                version_id = writer.commit()
+            except BaseException:
+                writer.abort()
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                raise
+        finished_at = now()
+        manifest = Manifest(
+            environment=vault.environment,
+            date=day,
+            object_key=vault.object_key(day),
+            sha256=result.sha256,
+            size_bytes=result.stored_bytes,
+            dump_size_bytes=result.dump_bytes,
+            compressed_size_bytes=result.compressed_bytes,
+            started_at=started_at,
+            finished_at=finished_at,
+            stage_seconds={
+                **result.stage_seconds,
+                "total": round((finished_at - started_at).total_seconds(), 3),
+            },
+            server_version=version,
+            pg_dump_version=pg_dump_version,
+            database=url.dbname,
+            table_rows=counts,
+            key_id=keys.key_id,
+            pgvault_version=pgvault_assets.__version__,
+            object_version_id=version_id,
+            compression_level=level,
+            encryption_context=context,
+        )
+        vault.store.put_bytes(vault.manifest_key(day), manifest.to_json())
+        return manifest

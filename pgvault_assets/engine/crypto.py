@@ -1,0 +1,181 @@
+"""Key providers for the AWS Encryption SDK message format.
+
+Backups are encrypted as standard AWS Encryption SDK messages (framed AES-256-GCM, HKDF with
+key commitment), so they can be decrypted with the SDK or `aws-encryption-cli` even without
+pgvault. The data key comes from KMS under the backup's encryption context, or, in the
+embedded default, is wrapped with a local 256-bit key file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aws_encryption_sdk
+import botocore.exceptions
+import botocore.session
+from aws_encryption_sdk.identifiers import (
+    Algorithm,
+    CommitmentPolicy,
+    EncryptionKeyType,
+    WrappingAlgorithm,
+)
+from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
+from aws_encryption_sdk.key_providers.base import MasterKeyProvider
+from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
+from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
+
+from pgvault_assets.errors import ConfigError, KeyUnavailable
+
+# Key commitment without the ECDSA signature: every reader of a backup also holds the key, so
+# a signature would add cost to every byte and protect against no one extra; the manifest's
+# SHA-256 covers tampering in storage.
+ALGORITHM = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY
+FRAME_LENGTH = 256 * 1024
+LOCAL_PROVIDER_ID = "pgvault-local"
+LOCAL_KEY_NAME = b"backup-key"
+
+SDK = aws_encryption_sdk.EncryptionSDKClient(
+    commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+)
+
+
+class KeyProvider(Protocol):
+    """Gives the Encryption SDK a master key provider and names the key for the manifest."""
+
+    key_id: str
+
+    def master_key_provider(self) -> MasterKeyProvider: ...
+
+
+class _LocalMasterKeyProvider(RawMasterKeyProvider):
+    provider_id = LOCAL_PROVIDER_ID
+
+    wrapping_key: WrappingKey
+
+    def _get_raw_key(self, key_id: bytes) -> WrappingKey:
+        return self.wrapping_key
+
+
+@dataclass(frozen=True)
+class LocalKeyProvider:
+    """A 256-bit key in a file: created owner-only on first use, never overwritten."""
+
+    path: Path
+
+    @property
+    def key_id(self) -> str:
+        return f"local:{self.fingerprint()}"
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(b"pgvault-key-fingerprint" + self._read()).hexdigest()[:16]
+
+    def ensure(self) -> None:
+        """Create the key file if it does not exist (exclusive create: never overwrite)."""
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise KeyUnavailable(
+                f"cannot create the key file {self.path} ({exc.strerror}); "
+                "check BACKUP_LOCAL_KEY_FILE and its folder's permissions"
+            ) from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(os.urandom(32))
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _read(self) -> bytes:
+        try:
+            info = self.path.stat()
+            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyUnavailable(
+                    f"the key file {self.path} is readable by other users; "
+                    f"run: chmod 600 {self.path}"
+                )
+            key = self.path.read_bytes()
+        except FileNotFoundError:
+            raise KeyUnavailable(
+                f"the key file {self.path} does not exist; restore it from your key backup "
+                "(or set BACKUP_LOCAL_KEY_FILE to where it is)"
+            ) from None
+        except PermissionError:
+            raise KeyUnavailable(
+                f"cannot read the key file {self.path}; check its permissions"
+            ) from None
+        if len(key) != 32:
+            raise KeyUnavailable(
+                f"the key file {self.path} does not hold a 256-bit key ({len(key)} bytes); "
+                "restore the right file"
+            )
+        return key
+
+    def master_key_provider(self) -> MasterKeyProvider:
+        provider = _LocalMasterKeyProvider()
+        provider.wrapping_key = WrappingKey(
+            wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
+            wrapping_key=self._read(),
+            wrapping_key_type=EncryptionKeyType.SYMMETRIC,
+        )
+        provider.add_master_key(LOCAL_KEY_NAME)
+        return provider
+
+
+@dataclass(frozen=True)
+class KmsKeyProvider:
+    """Data keys from AWS KMS under the backup's encryption context.
+
+    The strict provider encrypts under an alias but decrypts only with key ARNs, so the
+    alias is resolved once with DescribeKey and the ARN is what the manifest records.
+    """
+
+    key_id: str
+
+    @classmethod
+    def resolve(cls, key_id: str) -> KmsKeyProvider:
+        session = botocore.session.Session()
+        try:
+            client = session.create_client("kms")
+            metadata = client.describe_key(KeyId=key_id)["KeyMetadata"]
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise KeyUnavailable(
+                f"KMS key {key_id} cannot be used ({code}); check BACKUP_KMS_KEY_ID and that "
+                "this role may call kms:DescribeKey, kms:GenerateDataKey and kms:Decrypt on it"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise KeyUnavailable(f"KMS is unreachable for key {key_id} ({exc})") from None
+        if not metadata.get("Enabled", False):
+            raise KeyUnavailable(
+                f"KMS key {key_id} is {metadata.get('KeyState', 'disabled')}; enable it in KMS"
+            )
+        return cls(metadata["Arn"])
+
+    def master_key_provider(self) -> MasterKeyProvider:
+        return StrictAwsKmsMasterKeyProvider(
+            key_ids=[self.key_id], botocore_session=botocore.session.Session()
+        )
+
+
+def key_provider_for_manifest(key_id: str, local: LocalKeyProvider | None) -> KeyProvider:
+    """The provider that can decrypt a backup whose manifest names `key_id`."""
+    if key_id.startswith("local:"):
+        if local is None:
+            raise ConfigError(
+                "this backup was encrypted with a local key file; set BACKUP_LOCAL_KEY_FILE"
+            )
+        if local.key_id != key_id:
+            raise KeyUnavailable(
+                f"this backup was encrypted with local key {key_id[6:]}, but "
+                f"{local.path} holds key {local.fingerprint()}; point BACKUP_LOCAL_KEY_FILE at the right key"
+            )
+        return local
+    return KmsKeyProvider(key_id)

@@ -1,0 +1,160 @@
+"""The manifest: the record that makes a stored object a backup.
+
+A backup exists if and only if its manifest exists, and the manifest is written last, so an
+interrupted run never shows as a backup. Parsing validates every field, because a manifest is
+read back from storage that an attacker or a fault may have changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+
+from pgvault_assets.errors import IntegrityError
+
+FORMAT_VERSION = 1
+OBJECT_NAME = "db_backup.sql.gz.enc"
+MANIFEST_NAME = "manifest.json"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def object_key(environment: str, day: date) -> str:
+    return f"{environment}/{day.isoformat()}/{OBJECT_NAME}"
+
+
+def manifest_key(environment: str, day: date) -> str:
+    return f"{environment}/{day.isoformat()}/{MANIFEST_NAME}"
+
+
+def encryption_context(environment: str, day: date) -> dict[str, str]:
+    """Bound into every encrypted backup: a backup of one day or environment can't pose as another."""
+    return {"purpose": "backup", "environment": environment, "date": day.isoformat()}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    environment: str
+    date: date
+    object_key: str
+    sha256: str
+    size_bytes: int
+    dump_size_bytes: int
+    compressed_size_bytes: int
+    started_at: datetime
+    finished_at: datetime
+    stage_seconds: dict[str, float]
+    server_version: str
+    pg_dump_version: str
+    database: str
+    table_rows: dict[str, int]
+    key_id: str
+    pgvault_version: str
+    object_version_id: str | None = None
+    compression_level: int = 2
+    format_version: int = FORMAT_VERSION
+    encryption_context: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def row_total(self) -> int:
+        return sum(self.table_rows.values())
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dump bytes per stored byte (e.g. 3.4 means 70% smaller)."""
+        return (
+            self.dump_size_bytes / self.compressed_size_bytes if self.compressed_size_bytes else 0.0
+        )
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["date"] = self.date.isoformat()
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat()
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, expected_key: str | None = None) -> Manifest:
+        """Parse and validate; raise `IntegrityError` naming what is wrong."""
+        where = expected_key or "manifest"
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise IntegrityError(f"{where} is not valid JSON; do not restore this backup") from None
+        if not isinstance(data, dict):
+            raise IntegrityError(f"{where} is not a JSON object; do not restore this backup")
+        try:
+            manifest = cls(
+                environment=_str(data, "environment"),
+                date=date.fromisoformat(_str(data, "date")),
+                object_key=_str(data, "object_key"),
+                sha256=_str(data, "sha256"),
+                size_bytes=_int(data, "size_bytes"),
+                dump_size_bytes=_int(data, "dump_size_bytes"),
+                compressed_size_bytes=_int(data, "compressed_size_bytes"),
+                started_at=datetime.fromisoformat(_str(data, "started_at")),
+                finished_at=datetime.fromisoformat(_str(data, "finished_at")),
+                stage_seconds={str(k): float(v) for k, v in _dict(data, "stage_seconds").items()},
+                server_version=_str(data, "server_version"),
+                pg_dump_version=_str(data, "pg_dump_version"),
+                database=_str(data, "database"),
+                table_rows={str(k): _nonneg(v, k) for k, v in _dict(data, "table_rows").items()},
+                key_id=_str(data, "key_id"),
+                pgvault_version=_str(data, "pgvault_version"),
+                object_version_id=data.get("object_version_id"),
+                compression_level=_int(data, "compression_level"),
+                format_version=_int(data, "format_version"),
+                encryption_context={
+                    str(k): str(v) for k, v in _dict(data, "encryption_context").items()
+                },
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(
+                f"{where} is malformed ({exc}); do not restore this backup"
+            ) from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise IntegrityError(
+                f"{where} has format version {manifest.format_version}; "
+                f"this pgvault reads version {FORMAT_VERSION}"
+            )
+        if not _SHA256.match(manifest.sha256):
+            raise IntegrityError(f"{where} has an invalid sha256; do not restore this backup")
+        if expected_key is not None:
+            expected_object = expected_key.rsplit("/", 1)[0] + "/" + OBJECT_NAME
+            if manifest.object_key != expected_object:
+                raise IntegrityError(
+                    f"{where} points at {manifest.object_key!r}, not {expected_object!r}; "
+                    "do not restore this backup"
+                )
+        if manifest.encryption_context != encryption_context(manifest.environment, manifest.date):
+            raise IntegrityError(f"{where} has an unexpected encryption context")
+        return manifest
+
+
+def _str(data: dict, name: str) -> str:
+    value = data[name]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def _int(data: dict, name: str) -> int:
+    return _nonneg(data[name], name)
+
+
+def _nonneg(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _dict(data: dict, name: str) -> dict:
+    value = data[name]
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object")
+    return value

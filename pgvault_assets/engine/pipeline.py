@@ -1,0 +1,249 @@
+"""The streaming stages: compress → encrypt → hash → write, and back again for a restore.
+
+Each stage runs concurrently with the next, joined by bounded queues, so memory stays at a
+few chunks plus the store's in-flight parts however large the database is, and nothing of
+the dump ever touches local disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
+from isal import isal_zlib
+
+from pgvault_assets.engine.crypto import ALGORITHM, FRAME_LENGTH, SDK, KeyProvider
+from pgvault_assets.engine.store import ObjectWriter
+from pgvault_assets.errors import IntegrityError, KeyUnavailable
+
+CHUNK = 1024 * 1024
+QUEUE_DEPTH = 8
+GZIP_WBITS = 31  # 16 + 15: a standard gzip member that any gunzip reads
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class StageClock:
+    """Busy seconds per stage: where a slow backup spends its time."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    dump_bytes: int
+    compressed_bytes: int
+    stored_bytes: int
+    sha256: str
+    stage_seconds: dict[str, float]
+
+
+class _QueueReader:
+    """A file-like view of a queue of byte chunks; `read(n)` blocks until n bytes or the end."""
+
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            item = self._chunks.get()
+            if item is None:
+                self._done = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                self._buffer += item
+        if size < 0:
+            size = len(self._buffer)
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+    def close(self) -> None:
+        self._done = True
+
+
+def _compress_into(
+    source: BinaryIO,
+    out: queue.Queue[bytes | BaseException | None],
+    level: int,
+    counts: dict[str, int],
+    clock: StageClock,
+    progress: Progress | None,
+    stop: threading.Event,
+) -> None:
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, GZIP_WBITS)
+    try:
+        while not stop.is_set():
+            waited = time.perf_counter()
+            chunk = source.read(CHUNK)
+            clock.add("dump_wait", waited)
+            if not chunk:
+                break
+            counts["dump"] += len(chunk)
+            started = time.perf_counter()
+            packed = compressor.compress(chunk)
+            clock.add("compress", started)
+            if packed:
+                counts["compressed"] += len(packed)
+                out.put(packed)
+            if progress:
+                progress(len(chunk))
+        tail = compressor.flush()
+        counts["compressed"] += len(tail)
+        out.put(tail)
+        out.put(None)
+    except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+        out.put(exc)
+
+
+def encrypt_stream(
+    source: BinaryIO,
+    writer: ObjectWriter,
+    keys: KeyProvider,
+    context: dict[str, str],
+    *,
+    level: int = 2,
+    progress: Progress | None = None,
+) -> PipelineResult:
+    """Compress, encrypt, hash and write `source` until its end; the writer is not committed."""
+    clock = StageClock()
+    compressed: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
+    counts = {"dump": 0, "compressed": 0}
+    stop = threading.Event()
+    compressor = threading.Thread(
+        target=_compress_into,
+        args=(source, compressed, level, counts, clock, progress, stop),
+        name="pgvault-compress",
+        daemon=True,
+    )
+    digest = hashlib.sha256()
+    stored = 0
+    compressor.start()
+    try:
+        encryptor = SDK.stream(
+            mode="e",
+            source=_QueueReader(compressed),
+            key_provider=keys.master_key_provider(),
+            encryption_context=context,
+            algorithm=ALGORITHM,
+            frame_length=FRAME_LENGTH,
+        )
+        chunks = iter(encryptor)
+        while True:
+            started = time.perf_counter()
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except AWSEncryptionSDKClientError as exc:
+                raise KeyUnavailable(
+                    f"encryption failed: the data key could not be obtained ({exc})"
+                ) from None
+            clock.add("encrypt", started)
+            started = time.perf_counter()
+            digest.update(chunk)
+            clock.add("hash", started)
+            started = time.perf_counter()
+            writer.write(chunk)
+            clock.add("write", started)
+            stored += len(chunk)
+    finally:
+        stop.set()
+        # Unblock the compressor if it waits on a full queue, then let it finish.
+        while compressor.is_alive():
+            try:
+                compressed.get_nowait()
+            except queue.Empty:
+                compressor.join(0.05)
+    # The encrypt stage's time includes waiting on the compressor; report its own share.
+    clock.seconds["encrypt"] = max(
+        0.0,
+        clock.seconds.get("encrypt", 0.0)
+        - clock.seconds.get("compress", 0.0)
+        - clock.seconds.get("dump_wait", 0.0),
+    )
+    return PipelineResult(
+        dump_bytes=counts["dump"],
+        compressed_bytes=counts["compressed"],
+        stored_bytes=stored,
+        sha256=digest.hexdigest(),
+        stage_seconds={k: round(v, 3) for k, v in clock.seconds.items()},
+    )
+
+
+class HashingReader:
+    """Hashes and counts what passes through, so a download is checked while it streams."""
+
+    def __init__(self, source: BinaryIO, progress: Progress | None = None) -> None:
+        self._source = source
+        self._progress = progress
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        if self._progress and chunk:
+            self._progress(len(chunk))
+        return chunk
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def decrypt_stream(source: BinaryIO, keys: KeyProvider, context: dict[str, str]) -> Iterator[bytes]:
+    """Yield the dump's plain SQL; raise `IntegrityError` on any authentication failure.
+
+    The encryption context is checked against the expected one before the first byte is
+    yielded, so a backup of another day or environment is refused, not restored.
+    """
+    decryptor = SDK.stream(mode="d", source=source, key_provider=keys.master_key_provider())
+    decompressor = isal_zlib.decompressobj(GZIP_WBITS)
+    checked = False
+    try:
+        for chunk in decryptor:
+            if not checked:
+                actual = dict(decryptor.header.encryption_context)
+                mismatched = sorted(k for k, v in context.items() if actual.get(k) != v)
+                if mismatched:
+                    raise IntegrityError(
+                        f"the backup's encryption context differs in {', '.join(mismatched)}: "
+                        "it is not the backup it claims to be; do not restore it"
+                    )
+                checked = True
+            plain = decompressor.decompress(chunk)
+            if plain:
+                yield plain
+            if decompressor.eof and decompressor.unused_data:
+                raise IntegrityError("the backup has data after its end; do not restore it")
+    except AWSEncryptionSDKClientError as exc:
+        raise IntegrityError(
+            f"the backup failed authenticated decryption ({type(exc).__name__}: {exc}); do not restore it"
+        ) from None
+    except isal_zlib.error as exc:
+        raise IntegrityError(
+            f"the backup's compressed stream is corrupt ({exc}); do not restore it"
+        ) from None
+    tail = decompressor.flush()
+    if tail:
+        yield tail
+    if not decompressor.eof:
+        raise IntegrityError("the backup's compressed stream ends early; do not restore it")

@@ -1,0 +1,167 @@
+"""PostgreSQL processes and connections: pg_dump and psql, versions, maintenance queries.
+
+Passwords reach pg_dump and psql only through the PGPASSWORD environment variable, never
+on a command line (where `ps` would show them) and never in an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import psycopg
+from psycopg import sql
+
+from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.settings import DatabaseUrl
+
+
+class DatabaseUnavailable(PgvaultError):
+    """The database could not be reached or refused the connection."""
+
+
+def libpq_env(url: DatabaseUrl) -> dict[str, str]:
+    """The URL as libpq environment variables, so no secret is on a command line."""
+    parts = urlsplit(url.secret)
+    env = {"PGDATABASE": url.dbname, "PGCONNECT_TIMEOUT": "10"}
+    if parts.hostname:
+        env["PGHOST"] = unquote(parts.hostname)
+    if parts.port:
+        env["PGPORT"] = str(parts.port)
+    if parts.username:
+        env["PGUSER"] = unquote(parts.username)
+    if url.password:
+        env["PGPASSWORD"] = url.password
+    names = {
+        "sslmode": "PGSSLMODE",
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "user": "PGUSER",
+        "sslrootcert": "PGSSLROOTCERT",
+        "application_name": "PGAPPNAME",
+    }
+    for key, value in parse_qsl(parts.query):
+        if key in names:
+            env[names[key]] = value
+        elif key == "password":
+            env["PGPASSWORD"] = value
+    return env
+
+
+def tool_env(url: DatabaseUrl) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(libpq_env(url))
+    return env
+
+
+@contextlib.contextmanager
+def connect(url: DatabaseUrl, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
+    try:
+        conn = psycopg.connect(url.secret, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = _first_line(str(exc)).replace(url.password or "\0", "***")
+        raise DatabaseUnavailable(
+            f"cannot connect to {url} ({reason}); check that the server is up and the URL is right"
+        ) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # libpq prefixes "connection to server at ... failed:"; the reason is the interesting part.
+    return lines[-1] if lines else "unknown error"
+
+
+def server_version(conn: psycopg.Connection) -> tuple[int, str]:
+    row = conn.execute("SELECT current_setting('server_version_num')::int, version()").fetchone()
+    assert row is not None
+    return row[0] // 10000, row[1].split(" on ")[0]
+
+
+def find_tool(name: str, server_major: int) -> str:
+    """The tool matching the server's major version where Debian installs several, else PATH."""
+    candidate = Path(f"/usr/lib/postgresql/{server_major}/bin/{name}")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ConfigError(
+            f"{name} is not installed; install the PostgreSQL {server_major} client tools"
+        )
+    return found
+
+
+def tool_version(path: str) -> tuple[int, str]:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"(\d+)(?:\.(\d+))?", out)
+    if not match:
+        raise ConfigError(f"cannot read the version of {path}")
+    return int(match.group(1)), out.strip()
+
+
+def check_tool_fits_server(name: str, server_major: int) -> tuple[str, str]:
+    path = find_tool(name, server_major)
+    major, text = tool_version(path)
+    if major < server_major:
+        raise ConfigError(
+            f"{name} {major} is older than the server ({server_major}) and cannot dump it; "
+            f"install postgresql-client-{server_major}"
+        )
+    return path, text
+
+
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Ordinary tables outside the system schemas and not owned by extensions."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    return [(schema, table) for schema, table in rows]
+
+
+def table_row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    counts = {}
+    for schema, table in user_tables(conn):
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def database_exists(maintenance: psycopg.Connection, name: str) -> bool:
+    return (
+        maintenance.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        is not None
+    )
+
+
+def terminate_connections(maintenance: psycopg.Connection, name: str) -> None:
+    maintenance.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+
+
+def drop_database(maintenance: psycopg.Connection, name: str) -> None:
+    maintenance.execute(
+        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    )

@@ -1,0 +1,294 @@
+"""Verify a backup, restore it beside its target, check it, and swap it in.
+
+Nothing reaches a database before the stored object's SHA-256 matches its manifest. The
+restore goes into a fresh database; only when it is complete and its row counts match the
+manifest is it renamed into place, the old database kept for rollback. Any failure before
+the swap drops the half-built database and leaves the target exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, date
+
+import psycopg
+from psycopg import sql
+
+from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
+from pgvault_assets.engine.postgres import (
+    check_tool_fits_server,
+    connect,
+    database_exists,
+    drop_database,
+    server_version,
+    table_row_counts,
+    terminate_connections,
+    tool_env,
+)
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import IntegrityError, PgvaultError, RestoreFailed
+from pgvault_assets.settings import DatabaseUrl
+
+MAX_IDENTIFIER = 63
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    manifest: Manifest
+    sha256: str
+    size_bytes: int
+    decrypted: bool
+    dump_size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    manifest: Manifest
+    target: str
+    previous: str | None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def rollback_command(self, target_name: str) -> str | None:
+        if self.previous is None:
+            return None
+        return f"pgvault rollback-restore --target {target_name}"
+
+
+def _refuse_mismatch(manifest: Manifest, sha256: str, size: int) -> None:
+    if size != manifest.size_bytes:
+        raise IntegrityError(
+            f"backup {manifest.date} is {size} bytes but its manifest says {manifest.size_bytes} "
+            "(truncated or replaced); do not restore it, take or pick another backup"
+        )
+    if sha256 != manifest.sha256:
+        raise IntegrityError(
+            f"backup {manifest.date} failed its SHA-256 check (stored {sha256[:12]}…, manifest "
+            f"{manifest.sha256[:12]}…); do not restore it, take or pick another backup"
+        )
+
+
+def verify_backup(
+    vault: Vault, day: date, *, full: bool = True, progress: Progress | None = None
+) -> VerifyResult:
+    """Check the stored object against its manifest; with `full`, also decrypt it all."""
+    manifest = vault.read_manifest(day)
+    with contextlib.closing(
+        vault.store.open_reader(manifest.object_key, manifest.object_version_id)
+    ) as raw:
+        reader = HashingReader(raw, progress)
+        if not full:
+            reader.drain()
+            _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+            return VerifyResult(manifest, reader.hexdigest(), reader.size, False, None)
+        keys = vault.decryption_keys(manifest)
+        plain = 0
+        try:
+            for chunk in decrypt_stream(reader, keys, manifest.encryption_context):
+                plain += len(chunk)
+        except IntegrityError:
+            reader.drain()
+            _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+            raise
+        reader.drain()
+    _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+    if plain != manifest.dump_size_bytes:
+        raise IntegrityError(
+            f"backup {day} decrypts to {plain} bytes, not the {manifest.dump_size_bytes} its manifest "
+            "records; do not restore it"
+        )
+    return VerifyResult(manifest, reader.hexdigest(), reader.size, True, plain)
+
+
+def _scratch_name(target: str, label: str, stamp: str) -> str:
+    suffix = f"_{label}_{stamp}"
+    return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
+
+
+def _feed_psql(
+    vault: Vault, manifest: Manifest, url: DatabaseUrl, psql: str, progress: Progress | None
+) -> None:
+    errors: deque[str] = deque(maxlen=20)
+    proc = subprocess.Popen(
+        [psql, "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=tool_env(url),
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    stderr = proc.stderr
+
+    def collect() -> None:
+        for line in iter(stderr.readline, b""):
+            errors.append(line.decode(errors="replace").rstrip())
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    try:
+        with contextlib.closing(
+            vault.store.open_reader(manifest.object_key, manifest.object_version_id)
+        ) as raw:
+            reader = HashingReader(raw, progress)
+            keys = vault.decryption_keys(manifest)
+            try:
+                for chunk in decrypt_stream(reader, keys, manifest.encryption_context):
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass
+            reader.drain()
+            # The object was checked before; check again what was actually restored.
+            _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        code = proc.wait()
+        collector.join(5)
+        if code != 0:
+            reason = next((e for e in errors if "ERROR" in e or "FATAL" in e), None) or (
+                errors[-1] if errors else f"exit status {code}"
+            )
+            raise RestoreFailed(f"psql failed while restoring ({reason.removeprefix('psql:')})")
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        raise
+
+
+def _compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str]:
+    problems = []
+    for table in sorted(set(expected) | set(actual)):
+        if expected.get(table) != actual.get(table):
+            problems.append(
+                f"{table}: backup {expected.get(table, 'missing')}, restored {actual.get(table, 'missing')}"
+            )
+    return problems
+
+
+def swap_databases(
+    maintenance: psycopg.Connection, target: str, replacement: str, keep_as: str | None
+) -> None:
+    """Put `replacement` in `target`'s place in one transaction; keep the old one as `keep_as`.
+
+    New connections to the target are refused while its sessions are ended, so a client that
+    reconnects at the wrong moment cannot block the rename; on failure they are allowed again.
+    """
+    exists = database_exists(maintenance, target)
+    ident = sql.Identifier
+    if exists:
+        maintenance.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(target))
+        )
+    try:
+        for _ in range(50):
+            if exists:
+                terminate_connections(maintenance, target)
+            try:
+                with maintenance.transaction():
+                    if exists:
+                        maintenance.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                ident(target), ident(keep_as)
+                            )
+                        )
+                    maintenance.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            ident(replacement), ident(target)
+                        )
+                    )
+                break
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.1)
+        else:
+            raise RestoreFailed(f"clients kept reconnecting to {target}; stop them and retry")
+    except BaseException:
+        if exists:
+            with contextlib.suppress(psycopg.Error):
+                maintenance.execute(
+                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(target))
+                )
+        raise
+
+
+def restore_backup(
+    vault: Vault,
+    day: date,
+    target_url: DatabaseUrl,
+    *,
+    full_verify: bool = False,
+    now: Clock = utcnow,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the backup of `day` into `target_url`'s database by a checked swap."""
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    verified = verify_backup(vault, day, full=full_verify)
+    manifest = verified.manifest
+    stages["verify"] = round(time.perf_counter() - started, 3)
+    target = target_url.dbname
+    stamp = now().astimezone(UTC).strftime("%Y%m%d%H%M%S")
+    scratch = _scratch_name(target, "restore", stamp)
+    keep_as = _scratch_name(target, "pre_restore", stamp)
+    with connect(target_url.with_dbname("postgres")) as maintenance:
+        major, _ = server_version(maintenance)
+        psql, _ = check_tool_fits_server("psql", major)
+        maintenance.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch))
+        )
+        try:
+            started = time.perf_counter()
+            _feed_psql(vault, manifest, target_url.with_dbname(scratch), psql, progress)
+            stages["restore"] = round(time.perf_counter() - started, 3)
+            started = time.perf_counter()
+            with connect(target_url.with_dbname(scratch)) as restored:
+                problems = _compare_counts(manifest.table_rows, table_row_counts(restored))
+            if problems:
+                raise RestoreFailed(
+                    "restored row counts differ from the backup's manifest: "
+                    + "; ".join(problems[:5])
+                )
+            stages["check"] = round(time.perf_counter() - started, 3)
+            started = time.perf_counter()
+            had_target = database_exists(maintenance, target)
+            swap_databases(maintenance, target, scratch, keep_as if had_target else None)
+            stages["swap"] = round(time.perf_counter() - started, 3)
+        except BaseException:
+            with contextlib.suppress(psycopg.Error, PgvaultError):
+                drop_database(maintenance, scratch)
+            raise
+    return RestoreResult(manifest, target, keep_as if had_target else None, stages)
+
+
+def previous_databases(url: DatabaseUrl) -> list[str]:
+    """Databases kept by earlier restores of `url`'s database, newest first."""
+    prefix = _scratch_name(url.dbname, "pre_restore", "0" * 14)[:-14]
+    with connect(url.with_dbname("postgres")) as maintenance:
+        rows = maintenance.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY datname DESC",
+            (prefix,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str]:
+    """Swap the newest kept database back in; the restored one is kept in turn."""
+    kept = previous_databases(url)
+    if not kept:
+        raise RestoreFailed(
+            f"there is no earlier database kept for {url.dbname}; nothing to roll back"
+        )
+    target = url.dbname
+    stamp = now().astimezone(UTC).strftime("%Y%m%d%H%M%S")
+    keep_as = _scratch_name(target, "rolled_back", stamp)
+    with connect(url.with_dbname("postgres")) as maintenance:
+        maintenance.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(kept[0]))
+        )
+        swap_databases(maintenance, target, kept[0], keep_as)
+    return kept[0], keep_as

@@ -1,0 +1,465 @@
+"""Where backups live: a local directory (the embedded default) or an S3 bucket.
+
+Both stores speak one interface so the engine never asks which it has. Objects are written
+through an `ObjectWriter` that makes nothing visible until `commit()`: a local temporary file
+renamed into place, or an S3 multipart upload completed. `abort()` leaves no trace.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from pgvault_assets.errors import LockBusy, StoreError
+
+PART_SIZE = 8 * 1024 * 1024
+BOTO_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 6}, connect_timeout=10, read_timeout=60
+)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size_bytes: int
+    modified_at: datetime
+
+
+class ObjectWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> str | None:
+        """Make the object visible; return its version id where the store keeps versions."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Store(Protocol):
+    location: str
+
+    def open_writer(self, key: str) -> ObjectWriter: ...
+
+    def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO: ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes | None: ...
+
+    def list(self, prefix: str) -> list[StoredObject]: ...
+
+    def delete(self, key: str) -> int: ...
+
+    def lock(
+        self, name: str, *, wait_seconds: float = 0
+    ) -> contextlib.AbstractContextManager[None]: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents owner-only (mkdir's mode covers only the last)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def _local_error(exc: OSError, what: str, path: Path) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(
+            f"the local store's disk is full while {what} {path}; free space or set BACKUP_LOCAL_DIR elsewhere"
+        )
+    return StoreError(
+        f"local store failed while {what} {path} ({exc.strerror}); check BACKUP_LOCAL_DIR"
+    )
+
+
+class _LocalWriter:
+    def __init__(self, final: Path) -> None:
+        self._final = final
+        self._tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
+        try:
+            _private_dirs(final.parent)
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+            os.chmod(self._tmp, 0o600)
+        except OSError as exc:
+            raise _local_error(exc, "creating", self._tmp) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _local_error(exc, "writing", self._final) from None
+
+    def commit(self) -> str | None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._final)
+            _fsync_dir(self._final.parent)
+        except OSError as exc:
+            self.abort()
+            raise _local_error(exc, "committing", self._final) from None
+        return None
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+class LocalStore:
+    """Backups in a directory tree that mirrors the S3 key layout, owner-only permissions."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StoreError(f"refusing a key outside the store: {key!r}")
+        return path
+
+    def _ensure_root(self) -> None:
+        try:
+            _private_dirs(self.root)
+        except OSError as exc:
+            raise _local_error(exc, "creating", self.root) from None
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        self._ensure_root()
+        return _LocalWriter(self._path(key))
+
+    def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"{key} is missing from the local store {self.root}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        writer = self.open_writer(key)
+        writer.write(data)
+        writer.commit()
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        base = self._path(prefix) if prefix else self.root
+        start = base if base.is_dir() else base.parent
+        found = []
+        if not start.exists():
+            return []
+        for path in start.rglob("*"):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                info = path.stat()
+                found.append(
+                    StoredObject(key, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+                )
+        return sorted(found, key=lambda o: o.key)
+
+    def delete(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+        return 1
+
+    def partial_uploads(self) -> list[Path]:
+        """Temporary files left by a killed writer (cleaned by `cleanup_partials`)."""
+        return [p for p in self.root.rglob(".*.partial-*")] if self.root.exists() else []
+
+    @contextlib.contextmanager
+    def lock(self, name: str, *, wait_seconds: float = 0) -> Iterator[None]:
+        """An flock: the kernel releases it when the holder dies, so a crash never wedges it."""
+        self._ensure_root()
+        path = self.root / ".locks" / f"{name}.lock"
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+") as handle:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip() or "another process"
+                        raise LockBusy(
+                            f"{name} is locked by {holder}; wait for it to finish and try again"
+                        ) from None
+                    time.sleep(0.2)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _s3_error(exc: Exception, what: str) -> StoreError:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "error")
+        hint = {
+            "AccessDenied": "check the role's s3 permissions and the bucket policy",
+            "NoSuchBucket": "check BACKUP_S3_BUCKET (run pgvault init-storage to create it)",
+            "KMS.DisabledException": "the KMS key is disabled; enable it",
+        }.get(code, "see the S3 error code")
+        return StoreError(f"S3 {what} failed ({code}); {hint}")
+    return StoreError(
+        f"S3 {what} failed ({type(exc).__name__}: {exc}); check the network and AWS_ENDPOINT_URL"
+    )
+
+
+class _S3Writer:
+    """A multipart upload fed part by part; at most two parts in flight bounds memory."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._buffer = bytearray()
+        self._parts: list[Future[dict]] = []
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="s3-part")
+        self._digests: list[bytes] = []
+        try:
+            self._upload_id = store.client.create_multipart_upload(
+                Bucket=store.bucket,
+                Key=key,
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=store.kms_key_id,
+                ChecksumAlgorithm="SHA256",
+            )["UploadId"]
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"upload of {key}") from None
+
+    def _upload(self, number: int, data: bytes, digest: bytes) -> dict:
+        checksum = base64.b64encode(digest).decode()
+        self._store.client.upload_part(
+            Bucket=self._store.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumSHA256=checksum,
+        )
+        return {"PartNumber": number, "ChecksumSHA256": checksum}
+
+    def _flush(self) -> None:
+        if len(self._parts) >= 2:
+            self._parts[-2].result()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        digest = hashlib.sha256(data).digest()
+        self._digests.append(digest)
+        self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, data, digest))
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            while len(self._buffer) >= PART_SIZE:
+                self._flush()
+        except Exception as exc:
+            self.abort()
+            raise _s3_error(exc, f"upload of {self._key}") from None
+
+    def commit(self) -> str | None:
+        try:
+            if self._buffer or not self._parts:
+                self._flush()
+            parts = [future.result() for future in self._parts]
+            response = self._store.client.complete_multipart_upload(
+                Bucket=self._store.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except Exception as exc:
+            self.abort()
+            raise _s3_error(exc, f"upload of {self._key}") from None
+        finally:
+            self._pool.shutdown(wait=True)
+        expected = base64.b64encode(hashlib.sha256(b"".join(self._digests)).digest()).decode()
+        reported = response.get("ChecksumSHA256")
+        if reported and reported.split("-")[0] != expected:
+            raise StoreError(f"S3 reported a different checksum for {self._key}; re-run the backup")
+        return response.get("VersionId")
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self._store.client.abort_multipart_upload(
+                Bucket=self._store.bucket, Key=self._key, UploadId=self._upload_id
+            )
+
+
+class S3Store:
+    """Backups in S3, written with SSE-KMS under the backup key; reads pin object versions."""
+
+    def __init__(self, bucket: str, kms_key_id: str, client: object | None = None) -> None:
+        self.bucket = bucket
+        self.kms_key_id = kms_key_id
+        self.client = client or boto3.client("s3", config=BOTO_CONFIG)
+        self.location = f"s3://{bucket}"
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        return _S3Writer(self, key)
+
+    def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO:
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"download of {key}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=self.kms_key_id,
+                ChecksumAlgorithm="SHA256",
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"write of {key}") from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise _s3_error(exc, f"read of {key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _s3_error(exc, f"read of {key}") from None
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    found.append(StoredObject(item["Key"], item["Size"], item["LastModified"]))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"listing of {prefix}") from None
+        return found
+
+    def delete(self, key: str) -> int:
+        """Delete every version and delete marker of `key`: expired means gone, not hidden."""
+        deleted = 0
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=key
+            )
+            for page in pages:
+                for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    if item["Key"] != key:
+                        continue
+                    self.client.delete_object(
+                        Bucket=self.bucket, Key=key, VersionId=item["VersionId"]
+                    )
+                    deleted += 1
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"delete of {key}") from None
+        return deleted
+
+    def abort_stale_uploads(self, prefix: str, older_than: timedelta = timedelta(hours=1)) -> int:
+        """Abort multipart uploads a killed run left behind; they cost storage but never list."""
+        cutoff = datetime.now(UTC) - older_than
+        aborted = 0
+        response = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        for upload in response.get("Uploads", []):
+            if upload["Initiated"] < cutoff:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted
+
+    @contextlib.contextmanager
+    def lock(
+        self, name: str, *, wait_seconds: float = 0, ttl: timedelta = timedelta(hours=6)
+    ) -> Iterator[None]:
+        """A create-only lock object; a holder that crashed is superseded once its lease expires."""
+        key = f".locks/{name}.json"
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            body = json.dumps(
+                {
+                    "holder": f"pid {os.getpid()} on {socket.gethostname()}",
+                    "token": token,
+                    "expires_at": (datetime.now(UTC) + ttl).isoformat(),
+                }
+            ).encode()
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                break
+            except botocore.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                    raise _s3_error(exc, f"lock {name}") from None
+            current = self.get_bytes(key)
+            holder = "another process"
+            if current:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    info = json.loads(current)
+                    holder = info["holder"]
+                    if datetime.fromisoformat(info["expires_at"]) < datetime.now(UTC):
+                        self.client.delete_object(Bucket=self.bucket, Key=key)
+                        continue
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"{name} is locked by {holder}; wait for it to finish and try again")
+            time.sleep(1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                current = self.get_bytes(key)
+                if current and json.loads(current).get("token") == token:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -1,0 +1,85 @@
+"""The store and keys of one environment: what every engine operation works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine.crypto import (
+    KeyProvider,
+    KmsKeyProvider,
+    LocalKeyProvider,
+    key_provider_for_manifest,
+)
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.store import LocalStore, S3Store, Store
+from pgvault_assets.errors import BackupNotFound
+from pgvault_assets.settings import Settings
+
+
+@dataclass
+class Vault:
+    environment: str
+    store: Store
+    local_key: LocalKeyProvider | None
+    kms_key_id: str | None = None
+    _kms: KmsKeyProvider | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Vault:
+        if settings.uses_s3:
+            assert settings.s3_bucket and settings.kms_key_id
+            return cls(
+                settings.environment,
+                S3Store(settings.s3_bucket, settings.kms_key_id),
+                None,
+                settings.kms_key_id,
+            )
+        return cls(
+            settings.environment,
+            LocalStore(settings.local_dir),
+            LocalKeyProvider(settings.local_key_file),
+        )
+
+    def encryption_keys(self) -> KeyProvider:
+        """The provider new backups are encrypted with (resolving a KMS alias to its ARN once)."""
+        if self.kms_key_id is not None:
+            if self._kms is None:
+                self._kms = KmsKeyProvider.resolve(self.kms_key_id)
+            return self._kms
+        assert self.local_key is not None
+        self.local_key.ensure()
+        return self.local_key
+
+    def decryption_keys(self, manifest: Manifest) -> KeyProvider:
+        return key_provider_for_manifest(manifest.key_id, self.local_key)
+
+    def object_key(self, day: date) -> str:
+        return mf.object_key(self.environment, day)
+
+    def manifest_key(self, day: date) -> str:
+        return mf.manifest_key(self.environment, day)
+
+    def read_manifest(self, day: date) -> Manifest:
+        key = self.manifest_key(day)
+        raw = self.store.get_bytes(key)
+        if raw is None:
+            raise BackupNotFound(
+                f"no backup for {day.isoformat()} in {self.store.location}/{self.environment}; "
+                "run pgvault list-backups to see the dates there are"
+            )
+        return Manifest.from_json(raw, expected_key=key)
+
+    def list_manifests(self) -> list[Manifest]:
+        """Every complete backup of this environment, oldest first."""
+        manifests = []
+        for obj in self.store.list(f"{self.environment}/"):
+            if obj.key.endswith("/" + mf.MANIFEST_NAME):
+                day_text = obj.key[len(self.environment) + 1 :].split("/")[0]
+                try:
+                    day = date.fromisoformat(day_text)
+                except ValueError:
+                    continue
+                manifests.append(self.read_manifest(day))
+        return sorted(manifests, key=lambda m: m.date)

@@ -1,0 +1,207 @@
+"""Environment → one frozen `Settings`.
+
+Every variable is read and validated here, once, so a bad value fails at start with one line
+naming the variable. Database URLs are kept as `DatabaseUrl`, whose `str()` hides the password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from pgvault_assets.errors import ConfigError
+
+ENVIRONMENT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A postgresql:// URL whose password never leaves this object except to libpq.
+
+    `str()` and `repr()` give the redacted form; `.secret` is the full URL and is only ever
+    handed to psycopg or, via the PGPASSWORD environment variable, to pg_dump and psql.
+    """
+
+    secret: str = field(repr=False)
+
+    @classmethod
+    def parse(cls, value: str, variable: str) -> DatabaseUrl:
+        try:
+            parts = urlsplit(value.strip())
+            port = parts.port
+        except ValueError:
+            raise ConfigError(
+                f"{variable} is not a valid URL; expected postgresql://user@host:port/dbname"
+            ) from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError(
+                f"{variable} must start with postgresql:// (got scheme {parts.scheme!r})"
+            )
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError(
+                f"{variable} has no host; expected postgresql://user@host:port/dbname"
+            )
+        if not parts.path.strip("/"):
+            raise ConfigError(
+                f"{variable} names no database; expected postgresql://user@host:port/dbname"
+            )
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"{variable} has an invalid port")
+        return cls(value.strip())
+
+    @property
+    def dbname(self) -> str:
+        return unquote(urlsplit(self.secret).path.lstrip("/"))
+
+    @property
+    def password(self) -> str | None:
+        pw = urlsplit(self.secret).password
+        return unquote(pw) if pw else None
+
+    def with_dbname(self, dbname: str) -> DatabaseUrl:
+        """The same server and credentials, another database (for maintenance and swaps)."""
+        parts = urlsplit(self.secret)
+        from urllib.parse import quote
+
+        return DatabaseUrl(urlunsplit(parts._replace(path="/" + quote(dbname, safe=""))))
+
+    @property
+    def redacted(self) -> str:
+        parts = urlsplit(self.secret)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        if parts.username:
+            netloc = f"{unquote(parts.username)}@{netloc}"
+        return urlunsplit(("postgresql", netloc, parts.path, "", ""))
+
+    def __str__(self) -> str:
+        return self.redacted
+
+    def __repr__(self) -> str:
+        return f"DatabaseUrl({self.redacted!r})"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    daily_days: int = 30
+    weekly_days: int = 90
+    monthly_days: int = 365
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    database_url: DatabaseUrl | None
+    staging_database_url: DatabaseUrl | None
+    s3_bucket: str | None
+    kms_key_id: str | None
+    local_dir: Path
+    local_key_file: Path
+    retention: RetentionPolicy
+    compression_level: int
+    sentry_dsn: str | None = field(repr=False)
+    storage_budget_bytes: int | None = None
+    alert_webhook_url: str | None = field(default=None, repr=False)
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.s3_bucket is not None
+
+    def require_database(self) -> DatabaseUrl:
+        if self.database_url is None:
+            raise ConfigError("DATABASE_URL is not set; set it to the postgresql:// URL to back up")
+        return self.database_url
+
+    def target_url(self, target: str) -> DatabaseUrl:
+        """The database behind a restore target name (`staging` or `production`)."""
+        if target == "production":
+            return self.require_database()
+        if target == "staging":
+            if self.staging_database_url is None:
+                raise ConfigError(
+                    "STAGING_DATABASE_URL is not set; set it to the staging database's postgresql:// URL"
+                )
+            return self.staging_database_url
+        raise ConfigError(f"unknown target {target!r}; use staging or production")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be a whole number from {low} to {high} (got {raw!r})"
+        ) from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high} (got {value})")
+    return value
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Read pgvault's settings from the environment; raise `ConfigError` on any bad value."""
+    env = os.environ if env is None else env
+    base = (cwd or Path.cwd()) / ".pgvault"
+
+    environment = env.get("ENVIRONMENT_NAME", "").strip() or "development"
+    if not ENVIRONMENT_NAME_PATTERN.match(environment):
+        raise ConfigError(
+            "ENVIRONMENT_NAME must be lowercase letters, digits, '-' or '_' (at most 63), "
+            f"starting with a letter or digit (got {environment!r})"
+        )
+
+    def url(name: str) -> DatabaseUrl | None:
+        raw = _optional(env, name)
+        return DatabaseUrl.parse(raw, name) if raw else None
+
+    bucket = _optional(env, "BACKUP_S3_BUCKET")
+    kms_key_id = _optional(env, "BACKUP_KMS_KEY_ID")
+    if bool(bucket) != bool(kms_key_id):
+        missing = "BACKUP_KMS_KEY_ID" if bucket else "BACKUP_S3_BUCKET"
+        raise ConfigError(
+            f"{missing} is not set; set both BACKUP_S3_BUCKET and BACKUP_KMS_KEY_ID for S3, "
+            "or neither for the local store"
+        )
+    if bucket and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(f"BACKUP_S3_BUCKET is not a valid S3 bucket name (got {bucket!r})")
+
+    budget_raw = _optional(env, "BACKUP_STORAGE_BUDGET_BYTES")
+    budget = _int(env, "BACKUP_STORAGE_BUDGET_BYTES", 0, 1, 2**62) if budget_raw else None
+
+    webhook = _optional(env, "ALERT_WEBHOOK_URL")
+    if webhook and urlsplit(webhook).scheme not in ("http", "https"):
+        raise ConfigError("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+
+    local_dir = Path(_optional(env, "BACKUP_LOCAL_DIR") or base / "store")
+    key_file = Path(_optional(env, "BACKUP_LOCAL_KEY_FILE") or base / "backup.key")
+
+    return Settings(
+        environment=environment,
+        database_url=url("DATABASE_URL"),
+        staging_database_url=url("STAGING_DATABASE_URL"),
+        s3_bucket=bucket,
+        kms_key_id=kms_key_id,
+        local_dir=local_dir.expanduser().absolute(),
+        local_key_file=key_file.expanduser().absolute(),
+        retention=RetentionPolicy(
+            daily_days=_int(env, "BACKUP_RETENTION_DAYS_DAILY", 30, 1, 36500),
+            weekly_days=_int(env, "BACKUP_RETENTION_DAYS_WEEKLY", 90, 1, 36500),
+            monthly_days=_int(env, "BACKUP_RETENTION_DAYS_MONTHLY", 365, 1, 36500),
+        ),
+        compression_level=_int(env, "BACKUP_COMPRESSION_LEVEL", 2, 0, 3),
+        sentry_dsn=_optional(env, "SENTRY_DSN"),
+        storage_budget_bytes=budget,
+        alert_webhook_url=webhook,
+    )
