@@ -277,7 +277,7 @@ class _S3Writer:
 
     def _upload(self, number: int, data: bytes, digest: bytes) -> dict:
         checksum = base64.b64encode(digest).decode()
-        self._store.client.upload_part(
+        response = self._store.client.upload_part(
             Bucket=self._store.bucket,
             Key=self._key,
             UploadId=self._upload_id,
@@ -285,7 +285,7 @@ class _S3Writer:
             Body=data,
             ChecksumSHA256=checksum,
         )
-        return {"PartNumber": number, "ChecksumSHA256": checksum}
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     def _flush(self) -> None:
         if len(self._parts) >= 2:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install pgvault and its test tools into .venv and make sure PostgreSQL is running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-postgres.sh
+if ! command -v ssh-keygen >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq openssh-client >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip check

@@ -1,0 +1,23 @@
+"""Small helpers the engine tests share: a fixed clock and one-call backups and restores."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from pgvault_assets.engine.backup import backup_database, latest_complete_day
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.settings import DatabaseUrl, load_settings
+
+NOW = datetime.now(UTC)
+DAY: date = latest_complete_day(NOW)
+
+
+def vault() -> Vault:
+    return Vault.from_settings(load_settings())
+
+
+def back_up(url: str, *, day: date = DAY, now: datetime = NOW) -> Manifest:
+    """Back up `url` as the backup of `day`, with the clock set so that `day` is yesterday."""
+    clock = datetime.combine(day + timedelta(days=1), now.timetz())
+    return backup_database(vault(), DatabaseUrl.parse(url, "DATABASE_URL"), day, now=lambda: clock)
