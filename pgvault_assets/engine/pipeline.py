@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
+from cryptography.exceptions import InvalidTag
 from isal import isal_zlib
 
 from pgvault_assets.engine.crypto import ALGORITHM, FRAME_LENGTH, SDK, KeyProvider
@@ -234,7 +235,7 @@ def decrypt_stream(source: BinaryIO, keys: KeyProvider, context: dict[str, str])
                 yield plain
             if decompressor.eof and decompressor.unused_data:
                 raise IntegrityError("the backup has data after its end; do not restore it")
-    except AWSEncryptionSDKClientError as exc:
+    except (AWSEncryptionSDKClientError, InvalidTag) as exc:
         raise IntegrityError(
             f"the backup failed authenticated decryption ({type(exc).__name__}: {exc}); do not restore it"
         ) from None

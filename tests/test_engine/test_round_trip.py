@@ -23,7 +23,9 @@ def test_local_backup_restores_equal_to_source(local_env, awkward_database, make
     result = restore_backup(vault(), DAY, DatabaseUrl(target), full_verify=True)
 
     assert database_snapshot(target) == database_snapshot(awkward_database)
-    assert result.previous is not None and result.previous.startswith(result.target + "_pre_restore_")
+    assert result.previous is not None and result.previous.startswith(
+        result.target + "_pre_restore_"
+    )
     assert manifest.table_rows["public.users"] > 0
     assert manifest.row_total == sum(manifest.table_rows.values())
 
@@ -63,7 +65,9 @@ def test_s3_backup_decrypts_with_the_plain_encryption_sdk_and_gunzip(aws_env, aw
 
 def test_manifest_records_what_operators_need(local_env, awkward_database):
     manifest = back_up(awkward_database)
-    stored = json.loads((local_env / "store" / "test" / DAY.isoformat() / "manifest.json").read_bytes())
+    stored = json.loads(
+        (local_env / "store" / "test" / DAY.isoformat() / "manifest.json").read_bytes()
+    )
 
     assert stored["sha256"] == manifest.sha256
     assert stored["size_bytes"] == (local_env / "store" / manifest.object_key).stat().st_size
@@ -71,7 +75,11 @@ def test_manifest_records_what_operators_need(local_env, awkward_database):
     assert stored["pg_dump_version"].startswith("pg_dump")
     assert {"compress", "encrypt", "write", "total"} <= set(stored["stage_seconds"])
     assert stored["compressed_size_bytes"] < stored["dump_size_bytes"]
-    assert stored["encryption_context"] == {"purpose": "backup", "environment": "test", "date": DAY.isoformat()}
+    assert stored["encryption_context"] == {
+        "purpose": "backup",
+        "environment": "test",
+        "date": DAY.isoformat(),
+    }
 
 
 def test_verify_backup_decrypts_fully_without_restoring(local_env, awkward_database):
