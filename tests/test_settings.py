@@ -1,0 +1,89 @@
+"""A bad setting is refused at start with one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgvault_assets.errors import ConfigError
+from pgvault_assets.redact import redact
+from pgvault_assets.settings import DatabaseUrl, load_settings
+
+
+def test_embedded_default_needs_no_settings(tmp_path):
+    settings = load_settings({}, cwd=tmp_path)
+    assert not settings.uses_s3
+    assert settings.environment == "development"
+    assert settings.local_dir == tmp_path / ".pgvault" / "store"
+    assert settings.local_key_file == tmp_path / ".pgvault" / "backup.key"
+    assert (settings.retention.daily_days, settings.retention.weekly_days, settings.retention.monthly_days) == (30, 90, 365)
+
+
+def test_retention_days_come_from_the_environment(tmp_path):
+    settings = load_settings(
+        {"BACKUP_RETENTION_DAYS_DAILY": "7", "BACKUP_RETENTION_DAYS_WEEKLY": "28", "BACKUP_RETENTION_DAYS_MONTHLY": "730"},
+        cwd=tmp_path,
+    )
+    assert (settings.retention.daily_days, settings.retention.weekly_days, settings.retention.monthly_days) == (7, 28, 730)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"DATABASE_URL": "mysql://x@h/db"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u@host"}, "DATABASE_URL"),
+        ({"STAGING_DATABASE_URL": "postgresql://u@h:99999/db"}, "STAGING_DATABASE_URL"),
+        ({"ENVIRONMENT_NAME": "../etc"}, "ENVIRONMENT_NAME"),
+        ({"ENVIRONMENT_NAME": "Prod/1"}, "ENVIRONMENT_NAME"),
+        ({"BACKUP_RETENTION_DAYS_DAILY": "thirty"}, "BACKUP_RETENTION_DAYS_DAILY"),
+        ({"BACKUP_RETENTION_DAYS_WEEKLY": "0"}, "BACKUP_RETENTION_DAYS_WEEKLY"),
+        ({"BACKUP_COMPRESSION_LEVEL": "9"}, "BACKUP_COMPRESSION_LEVEL"),
+        ({"BACKUP_S3_BUCKET": "my-bucket"}, "BACKUP_KMS_KEY_ID"),
+        ({"BACKUP_KMS_KEY_ID": "alias/k"}, "BACKUP_S3_BUCKET"),
+        ({"BACKUP_S3_BUCKET": "Bad_Bucket", "BACKUP_KMS_KEY_ID": "alias/k"}, "BACKUP_S3_BUCKET"),
+        ({"BACKUP_STORAGE_BUDGET_BYTES": "-5"}, "BACKUP_STORAGE_BUDGET_BYTES"),
+        ({"ALERT_WEBHOOK_URL": "ftp://x"}, "ALERT_WEBHOOK_URL"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_variable(tmp_path, env, variable):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env, cwd=tmp_path)
+    assert variable in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_database_url_hides_its_password_everywhere_but_libpq():
+    url = DatabaseUrl.parse("postgresql://app:s3cret%21pw@db.internal:5433/api?sslmode=require", "DATABASE_URL")
+    for shown in (str(url), repr(url), url.redacted, repr(url.with_dbname("postgres"))):
+        assert "s3cret" not in shown
+    assert url.dbname == "api"
+    assert url.password == "s3cret!pw"
+    assert "s3cret" in url.secret
+
+
+def test_redact_masks_url_credentials_in_any_text():
+    text = "could not connect: postgresql://app:pa55word@db/api and s3://k:v@x"
+    assert "pa55word" not in redact(text)
+    assert "postgresql://app:***@db/api" in redact(text)
+
+
+@given(st.text(max_size=40))
+def test_any_environment_name_is_accepted_only_if_it_is_a_safe_key_prefix(name):
+    try:
+        settings = load_settings({"ENVIRONMENT_NAME": name})
+    except ConfigError as exc:
+        assert "ENVIRONMENT_NAME" in str(exc)
+        return
+    env = settings.environment
+    assert "/" not in env and ".." not in env and env == env.strip() and env
+
+
+@given(st.text(max_size=60))
+def test_any_database_url_is_parsed_or_refused_in_one_line(text):
+    try:
+        url = DatabaseUrl.parse(text, "DATABASE_URL")
+    except ConfigError as exc:
+        assert "DATABASE_URL" in str(exc) and "\n" not in str(exc)
+        return
+    assert url.dbname
