@@ -7,6 +7,7 @@ the dump ever touches local disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -56,10 +57,13 @@ class _QueueReader:
         self._chunks = chunks
         self._buffer = bytearray()
         self._done = False
+        self.waited = 0.0
 
     def read(self, size: int = -1) -> bytes:
         while not self._done and (size < 0 or len(self._buffer) < size):
+            started = time.perf_counter()
             item = self._chunks.get()
+            self.waited += time.perf_counter() - started
             if item is None:
                 self._done = True
             elif isinstance(item, BaseException):
@@ -76,23 +80,37 @@ class _QueueReader:
         self._done = True
 
 
+Chunks = queue.Queue[bytes | BaseException | None]
+
+
+def _read_into(source: BinaryIO, out: Chunks, clock: StageClock, stop: threading.Event) -> None:
+    """Drain pg_dump's pipe as fast as it writes, so the dump never waits on compression."""
+    try:
+        while not stop.is_set():
+            started = time.perf_counter()
+            chunk = source.read(CHUNK)
+            clock.add("dump", started)
+            if not chunk:
+                break
+            out.put(chunk)
+        out.put(None)
+    except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+        out.put(exc)
+
+
 def _compress_into(
-    source: BinaryIO,
-    out: queue.Queue[bytes | BaseException | None],
+    source: Chunks,
+    out: Chunks,
     level: int,
     counts: dict[str, int],
     clock: StageClock,
     progress: Progress | None,
-    stop: threading.Event,
 ) -> None:
     compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, GZIP_WBITS)
     try:
-        while not stop.is_set():
-            waited = time.perf_counter()
-            chunk = source.read(CHUNK)
-            clock.add("dump_wait", waited)
-            if not chunk:
-                break
+        while (chunk := source.get()) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
             counts["dump"] += len(chunk)
             started = time.perf_counter()
             packed = compressor.compress(chunk)
@@ -106,8 +124,18 @@ def _compress_into(
         counts["compressed"] += len(tail)
         out.put(tail)
         out.put(None)
-    except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+    except BaseException as exc:
         out.put(exc)
+
+
+def _drain(threads: list[threading.Thread], queues: list[Chunks]) -> None:
+    """Unblock producers waiting on full queues, then let them finish."""
+    while any(t.is_alive() for t in threads):
+        for q in queues:
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+        for t in threads:
+            t.join(0.01)
 
 
 def encrypt_stream(
@@ -121,22 +149,30 @@ def encrypt_stream(
 ) -> PipelineResult:
     """Compress, encrypt, hash and write `source` until its end; the writer is not committed."""
     clock = StageClock()
-    compressed: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
+    raw: Chunks = queue.Queue(QUEUE_DEPTH)
+    compressed: Chunks = queue.Queue(QUEUE_DEPTH)
     counts = {"dump": 0, "compressed": 0}
     stop = threading.Event()
-    compressor = threading.Thread(
-        target=_compress_into,
-        args=(source, compressed, level, counts, clock, progress, stop),
-        name="pgvault-compress",
-        daemon=True,
-    )
+    threads = [
+        threading.Thread(
+            target=_read_into, args=(source, raw, clock, stop), name="pgvault-read", daemon=True
+        ),
+        threading.Thread(
+            target=_compress_into,
+            args=(raw, compressed, level, counts, clock, progress),
+            name="pgvault-compress",
+            daemon=True,
+        ),
+    ]
     digest = hashlib.sha256()
     stored = 0
-    compressor.start()
+    for thread in threads:
+        thread.start()
     try:
+        source_view = _QueueReader(compressed)
         encryptor = SDK.stream(
             mode="e",
-            source=_QueueReader(compressed),
+            source=source_view,
             key_provider=keys.master_key_provider(),
             encryption_context=context,
             algorithm=ALGORITHM,
@@ -163,19 +199,9 @@ def encrypt_stream(
             stored += len(chunk)
     finally:
         stop.set()
-        # Unblock the compressor if it waits on a full queue, then let it finish.
-        while compressor.is_alive():
-            try:
-                compressed.get_nowait()
-            except queue.Empty:
-                compressor.join(0.05)
-    # The encrypt stage's time includes waiting on the compressor; report its own share.
-    clock.seconds["encrypt"] = max(
-        0.0,
-        clock.seconds.get("encrypt", 0.0)
-        - clock.seconds.get("compress", 0.0)
-        - clock.seconds.get("dump_wait", 0.0),
-    )
+        _drain(threads, [raw, compressed])
+    # Time inside the encryptor includes waiting for compressed input; report its own share.
+    clock.seconds["encrypt"] = max(0.0, clock.seconds.get("encrypt", 0.0) - source_view.waited)
     return PipelineResult(
         dump_bytes=counts["dump"],
         compressed_bytes=counts["compressed"],
