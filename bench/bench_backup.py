@@ -1,0 +1,384 @@
+"""Time pgvault's backup and restore against the plain shell pipelines they replace.
+
+Rounds are interleaved (pgvault, gzip pipeline, bare dump, then again...) so drift in the
+machine's load or page cache hits every contender alike. Run bench/make_dataset.py first.
+
+Usage: .venv/bin/python bench/bench_backup.py [--runs 3] [--only-baselines]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
+DEFAULT_DBNAME = "pgvault_bench"
+RESTORE_DBNAME = "pgvault_bench_restore"  # pgvault's staging target (plus its siblings)
+BASELINE_DBNAME = "pgvault_bench_baseline"  # target of gunzip | psql
+POLL_SECONDS = 0.05
+# Client tools whose memory is not pgvault's: the goal is about pgvault's own Python process.
+NOT_PGVAULT = {"pg_dump", "pg_restore", "psql", "pg_wrapper", "gzip", "gunzip", "sh", "bash"}
+# pgvault settings that must come from this script, never from the caller's shell.
+PGVAULT_VARIABLES = (
+    "DATABASE_URL",
+    "STAGING_DATABASE_URL",
+    "BACKUP_S3_BUCKET",
+    "BACKUP_KMS_KEY_ID",
+    "BACKUP_LOCAL_DIR",
+    "BACKUP_LOCAL_KEY_FILE",
+    "BACKUP_STORAGE_BUDGET_BYTES",
+    "ALERT_WEBHOOK_URL",
+    "SENTRY_DSN",
+    "DAGSTER_HOME",
+    "ENVIRONMENT_NAME",
+)
+
+GOALS = {  # ratio name -> upper bound
+    "backup / bare dump": 1.30,
+    "stored size / gzip -6 size": 1.10,
+    "restore / (gunzip | psql)": 1.15,
+    "pgvault peak RSS (MB)": 256.0,
+}
+
+
+@dataclass
+class Series:
+    """Repeated measurements of one contender."""
+
+    label: str
+    seconds: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+# --- process helpers -------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from every thread's children list."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+        except OSError:
+            continue
+        found.extend(int(child) for child in text.split())
+    return found
+
+
+def _name_and_hwm(pid: int) -> tuple[str, int] | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    name, hwm = "", 0
+    for line in status.splitlines():
+        if line.startswith("Name:"):
+            name = line.split(None, 1)[1].strip() if len(line.split()) > 1 else ""
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return name, hwm
+
+
+def python_peak_rss(root: int, peak: int) -> int:
+    """Raise `peak` to the highest VmHWM of pgvault's process tree, client tools excluded."""
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        pending.extend(_children(pid))
+        sample = _name_and_hwm(pid)
+        if sample and sample[0] not in NOT_PGVAULT:
+            peak = max(peak, sample[1])
+    return peak
+
+
+def run_pgvault(args: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Run pgvault; return (seconds, peak RSS bytes of its Python process)."""
+    started = time.perf_counter()
+    with subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        # Drain output on a side thread so a chatty pgvault never blocks on a full pipe.
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
+        reader.start()
+        peak = 0
+        while proc.poll() is None:
+            peak = python_peak_rss(proc.pid, peak)
+            time.sleep(POLL_SECONDS)
+        elapsed = time.perf_counter() - started
+        reader.join()
+    if proc.returncode != 0:
+        tail = "".join(output[-40:])
+        raise SystemExit(f"{shlex.join(args)} failed with exit code {proc.returncode}:\n{tail}")
+    return elapsed, peak
+
+
+def run_shell(command: str) -> float:
+    """Run a pipeline under bash with pipefail; return its wall-clock seconds."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{command!r} failed with exit code {result.returncode}:\n{result.stderr}")
+    return elapsed
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+class Server:
+    """Maintenance connection for creating and dropping the benchmark's scratch databases."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = psycopg.connect(f"{url}/postgres", autocommit=True, connect_timeout=5)
+
+    def exists(self, name: str) -> bool:
+        query = "SELECT 1 FROM pg_database WHERE datname = %s"
+        return self.conn.execute(query, [name]).fetchone() is not None
+
+    def drop_family(self, name: str) -> None:
+        """Drop `name` and every database whose name starts with it (restore siblings)."""
+        rows = self.conn.execute(
+            "SELECT datname FROM pg_database WHERE datname::text ^@ %s", [name]
+        ).fetchall()
+        for (datname,) in rows:
+            self.conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(datname))
+            )
+
+    def recreate(self, name: str) -> None:
+        self.drop_family(name)
+        self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    server: Server
+    work: Path
+    source_url: str
+    restore_url: str
+    baseline_url: str
+    gz_file: Path
+    last_store: Path | None = None
+
+    def pgvault_env(self, store: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in PGVAULT_VARIABLES}
+        env.update(
+            DATABASE_URL=self.source_url,
+            STAGING_DATABASE_URL=self.restore_url,
+            BACKUP_LOCAL_DIR=str(store),
+            BACKUP_LOCAL_KEY_FILE=str(self.work / "key" / "backup.key"),
+            DAGSTER_HOME=str(self.work / "dagster_home"),
+            ENVIRONMENT_NAME="bench",
+        )
+        return env
+
+
+def pgvault_backup(ctx: Context, series: Series, run: int) -> None:
+    store = ctx.work / f"store-{run}"
+    seconds, peak = run_pgvault([ctx.args.pgvault, "backup"], ctx.pgvault_env(store))
+    series.seconds.append(seconds)
+    series.sizes.append(tree_size(store))
+    series.peak_rss.append(peak)
+    if ctx.last_store is not None:  # keep only the newest store, for the restore runs
+        shutil.rmtree(ctx.last_store, ignore_errors=True)
+    ctx.last_store = store
+
+
+def gzip_pipeline(ctx: Context, series: Series, run: int) -> None:
+    source, target = shlex.quote(ctx.source_url), shlex.quote(str(ctx.gz_file))
+    series.seconds.append(run_shell(f"pg_dump -d {source} | gzip -6 > {target}"))
+    series.sizes.append(ctx.gz_file.stat().st_size)
+
+
+def bare_dump(ctx: Context, series: Series, run: int) -> None:
+    series.seconds.append(run_shell(f"pg_dump -d {shlex.quote(ctx.source_url)} > /dev/null"))
+
+
+def pgvault_restore(ctx: Context, series: Series, run: int) -> None:
+    assert ctx.last_store is not None, "no pgvault backup to restore"
+    ctx.server.recreate(RESTORE_DBNAME)  # a staging database exists; its swap-out is timed
+    command = [
+        ctx.args.pgvault,
+        "restore-from-backup",
+        "--date",
+        ctx.args.restore_date,
+        "--target",
+        "staging",
+        "--verify",
+        "--skip-confirmation",
+    ]
+    seconds, peak = run_pgvault(command, ctx.pgvault_env(ctx.last_store))
+    series.seconds.append(seconds)
+    series.peak_rss.append(peak)
+
+
+def gunzip_psql(ctx: Context, series: Series, run: int) -> None:
+    ctx.server.recreate(BASELINE_DBNAME)  # outside the timing
+    gz, target = shlex.quote(str(ctx.gz_file)), shlex.quote(ctx.baseline_url)
+    series.seconds.append(
+        run_shell(f"gunzip -c {gz} | psql -X -q -v ON_ERROR_STOP=1 -d {target} > /dev/null")
+    )
+
+
+Step = Callable[[Context, Series, int], None]
+
+
+def interleave(ctx: Context, steps: list[tuple[Series, Step]]) -> None:
+    """Run every step `--runs` times, rotating the order each round."""
+    for run in range(ctx.args.runs):
+        shift = run % len(steps)
+        for series, step in steps[shift:] + steps[:shift]:
+            step(ctx, series, run)
+            print(f"  round {run + 1}: {series.label:<28} {series.seconds[-1]:8.2f} s", flush=True)
+
+
+def report(results: dict[str, Series]) -> None:
+    mb = 1024 * 1024
+    print()
+    print(f"{'contender':<28} {'median s':>9}   runs")
+    for series in results.values():
+        runs = " ".join(f"{s:.2f}" for s in series.seconds)
+        print(f"{series.label:<28} {series.median:>9.2f}   {runs}")
+
+    sizes = {k: statistics.median(s.sizes) for k, s in results.items() if s.sizes}
+    if sizes:
+        print()
+        for key, size in sizes.items():
+            print(f"{results[key].label + ' size':<28} {size / mb:>9.1f} MB")
+
+    ratios: dict[str, float] = {}
+    if "backup" in results:
+        ratios["backup / bare dump"] = results["backup"].median / results["bare"].median
+        ratios["backup / gzip pipeline"] = results["backup"].median / results["gzip"].median
+        ratios["stored size / gzip -6 size"] = sizes["backup"] / sizes["gzip"]
+    else:
+        ratios["gzip pipeline / bare dump"] = results["gzip"].median / results["bare"].median
+    if "restore" in results:
+        ratios["restore / (gunzip | psql)"] = (
+            results["restore"].median / results["gunzip_psql"].median
+        )
+    peaks = [p for s in results.values() for p in s.peak_rss]
+    if peaks:
+        ratios["pgvault peak RSS (MB)"] = max(peaks) / mb
+
+    print()
+    print(f"{'measure':<28} {'value':>9}   {'goal':>7}")
+    for name, value in ratios.items():
+        goal = GOALS.get(name)
+        verdict = "" if goal is None else ("ok" if value <= goal else "MISSED")
+        goal_text = "" if goal is None else f"<= {goal:g}"
+        print(f"{name:<28} {value:>9.2f}   {goal_text:>7}  {verdict}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only-baselines", action="store_true", help="skip pgvault itself")
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="postgresql:// URL, no dbname")
+    parser.add_argument("--dbname", default=DEFAULT_DBNAME)
+    parser.add_argument("--pgvault", default=str(REPO / ".venv" / "bin" / "pgvault"))
+    parser.add_argument("--restore-date", default=yesterday, help="default: yesterday (UTC)")
+    parser.add_argument("--workdir", default=None, help="parent of the temp dir (default: TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir and databases")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if not args.only_baselines and not os.access(args.pgvault, os.X_OK):
+        parser.error(f"{args.pgvault} is not executable; install pgvault or use --only-baselines")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    server = Server(args.server)
+    if not server.exists(args.dbname):
+        server.close()
+        print(f"{args.dbname} does not exist; run bench/make_dataset.py first", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="pgvault-bench-", dir=args.workdir))
+    (work / "dagster_home").mkdir()
+    ctx = Context(
+        args=args,
+        server=server,
+        work=work,
+        source_url=f"{args.server}/{args.dbname}",
+        restore_url=f"{args.server}/{RESTORE_DBNAME}",
+        baseline_url=f"{args.server}/{BASELINE_DBNAME}",
+        gz_file=work / "dump.sql.gz",
+    )
+    results: dict[str, Series] = {}
+
+    def series(key: str, label: str) -> Series:
+        return results.setdefault(key, Series(label))
+
+    try:
+        print(f"backup: {args.runs} interleaved rounds against {args.dbname}", flush=True)
+        backup_steps: list[tuple[Series, Step]] = []
+        if not args.only_baselines:
+            backup_steps.append((series("backup", "pgvault backup"), pgvault_backup))
+        backup_steps.append((series("gzip", "pg_dump | gzip -6"), gzip_pipeline))
+        backup_steps.append((series("bare", "pg_dump > /dev/null"), bare_dump))
+        interleave(ctx, backup_steps)
+
+        print(f"restore: {args.runs} interleaved rounds", flush=True)
+        restore_steps: list[tuple[Series, Step]] = []
+        if not args.only_baselines:
+            restore_steps.append((series("restore", "pgvault restore --verify"), pgvault_restore))
+        restore_steps.append((series("gunzip_psql", "gunzip | psql"), gunzip_psql))
+        interleave(ctx, restore_steps)
+
+        report(results)
+    finally:
+        if args.keep:
+            print(f"kept {work} and databases {RESTORE_DBNAME}*, {BASELINE_DBNAME}*")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            server.drop_family(RESTORE_DBNAME)
+            server.drop_family(BASELINE_DBNAME)
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Shared fixtures: a moto S3/KMS server, isolated pgvault environments, throwaway databases.
+
+Every database a test makes is named `pgvault_test_<hint>_<uuid>` and dropped at teardown, along
+with the siblings pgvault's restore creates next to it (`<name>_pre_restore_<ts>`, ...), so tests
+never touch databases they did not create.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+from psycopg import sql
+
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+PG_USER = "postgres"
+PG_SERVER_URL = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}"
+MAINTENANCE_URL = f"{PG_SERVER_URL}/postgres"
+TEST_DB_PREFIX = "pgvault_test_"
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
+AWKWARD_SCHEMA = FIXTURES_DIR / "awkward_schema.sql"
+
+# Variables that would point pgvault at something other than what a test set up.
+_PGVAULT_VARIABLES = (
+    "DATABASE_URL",
+    "STAGING_DATABASE_URL",
+    "BACKUP_S3_BUCKET",
+    "BACKUP_KMS_KEY_ID",
+    "BACKUP_LOCAL_DIR",
+    "BACKUP_LOCAL_KEY_FILE",
+    "BACKUP_STORAGE_BUDGET_BYTES",
+    "BACKUP_COMPRESSION_LEVEL",
+    "BACKUP_RETENTION_DAYS_DAILY",
+    "BACKUP_RETENTION_DAYS_WEEKLY",
+    "BACKUP_RETENTION_DAYS_MONTHLY",
+    "ALERT_WEBHOOK_URL",
+    "SENTRY_DSN",
+)
+# Real credentials or profiles in the developer's shell must never reach moto-backed tests.
+_AWS_VARIABLES = (
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+
+def admin_connect() -> psycopg.Connection[Any]:
+    """An autocommit connection to the maintenance database; times out instead of hanging."""
+    return psycopg.connect(MAINTENANCE_URL, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """Fail fast with one clear line when the test PostgreSQL server is not reachable."""
+    problem = None
+    try:
+        with admin_connect() as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        problem = " ".join(str(exc).split()) or repr(exc)
+    if problem:  # failed outside the handler, so pytest shows one line, not a chained trace
+        pytest.fail(
+            f"PostgreSQL is not reachable at {MAINTENANCE_URL} (user {PG_USER}, trust auth "
+            f"expected): {problem}",
+            pytrace=False,
+        )
+    return PG_SERVER_URL
+
+
+def _drop_databases(prefixes: list[str]) -> None:
+    """Drop every database named by, or starting with, one of `prefixes` (all ours)."""
+    with admin_connect() as conn:
+        names = {
+            row[0]
+            for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname::text ^@ ANY(%s)",
+                [prefixes],
+            )
+        }
+        for name in sorted(names, key=len, reverse=True):
+            if not name.startswith(TEST_DB_PREFIX):  # belt and braces: never drop others
+                continue
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def make_database(postgres_server: str) -> Iterator[Callable[..., str]]:
+    """Factory: `make_database(name_hint="src") -> url` of a fresh empty database."""
+    created: list[str] = []
+
+    def make(name_hint: str = "src") -> str:
+        hint = re.sub(r"[^a-z0-9_]", "_", name_hint.lower())[:12] or "db"
+        name = f"{TEST_DB_PREFIX}{hint}_{uuid.uuid4().hex[:8]}"
+        with admin_connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return f"{postgres_server}/{name}"
+
+    yield make
+    if created:
+        _drop_databases(created)
+
+
+def load_sql_file(url: str, path: Path) -> None:
+    """Load a SQL file with psql exactly as a user would, stopping at the first error."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.fail("psql is not on PATH; install the PostgreSQL client tools", pytrace=False)
+    result = subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"psql could not load {path.name}:\n{result.stderr}", pytrace=False)
+
+
+@pytest.fixture
+def awkward_database(make_database: Callable[..., str]) -> str:
+    """A source database loaded with tests/fixtures/awkward_schema.sql; returns its URL."""
+    url = make_database("src")
+    load_sql_file(url, AWKWARD_SCHEMA)
+    return url
+
+
+# --------------------------------------------------------------------------------------------
+# Environments
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """pgvault with its embedded defaults: local store and key file under `tmp_path`."""
+    for name in _PGVAULT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("BACKUP_LOCAL_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("BACKUP_LOCAL_KEY_FILE", str(tmp_path / "key" / "backup.key"))
+    monkeypatch.setenv("ENVIRONMENT_NAME", "test")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server (S3, KMS, ...) on a free loopback port; yields `http://127.0.0.1:PORT`."""
+    from moto.server import ThreadedMotoServer
+
+    # werkzeug logs every request at INFO; failure reports should show pgvault's logs instead.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class AwsEnv:
+    """What a test needs to inspect the moto-backed S3 bucket and KMS key pgvault uses."""
+
+    endpoint: str
+    bucket: str
+    kms_key_id: str  # the alias, as BACKUP_KMS_KEY_ID holds it
+    kms_key_arn: str
+    s3: Any  # boto3 S3 client
+    kms: Any  # boto3 KMS client
+
+
+@pytest.fixture
+def aws_env(local_env: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsEnv]:
+    """pgvault pointed at moto: a fresh versioned bucket and a KMS key behind a fresh alias."""
+    for name in _AWS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("BACKUP_LOCAL_DIR", raising=False)
+    monkeypatch.delenv("BACKUP_LOCAL_KEY_FILE", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    suffix = uuid.uuid4().hex[:12]
+    bucket = f"pgvault-test-{suffix}"
+    alias = f"alias/pgvault-test-{suffix}"
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    kms = boto3.client("kms", region_name="us-east-1")
+    key = kms.create_key(Description=f"pgvault test key {suffix}")["KeyMetadata"]
+    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+
+    monkeypatch.setenv("BACKUP_S3_BUCKET", bucket)
+    monkeypatch.setenv("BACKUP_KMS_KEY_ID", alias)
+    yield AwsEnv(
+        endpoint=moto_server,
+        bucket=bucket,
+        kms_key_id=alias,
+        kms_key_arn=key["Arn"],
+        s3=s3,
+        kms=kms,
+    )
