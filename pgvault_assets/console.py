@@ -18,8 +18,10 @@ from rich.progress import (
 
 from pgvault_assets.engine.pipeline import Progress as ProgressCallback
 
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or logged output gets a wide fixed width, so tables are never cut to 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -261,14 +262,20 @@ def decrypt_stream(source: BinaryIO, keys: KeyProvider, context: dict[str, str])
                 yield plain
             if decompressor.eof and decompressor.unused_data:
                 raise IntegrityError("the backup has data after its end; do not restore it")
-    except (AWSEncryptionSDKClientError, InvalidTag) as exc:
-        raise IntegrityError(
-            f"the backup failed authenticated decryption ({type(exc).__name__}: {exc}); do not restore it"
-        ) from None
+    except IntegrityError:
+        raise
     except isal_zlib.error as exc:
         raise IntegrityError(
             f"the backup's compressed stream is corrupt ({exc}); do not restore it"
         ) from None
+    except (AWSEncryptionSDKClientError, InvalidTag, ValueError, LookupError, struct.error) as exc:
+        # A damaged header or frame surfaces as whatever the parser tripped on.
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise IntegrityError(
+            f"the backup failed authenticated decryption ({detail}); do not restore it"
+        ) from None
+    if source.read(1):
+        raise IntegrityError("the backup has bytes after its encrypted message; do not restore it")
     tail = decompressor.flush()
     if tail:
         yield tail
