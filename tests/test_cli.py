@@ -159,7 +159,7 @@ def test_no_secret_reaches_the_terminal(capsys, local_env, awkward_database, mon
         ["check-database-integrity", "--database", "production"],
         ["restore-from-backup", "--date", DAY.isoformat(), "--target", "staging"],
     ):
-        code, out, err = run(capsys, *argv)
+        _, out, err = run(capsys, *argv)
         outputs.append(out + err)
     assert "cannot connect" in outputs[-1]
     assert not any("hunter2" in text for text in outputs)
