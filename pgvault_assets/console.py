@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -16,12 +16,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pgvault_assets.engine.pipeline import Progress as ProgressCallback
-
 # Piped or logged output gets a wide fixed width, so tables are never cut to 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200
 console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+
+ProgressCallback = Callable[[int], None]
 
 
 @contextlib.contextmanager
