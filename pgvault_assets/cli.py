@@ -110,16 +110,19 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from pgvault_assets.engine.vault import Vault
 
     if args.target == "production":
-        raise ConfigError(
-            "restoring to production needs dual authorization, which this version does not provide yet "
-            "(--skip-confirmation does not bypass it); restore to staging and verify there"
-        )
+        from pgvault_assets.cli_recovery import restore_production_command
+
+        return restore_production_command(args, settings)
     url = settings.target_url(args.target)
     if not args.skip_confirmation and args.target != "staging":
         _confirm(url.dbname)
     vault = Vault.from_settings(settings)
     with progress(f"restoring {args.date} to {args.target}") as advance:
         result = restore_backup(vault, args.date, url, full_verify=args.verify, progress=advance)
+    if args.target == "staging":
+        from pgvault_assets.engine.audit import record_staging_restore
+
+        record_staging_restore(vault, result.manifest, url.dbname)
     seconds = sum(result.stage_seconds.values())
     console.print(
         f"restored backup {args.date} ({result.manifest.row_total} rows in {len(result.manifest.table_rows)} tables) "
@@ -139,9 +142,9 @@ def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from pgvault_assets.engine.restore import rollback_restore
 
     if args.target == "production":
-        raise ConfigError(
-            "rolling back production needs dual authorization, which this version does not provide yet"
-        )
+        from pgvault_assets.cli_recovery import rollback_production_command
+
+        return rollback_production_command(args, settings)
     url = settings.target_url(args.target)
     restored, kept = rollback_restore(url)
     console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
@@ -160,6 +163,13 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
         manifests = vault.list_manifests()
         manifest = manifests[-1] if manifests else None
     results = check_database_integrity(url, manifest, install_amcheck=args.database == "staging")
+    if args.database == "staging" and manifest is not None:
+        from pgvault_assets.engine.audit import record_integrity_check
+
+        failing = [r.name for r in results if not r.passed]
+        record_integrity_check(
+            vault, manifest, url.dbname, passed=not failing, failed_checks=failing
+        )
     table = Table(title=f"integrity of {url.dbname} ({args.database})")
     table.add_column("check")
     table.add_column("result")
@@ -199,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
 
-    from pgvault_assets import cli_platform
+    from pgvault_assets import cli_platform, cli_recovery
 
     cli_platform.register(commands)
+    cli_recovery.register(commands)
 
     sub = commands.add_parser("list-backups", help="list complete backups, newest first")
     sub.add_argument("--days", type=positive_int, default=None, help="only the last N days")
@@ -225,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--skip-confirmation", action="store_true", help="do not ask to type the database name"
     )
+    sub.add_argument("--request", default=None, help="production: the dual-approved request id")
     sub.set_defaults(handler=_cmd_restore)
 
     sub = commands.add_parser(
         "rollback-restore", help="swap back the database the last restore replaced"
     )
     sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument("--request", default=None, help="production: the dual-approved request id")
     sub.set_defaults(handler=_cmd_rollback)
 
     sub = commands.add_parser(
@@ -276,4 +289,3 @@ def main(argv: list[str] | None = None) -> int:
             f"error: unexpected {type(exc).__name__}: {redact(str(exc))} (run with --debug for details)"
         )
         return 1
-

@@ -12,7 +12,9 @@ import contextlib
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date
 
@@ -292,3 +294,31 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
         )
         swap_databases(maintenance, target, kept[0], keep_as)
     return kept[0], keep_as
+
+
+@contextlib.contextmanager
+def restore_into_scratch(
+    vault: Vault,
+    day: date,
+    server_url: DatabaseUrl,
+    *,
+    label: str = "scratch",
+    now: Clock = utcnow,
+    progress: Progress | None = None,
+) -> Iterator[DatabaseUrl]:
+    """Restore `day` into a throwaway database on `server_url`'s server; always drop it.
+
+    Row recovery and drills read a backup as a database without touching any real one: a
+    name that exists nowhere makes `restore_backup`'s swap a plain rename, with every check.
+    """
+    name = f"pgvault_{label}_{day.strftime('%Y%m%d')}_{uuid.uuid4().hex[:8]}"
+    scratch = server_url.with_dbname(name)
+    try:
+        restore_backup(vault, day, scratch, now=now, progress=progress)
+        yield scratch
+    finally:
+        with (
+            contextlib.suppress(PgvaultError, psycopg.Error),
+            connect(server_url.with_dbname("postgres")) as maintenance,
+        ):
+            drop_database(maintenance, name)

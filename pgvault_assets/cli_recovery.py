@@ -1,0 +1,357 @@
+"""The recovery commands: dual-authorized requests, the audit trail, row recovery, compare, drill.
+
+A thin shell like the rest of the CLI: parse, call the engine, print. Every refusal is a
+`PgvaultError` whose one line says what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from datetime import date
+from pathlib import Path
+
+from rich.table import Table
+
+from pgvault_assets.console import console, human_bytes, progress
+from pgvault_assets.engine import audit
+from pgvault_assets.engine import authorization as auth
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import ConfigError
+from pgvault_assets.recovery_settings import load_recovery_settings
+from pgvault_assets.settings import Settings
+
+EXAMPLES = """\
+production restores need a request approved by two approvers:
+  pgvault restore-from-backup --date D --target staging --verify
+  pgvault check-database-integrity --database staging --date D
+  pgvault request-restore --date D --target production --reason "corrupted orders table"
+  pgvault approve-restore ID --key ~/.ssh/id_ed25519       (two approvers, each with their key)
+  pgvault restore-from-backup --date D --target production --request ID
+"""
+
+
+def _parse_date(text: str) -> date:
+    from pgvault_assets.cli import parse_date
+
+    return parse_date(text)
+
+
+def _confirm(database: str) -> None:
+    from pgvault_assets.cli import _confirm as confirm
+
+    confirm(database)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser(
+        "request-restore",
+        help="request a production restore, row recovery or rollback (needs two approvals)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.add_argument("--kind", choices=auth.KINDS, default="restore")
+    sub.add_argument("--date", type=_parse_date, default=None, help="the backup (not for rollback)")
+    sub.add_argument("--target", choices=("production",), required=True)
+    sub.add_argument("--reason", required=True, help="why production must change")
+    sub.add_argument("--requester", default=None, help="your name (default: the login name)")
+    sub.add_argument("--table", default=None, help="recover-rows: SCHEMA.TABLE")
+    sub.add_argument("--where", default=None, help="recover-rows: the approved predicate")
+    sub.add_argument("--with-dependents", action="store_true", help="recover-rows: with parents")
+    sub.set_defaults(handler=cmd_request_restore)
+
+    sub = commands.add_parser("approve-restore", help="sign a request with your SSH key")
+    sub.add_argument("request_id", metavar="ID")
+    sub.add_argument("--key", type=Path, required=True, help="your SSH private key")
+    sub.set_defaults(handler=cmd_approve_restore)
+
+    sub = commands.add_parser("audit", help="show the audit trail: requests, approvals, executions")
+    sub.add_argument("--request", default=None, help="only the records of this request")
+    sub.add_argument("--json", action="store_true", help="print a JSON array")
+    sub.set_defaults(handler=cmd_audit)
+
+    sub = commands.add_parser(
+        "recover-rows", help="put back rows deleted since a backup (dry run unless --apply)"
+    )
+    sub.add_argument("--date", type=_parse_date, required=True)
+    sub.add_argument("--table", required=True, help="SCHEMA.TABLE")
+    sub.add_argument("--where", default=None, help="SQL predicate on the backup's rows")
+    sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument("--with-dependents", action="store_true", help="also the parents they need")
+    sub.add_argument("--apply", action="store_true", help="insert the rows (one transaction)")
+    sub.add_argument("--request", default=None, help="production --apply: the approved request")
+    sub.add_argument("--skip-confirmation", action="store_true")
+    sub.set_defaults(handler=cmd_recover_rows)
+
+    sub = commands.add_parser(
+        "compare", help="row counts and checksums per table; exit 1 if any differ"
+    )
+    sub.add_argument("--source", choices=("staging", "production"), required=True)
+    sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument("--tables", nargs="+", default=None, metavar="SCHEMA.TABLE")
+    sub.set_defaults(handler=cmd_compare)
+
+    sub = commands.add_parser(
+        "drill", help="the disaster-recovery drill: restore last month's backup, check, time it"
+    )
+    sub.add_argument("--rto-hours", type=float, default=None, help="objective (default 4)")
+    sub.set_defaults(handler=cmd_drill)
+
+
+def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.rows import request_scope
+
+    recovery = load_recovery_settings()
+    scope = None
+    if args.kind == "recover-rows":
+        if not args.table:
+            raise ConfigError("a recover-rows request needs --table SCHEMA.TABLE")
+        scope = request_scope(args.table, args.where, args.with_dependents)
+    request = auth.create_request(
+        Vault.from_settings(settings),
+        kind=args.kind,
+        target=args.target,
+        target_url=settings.target_url(args.target),
+        day=args.date,
+        reason=args.reason,
+        requester=args.requester or getpass.getuser(),
+        ttl=recovery.request_ttl,
+        scope=scope,
+    )
+    console.print(request.id)
+    console.print(
+        f"requested: {request.summary()}; expires {request.expires_at:%Y-%m-%d %H:%M} UTC. "
+        f"Two approvers run: pgvault approve-restore {request.id} --key PATH"
+    )
+    return 0
+
+
+def cmd_approve_restore(args: argparse.Namespace, settings: Settings) -> int:
+    approvers = load_recovery_settings().require_approvers_file()
+    vault = Vault.from_settings(settings)
+    request = auth.read_request(vault, args.request_id)
+    console.print(f"request {request.id} by {request.requester}: {request.summary()}")
+    console.print(f"reason: {request.reason}")
+    approval = auth.approve_request(vault, request.id, args.key, approvers)
+    count = len(auth.valid_approvals(vault, request, approvers))
+    console.print(
+        f"approved by {approval.principal} ({approval.fingerprint}); "
+        f"{count} of {auth.REQUIRED_APPROVERS} distinct approvals"
+    )
+    return 0
+
+
+def _describe(record: audit.AuditRecord) -> tuple[str, str]:
+    body = record.body
+    if record.record == "request":
+        request = body.get("request", {})
+        return str(request.get("id", "")), (
+            f"{request.get('kind')} {request.get('date') or ''} into {request.get('database')} "
+            f"by {request.get('requester')}: {request.get('reason')}"
+        )
+    if record.record in (audit.STAGING_RESTORE, audit.INTEGRITY_CHECK):
+        verdict = (
+            ""
+            if record.record == audit.STAGING_RESTORE
+            else (" passed" if body.get("passed") else f" FAILED {body.get('failed_checks')}")
+        )
+        return (
+            "",
+            f"{body.get('date')} ({str(body.get('sha256'))[:12]}…) in {body.get('database')}{verdict}",
+        )
+    if record.record == "approval":
+        return str(body.get("request_id")), f"{body.get('principal')} ({body.get('fingerprint')})"
+    if record.record == "execution":
+        return str(
+            body.get("request_id")
+        ), f"{body.get('kind')} approved by {', '.join(body.get('approvers', []))}"
+    if record.record == "execution-result":
+        return str(body.get("request_id")), (
+            f"{'succeeded' if body.get('succeeded') else 'FAILED'}: {body.get('detail')}"
+        )
+    return "", record.key
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    vault = Vault.from_settings(settings)
+    records = audit.audit_records(vault)
+    if args.request:
+        records = [r for r in records if _describe(r)[0] == args.request]
+    if args.json:
+        print(json.dumps([r.body for r in records], indent=2, sort_keys=True))
+        return 0
+    if not records:
+        console.print(f"the audit trail of {settings.environment} is empty")
+        return 0
+    table = Table(title=f"audit trail of {settings.environment}")
+    for column in ("recorded (UTC)", "record", "request", "detail"):
+        table.add_column(column)
+    for record in records:
+        request_id, detail = _describe(record)
+        table.add_row(f"{record.recorded_at:%Y-%m-%d %H:%M:%S}", record.record, request_id, detail)
+    console.print(table)
+    return 0
+
+
+def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine import rows
+
+    vault = Vault.from_settings(settings)
+    url = settings.target_url(args.target)
+    scratch_server = settings.staging_database_url or url
+    if args.apply and args.target == "production":
+        if not args.request:
+            raise ConfigError(
+                "recovering rows into production needs an approved request: "
+                "pgvault request-restore --kind recover-rows ..., then --request ID"
+            )
+        request = auth.read_request(vault, args.request)
+        wanted = rows.request_scope(args.table, args.where, args.with_dependents)
+        if request.scope != wanted or request.date != args.date:
+            raise ConfigError(
+                f"request {request.id} approved {request.summary()} with {request.scope}; "
+                "run exactly what was approved, or request again"
+            )
+        result = rows.recover_rows_production(
+            vault,
+            args.request,
+            url,
+            load_recovery_settings().require_approvers_file(),
+            scratch_server=scratch_server,
+            confirm=None if args.skip_confirmation else _confirm,
+        )
+    else:
+        if args.request:
+            raise ConfigError("--request is only for --apply on production; drop it")
+        result = rows.recover_rows(
+            vault,
+            args.date,
+            url,
+            args.table,
+            where=args.where,
+            with_dependents=args.with_dependents,
+            apply=args.apply,
+            scratch_server=scratch_server,
+        )
+    per_table = ", ".join(f"{name}: {count}" for name, count in result.tables)
+    if result.inserted is None:
+        print(result.script())
+        console.print(
+            f"-- {result.total} rows missing from {url.dbname} ({per_table}); "
+            "nothing was changed, add --apply to insert them"
+        )
+    else:
+        console.print(
+            f"inserted {result.inserted} of {result.total} rows into {url.dbname} ({per_table}) "
+            "in one transaction"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.compare import compare_databases
+
+    if args.source == args.target:
+        raise ConfigError("--source and --target are the same database; compare two")
+    source, target = settings.target_url(args.source), settings.target_url(args.target)
+    comparison = compare_databases(source, target, args.tables)
+    table = Table(title=f"{args.source} ({source.dbname}) vs {args.target} ({target.dbname})")
+    for column in ("table", f"{args.source} rows", f"{args.target} rows", "content"):
+        table.add_column(column)
+    for item in comparison.tables:
+        table.add_row(
+            item.table,
+            str(item.source.rows) if item.source else "absent",
+            str(item.target.rows) if item.target else "absent",
+            "[red]DIFFERS[/]" if item.differs else "[green]same[/]",
+        )
+    console.print(table)
+    if comparison.differing:
+        names = ", ".join(t.table for t in comparison.differing)
+        console.print(f"{len(comparison.differing)} tables differ: {names}")
+        return 1
+    console.print(f"all {len(comparison.tables)} tables are equal")
+    return 0
+
+
+def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from pgvault_assets.engine.drill import run_drill, store_report
+
+    recovery = load_recovery_settings()
+    if settings.staging_database_url is None:
+        raise ConfigError("the drill restores on the staging server; set STAGING_DATABASE_URL")
+    objective = (
+        timedelta(hours=args.rto_hours) if args.rto_hours else recovery.recovery_time_objective
+    )
+    vault = Vault.from_settings(settings)
+    report = run_drill(
+        vault,
+        settings.staging_database_url,
+        production_url=settings.database_url,
+        queries_file=recovery.drill_queries_file,
+        recovery_time_objective=objective,
+    )
+    key = store_report(vault, report)
+    console.print(report.to_markdown())
+    console.print(
+        f"report stored as {key}; drill database "
+        f"{human_bytes(report.drill_database_bytes or 0)} was dropped"
+    )
+    return 0 if report.passed else 1
+
+
+def restore_production_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`restore-from-backup --target production`: only under a dual-authorized request."""
+    if not args.request:
+        raise ConfigError(
+            "restoring to production needs an approved request (--skip-confirmation does not bypass it): "
+            "pgvault request-restore --date D --target production --reason TEXT, two approvals, then --request ID"
+        )
+    vault = Vault.from_settings(settings)
+    request = auth.read_request(vault, args.request)
+    if request.date != args.date:
+        raise ConfigError(
+            f"request {request.id} approved the {request.date} backup, not {args.date}; nothing was restored"
+        )
+    url = settings.target_url("production")
+    with progress(f"restoring {args.date} to production") as advance:
+        result = auth.restore_production(
+            vault,
+            args.request,
+            url,
+            load_recovery_settings().require_approvers_file(),
+            full_verify=args.verify,
+            progress=advance,
+            confirm=None if args.skip_confirmation else _confirm,
+        )
+    console.print(
+        f"restored backup {args.date} into {url.dbname} on production under request {request.id}"
+    )
+    if result.previous:
+        console.print(
+            f"the replaced database is kept as {result.previous}; to undo: "
+            "pgvault request-restore --kind rollback --target production --reason TEXT, two approvals, "
+            "then pgvault rollback-restore --target production --request ID"
+        )
+    return 0
+
+
+def rollback_production_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`rollback-restore --target production`: only under a dual-authorized `rollback` request."""
+    if not args.request:
+        raise ConfigError(
+            "rolling back production needs an approved request: "
+            "pgvault request-restore --kind rollback --target production --reason TEXT, then --request ID"
+        )
+    url = settings.target_url("production")
+    restored, kept = auth.rollback_production(
+        Vault.from_settings(settings),
+        args.request,
+        url,
+        load_recovery_settings().require_approvers_file(),
+    )
+    console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
+    return 0

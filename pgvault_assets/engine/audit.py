@@ -1,0 +1,197 @@
+"""The audit trail: append-only JSON records under `{environment}/audit/` in the store.
+
+Every record is written create-only (a key that already exists is never replaced), so the
+trail can grow but pgvault never rewrites its history. A key that is unique per *thing*
+rather than per write turns the same primitive into a once-only claim: the execution record
+of a request lives at `executions/{request_id}.json`, so a second execution cannot be written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import botocore.exceptions
+
+from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.store import LocalStore, S3Store, Store
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import StoreError
+
+STAGING_RESTORE = "staging-restore"
+INTEGRITY_CHECK = "integrity-check"
+
+
+class RecordExists(StoreError):
+    """A create-only write found its key taken; the existing record was left as it was."""
+
+
+def put_new(store: Store, key: str, data: bytes) -> None:
+    """Write `key` only if it does not exist yet; raise `RecordExists` if it does."""
+    if isinstance(store, S3Store):
+        try:
+            store.client.put_object(
+                Bucket=store.bucket,
+                Key=key,
+                Body=data,
+                IfNoneMatch="*",
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=store.kms_key_id,
+                ChecksumAlgorithm="SHA256",
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                raise RecordExists(f"{key} already exists in the audit trail") from None
+            raise StoreError(
+                f"S3 write of {key} failed ({code}); check the bucket permissions"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StoreError(f"S3 write of {key} failed ({type(exc).__name__})") from None
+        return
+    if isinstance(store, LocalStore):
+        _put_new_local(store, key, data)
+        return
+    raise StoreError(f"{type(store).__name__} cannot write create-only records")
+
+
+def _put_new_local(store: LocalStore, key: str, data: bytes) -> None:
+    """Write a hidden temporary file, then hard-link it into place: link never replaces."""
+    final = (store.root / key).resolve()
+    if not final.is_relative_to(store.root.resolve()):
+        raise StoreError(f"refusing a key outside the store: {key!r}")
+    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, final)
+    except FileExistsError:
+        raise RecordExists(f"{key} already exists in the audit trail") from None
+    except OSError as exc:
+        raise StoreError(
+            f"local store failed writing {key} ({exc.strerror}); check BACKUP_LOCAL_DIR"
+        ) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    key: str
+    record: str
+    recorded_at: datetime
+    body: dict[str, Any]
+
+
+def audit_prefix(environment: str) -> str:
+    return f"{environment}/audit/"
+
+
+def unique_name(now: datetime) -> str:
+    """Sorts by time; the random part keeps two writers in the same microsecond apart."""
+    return f"{now.astimezone(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def append(
+    vault: Vault,
+    folder: str,
+    record: str,
+    body: dict[str, Any],
+    *,
+    now: datetime,
+    name: str | None = None,
+) -> AuditRecord:
+    """Add one record; `name` (for once-only claims) defaults to a unique time-ordered name."""
+    key = f"{audit_prefix(vault.environment)}{folder}/{name or unique_name(now)}.json"
+    payload = {"record": record, "recorded_at": now.astimezone(UTC).isoformat(), **body}
+    put_new(vault.store, key, json.dumps(payload, indent=2, sort_keys=True).encode())
+    return AuditRecord(key, record, now.astimezone(UTC), payload)
+
+
+def read_record(vault: Vault, key: str) -> AuditRecord | None:
+    raw = vault.store.get_bytes(key)
+    if raw is None:
+        return None
+    try:
+        body = json.loads(raw)
+        return AuditRecord(
+            key, str(body["record"]), datetime.fromisoformat(body["recorded_at"]), body
+        )
+    except (ValueError, KeyError, TypeError):
+        return AuditRecord(key, "unreadable", datetime.min.replace(tzinfo=UTC), {})
+
+
+def audit_records(vault: Vault, folder: str = "") -> list[AuditRecord]:
+    """Every record under `folder` (default: the whole trail), oldest first."""
+    prefix = audit_prefix(vault.environment) + (f"{folder}/" if folder else "")
+    records = [read_record(vault, obj.key) for obj in vault.store.list(prefix)]
+    return sorted((r for r in records if r is not None), key=lambda r: (r.recorded_at, r.key))
+
+
+def record_staging_restore(
+    vault: Vault, manifest: Manifest, database: str, *, now: Clock = utcnow
+) -> AuditRecord:
+    return append(
+        vault,
+        "staging",
+        STAGING_RESTORE,
+        {"date": manifest.date.isoformat(), "sha256": manifest.sha256, "database": database},
+        now=now(),
+    )
+
+
+def record_integrity_check(
+    vault: Vault,
+    manifest: Manifest,
+    database: str,
+    *,
+    passed: bool,
+    failed_checks: list[str],
+    now: Clock = utcnow,
+) -> AuditRecord:
+    return append(
+        vault,
+        "staging",
+        INTEGRITY_CHECK,
+        {
+            "date": manifest.date.isoformat(),
+            "sha256": manifest.sha256,
+            "database": database,
+            "passed": passed,
+            "failed_checks": failed_checks,
+        },
+        now=now(),
+    )
+
+
+def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
+    """Was this exact backup restored to staging and did staging then pass its integrity checks?
+
+    Walks the staging records in order, tracking which backup staging holds: a pass counts
+    only while staging still holds the backup of `day` with `sha256` (a later restore of
+    another backup makes an earlier pass irrelevant to what staging holds now, not untrue).
+    """
+    holding: tuple[object, object] | None = None
+    wanted = (day.isoformat(), sha256)
+    for record in audit_records(vault, "staging"):
+        backup = (record.body.get("date"), record.body.get("sha256"))
+        if record.record == STAGING_RESTORE:
+            holding = backup
+        elif (
+            record.record == INTEGRITY_CHECK
+            and record.body.get("passed") is True
+            and backup == wanted == holding
+        ):
+            return True
+    return False

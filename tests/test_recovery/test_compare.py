@@ -1,0 +1,63 @@
+"""Compare tells equal databases from differing ones, table by table; the CLI exits 1 on a difference."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgvault_assets.engine.compare import compare_databases
+from pgvault_assets.engine.restore import restore_backup
+from pgvault_assets.settings import DatabaseUrl
+from tests.test_engine.helpers import DAY, vault
+from tests.test_recovery.conftest import Databases, execute
+from tests.test_recovery.helpers import run
+
+
+@pytest.fixture
+def restored(databases: Databases) -> Databases:
+    """Staging holds a restore of production's backup: the same data, written anew."""
+    restore_backup(vault(), DAY, DatabaseUrl(databases.staging))
+    return databases
+
+
+def test_a_restored_copy_compares_equal(restored, capsys):
+    comparison = compare_databases(DatabaseUrl(restored.staging), DatabaseUrl(restored.production))
+
+    assert comparison.equal
+    assert {t.table for t in comparison.tables} == set(restored.manifest.table_rows)
+    assert run(capsys, "compare", "--source", "staging", "--target", "production")[0] == 0
+
+
+def test_one_changed_value_is_named_and_the_cli_exits_1(restored, capsys):
+    execute(
+        restored.production,
+        "UPDATE public.verse_texts SET translation = 'changed' WHERE surah = 1 AND ayah = 7",
+    )
+
+    comparison = compare_databases(DatabaseUrl(restored.staging), DatabaseUrl(restored.production))
+    code, out, _ = run(capsys, "compare", "--source", "staging", "--target", "production")
+
+    assert [t.table for t in comparison.differing] == ["public.verse_texts"]
+    assert comparison.differing[0].source.rows == comparison.differing[0].target.rows
+    assert code == 1
+    assert "1 tables differ: public.verse_texts" in out
+
+
+def test_a_table_missing_on_one_side_differs(restored):
+    execute(restored.production, "DROP TABLE public.pending_deletions")
+
+    comparison = compare_databases(DatabaseUrl(restored.staging), DatabaseUrl(restored.production))
+
+    assert [(t.table, t.target) for t in comparison.differing] == [
+        ("public.pending_deletions", None)
+    ]
+
+
+def test_only_the_named_tables_are_compared(restored, capsys):
+    execute(restored.production, "DELETE FROM public.notes")
+
+    code, out, _ = run(
+        capsys, "compare", "--source", "staging", "--target", "production", "--tables", "users"
+    )
+
+    assert code == 0
+    assert "all 1 tables are equal" in out
