@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 
 from rich.table import Table
 
-from pgvault_assets.console import console, errors, human_bytes, progress
+from pgvault_assets.console import console, errors, human_bytes, print_warnings, progress
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings
@@ -44,13 +44,18 @@ def parse_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
 
 
+MAX_DAYS = 36500  # a hundred years: any more is a typo, and overflows a date
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    if not 1 <= value <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of at least 1 and at most {MAX_DAYS}"
+        )
     return value
 
 
@@ -209,10 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
 
-    from pgvault_assets import cli_platform, cli_recovery
+    from pgvault_assets import cli_deploy, cli_platform, cli_recovery
 
     cli_platform.register(commands)
     cli_recovery.register(commands)
+    cli_deploy.register(commands)
 
     sub = commands.add_parser("list-backups", help="list complete backups, newest first")
     sub.add_argument("--days", type=positive_int, default=None, help="only the last N days")
@@ -271,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    print_warnings()
     try:
         settings = load_settings()
         return int(args.handler(args, settings))

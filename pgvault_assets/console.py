@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
 
@@ -42,6 +43,22 @@ def progress(description: str, total: int | None = None) -> Iterator[ProgressCal
     with bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+class _WarningLines(logging.Handler):
+    """pgvault's logged warnings as `warning: ...` lines on stderr, secrets masked."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from pgvault_assets.redact import redact
+
+        errors.print(f"warning: {redact(record.getMessage())}", markup=False)
+
+
+def print_warnings() -> None:
+    """Show what the engine warns about (an unsafe bucket, a backup still locked) on stderr."""
+    logger = logging.getLogger("pgvault_assets")
+    if not any(isinstance(handler, _WarningLines) for handler in logger.handlers):
+        logger.addHandler(_WarningLines(logging.WARNING))
 
 
 def human_bytes(size: float) -> str:

@@ -51,9 +51,10 @@ def load_recovery_settings(env: Mapping[str, str] | None = None) -> RecoverySett
             hours = float(raw_ttl)
         except ValueError:
             hours = -1.0
-        if not 0 < hours <= 72:
+        # At least a minute: a tinier float is above 0 yet rounds to a lifetime of nothing.
+        if not 1 / 60 <= hours <= 72:
             raise ConfigError(
-                f"RESTORE_REQUEST_TTL_HOURS must be a number of hours above 0 and at most 72 (got {raw_ttl!r})"
+                f"RESTORE_REQUEST_TTL_HOURS must be a number of hours from 0.017 (a minute) to 72 (got {raw_ttl!r})"
             )
         ttl = timedelta(hours=hours)
     queries = _path(env, "DRILL_QUERIES_FILE")

@@ -7,8 +7,14 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
+REDACTED = "[redacted]"
 _URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s/]+)@"
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s/]*@", re.I
+)
+_AWS_ACCESS_KEY = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>password|passwd|secret|token|aws_secret_access_key|pgpassword)(?P<sep>\s*[=:]\s*)\S+",
+    re.I,
 )
 _SECRET_VARIABLES = (
     "AWS_SECRET_ACCESS_KEY",
@@ -49,9 +55,10 @@ def secrets_in(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def redact(text: str, extra: Iterable[str] = ()) -> str:
-    """Mask URL passwords and every configured secret value in `text`."""
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    for secret in [*extra, *secrets_in()]:
+    """Mask every configured secret value in `text`, and anything shaped like a secret."""
+    for secret in sorted({*extra, *secrets_in()}, key=len, reverse=True):
         if secret:
-            text = text.replace(secret, "***")
-    return text
+            text = text.replace(secret, REDACTED)
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    text = _AWS_ACCESS_KEY.sub(REDACTED, text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", text)

@@ -16,6 +16,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pgvault_assets.errors import ConfigError
 
 ENVIRONMENT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# S3 Object Lock modes for backups in a bucket that has Object Lock: governance can be lifted
+# by a principal granted s3:BypassGovernanceRetention, compliance by no one until it expires.
+OBJECT_LOCK_MODES = ("governance", "compliance")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class Settings:
     sentry_dsn: str | None = field(repr=False)
     storage_budget_bytes: int | None = None
     alert_webhook_url: str | None = field(default=None, repr=False)
+    object_lock_mode: str = "governance"
+    s3_read_timeout_seconds: int = 60
 
     @property
     def uses_s3(self) -> bool:
@@ -184,6 +189,12 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     if webhook and urlsplit(webhook).scheme not in ("http", "https"):
         raise ConfigError("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
 
+    lock_mode = (_optional(env, "BACKUP_OBJECT_LOCK_MODE") or "governance").lower()
+    if lock_mode not in OBJECT_LOCK_MODES:
+        raise ConfigError(
+            f"BACKUP_OBJECT_LOCK_MODE must be governance or compliance (got {lock_mode!r})"
+        )
+
     local_dir = Path(_optional(env, "BACKUP_LOCAL_DIR") or base / "store")
     key_file = Path(_optional(env, "BACKUP_LOCAL_KEY_FILE") or base / "backup.key")
 
@@ -204,4 +215,6 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         sentry_dsn=_optional(env, "SENTRY_DSN"),
         storage_budget_bytes=budget,
         alert_webhook_url=webhook,
+        object_lock_mode=lock_mode,
+        s3_read_timeout_seconds=_int(env, "BACKUP_S3_READ_TIMEOUT_SECONDS", 60, 1, 3600),
     )

@@ -1,7 +1,8 @@
 """The audit trail: append-only JSON records under `{environment}/audit/` in the store.
 
 Every record is written create-only (a key that already exists is never replaced), so the
-trail can grow but pgvault never rewrites its history. A key that is unique per *thing*
+trail can grow but pgvault never rewrites its history; in a bucket with S3 Object Lock each
+record is also locked in compliance mode, so not even the bucket's owner can delete it early. A key that is unique per *thing*
 rather than per write turns the same primitive into a once-only claim: the execution record
 of a request lives at `executions/{request_id}.json`, so a second execution cannot be written.
 """
@@ -19,8 +20,9 @@ from typing import Any
 import botocore.exceptions
 
 from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.immutability import AUDIT_LOCK_MODE, audit_retain_until
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.store import LocalStore, S3Store, Store
+from pgvault_assets.engine.store import LocalStore, S3Store, Store, _private_dirs
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import StoreError
 
@@ -32,9 +34,13 @@ class RecordExists(StoreError):
     """A create-only write found its key taken; the existing record was left as it was."""
 
 
-def put_new(store: Store, key: str, data: bytes) -> None:
-    """Write `key` only if it does not exist yet; raise `RecordExists` if it does."""
+def put_new(store: Store, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
+    """Write `key` only if it does not exist yet; raise `RecordExists` if it does.
+
+    `retain_until`: in a bucket with Object Lock, the record cannot be deleted before then.
+    """
     if isinstance(store, S3Store):
+        lock = store.lock_arguments(retain_until, mode=AUDIT_LOCK_MODE)
         try:
             store.client.put_object(
                 Bucket=store.bucket,
@@ -44,6 +50,7 @@ def put_new(store: Store, key: str, data: bytes) -> None:
                 ServerSideEncryption="aws:kms",
                 SSEKMSKeyId=store.kms_key_id,
                 ChecksumAlgorithm="SHA256",
+                **lock,
             )
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
@@ -68,7 +75,7 @@ def _put_new_local(store: LocalStore, key: str, data: bytes) -> None:
         raise StoreError(f"refusing a key outside the store: {key!r}")
     tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
     try:
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dirs(final.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -115,7 +122,12 @@ def append(
     """Add one record; `name` (for once-only claims) defaults to a unique time-ordered name."""
     key = f"{audit_prefix(vault.environment)}{folder}/{name or unique_name(now)}.json"
     payload = {"record": record, "recorded_at": now.astimezone(UTC).isoformat(), **body}
-    put_new(vault.store, key, json.dumps(payload, indent=2, sort_keys=True).encode())
+    put_new(
+        vault.store,
+        key,
+        json.dumps(payload, indent=2, sort_keys=True).encode(),
+        retain_until=audit_retain_until(vault.retention, now=now),
+    )
     return AuditRecord(key, record, now.astimezone(UTC), payload)
 
 

@@ -104,8 +104,8 @@ class RestoreRequest:
             sha256=str(data["sha256"]) if data["sha256"] else None,
             reason=str(data["reason"]),
             requester=str(data["requester"]),
-            created_at=datetime.fromisoformat(data["created_at"]),
-            expires_at=datetime.fromisoformat(data["expires_at"]),
+            created_at=_aware(data["created_at"], "created_at"),
+            expires_at=_aware(data["expires_at"], "expires_at"),
             scope=dict(scope),
         )
 
@@ -132,6 +132,16 @@ class Authorization:
 
     request: RestoreRequest
     approvers: tuple[Approval, ...]
+
+
+def _aware(value: object, name: str) -> datetime:
+    """A stored time with its zone; a naive one would fail every comparison with the clock."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be an ISO 8601 time")
+    moment = datetime.fromisoformat(value)
+    if moment.utcoffset() is None:
+        raise ValueError(f"{name} must carry a time zone")
+    return moment
 
 
 def request_key(environment: str, request_id: str) -> str:
@@ -229,7 +239,7 @@ def read_request(vault: Vault, request_id: str) -> RestoreRequest:
         )
     try:
         request = RestoreRequest.from_dict(json.loads(raw)["request"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise AuthorizationRefused(
             f"request {request_id} is malformed ({exc}); create a new request"
         ) from None

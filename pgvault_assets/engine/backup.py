@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
 import pgvault_assets
 from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine.immutability import backup_retain_until
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.pipeline import Progress, encrypt_stream
 from pgvault_assets.engine.postgres import (
@@ -23,11 +25,20 @@ from pgvault_assets.engine.postgres import (
     tool_env,
 )
 from pgvault_assets.engine.store import LocalStore, S3Store
+from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed, ConfigError
 from pgvault_assets.settings import DatabaseUrl
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
+# Retention cleanup is short; a backup ready to commit waits this long for it to finish.
+RETENTION_WAIT_SECONDS = 15 * 60
+
+
+def retention_lock_name(environment: str) -> str:
+    """The lock retention cleanup holds while deleting; a backup commits only outside it."""
+    return f"{environment}-retention"
 
 
 def utcnow() -> datetime:
@@ -57,16 +68,30 @@ def _tail_reader(stream, lines: deque[str]) -> None:
         lines.append(raw.decode(errors="replace").rstrip())
 
 
-def _clean_partials(vault: Vault, day: date) -> None:
-    """Remove what a killed run of this date left behind; we hold the date's lock."""
+def _clean_partials(vault: Vault, day: date) -> int:
+    """Remove what a killed run of this date left behind, and say so; we hold the date's lock."""
     store = vault.store
+    removed = 0
+    what = "leftover"
     if isinstance(store, LocalStore):
         folder = store.root / vault.environment / day.isoformat()
         for partial in folder.glob(".*.partial-*") if folder.exists() else []:
             partial.unlink(missing_ok=True)
+            removed += 1
+        what = "partial file"
     elif isinstance(store, S3Store):
         with contextlib.suppress(Exception):
-            store.abort_stale_uploads(vault.object_key(day), older_than=timedelta(0))
+            removed = store.abort_stale_uploads(vault.object_key(day), older_than=timedelta(0))
+        what = "unfinished multipart upload"
+    if removed:
+        log.warning(
+            "removed %d %s%s an interrupted backup of %s left behind",
+            removed,
+            what,
+            "s" if removed > 1 else "",
+            day.isoformat(),
+        )
+    return removed
 
 
 def backup_database(
@@ -89,90 +114,118 @@ def backup_database(
         check_backup_date(day, started_at)
     keys = vault.encryption_keys()
     context = mf.encryption_context(vault.environment, day)
+    retain_until = backup_retain_until(day, vault.retention, now=started_at)
     with vault.store.lock(f"{vault.environment}-backup-{day.isoformat()}"):
         _clean_partials(vault, day)
-        with connect(url, autocommit=False) as conn:
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-            assert row is not None
-            snapshot = row[0]
-            major, version = server_version(conn)
-            pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
+        with contextlib.ExitStack() as committing:
+            with _database_failure_is_backup_failure(), connect(url, autocommit=False) as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                assert row is not None
+                snapshot = row[0]
+                major, version = server_version(conn)
+                pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
 
-            counts: dict[str, int] = {}
-            count_errors: list[BaseException] = []
+                counts: dict[str, int] = {}
+                count_errors: list[BaseException] = []
 
-            def count_rows() -> None:
-                try:
-                    counts.update(table_row_counts(conn))
-                except BaseException as exc:
-                    count_errors.append(exc)
+                def count_rows() -> None:
+                    try:
+                        counts.update(table_row_counts(conn))
+                    except BaseException as exc:
+                        count_errors.append(exc)
 
-            errors: deque[str] = deque(maxlen=20)
-            proc = subprocess.Popen(
-                [pg_dump, "--no-password", "--format=plain", f"--snapshot={snapshot}"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=tool_env(url),
-                bufsize=1024 * 1024,
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            stderr_thread = threading.Thread(
-                target=_tail_reader, args=(proc.stderr, errors), daemon=True
-            )
-            stderr_thread.start()
-            counter = threading.Thread(target=count_rows, name="pgvault-row-counts", daemon=True)
-            counter.start()
-            writer = vault.store.open_writer(vault.object_key(day))
-            try:
-                result = encrypt_stream(
-                    proc.stdout, writer, keys, context, level=level, progress=progress
+                errors: deque[str] = deque(maxlen=20)
+                proc = subprocess.Popen(
+                    [pg_dump, "--no-password", "--format=plain", f"--snapshot={snapshot}"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=tool_env(url),
+                    bufsize=1024 * 1024,
                 )
-                code = proc.wait()
-                stderr_thread.join(5)
-                if code != 0:
-                    reason = next((e for e in reversed(errors) if e), f"exit status {code}")
-                    raise BackupFailed(
-                        f"pg_dump failed ({reason.removeprefix('pg_dump: ')}); "
-                        "no backup was recorded, the previous one is intact"
+                assert proc.stdout is not None and proc.stderr is not None
+                stderr_thread = threading.Thread(
+                    target=_tail_reader, args=(proc.stderr, errors), daemon=True
+                )
+                stderr_thread.start()
+                counter = threading.Thread(
+                    target=count_rows, name="pgvault-row-counts", daemon=True
+                )
+                counter.start()
+                writer = vault.store.open_writer(vault.object_key(day), retain_until=retain_until)
+                try:
+                    result = encrypt_stream(
+                        proc.stdout, writer, keys, context, level=level, progress=progress
                     )
-                counter.join()
-                if count_errors:
-                    raise BackupFailed(
-                        f"counting rows in the dump's snapshot failed ({count_errors[0]})"
+                    code = proc.wait()
+                    stderr_thread.join(5)
+                    if code != 0:
+                        reason = next((e for e in reversed(errors) if e), f"exit status {code}")
+                        raise BackupFailed(
+                            f"pg_dump failed ({reason.removeprefix('pg_dump: ')}); "
+                            "no backup was recorded, the previous one is intact"
+                        )
+                    counter.join()
+                    if count_errors:
+                        raise BackupFailed(
+                            f"counting rows in the dump's snapshot failed ({count_errors[0]}); "
+                            "no backup was recorded, the previous one is intact"
+                        )
+                    # From the object's commit to its manifest, retention must not delete this date.
+                    committing.enter_context(
+                        vault.store.lock(
+                            retention_lock_name(vault.environment),
+                            wait_seconds=RETENTION_WAIT_SECONDS,
+                        )
                     )
-                version_id = writer.commit()
-            except BaseException:
-                writer.abort()
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-                raise
-        finished_at = now()
-        manifest = Manifest(
-            environment=vault.environment,
-            date=day,
-            object_key=vault.object_key(day),
-            sha256=result.sha256,
-            size_bytes=result.stored_bytes,
-            dump_size_bytes=result.dump_bytes,
-            compressed_size_bytes=result.compressed_bytes,
-            started_at=started_at,
-            finished_at=finished_at,
-            stage_seconds={
-                **result.stage_seconds,
-                "total": round((finished_at - started_at).total_seconds(), 3),
-            },
-            server_version=version,
-            pg_dump_version=pg_dump_version,
-            database=url.dbname,
-            table_rows=counts,
-            key_id=keys.key_id,
-            pgvault_version=pgvault_assets.__version__,
-            object_version_id=version_id,
-            compression_level=level,
-            encryption_context=context,
-        )
-        vault.store.put_bytes(vault.manifest_key(day), manifest.to_json())
-        return manifest
+                    version_id = writer.commit()
+                except BaseException:
+                    writer.abort()
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait()
+                    raise
+            finished_at = now()
+            manifest = Manifest(
+                environment=vault.environment,
+                date=day,
+                object_key=vault.object_key(day),
+                sha256=result.sha256,
+                size_bytes=result.stored_bytes,
+                dump_size_bytes=result.dump_bytes,
+                compressed_size_bytes=result.compressed_bytes,
+                started_at=started_at,
+                finished_at=finished_at,
+                stage_seconds={
+                    **result.stage_seconds,
+                    "total": round((finished_at - started_at).total_seconds(), 3),
+                },
+                server_version=version,
+                pg_dump_version=pg_dump_version,
+                database=url.dbname,
+                table_rows=counts,
+                key_id=keys.key_id,
+                pgvault_version=pgvault_assets.__version__,
+                object_version_id=version_id,
+                compression_level=level,
+                encryption_context=context,
+            )
+            pause_point("manifest")
+            vault.store.put_bytes(
+                vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
+            )
+            return manifest
+
+
+@contextlib.contextmanager
+def _database_failure_is_backup_failure() -> Iterator[None]:
+    """A restarted server or a terminated session ends the backup with one line, not a trace."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise BackupFailed(
+            f"the database connection failed during the backup ({reason}); "
+            "no backup was recorded, the previous one is intact"
+        ) from None

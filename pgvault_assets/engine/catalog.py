@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
+from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.retention import tier_of
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings
-
-RESTORE_VERIFIED_NAME = "restore_verified.json"
-
-
-def restore_verified_key(environment: str, day: date) -> str:
-    return f"{environment}/{day.isoformat()}/{RESTORE_VERIFIED_NAME}"
-
-
-def restore_verified_at(vault: Vault, day: date) -> datetime | None:
-    """When the backup of `day` was last proven restorable, if ever."""
-    raw = vault.store.get_bytes(restore_verified_key(vault.environment, day))
-    if raw is None:
-        return None
-    try:
-        return datetime.fromisoformat(json.loads(raw)["verified_at"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def backup_rows(settings: Settings, *, days: int | None, now: datetime) -> list[dict]:
@@ -34,9 +17,10 @@ def backup_rows(settings: Settings, *, days: int | None, now: datetime) -> list[
     if days is not None:
         cutoff = now.date() - timedelta(days=days)
         manifests = [m for m in manifests if m.date > cutoff]
+    verified_dates = restore_verified_dates(vault)
     rows = []
     for m in reversed(manifests):
-        verified = restore_verified_at(vault, m.date)
+        verified = verified_dates.get(m.date)
         rows.append(
             {
                 "date": m.date.isoformat(),

@@ -29,6 +29,7 @@ from aws_encryption_sdk.key_providers.base import MasterKeyProvider
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 
+from pgvault_assets.engine.store import _private_dirs
 from pgvault_assets.errors import ConfigError, KeyUnavailable
 
 # Key commitment without the ECDSA signature: every reader of a backup also holds the key, so
@@ -78,8 +79,8 @@ class LocalKeyProvider:
         """Create the key file if it does not exist (exclusive create: never overwrite)."""
         if self.path.exists():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            _private_dirs(self.path.parent)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return

@@ -84,7 +84,7 @@ class Manifest:
         where = expected_key or "manifest"
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise IntegrityError(f"{where} is not valid JSON; do not restore this backup") from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{where} is not a JSON object; do not restore this backup")
@@ -97,8 +97,8 @@ class Manifest:
                 size_bytes=_int(data, "size_bytes"),
                 dump_size_bytes=_int(data, "dump_size_bytes"),
                 compressed_size_bytes=_int(data, "compressed_size_bytes"),
-                started_at=datetime.fromisoformat(_str(data, "started_at")),
-                finished_at=datetime.fromisoformat(_str(data, "finished_at")),
+                started_at=_aware(data, "started_at"),
+                finished_at=_aware(data, "finished_at"),
                 stage_seconds={str(k): float(v) for k, v in _dict(data, "stage_seconds").items()},
                 server_version=_str(data, "server_version"),
                 pg_dump_version=_str(data, "pg_dump_version"),
@@ -106,7 +106,9 @@ class Manifest:
                 table_rows={str(k): _nonneg(v, k) for k, v in _dict(data, "table_rows").items()},
                 key_id=_str(data, "key_id"),
                 pgvault_version=_str(data, "pgvault_version"),
-                object_version_id=data.get("object_version_id"),
+                object_version_id=_str(data, "object_version_id")
+                if data.get("object_version_id") is not None
+                else None,
                 compression_level=_int(data, "compression_level"),
                 format_version=_int(data, "format_version"),
                 encryption_context={
@@ -124,6 +126,13 @@ class Manifest:
             )
         if not _SHA256.match(manifest.sha256):
             raise IntegrityError(f"{where} has an invalid sha256; do not restore this backup")
+        if expected_key is not None and manifest_key(manifest.environment, manifest.date) != (
+            expected_key
+        ):
+            raise IntegrityError(
+                f"{where} describes the backup of {manifest.environment} on {manifest.date}, "
+                "not the one stored there; do not restore this backup"
+            )
         if expected_key is not None:
             expected_object = expected_key.rsplit("/", 1)[0] + "/" + OBJECT_NAME
             if manifest.object_key != expected_object:
@@ -140,6 +149,14 @@ def _str(data: dict, name: str) -> str:
     value = data[name]
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def _aware(data: dict, name: str) -> datetime:
+    """A timestamp with its time zone: a naive one cannot be compared with the clock."""
+    value = datetime.fromisoformat(_str(data, name))
+    if value.utcoffset() is None:
+        raise ValueError(f"{name} must carry a time zone")
     return value
 
 

@@ -84,19 +84,43 @@ class _QueueReader:
 Chunks = queue.Queue[bytes | BaseException | None]
 
 
+class _Stopped(Exception):
+    """The consumer gave up; a producer thread just ends."""
+
+
+def _put(out: Chunks, item: bytes | BaseException | None, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        with contextlib.suppress(queue.Full):
+            out.put(item, timeout=0.1)
+            return
+
+
+def _get(source: Chunks, stop: threading.Event) -> bytes | BaseException | None:
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        with contextlib.suppress(queue.Empty):
+            return source.get(timeout=0.1)
+
+
 def _read_into(source: BinaryIO, out: Chunks, clock: StageClock, stop: threading.Event) -> None:
     """Drain pg_dump's pipe as fast as it writes, so the dump never waits on compression."""
     try:
-        while not stop.is_set():
+        while True:
             started = time.perf_counter()
             chunk = source.read(CHUNK)
             clock.add("dump", started)
             if not chunk:
                 break
-            out.put(chunk)
-        out.put(None)
+            _put(out, chunk, stop)
+        _put(out, None, stop)
+    except _Stopped:
+        return
     except BaseException as exc:  # handed to the consumer, which raises it in its own thread
-        out.put(exc)
+        with contextlib.suppress(_Stopped):
+            _put(out, exc, stop)
 
 
 def _compress_into(
@@ -106,10 +130,11 @@ def _compress_into(
     counts: dict[str, int],
     clock: StageClock,
     progress: Progress | None,
+    stop: threading.Event,
 ) -> None:
     compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, GZIP_WBITS)
     try:
-        while (chunk := source.get()) is not None:
+        while (chunk := _get(source, stop)) is not None:
             if isinstance(chunk, BaseException):
                 raise chunk
             counts["dump"] += len(chunk)
@@ -118,25 +143,18 @@ def _compress_into(
             clock.add("compress", started)
             if packed:
                 counts["compressed"] += len(packed)
-                out.put(packed)
+                _put(out, packed, stop)
             if progress:
                 progress(len(chunk))
         tail = compressor.flush()
         counts["compressed"] += len(tail)
-        out.put(tail)
-        out.put(None)
+        _put(out, tail, stop)
+        _put(out, None, stop)
+    except _Stopped:
+        return
     except BaseException as exc:
-        out.put(exc)
-
-
-def _drain(threads: list[threading.Thread], queues: list[Chunks]) -> None:
-    """Unblock producers waiting on full queues, then let them finish."""
-    while any(t.is_alive() for t in threads):
-        for q in queues:
-            with contextlib.suppress(queue.Empty):
-                q.get_nowait()
-        for t in threads:
-            t.join(0.01)
+        with contextlib.suppress(_Stopped):
+            _put(out, exc, stop)
 
 
 def encrypt_stream(
@@ -160,7 +178,7 @@ def encrypt_stream(
         ),
         threading.Thread(
             target=_compress_into,
-            args=(raw, compressed, level, counts, clock, progress),
+            args=(raw, compressed, level, counts, clock, progress, stop),
             name="pgvault-compress",
             daemon=True,
         ),
@@ -199,8 +217,11 @@ def encrypt_stream(
             clock.add("write", started)
             stored += len(chunk)
     finally:
+        # Producers see the stop within 0.1 s; a reader blocked on a silent pg_dump ends
+        # when the caller kills pg_dump (the threads are daemons and hold nothing).
         stop.set()
-        _drain(threads, [raw, compressed])
+        for thread in threads:
+            thread.join(1.0)
     # Time inside the encryptor includes waiting for compressed input; report its own share.
     clock.seconds["encrypt"] = max(0.0, clock.seconds.get("encrypt", 0.0) - source_view.waited)
     return PipelineResult(

@@ -9,6 +9,8 @@ the swap drops the half-built database and leaves the target exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import subprocess
 import threading
 import time
@@ -34,11 +36,13 @@ from pgvault_assets.engine.postgres import (
     terminate_connections,
     tool_env,
 )
+from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import IntegrityError, PgvaultError, RestoreFailed
+from pgvault_assets.errors import IntegrityError, LockBusy, PgvaultError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
 
 MAX_IDENTIFIER = 63
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,65 @@ def verify_backup(
 def _scratch_name(target: str, label: str, stamp: str) -> str:
     suffix = f"_{label}_{stamp}"
     return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
+
+
+def _guard_target(maintenance: psycopg.Connection, target: str) -> None:
+    """Claim `target` for this run and repair what an interrupted run left on it.
+
+    The claim is a session advisory lock, so the server frees it when a killed run's
+    connection drops. Holding it, any `<target>_restore_<stamp>` database is a dead run's
+    half-built scratch: it is dropped. A run killed inside the swap also leaves the target
+    refusing connections; that is undone. Both are logged, so the operator sees the repair.
+    """
+    claimed = maintenance.execute(
+        "SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgvault-restore:{target}",)
+    ).fetchone()
+    if not claimed or not claimed[0]:
+        raise LockBusy(
+            f"another restore or rollback of {target} is running on this server; "
+            "wait for it to finish and try again"
+        )
+    prefix = _scratch_name(target, "restore", "0" * 14)[:-14]
+    stale = [
+        name
+        for (name,) in maintenance.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+        ).fetchall()
+        if re.fullmatch(r"\d{14}", name[len(prefix) :])
+    ]
+    for name in stale:
+        drop_database(maintenance, name)
+        log.warning("dropped %s, the scratch database of an interrupted restore", name)
+    refused = maintenance.execute(
+        "SELECT 1 FROM pg_database WHERE datname = %s AND NOT datallowconn", (target,)
+    ).fetchone()
+    if stale and refused:
+        maintenance.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(target))
+        )
+        log.warning("%s accepts connections again; a restore was interrupted in its swap", target)
+
+
+def _drop_scratch(maintenance: psycopg.Connection, url: DatabaseUrl, scratch: str) -> None:
+    """Drop a failed run's scratch database, over a new connection if the old one died with it."""
+    with contextlib.suppress(psycopg.Error, PgvaultError):
+        drop_database(maintenance, scratch)
+        return
+    with contextlib.suppress(psycopg.Error, PgvaultError), connect(url) as fresh:
+        drop_database(fresh, scratch)
+
+
+@contextlib.contextmanager
+def _database_failure_is_restore_failure(target: str) -> Iterator[None]:
+    """A restarted server or a terminated session ends the restore with one line, not a trace."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise RestoreFailed(
+            f"the database connection failed during the restore ({reason}); "
+            f"{target} was left as it was"
+        ) from None
 
 
 def _feed_psql(
@@ -199,6 +262,7 @@ def swap_databases(
                                 ident(target), ident(keep_as)
                             )
                         )
+                    pause_point("swap")
                     maintenance.execute(
                         sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                             ident(replacement), ident(target)
@@ -229,15 +293,20 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore the backup of `day` into `target_url`'s database by a checked swap."""
     stages: dict[str, float] = {}
-    started = time.perf_counter()
-    verified = verify_backup(vault, day, full=full_verify)
-    manifest = verified.manifest
-    stages["verify"] = round(time.perf_counter() - started, 3)
     target = target_url.dbname
     stamp = now().astimezone(UTC).strftime("%Y%m%d%H%M%S")
     scratch = _scratch_name(target, "restore", stamp)
     keep_as = _scratch_name(target, "pre_restore", stamp)
-    with connect(target_url.with_dbname("postgres")) as maintenance:
+    maintenance_url = target_url.with_dbname("postgres")
+    with (
+        _database_failure_is_restore_failure(target),
+        connect(maintenance_url) as maintenance,
+    ):
+        # Repair first: a run refused below must still leave the target usable.
+        _guard_target(maintenance, target)
+        started = time.perf_counter()
+        manifest = verify_backup(vault, day, full=full_verify).manifest
+        stages["verify"] = round(time.perf_counter() - started, 3)
         major, _ = server_version(maintenance)
         psql, _ = check_tool_fits_server("psql", major)
         maintenance.execute(
@@ -261,8 +330,7 @@ def restore_backup(
             swap_databases(maintenance, target, scratch, keep_as if had_target else None)
             stages["swap"] = round(time.perf_counter() - started, 3)
         except BaseException:
-            with contextlib.suppress(psycopg.Error, PgvaultError):
-                drop_database(maintenance, scratch)
+            _drop_scratch(maintenance, maintenance_url, scratch)
             raise
     return RestoreResult(manifest, target, keep_as if had_target else None, stages)
 
@@ -288,7 +356,11 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
     target = url.dbname
     stamp = now().astimezone(UTC).strftime("%Y%m%d%H%M%S")
     keep_as = _scratch_name(target, "rolled_back", stamp)
-    with connect(url.with_dbname("postgres")) as maintenance:
+    with (
+        _database_failure_is_restore_failure(target),
+        connect(url.with_dbname("postgres")) as maintenance,
+    ):
+        _guard_target(maintenance, target)
         maintenance.execute(
             sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(kept[0]))
         )

@@ -94,10 +94,28 @@ class RowRecovery:
         return "\n".join(self.statements)
 
 
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+
+
+def _check_text(option: str, text: str) -> None:
+    """PostgreSQL takes no NUL and psycopg sends UTF-8: refuse what cannot be sent, in one line."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"{option} is not valid text (it holds an unpaired surrogate)") from None
+    if "\0" in text:
+        raise ConfigError(f"{option} holds a NUL character, which PostgreSQL cannot take")
+
+
 def _split(name: str) -> tuple[str, str]:
+    _check_text("--table", name)
+    if not name.isprintable():
+        raise ConfigError(f"{name!r} is not a table name: it holds a control character")
     schema, _, table = qualified(name).partition(".")
     if not schema or not table:
         raise ConfigError(f"{name!r} is not a table name; use SCHEMA.TABLE")
+    if schema in SYSTEM_SCHEMAS or schema.startswith("pg_toast"):
+        raise ConfigError(f"{name!r} is a system table; row recovery puts back the data's own rows")
     return schema, table
 
 
@@ -247,8 +265,8 @@ def plan_row_recovery(
 ) -> RowRecovery:
     """The INSERTs that put back the rows of `table` the target lost (and, optionally, parents)."""
     with connect(scratch_url, autocommit=False) as scratch, connect(target_url) as target:
-        shapes = {table: table_shape(scratch, table)}
-        root = shapes[table]
+        root = table_shape(scratch, table)
+        shapes = {root.qualified_name: root}
         if not root.primary_key:
             raise ConfigError(
                 f"{root.qualified_name} has no primary key, so missing rows cannot be told apart"
@@ -259,6 +277,7 @@ def plan_row_recovery(
         query = _select(root)
         params: list[Any] = []
         if where:
+            _check_text("--where", where)
             # One statement only (a parameter forces the extended protocol), and read-only.
             predicate = sql.SQL(where.replace("%", "%%"))  # a LIKE pattern is not a placeholder
             query = sql.SQL("{} WHERE ({}) AND %s").format(query, predicate)

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -22,18 +23,37 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from pgvault_assets.engine.bucket import (
+    BucketSettings,
+    BucketUnreachable,
+    first_use_warnings,
+    read_bucket_settings,
+)
 from pgvault_assets.errors import LockBusy, StoreError
+
+_log = logging.getLogger(__name__)
+# A bucket's shortcomings are worth one line per process, not one per store a process opens.
+_WARNED_BUCKETS: set[str] = set()
 
 PART_SIZE = 8 * 1024 * 1024
 BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 6}, connect_timeout=10, read_timeout=60
 )
+# botocore retries a request until its response headers arrive; a body cut or stalled after
+# that surfaces from `read()`, so a download resumes itself from where it stopped.
+RESUMABLE_READ_ERRORS = (
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.EndpointConnectionError,
+)
+RESUME_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -56,11 +76,17 @@ class ObjectWriter(Protocol):
 class Store(Protocol):
     location: str
 
-    def open_writer(self, key: str) -> ObjectWriter: ...
+    def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
+        """`retain_until`: lock the object against deletion until then, where the store can."""
+        ...
 
     def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO: ...
 
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None: ...
+
+    def retained_until(self, key: str) -> datetime | None:
+        """Until when some version of `key` cannot be deleted yet; None when it can be now."""
+        ...
 
     def get_bytes(self, key: str) -> bytes | None: ...
 
@@ -157,7 +183,7 @@ class LocalStore:
         except OSError as exc:
             raise _local_error(exc, "creating", self.root) from None
 
-    def open_writer(self, key: str) -> ObjectWriter:
+    def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
         self._ensure_root()
         return _LocalWriter(self._path(key))
 
@@ -167,10 +193,14 @@ class LocalStore:
         except FileNotFoundError:
             raise StoreError(f"{key} is missing from the local store {self.root}") from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
         writer = self.open_writer(key)
         writer.write(data)
         writer.commit()
+
+    def retained_until(self, key: str) -> datetime | None:
+        """A local disk has no Object Lock: the owner-only permissions are its protection."""
+        return None
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
@@ -239,6 +269,20 @@ class LocalStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _holder_died_here(info: dict) -> bool:
+    """A lock holder on this host whose process is gone: a crash need not wait for the lease."""
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _s3_error(exc: Exception, what: str) -> StoreError:
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -257,9 +301,10 @@ def _s3_error(exc: Exception, what: str) -> StoreError:
 class _S3Writer:
     """A multipart upload fed part by part; at most two parts in flight bounds memory."""
 
-    def __init__(self, store: S3Store, key: str) -> None:
+    def __init__(self, store: S3Store, key: str, lock: dict[str, Any] | None = None) -> None:
         self._store = store
         self._key = key
+        self._lock = lock or {}
         self._buffer = bytearray()
         self._parts: list[Future[dict]] = []
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="s3-part")
@@ -271,6 +316,7 @@ class _S3Writer:
                 ServerSideEncryption="aws:kms",
                 SSEKMSKeyId=store.kms_key_id,
                 ChecksumAlgorithm="SHA256",
+                **self._lock,
             )["UploadId"]
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _s3_error(exc, f"upload of {key}") from None
@@ -325,7 +371,10 @@ class _S3Writer:
         reported = response.get("ChecksumSHA256")
         if reported and reported.split("-")[0] != expected:
             raise StoreError(f"S3 reported a different checksum for {self._key}; re-run the backup")
-        return response.get("VersionId")
+        version_id = response.get("VersionId")
+        if self._lock and version_id:
+            self._store.ensure_retention(self._key, version_id, self._lock)
+        return version_id
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -335,26 +384,151 @@ class _S3Writer:
             )
 
 
+class _ResumingReader:
+    """An object's body that survives a cut or stalled connection: it asks again, with backoff,
+    for the bytes from where the last response stopped, pinned to the same version and ETag,
+    so the bytes read are always one object's, never a splice of two."""
+
+    def __init__(self, store: S3Store, key: str, version_id: str | None) -> None:
+        self._store = store
+        self._key = key
+        self._pin: dict[str, str] = {"VersionId": version_id} if version_id else {}
+        self._offset = 0
+        self._body = self._open()
+
+    def _open(self) -> BinaryIO:
+        extra = dict(self._pin)
+        if self._offset:
+            extra["Range"] = f"bytes={self._offset}-"
+        try:
+            response = self._store.client.get_object(
+                Bucket=self._store.bucket, Key=self._key, **extra
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"download of {self._key}") from None
+        self._pin.setdefault("IfMatch", response["ETag"])
+        return response["Body"]
+
+    def read(self, size: int = -1) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                chunk = self._body.read(size if size >= 0 else None)
+            except RESUMABLE_READ_ERRORS as exc:
+                attempt += 1
+                if attempt > RESUME_ATTEMPTS:
+                    raise _s3_error(exc, f"download of {self._key}") from None
+                with contextlib.suppress(Exception):
+                    self._body.close()
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 8))
+                self._body = self._open()
+                continue
+            self._offset += len(chunk)
+            return chunk
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+
+
 class S3Store:
     """Backups in S3, written with SSE-KMS under the backup key; reads pin object versions."""
 
-    def __init__(self, bucket: str, kms_key_id: str, client: object | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        kms_key_id: str,
+        client: object | None = None,
+        *,
+        read_timeout_seconds: int = 60,
+        lock_mode: str = "governance",
+    ) -> None:
         self.bucket = bucket
         self.kms_key_id = kms_key_id
-        self.client = client or boto3.client("s3", config=BOTO_CONFIG)
+        self.lock_mode = lock_mode.upper()
+        self._bucket_settings: BucketSettings | None = None
+        self.client = client or boto3.client(
+            "s3", config=BOTO_CONFIG.merge(Config(read_timeout=read_timeout_seconds))
+        )
         self.location = f"s3://{bucket}"
 
-    def open_writer(self, key: str) -> ObjectWriter:
-        return _S3Writer(self, key)
+    def bucket_settings(self) -> BucketSettings:
+        """The bucket's settings, read on first use; what falls short is logged once a process."""
+        if self._bucket_settings is not None:
+            return self._bucket_settings
+        try:
+            found = read_bucket_settings(self.client, self.bucket, with_encryption=False)
+        except BucketUnreachable:
+            return BucketSettings(self.bucket, exists=False)
+        if found.exists:
+            self._bucket_settings = found
+            if self.bucket not in _WARNED_BUCKETS:
+                _WARNED_BUCKETS.add(self.bucket)
+                for warning in first_use_warnings(found):
+                    _log.warning(warning)
+        return found
+
+    def lock_arguments(
+        self, retain_until: datetime | None, mode: str | None = None
+    ) -> dict[str, Any]:
+        """Object Lock parameters for a write, or none when the bucket has no Object Lock."""
+        if retain_until is None or not self.bucket_settings().object_lock:
+            return {}
+        return {
+            "ObjectLockMode": (mode or self.lock_mode).upper(),
+            "ObjectLockRetainUntilDate": retain_until,
+        }
+
+    def ensure_retention(self, key: str, version_id: str, lock: dict[str, Any]) -> None:
+        """Set the lock again if the server dropped it (moto and some S3-compatible servers
+        ignore Object Lock on multipart uploads); a backup is never left unlocked silently."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            if head.get("ObjectLockRetainUntilDate") is None:
+                self.client.put_object_retention(
+                    Bucket=self.bucket,
+                    Key=key,
+                    VersionId=version_id,
+                    Retention={
+                        "Mode": lock["ObjectLockMode"],
+                        "RetainUntilDate": lock["ObjectLockRetainUntilDate"],
+                    },
+                )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"object lock of {key}") from None
+
+    def retained_until(self, key: str) -> datetime | None:
+        """The latest Object Lock date among `key`'s versions still in the future, if any."""
+        if not self.bucket_settings().object_lock:
+            return None
+        now = datetime.now(UTC)
+        latest: datetime | None = None
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=key
+            )
+            for page in pages:
+                for item in page.get("Versions", []):
+                    if item["Key"] != key:
+                        continue
+                    head = self.client.head_object(
+                        Bucket=self.bucket, Key=key, VersionId=item["VersionId"]
+                    )
+                    until = head.get("ObjectLockRetainUntilDate")
+                    if until is not None and until > now and (latest is None or until > latest):
+                        latest = until
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"object lock check of {key}") from None
+        return latest
+
+    def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
+        return _S3Writer(self, key, self.lock_arguments(retain_until))
 
     def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO:
-        extra = {"VersionId": version_id} if version_id else {}
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise _s3_error(exc, f"download of {key}") from None
+        return _ResumingReader(self, key, version_id)  # type: ignore[return-value]
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
+        lock = self.lock_arguments(retain_until)
         try:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -363,11 +537,13 @@ class S3Store:
                 ServerSideEncryption="aws:kms",
                 SSEKMSKeyId=self.kms_key_id,
                 ChecksumAlgorithm="SHA256",
+                **lock,
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _s3_error(exc, f"write of {key}") from None
 
     def get_bytes(self, key: str) -> bytes | None:
+        self.bucket_settings()
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except botocore.exceptions.ClientError as exc:
@@ -378,6 +554,7 @@ class S3Store:
             raise _s3_error(exc, f"read of {key}") from None
 
     def list(self, prefix: str) -> list[StoredObject]:
+        self.bucket_settings()
         found = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
@@ -433,24 +610,37 @@ class S3Store:
             body = json.dumps(
                 {
                     "holder": f"pid {os.getpid()} on {socket.gethostname()}",
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
                     "token": token,
                     "expires_at": (datetime.now(UTC) + ttl).isoformat(),
                 }
             ).encode()
             try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    IfNoneMatch="*",
+                    ServerSideEncryption="aws:kms",
+                    SSEKMSKeyId=self.kms_key_id,
+                )
                 break
             except botocore.exceptions.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                     raise _s3_error(exc, f"lock {name}") from None
+            except botocore.exceptions.BotoCoreError as exc:
+                raise _s3_error(exc, f"lock {name}") from None
             current = self.get_bytes(key)
             holder = "another process"
             if current:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     info = json.loads(current)
                     holder = info["holder"]
-                    if datetime.fromisoformat(info["expires_at"]) < datetime.now(UTC):
+                    if datetime.fromisoformat(info["expires_at"]) < datetime.now(
+                        UTC
+                    ) or _holder_died_here(info):
                         self.client.delete_object(Bucket=self.bucket, Key=key)
                         continue
             if time.monotonic() >= deadline:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from pgvault_assets.engine import manifest as mf
@@ -15,7 +15,7 @@ from pgvault_assets.engine.crypto import (
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.store import LocalStore, S3Store, Store
 from pgvault_assets.errors import BackupNotFound
-from pgvault_assets.settings import Settings
+from pgvault_assets.settings import RetentionPolicy, Settings
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Vault:
     local_key: LocalKeyProvider | None
     kms_key_id: str | None = None
     _kms: KmsKeyProvider | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
@@ -32,14 +33,21 @@ class Vault:
             assert settings.s3_bucket and settings.kms_key_id
             return cls(
                 settings.environment,
-                S3Store(settings.s3_bucket, settings.kms_key_id),
+                S3Store(
+                    settings.s3_bucket,
+                    settings.kms_key_id,
+                    read_timeout_seconds=settings.s3_read_timeout_seconds,
+                    lock_mode=settings.object_lock_mode,
+                ),
                 None,
                 settings.kms_key_id,
+                retention=settings.retention,
             )
         return cls(
             settings.environment,
             LocalStore(settings.local_dir),
             LocalKeyProvider(settings.local_key_file),
+            retention=settings.retention,
         )
 
     def encryption_keys(self) -> KeyProvider:

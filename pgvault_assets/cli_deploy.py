@@ -1,0 +1,90 @@
+"""The deployment commands: `init-storage` sets up the AWS side, `doctor` checks everything.
+
+A thin shell like the rest of the CLI: parse, call the engine, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+
+from rich.markup import escape
+from rich.table import Table
+
+from pgvault_assets.console import console, errors
+from pgvault_assets.settings import Settings
+
+_VERDICT = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser(
+        "init-storage",
+        help="create or check the S3 bucket and KMS key, and print the IAM policy",
+        description=(
+            "Create what is missing, idempotently: the KMS key with its alias and automatic "
+            "rotation; the bucket with versioning, public access blocked and default SSE-KMS. "
+            "Run it with administrator rights; pgvault itself needs only the printed policy."
+        ),
+    )
+    sub.add_argument(
+        "--object-lock",
+        action="store_true",
+        help="enable S3 Object Lock, so backups cannot be deleted before their tier expires",
+    )
+    sub.set_defaults(handler=init_storage_command)
+
+    sub = commands.add_parser(
+        "doctor", help="check the deployment end to end; exit 1 when something is wrong"
+    )
+    sub.set_defaults(handler=doctor_command)
+
+
+def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.storage_setup import init_storage
+
+    setup = init_storage(settings, object_lock=args.object_lock)
+    table = Table(title=f"storage for {settings.environment}")
+    for column in ("what", "result", "detail"):
+        table.add_column(column)
+    for step in setup.steps:
+        result = f"[green]{step.outcome}[/]" if step.changed else step.outcome
+        table.add_row(step.thing, result, escape(step.detail))
+    console.print(table)
+    changed = [step.thing for step in setup.steps if step.changed]
+    console.print(
+        f"created or changed: {', '.join(changed)}" if changed else "everything was already set up"
+    )
+    if not settings.uses_s3:
+        console.print(
+            f"to use it, set BACKUP_S3_BUCKET={setup.bucket} BACKUP_KMS_KEY_ID={setup.key_id}"
+        )
+    console.print("IAM policy for the role that runs pgvault (least privilege):")
+    print(json.dumps(setup.policy, indent=2))
+    return 0
+
+
+def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.doctor import failed, run_checks
+    from pgvault_assets.instance_storage import instance_storage_check
+
+    checks = run_checks(settings, today=datetime.now(UTC).date())
+    checks.append(instance_storage_check())
+    table = Table(title=f"pgvault doctor: {settings.environment}")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(
+            check.name, _VERDICT.get(check.status.value, check.status.value), escape(check.detail)
+        )
+    console.print(table)
+    wrong = failed(checks)
+    if wrong:
+        errors.print(
+            f"error: {len(wrong)} checks failed: {', '.join(check.name for check in wrong)}; "
+            "fix them as their detail says"
+        )
+        return 1
+    console.print("everything pgvault needs is in place")
+    return 0

@@ -1,0 +1,231 @@
+"""Sensors that turn backup trouble into alerts: staleness, failed runs, failed checks, health.
+
+Each watches something a different Dagster mechanism would miss: a run-failure sensor
+limited to named jobs misses UI launches and backfills, so it watches every run and keeps the
+backup asset's; a failed warning check leaves its run successful, so checks get their own
+sensor over evaluation records; and staleness is measured from the newest backup's own
+finish time, because a schedule that never fires produces no event at all.
+"""
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetCheckSeverity,
+    DefaultSensorStatus,
+    Definitions,
+    RunFailureSensorContext,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from pgvault_assets.alerts import Alert
+from pgvault_assets.defs.backup import (
+    BACKUP_KEY,
+    CHECKSUM_MATCHES,
+    DECRYPTS_FULLY,
+    DURATION_WITHIN_AVERAGE,
+    RESTORABLE,
+    SIZE_NOT_SHRUNK,
+)
+from pgvault_assets.defs.history import failed_backup_runs, failure_reason, is_backup_run
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.report import health_figures, health_warnings
+
+STALE_AFTER = timedelta(hours=36)
+BACKUP_CHECK_NAMES = (
+    CHECKSUM_MATCHES,
+    DECRYPTS_FULLY,
+    DURATION_WITHIN_AVERAGE,
+    SIZE_NOT_SHRUNK,
+    RESTORABLE,
+)
+CURSOR_IDS_KEPT = 1000
+STALE = "stale"
+FRESH = "fresh"
+Clock = Callable[[], datetime]
+
+
+def staleness_step(
+    newest_finished_at: datetime | None, cursor: str | None, now: datetime
+) -> tuple[Alert | None, str]:
+    """One tick of the stale-episode state machine: alert on entering, notice on leaving."""
+    if newest_finished_at is None or now - newest_finished_at > STALE_AFTER:
+        if cursor == STALE:
+            return None, STALE
+        since = (
+            f"the newest finished {newest_finished_at:%Y-%m-%d %H:%M} UTC, "
+            f"{(now - newest_finished_at).total_seconds() / 3600:.0f} h ago"
+            if newest_finished_at
+            else "there is no backup at all"
+        )
+        return (
+            Alert(
+                "backup_stale",
+                "fatal",
+                f"no backup has succeeded for more than 36 h ({since}); "
+                "check the daily_backup_schedule and the last backup run",
+            ),
+            STALE,
+        )
+    if cursor == STALE:
+        return (
+            Alert(
+                "backup_stale_resolved",
+                "info",
+                f"backups resumed: the newest finished {newest_finished_at:%Y-%m-%d %H:%M} UTC",
+            ),
+            FRESH,
+        )
+    return None, FRESH
+
+
+def make_staleness_sensor(clock: Clock = utcnow) -> SensorDefinition:
+    @sensor(
+        name="backup_staleness_sensor",
+        minimum_interval_seconds=600,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Critical alert when no backup has succeeded for 36 h; resolved notice after.",
+    )
+    def backup_staleness_sensor(
+        context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
+    ) -> SkipReason:
+        manifests = vault.vault().list_manifests()
+        newest = max((m.finished_at for m in manifests), default=None)
+        alert, cursor = staleness_step(newest, context.cursor, clock())
+        if alert is not None:
+            alerts.notifier(vault.settings()).send(alert)
+        context.update_cursor(cursor)
+        return SkipReason(alert.message if alert else f"backups are {cursor}")
+
+    return backup_staleness_sensor
+
+
+@run_failure_sensor(
+    name="backup_failure_alert_sensor",
+    monitor_all_code_locations=True,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Critical alert for a backup run that failed after all its retries.",
+)
+def backup_failure_alert_sensor(
+    context: RunFailureSensorContext, vault: VaultResource, alerts: AlertsResource
+) -> None:
+    run = context.dagster_run
+    if not is_backup_run(context.instance, run, BACKUP_KEY):
+        return
+    reason = failure_reason(context.instance, run.run_id)
+    if reason is None:  # a refused backfill: nothing was attempted, nothing is broken
+        return
+    partition = run.tags.get("dagster/partition", "?")
+    kind = "upload_failing" if reason.startswith("S3 ") else "backup_failed"
+    alerts.notifier(vault.settings()).send(
+        Alert(
+            kind,
+            "fatal",
+            f"backup of {partition} failed after all retries: {reason}",
+            {"partition": partition, "run_id": run.run_id},
+        )
+    )
+
+
+def check_alert(evaluation: AssetCheckEvaluation) -> Alert | None:
+    if evaluation.passed or evaluation.asset_key != BACKUP_KEY:
+        return None
+    critical = evaluation.severity == AssetCheckSeverity.ERROR
+    kind = (
+        "checksum_mismatch" if evaluation.check_name == CHECKSUM_MATCHES else evaluation.check_name
+    )
+    partition = evaluation.partition or "?"
+    return Alert(
+        kind,
+        "fatal" if critical else "warning",
+        f"check {evaluation.check_name} failed for the backup of {partition}: "
+        f"{evaluation.description or 'see the check in Dagster'}",
+        {"partition": partition, "check": evaluation.check_name},
+    )
+
+
+@sensor(
+    name="backup_check_alert_sensor",
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Alerts for failed backup checks, including warnings that leave their run green.",
+)
+def backup_check_alert_sensor(
+    context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
+) -> SkipReason:
+    """The cursor holds the ids of the evaluation records already alerted.
+
+    Ids are assigned when a check is planned, not when it finishes, so a slow check (a
+    restore) can finish after a faster, later one: a high-water mark would skip it.
+    """
+    alerted: list[int] = json.loads(context.cursor) if context.cursor else []
+    first_tick = context.cursor is None
+    seen = set(alerted)
+    not_before = utcnow().timestamp() - 86400
+    notifier = None
+    for name in BACKUP_CHECK_NAMES:
+        records = context.instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(BACKUP_KEY, name),
+            limit=50,
+            status={AssetCheckExecutionRecordStatus.FAILED},
+        )
+        for record in sorted(records, key=lambda r: r.id):
+            if record.id in seen or (first_tick and record.create_timestamp < not_before):
+                continue
+            event = record.event.dagster_event if record.event else None
+            evaluation = event.event_specific_data if event else None
+            alert = (
+                check_alert(evaluation) if isinstance(evaluation, AssetCheckEvaluation) else None
+            )
+            if alert is not None:
+                notifier = notifier or alerts.notifier(vault.settings())
+                notifier.send(alert)
+            alerted.append(record.id)
+            seen.add(record.id)
+    context.update_cursor(json.dumps(alerted[-CURSOR_IDS_KEPT:]))
+    return SkipReason(f"{len(alerted)} failed check evaluations alerted so far")
+
+
+def make_health_sensor(clock: Clock = utcnow) -> SensorDefinition:
+    @sensor(
+        name="backup_health_sensor",
+        minimum_interval_seconds=3600,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Warnings for a 30-day success rate under 95% and storage over budget.",
+    )
+    def backup_health_sensor(
+        context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
+    ) -> SkipReason:
+        settings = vault.settings()
+        now = clock()
+        failures = failed_backup_runs(context.instance, BACKUP_KEY, now - timedelta(days=31))
+        figures = health_figures(vault.vault().list_manifests(), failures, today=now.date())
+        active = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
+        already = set(json.loads(context.cursor)) if context.cursor else set()
+        notifier = alerts.notifier(settings)
+        for kind, message in active:
+            if kind not in already:
+                notifier.send(Alert(kind, "warning", message))
+        context.update_cursor(json.dumps(sorted(kind for kind, _ in active)))
+        return SkipReason(", ".join(kind for kind, _ in active) or "healthy")
+
+    return backup_health_sensor
+
+
+defs = Definitions(
+    sensors=[
+        make_staleness_sensor(),
+        backup_failure_alert_sensor,
+        backup_check_alert_sensor,
+        make_health_sensor(),
+    ]
+)

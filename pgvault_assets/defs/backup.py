@@ -1,0 +1,284 @@
+"""The daily backup as a partitioned asset, its checks, its job and its 02:00 UTC schedule.
+
+Partition D is the backup of day D, taken the morning after. Only the latest complete day
+can be dumped (a dump taken later would hold later data under D's name), so materializing an
+older partition fails at once without touching the database; backfills re-run the checks.
+"""
+
+import time
+import uuid
+from datetime import date
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    BackfillPolicy,
+    Backoff,
+    DailyPartitionsDefinition,
+    DefaultScheduleStatus,
+    Definitions,
+    Failure,
+    Jitter,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+    asset_check,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
+
+from pgvault_assets.alerts import CheckinStatus, Notifier
+from pgvault_assets.defs.history import REFUSED_METADATA_KEY
+from pgvault_assets.defs.platform_config import platform_config
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.backup import backup_database, check_backup_date, utcnow
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
+from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import ConfigError, PgvaultError
+
+BACKUP_KEY = AssetKey("database_backup")
+BACKUP_POOL = "pgvault_backup"
+CONFIG = platform_config()
+BACKUP_PARTITIONS = DailyPartitionsDefinition(
+    start_date=CONFIG.start_date.isoformat(), timezone="UTC", end_offset=0
+)
+CHECKIN_NAMESPACE = uuid.UUID("1b0f6a52-8a2e-4c1e-9a53-5d2f0c4be0a7")
+
+CHECKSUM_MATCHES = "checksum_matches"
+DURATION_WITHIN_AVERAGE = "duration_within_average"
+SIZE_NOT_SHRUNK = "size_not_shrunk"
+DECRYPTS_FULLY = "decrypts_fully"
+RESTORABLE = "restorable"
+
+
+def backup_metadata(manifest: Manifest, location: str) -> dict[str, object]:
+    """Numbers stay numbers, so the UI plots size and duration across partitions."""
+    metadata: dict[str, object] = {
+        "sha256": manifest.sha256,
+        "size_bytes": MetadataValue.int(manifest.size_bytes),
+        "dump_size_bytes": MetadataValue.int(manifest.dump_size_bytes),
+        "compression_ratio": MetadataValue.float(round(manifest.compression_ratio, 3)),
+        "duration_seconds": MetadataValue.float(round(manifest.duration_seconds, 3)),
+        "object_location": MetadataValue.path(f"{location}/{manifest.object_key}"),
+        "row_total": MetadataValue.int(manifest.row_total),
+        "table_count": MetadataValue.int(len(manifest.table_rows)),
+        "server_version": manifest.server_version,
+        "pg_dump_version": manifest.pg_dump_version,
+    }
+    for stage, seconds in sorted(manifest.stage_seconds.items()):
+        metadata[f"{stage}_seconds"] = MetadataValue.float(round(seconds, 3))
+    return metadata
+
+
+def checksum_result(vault: Vault, day: date) -> AssetCheckResult:
+    try:
+        verified = verify_backup(vault, day, full=False)
+    except PgvaultError as exc:
+        return AssetCheckResult(
+            check_name=CHECKSUM_MATCHES,
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=str(exc),
+        )
+    return AssetCheckResult(
+        check_name=CHECKSUM_MATCHES,
+        passed=True,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"sha256": verified.sha256, "size_bytes": verified.size_bytes},
+    )
+
+
+def duration_result(manifest: Manifest, history: list[Manifest]) -> AssetCheckResult:
+    slow, average = duration_exceeds_average(manifest, history)
+    metadata: dict[str, object] = {"duration_seconds": round(manifest.duration_seconds, 3)}
+    if average is not None:
+        metadata["average_30_day_seconds"] = round(average, 3)
+    return AssetCheckResult(
+        check_name=DURATION_WITHIN_AVERAGE,
+        passed=not slow,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=(
+            f"backup took {manifest.duration_seconds:.1f} s, over twice the 30-day average "
+            f"of {average:.1f} s"
+            if slow and average is not None
+            else None
+        ),
+    )
+
+
+def shrink_result(manifest: Manifest, history: list[Manifest]) -> AssetCheckResult:
+    shrank, previous = size_shrank(manifest, history)
+    metadata: dict[str, object] = {"dump_size_bytes": manifest.dump_size_bytes}
+    if previous is not None:
+        metadata["previous_dump_size_bytes"] = previous.dump_size_bytes
+        metadata["previous_date"] = previous.date.isoformat()
+    return AssetCheckResult(
+        check_name=SIZE_NOT_SHRUNK,
+        passed=not shrank,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=(
+            f"dump is {manifest.dump_size_bytes} bytes, less than half of {previous.date}'s "
+            f"{previous.dump_size_bytes}: a table may have been emptied; keep {previous.date}'s backup"
+            if shrank and previous is not None
+            else None
+        ),
+    )
+
+
+def _checkin_id(run_id: str) -> str:
+    """One Sentry check-in per run, whichever retry attempt reports it."""
+    return uuid.uuid5(CHECKIN_NAMESPACE, run_id).hex
+
+
+@asset(
+    key=BACKUP_KEY,
+    partitions_def=BACKUP_PARTITIONS,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    retry_policy=RetryPolicy(
+        max_retries=CONFIG.max_retries,
+        delay=CONFIG.retry_delay_seconds,
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    ),
+    pool=BACKUP_POOL,
+    group_name="backups",
+    kinds={"postgres"},
+    check_specs=[
+        AssetCheckSpec(
+            CHECKSUM_MATCHES,
+            asset=BACKUP_KEY,
+            blocking=True,
+            description="the stored object's SHA-256 equals its manifest's",
+        ),
+        AssetCheckSpec(
+            DURATION_WITHIN_AVERAGE,
+            asset=BACKUP_KEY,
+            description="the backup took at most twice the 30-day average",
+        ),
+        AssetCheckSpec(
+            SIZE_NOT_SHRUNK,
+            asset=BACKUP_KEY,
+            description="the dump is at least half the previous backup's",
+        ),
+    ],
+    description="pg_dump of DATABASE_URL for the partition's day, compressed, encrypted, stored.",
+)
+def database_backup(
+    context: AssetExecutionContext, vault: VaultResource, alerts: AlertsResource
+) -> MaterializeResult:
+    day = date.fromisoformat(context.partition_key)
+    try:
+        check_backup_date(day, utcnow())
+    except ConfigError as exc:
+        raise Failure(
+            description=f"{exc}. Backfills of past days re-run the checks, not the dump.",
+            metadata={REFUSED_METADATA_KEY: True},
+            allow_retries=False,
+        ) from None
+    try:
+        settings = vault.settings()
+        url = settings.require_database()
+    except ConfigError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    store = vault.vault()
+    notifier = alerts.notifier(settings)
+    checkin_id = _checkin_id(context.run_id)
+    notifier.checkin("in_progress", check_in_id=checkin_id)
+    started = time.monotonic()
+    try:
+        manifest = backup_database(store, url, day, level=settings.compression_level)
+    except PgvaultError as exc:
+        final = isinstance(exc, ConfigError) or context.retry_number >= CONFIG.max_retries
+        if final:
+            _close_checkin(notifier, checkin_id, "error", started)
+        raise Failure(description=str(exc), allow_retries=not final) from None
+    except BaseException:
+        if context.retry_number >= CONFIG.max_retries:
+            _close_checkin(notifier, checkin_id, "error", started)
+        raise
+    history = store.list_manifests()
+    checksum = checksum_result(store, day)
+    _close_checkin(notifier, checkin_id, "ok" if checksum.passed else "error", started)
+    return MaterializeResult(
+        metadata=backup_metadata(manifest, store.store.location),
+        check_results=[
+            checksum,
+            duration_result(manifest, history),
+            shrink_result(manifest, history),
+        ],
+    )
+
+
+def _close_checkin(
+    notifier: Notifier, checkin_id: str, status: CheckinStatus, started: float
+) -> None:
+    notifier.checkin(
+        status,
+        check_in_id=checkin_id,
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
+
+
+@asset_check(
+    asset=BACKUP_KEY,
+    name=DECRYPTS_FULLY,
+    partitions_def=BACKUP_PARTITIONS,
+    description="the whole backup decrypts and authenticates with its key and context",
+)
+def decrypts_fully(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
+    day = date.fromisoformat(context.partition_key)
+    try:
+        verified = verify_backup(vault.vault(), day, full=True)
+    except PgvaultError as exc:
+        return AssetCheckResult(
+            passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
+        )
+    return AssetCheckResult(
+        passed=True,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"dump_size_bytes": verified.dump_size_bytes or 0},
+    )
+
+
+daily_backup_job = define_asset_job(
+    "daily_backup_job",
+    selection=AssetSelection.assets(BACKUP_KEY),
+    partitions_def=BACKUP_PARTITIONS,
+    description="Back up one day and run every check of its backup.",
+)
+
+backup_checks_job = define_asset_job(
+    "backup_checks_job",
+    selection=AssetSelection.checks(
+        AssetCheckKey(BACKUP_KEY, DECRYPTS_FULLY), AssetCheckKey(BACKUP_KEY, RESTORABLE)
+    ),
+    partitions_def=BACKUP_PARTITIONS,
+    description="Re-run the stored-backup checks on existing partitions; backfill it over past days.",
+)
+
+daily_backup_schedule = build_schedule_from_partitioned_job(
+    daily_backup_job,
+    name="daily_backup_schedule",
+    hour_of_day=2,
+    minute_of_hour=0,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="02:00 UTC: back up the day that just ended.",
+)
+
+defs = Definitions(
+    assets=[database_backup],
+    asset_checks=[decrypts_fully],
+    jobs=[daily_backup_job, backup_checks_job],
+    schedules=[daily_backup_schedule],
+)

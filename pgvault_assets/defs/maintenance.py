@@ -1,0 +1,136 @@
+"""Monday 03:00 UTC: retention, then the weekly health report.
+
+Both are derived from the backups, so they are assets downstream of them: the UI shows what
+was kept and deleted, and the report, beside the backups they describe.
+"""
+
+from datetime import timedelta
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    DefaultScheduleStatus,
+    Definitions,
+    MaterializeResult,
+    MetadataValue,
+    ScheduleDefinition,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+    define_asset_job,
+)
+
+from pgvault_assets.defs.backup import BACKUP_KEY
+from pgvault_assets.defs.history import failed_backup_runs
+from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.report import health_figures, render_weekly_report
+from pgvault_assets.engine.retention import apply_retention, plan_retention
+
+RETENTION_KEY = AssetKey("retention_state")
+REPORT_KEY = AssetKey("weekly_health_report")
+
+
+@asset(
+    key=RETENTION_KEY,
+    deps=[BACKUP_KEY],
+    group_name="backups",
+    description=(
+        "Backups tiered by the manual's policy (daily 30 days, Sunday 90, 1st of month 365); "
+        "expired ones deleted with every version, never below 7 backups, never while stale."
+    ),
+)
+def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
+    settings = vault.settings()
+    store = vault.vault()
+    now = utcnow()
+    plan = plan_retention(store.list_manifests(), now.date(), settings.retention, now=now)
+    deleted = apply_retention(store, plan)
+    if plan.blocked_reason:
+        context.log.warning(plan.blocked_reason)
+    return MaterializeResult(
+        metadata={
+            **{f"kept_{tier}": MetadataValue.int(n) for tier, n in plan.kept_per_tier.items()},
+            "kept_total": MetadataValue.int(len(plan.keep)),
+            "deleted_count": MetadataValue.int(len(plan.delete) if not plan.blocked_reason else 0),
+            "deleted_keys": MetadataValue.json(deleted),
+            "storage_used_bytes": MetadataValue.int(plan.storage_kept_bytes),
+            "blocked_reason": plan.blocked_reason or "",
+        }
+    )
+
+
+@asset(
+    key=REPORT_KEY,
+    deps=[RETENTION_KEY],
+    group_name="backups",
+    description="The manual's weekly health report: the week and 30 days, copied to the store.",
+)
+def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
+    settings = vault.settings()
+    store = vault.vault()
+    now = utcnow()
+    today = now.date()
+    manifests = store.list_manifests()
+    failures = failed_backup_runs(context.instance, BACKUP_KEY, now - timedelta(days=31))
+    week = health_figures(manifests, failures, today=today, window_days=7)
+    month = health_figures(manifests, failures, today=today, window_days=30)
+    text = render_weekly_report(settings.environment, week, month, generated_at=now)
+    key = f"{settings.environment}/reports/{today.isoformat()}-health.md"
+    store.store.put_bytes(key, text.encode())
+    recent = [m for m in manifests if (today - m.date).days <= 30]
+    return MaterializeResult(
+        metadata={
+            "report": MetadataValue.md(text),
+            "report_location": MetadataValue.path(f"{store.store.location}/{key}"),
+            "backups_created_7_days": MetadataValue.int(week.backups_created),
+            "failed_runs_7_days": MetadataValue.int(week.failure_count),
+            "success_rate_30_days": MetadataValue.float(
+                round(month.success_rate * 100, 2) if month.success_rate is not None else 0.0
+            ),
+            "storage_used_bytes": MetadataValue.int(month.storage_used_bytes),
+            "daily_size_and_duration": MetadataValue.table(
+                records=[
+                    TableRecord(
+                        {
+                            "date": m.date.isoformat(),
+                            "size_bytes": m.size_bytes,
+                            "duration_seconds": round(m.duration_seconds, 3),
+                        }
+                    )
+                    for m in recent
+                ],
+                schema=TableSchema(
+                    columns=[
+                        TableColumn("date", "string"),
+                        TableColumn("size_bytes", "int"),
+                        TableColumn("duration_seconds", "float"),
+                    ]
+                ),
+            ),
+        }
+    )
+
+
+weekly_maintenance_job = define_asset_job(
+    "weekly_maintenance_job",
+    selection=AssetSelection.assets(RETENTION_KEY, REPORT_KEY),
+    description="Apply retention, then write the weekly health report.",
+)
+
+weekly_maintenance_schedule = ScheduleDefinition(
+    name="weekly_maintenance_schedule",
+    job=weekly_maintenance_job,
+    cron_schedule="0 3 * * 1",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Monday 03:00 UTC, as the operations manual schedules cleanup and the report.",
+)
+
+defs = Definitions(
+    assets=[retention_state, weekly_health_report],
+    jobs=[weekly_maintenance_job],
+    schedules=[weekly_maintenance_schedule],
+)

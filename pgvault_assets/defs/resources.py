@@ -1,0 +1,107 @@
+"""The engine's settings, vault and notifier as Dagster resources.
+
+Fields are bound to `EnvVar`s, so the UI shows which variable feeds each one and never its
+value, and a secret is read only when a run starts. A variable that is not set is not bound:
+Dagster refuses an `EnvVar` for an unset variable, and the engine has a default for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from dagster import ConfigurableResource, EnvVar
+
+from pgvault_assets.alerts import Notifier
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import ConfigError
+from pgvault_assets.settings import Settings, load_settings
+
+SETTINGS_VARIABLES = (
+    "ENVIRONMENT_NAME",
+    "DATABASE_URL",
+    "STAGING_DATABASE_URL",
+    "BACKUP_S3_BUCKET",
+    "BACKUP_KMS_KEY_ID",
+    "BACKUP_LOCAL_DIR",
+    "BACKUP_LOCAL_KEY_FILE",
+    "BACKUP_RETENTION_DAYS_DAILY",
+    "BACKUP_RETENTION_DAYS_WEEKLY",
+    "BACKUP_RETENTION_DAYS_MONTHLY",
+    "BACKUP_COMPRESSION_LEVEL",
+    "BACKUP_STORAGE_BUDGET_BYTES",
+    "RESTORE_VERIFY_SCHEDULE",
+)
+ALERT_VARIABLES = ("SENTRY_DSN", "ALERT_WEBHOOK_URL")
+
+
+class VaultResource(ConfigurableResource):
+    """pgvault's settings and the store and keys they name.
+
+    Each field overrides the environment variable of the same name in upper case; fields left
+    unset fall back to the process environment, as the CLI reads it.
+    """
+
+    environment_name: str | None = None
+    database_url: str | None = None
+    staging_database_url: str | None = None
+    backup_s3_bucket: str | None = None
+    backup_kms_key_id: str | None = None
+    backup_local_dir: str | None = None
+    backup_local_key_file: str | None = None
+    backup_retention_days_daily: str | None = None
+    backup_retention_days_weekly: str | None = None
+    backup_retention_days_monthly: str | None = None
+    backup_compression_level: str | None = None
+    backup_storage_budget_bytes: str | None = None
+    restore_verify_schedule: str | None = None
+
+    def environ(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in SETTINGS_VARIABLES:
+            value = getattr(self, name.lower())
+            if value is not None:
+                env[name] = value
+        return env
+
+    def settings(self) -> Settings:
+        return load_settings(self.environ())
+
+    def vault(self) -> Vault:
+        return Vault.from_settings(self.settings())
+
+    def restore_verify_weekly(self) -> bool:
+        """RESTORE_VERIFY_SCHEDULE=weekly proves only Sunday backups (for large databases)."""
+        value = self.environ().get("RESTORE_VERIFY_SCHEDULE", "daily").strip().lower() or "daily"
+        if value not in ("daily", "weekly"):
+            raise ConfigError(f"RESTORE_VERIFY_SCHEDULE must be daily or weekly (got {value!r})")
+        return value == "weekly"
+
+
+class AlertsResource(ConfigurableResource):
+    """Where alerts go: Sentry when `SENTRY_DSN` is set, a webhook when `ALERT_WEBHOOK_URL` is."""
+
+    sentry_dsn: str | None = None
+    alert_webhook_url: str | None = None
+
+    def notifier(self, settings: Settings) -> Notifier:
+        """A notifier that also knows `settings`' secrets, to scrub them from what it sends."""
+        return Notifier.from_settings(
+            dataclasses.replace(
+                settings,
+                sentry_dsn=self.sentry_dsn or settings.sentry_dsn,
+                alert_webhook_url=self.alert_webhook_url or settings.alert_webhook_url,
+            )
+        )
+
+
+def _bound(names: tuple[str, ...]) -> dict[str, Any]:
+    return {name.lower(): EnvVar(name) for name in names if os.environ.get(name)}
+
+
+def resource_defs() -> dict[str, Any]:
+    return {
+        "vault": VaultResource(**_bound(SETTINGS_VARIABLES)),
+        "alerts": AlertsResource(**_bound(ALERT_VARIABLES)),
+    }

@@ -1,0 +1,32 @@
+"""How long a stored backup is immutable: until the first day retention may delete it.
+
+In a bucket with S3 Object Lock, every backup object and manifest carries a retain-until date
+from its retention tier, so stolen credentials cannot delete or overwrite a backup early, and
+the lock never outlives the policy: it ends at midnight UTC of the day cleanup first plans
+the deletion (age past the tier's days). Audit records are locked in compliance mode for as
+long as the longest-kept backup they can describe.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from pgvault_assets.settings import RetentionPolicy
+
+AUDIT_LOCK_MODE = "COMPLIANCE"
+
+
+def backup_retain_until(day: date, policy: RetentionPolicy, *, now: datetime) -> datetime | None:
+    """The lock date for the backup of `day`; None when that date has already passed."""
+    # retention imports backup (through restore_check), which imports this module.
+    from pgvault_assets.engine.retention import retention_days, tier_of
+
+    days = retention_days(tier_of(day, policy), policy)
+    until = datetime.combine(day + timedelta(days=days + 1), time(), tzinfo=UTC)
+    return until if until > now else None
+
+
+def audit_retain_until(policy: RetentionPolicy, *, now: datetime) -> datetime:
+    """An audit record outlives every backup it can name: the longest tier from `now`."""
+    longest = max(policy.daily_days, policy.weekly_days, policy.monthly_days)
+    return now.astimezone(UTC) + timedelta(days=longest)

@@ -1,0 +1,187 @@
+"""Which backups to keep and which to delete, as pure functions of the backups and a date.
+
+The operations manual's policy: daily backups live 30 days, Sunday backups 90, backups of the
+1st of a month 365. Two guards sit above the policy, because deleting is the one thing a
+backup tool cannot undo: never leave fewer than `min_keep` backups, and delete nothing while
+the newest backup is older than 36 hours (a broken backup job must not let retention eat the
+last good backups one by one).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+
+from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.restore_check import RESTORE_VERIFIED_NAME
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.settings import RetentionPolicy
+
+_log = logging.getLogger(__name__)
+
+MIN_KEEP = 7
+NEWEST_MAX_AGE = timedelta(hours=36)
+SUNDAY = 6
+
+
+class Tier(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+def retention_days(tier: Tier, policy: RetentionPolicy) -> int:
+    return {
+        Tier.DAILY: policy.daily_days,
+        Tier.WEEKLY: policy.weekly_days,
+        Tier.MONTHLY: policy.monthly_days,
+    }[tier]
+
+
+def tier_of(day: date, policy: RetentionPolicy | None = None) -> Tier:
+    """The tier a backup date belongs to; a date in two tiers gets the one kept longer."""
+    policy = policy or RetentionPolicy()
+    tiers = [Tier.DAILY]
+    if day.weekday() == SUNDAY:
+        tiers.append(Tier.WEEKLY)
+    if day.day == 1:
+        tiers.append(Tier.MONTHLY)
+    return max(tiers, key=lambda tier: retention_days(tier, policy))
+
+
+@dataclass(frozen=True)
+class RetentionDecision:
+    day: date
+    tier: Tier
+    age_days: int
+    size_bytes: int
+    manifest_key: str
+    object_key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    today: date
+    keep: tuple[RetentionDecision, ...]
+    delete: tuple[RetentionDecision, ...]
+    blocked_reason: str | None = None
+
+    @property
+    def kept_per_tier(self) -> dict[str, int]:
+        counts = {tier.value: 0 for tier in Tier}
+        for decision in self.keep:
+            counts[decision.tier.value] += 1
+        return counts
+
+    @property
+    def storage_kept_bytes(self) -> int:
+        return sum(decision.size_bytes for decision in self.keep)
+
+    @property
+    def storage_freed_bytes(self) -> int:
+        return sum(decision.size_bytes for decision in self.delete)
+
+
+def plan_retention(
+    manifests: list[Manifest],
+    today: date,
+    policy: RetentionPolicy,
+    *,
+    now: datetime,
+    min_keep: int = MIN_KEEP,
+    newest_max_age: timedelta = NEWEST_MAX_AGE,
+) -> RetentionPlan:
+    """Decide each backup's fate; the plan is the same whether it is shown or applied."""
+    ordered = sorted(manifests, key=lambda m: m.date, reverse=True)
+    decisions: list[tuple[RetentionDecision, bool]] = []
+    for manifest in ordered:
+        tier = tier_of(manifest.date, policy)
+        age = (today - manifest.date).days
+        limit = retention_days(tier, policy)
+        expired = age > limit
+        reason = (
+            f"{tier.value} backup {age} days old, past its {limit} days"
+            if expired
+            else f"{tier.value} backup within its {limit} days"
+        )
+        decisions.append(
+            (
+                RetentionDecision(
+                    manifest.date,
+                    tier,
+                    age,
+                    manifest.size_bytes,
+                    mf.manifest_key(manifest.environment, manifest.date),
+                    manifest.object_key,
+                    reason,
+                ),
+                expired,
+            )
+        )
+
+    newest = max(ordered, key=lambda m: m.finished_at, default=None)
+    if newest is not None and now - newest.finished_at > newest_max_age:
+        hours = (now - newest.finished_at).total_seconds() / 3600
+        blocked = (
+            f"the newest backup ({newest.date.isoformat()}) finished {hours:.0f} h ago, more "
+            f"than {newest_max_age.total_seconds() / 3600:.0f} h; nothing is deleted until "
+            "backups succeed again"
+        )
+        return RetentionPlan(today, tuple(d for d, _ in decisions), (), blocked)
+
+    keep: list[RetentionDecision] = []
+    delete: list[RetentionDecision] = []
+    for decision, expired in decisions:
+        if not expired:
+            keep.append(decision)
+        elif len(keep) < min_keep:
+            keep.append(
+                replace(
+                    decision,
+                    reason=f"{decision.reason}; kept so at least {min_keep} backups remain",
+                )
+            )
+        else:
+            delete.append(decision)
+    return RetentionPlan(today, tuple(keep), tuple(delete))
+
+
+def apply_retention(vault: Vault, plan: RetentionPlan) -> list[str]:
+    """Delete the plan's expired backups; return the keys deleted.
+
+    The manifest goes first: from that moment the backup is no longer listed, so a run cut
+    short leaves at worst an orphaned object, never a listed backup whose object is gone.
+    Every stored version is deleted (expired means gone, not hidden behind a delete marker).
+    """
+    if plan.blocked_reason is not None:
+        return []
+    deleted: list[str] = []
+    with vault.store.lock(f"{vault.environment}-retention"):
+        for decision in plan.delete:
+            # Object Lock: touch neither key of a backup still locked, so none is half-deleted.
+            held = [
+                until
+                for key in (decision.manifest_key, decision.object_key)
+                if (until := vault.store.retained_until(key)) is not None
+            ]
+            if held:
+                _log.warning(
+                    "backup %s is under S3 Object Lock until %s UTC; not deleted yet, "
+                    "a cleanup after that date deletes it",
+                    decision.day.isoformat(),
+                    f"{max(held):%Y-%m-%d %H:%M}",
+                )
+                continue
+            folder = decision.manifest_key.rsplit("/", 1)[0]
+            for key in (
+                decision.manifest_key,
+                decision.object_key,
+                f"{folder}/{RESTORE_VERIFIED_NAME}",
+            ):
+                if vault.store.delete(key):
+                    deleted.append(key)
+    return deleted

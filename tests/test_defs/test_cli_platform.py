@@ -1,0 +1,90 @@
+"""`pgvault backup`, `cleanup` and `status`: the CLI face of the platform."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from dagster import AssetKey, DagsterInstance
+
+from pgvault_assets.cli import main
+from pgvault_assets.cli_platform import materialize_backup
+from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.settings import load_settings
+from test_defs.backup_history import write_history
+
+BACKUP = AssetKey("database_backup")
+
+
+def test_cli_backup_is_a_materialization_the_ui_shows(backup_env, yesterday, capsys):
+    assert main(["backup"]) == 0
+
+    assert f"backup {yesterday.isoformat()} stored" in capsys.readouterr().out
+    with DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(BACKUP)
+    assert event is not None
+    assert event.asset_materialization.partition == yesterday.isoformat()
+
+
+def test_without_dagster_home_backups_land_in_the_embedded_instance_under_pgvault(
+    backup_env, yesterday, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("DAGSTER_HOME")
+    monkeypatch.chdir(tmp_path)
+
+    manifest = materialize_backup(yesterday)
+
+    home = tmp_path / ".pgvault" / "dagster_home"
+    with DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(BACKUP)
+    assert event is not None
+    assert event.asset_materialization.metadata["sha256"].value == manifest.sha256
+
+
+def test_cli_backup_of_a_past_date_is_refused_in_one_line_without_a_traceback(
+    backup_env, yesterday, capsys
+):
+    older = yesterday - timedelta(days=2)
+    assert main(["backup", "--date", older.isoformat()]) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and f"only {yesterday.isoformat()}" in err
+
+
+def test_cleanup_dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes(local_env, capsys):
+    vault = Vault.from_settings(load_settings())
+    today = utcnow().date()
+    write_history(vault, today - timedelta(days=100), today - timedelta(days=1))
+
+    assert main(["cleanup", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: would delete" in out
+    assert len(vault.list_manifests()) == 100
+
+    assert main(["cleanup"]) == 0
+    remaining = vault.list_manifests()
+    assert 30 < len(remaining) < 100
+    assert min(m.date for m in remaining if m.date.day != 1 and m.date.weekday() != 6) >= (
+        today - timedelta(days=30)
+    )
+
+
+def test_status_prints_the_manuals_dashboard(local_env, capsys):
+    vault = Vault.from_settings(load_settings())
+    today = utcnow().date()
+    write_history(vault, today - timedelta(days=30), today - timedelta(days=1), size_bytes=2048)
+
+    assert main(["status"]) == 0
+
+    out = capsys.readouterr().out
+    assert "last successful backup" in out and (today - timedelta(days=1)).isoformat() in out
+    assert "100.0%" in out and "1.0 min" in out and "60.0 KiB" in out
+
+
+def test_status_exits_non_zero_when_backups_are_stale(local_env, capsys):
+    vault = Vault.from_settings(load_settings())
+    today = utcnow().date()
+    write_history(vault, today - timedelta(days=20), today - timedelta(days=5))
+    assert main(["status"]) == 1
+    assert "no backup has succeeded in the last 36 h" in capsys.readouterr().out

@@ -1,0 +1,108 @@
+"""S3 connections cut or stalled midway, for real, through a proxy between pgvault and moto.
+
+botocore retries a request (with backoff) until its response headers arrive, which covers an
+upload cut or stalled while its body is sent. A download's body is read after that, so a
+download cut or stalled midway is resumed by pgvault from the byte where it stopped, pinned
+to the same object version. A fault that does not go away ends in one clear line, with the
+multipart upload aborted and nothing listed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from botocore.config import Config
+
+from pgvault_assets.engine import store
+from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.errors import StoreError
+from pgvault_assets.settings import DatabaseUrl
+from tests.conftest import AwsEnv
+from tests.test_engine.helpers import DAY, back_up, vault
+from tests.test_faults.conftest import fill
+from tests.test_faults.proxy import Fault, FaultyProxy
+
+ROWS = 100_000  # about 4 MB stored: a part large enough to be cut in its middle
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def source(make_database) -> str:
+    url = make_database("net")
+    fill(url, ROWS)
+    return url
+
+
+def _nothing_left_behind(aws_env: AwsEnv) -> None:
+    assert aws_env.s3.list_multipart_uploads(Bucket=aws_env.bucket).get("Uploads", []) == []
+    keys = [o["Key"] for o in aws_env.s3.list_objects_v2(Bucket=aws_env.bucket).get("Contents", [])]
+    assert not [k for k in keys if k.endswith("manifest.json")]
+    assert vault().list_manifests() == []
+
+
+@pytest.mark.parametrize("mode", ["cut", "stall"])
+def test_upload_cut_or_stalled_midway_is_retried_and_completes(
+    faulty_proxy: FaultyProxy, aws_env: AwsEnv, source: str, mode: str
+) -> None:
+    faulty_proxy.fault = Fault("upload", mode, after_bytes=MIB, faults=1)
+
+    manifest = back_up(source)
+
+    assert faulty_proxy.broken == 1
+    assert manifest.size_bytes > 2 * MIB
+    assert verify_backup(vault(), DAY, full=True).sha256 == manifest.sha256
+    assert aws_env.s3.list_multipart_uploads(Bucket=aws_env.bucket).get("Uploads", []) == []
+
+
+def test_upload_cut_every_time_fails_in_one_line_and_aborts_the_upload(
+    faulty_proxy: FaultyProxy, aws_env: AwsEnv, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        store, "BOTO_CONFIG", store.BOTO_CONFIG.merge(Config(retries={"max_attempts": 2}))
+    )
+    faulty_proxy.fault = Fault("upload", "cut", after_bytes=MIB, faults=-1)
+
+    with pytest.raises(StoreError, match=r"S3 upload of .* failed .*check the network") as caught:
+        back_up(source)
+
+    assert "\n" not in str(caught.value)
+    assert faulty_proxy.broken >= 2  # botocore tried again before giving up
+    _nothing_left_behind(aws_env)
+
+
+@pytest.mark.parametrize("mode", ["cut", "stall"])
+def test_download_cut_or_stalled_midway_resumes_and_the_restore_completes(
+    faulty_proxy: FaultyProxy, source: str, make_database, mode: str
+) -> None:
+    manifest = back_up(source)
+    target = make_database("staging")
+    faulty_proxy.fault = Fault("download", mode, after_bytes=MIB, faults=2)
+
+    started = time.monotonic()
+    result = restore_backup(vault(), DAY, DatabaseUrl(target))
+
+    assert faulty_proxy.broken == 2  # the verifying read and the restoring read, each resumed
+    if mode == "stall":
+        assert time.monotonic() - started >= 2 * 2  # each stall ended by the 2 s read timeout
+    assert result.manifest.sha256 == manifest.sha256
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (ROWS,)
+
+
+def test_download_cut_every_time_fails_in_one_line_and_restores_nothing(
+    faulty_proxy: FaultyProxy, source: str, make_database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    back_up(source)
+    target = make_database("staging")
+    monkeypatch.setattr(store, "RESUME_ATTEMPTS", 2)
+    faulty_proxy.fault = Fault("download", "cut", after_bytes=MIB, faults=-1)
+
+    with pytest.raises(StoreError, match=r"S3 download of .* failed") as caught:
+        restore_backup(vault(), DAY, DatabaseUrl(target))
+
+    assert "\n" not in str(caught.value)
+    assert faulty_proxy.broken == 3  # the first read and two resumptions
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT to_regclass('public.t')").fetchone() == (None,)

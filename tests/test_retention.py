@@ -1,0 +1,155 @@
+"""Retention: the manual's tiers, deletions with every S3 version, the 7-backup floor, the stale guard."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from test_defs.backup_history import fake_manifest, write_backup, write_history
+
+from pgvault_assets.engine.retention import (
+    Tier,
+    apply_retention,
+    plan_retention,
+    tier_of,
+)
+from pgvault_assets.engine.store import LocalStore, S3Store
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import LockBusy
+from pgvault_assets.settings import RetentionPolicy
+
+POLICY = RetentionPolicy()
+TODAY = date(2025, 12, 31)
+NOW = datetime(2025, 12, 31, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def vault(tmp_path) -> Vault:
+    return Vault("test", LocalStore(tmp_path / "store"), None)
+
+
+def test_first_of_month_is_monthly_sunday_weekly_other_days_daily():
+    assert tier_of(date(2025, 3, 1)) is Tier.MONTHLY  # a Saturday
+    assert tier_of(date(2025, 3, 2)) is Tier.WEEKLY  # a Sunday
+    assert tier_of(date(2025, 3, 3)) is Tier.DAILY
+
+
+def test_a_sunday_first_of_month_takes_the_longer_tier():
+    assert date(2025, 6, 1).weekday() == 6
+    assert tier_of(date(2025, 6, 1)) is Tier.MONTHLY
+    shorter_monthly = RetentionPolicy(daily_days=30, weekly_days=90, monthly_days=60)
+    assert tier_of(date(2025, 6, 1), shorter_monthly) is Tier.WEEKLY
+
+
+def test_a_year_of_daily_backups_keeps_30_days_13_weeks_and_12_months(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 12, 30))
+    plan = plan_retention(vault.list_manifests(), TODAY, POLICY, now=NOW)
+
+    assert plan.blocked_reason is None
+    kept = {d.day for d in plan.keep}
+    for decision in plan.keep:
+        age = (TODAY - decision.day).days
+        assert age <= {Tier.DAILY: 30, Tier.WEEKLY: 90, Tier.MONTHLY: 365}[decision.tier]
+    for decision in plan.delete:
+        assert (
+            decision.age_days > {Tier.DAILY: 30, Tier.WEEKLY: 90, Tier.MONTHLY: 365}[decision.tier]
+        )
+    assert all(TODAY - timedelta(days=n) in kept for n in range(1, 31))
+    assert {d for d in kept if d.day == 1} == {date(2025, m, 1) for m in range(1, 13)}
+    old_sundays = {d for d in kept if d.weekday() == 6 and (TODAY - d).days > 30 and d.day != 1}
+    assert old_sundays and all((TODAY - d).days <= 90 for d in old_sundays)
+    assert plan.kept_per_tier["monthly"] == 12
+    assert len(plan.keep) + len(plan.delete) == 364
+
+
+def test_applying_the_plan_deletes_manifest_object_and_proof_and_the_rest_stays_listed(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 12, 30))
+    doomed = date(2025, 3, 12)
+    vault.store.put_bytes(f"test/{doomed}/restore_verified.json", b"{}")
+    plan = plan_retention(vault.list_manifests(), TODAY, POLICY, now=NOW)
+
+    deleted = apply_retention(vault, plan)
+
+    assert f"test/{doomed}/manifest.json" in deleted
+    assert f"test/{doomed}/db_backup.sql.gz.enc" in deleted
+    assert f"test/{doomed}/restore_verified.json" in deleted
+    assert vault.store.list(f"test/{doomed}/") == []
+    assert [m.date for m in vault.list_manifests()] == sorted(d.day for d in plan.keep)
+
+
+def test_the_manifest_is_deleted_before_the_object(vault):
+    manifest = fake_manifest("test", date(2025, 1, 6))
+    write_backup(vault, manifest)
+    write_history(vault, date(2025, 12, 20), date(2025, 12, 30))
+    order: list[str] = []
+    real_delete = vault.store.delete
+
+    def recording_delete(key: str) -> int:
+        order.append(key)
+        return real_delete(key)
+
+    vault.store.delete = recording_delete  # type: ignore[method-assign]
+    apply_retention(vault, plan_retention(vault.list_manifests(), TODAY, POLICY, now=NOW))
+
+    assert order.index("test/2025-01-06/manifest.json") < order.index(
+        "test/2025-01-06/db_backup.sql.gz.enc"
+    )
+
+
+def test_never_fewer_than_seven_backups_remain_even_when_all_expired(vault):
+    write_history(vault, date(2025, 1, 2), date(2025, 1, 20))
+    newest_finished = vault.list_manifests()[-1].finished_at
+    plan = plan_retention(
+        vault.list_manifests(), TODAY, POLICY, now=newest_finished + timedelta(hours=1)
+    )
+
+    assert len(plan.keep) == 7
+    assert {d.day for d in plan.keep} == {date(2025, 1, n) for n in range(14, 21)}
+    assert "at least 7" in plan.keep[-1].reason
+    apply_retention(vault, plan)
+    assert len(vault.list_manifests()) == 7
+
+
+def test_nothing_is_deleted_while_the_newest_backup_is_older_than_36_hours(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 12, 1))
+    newest_finished = vault.list_manifests()[-1].finished_at
+    plan = plan_retention(
+        vault.list_manifests(), TODAY, POLICY, now=newest_finished + timedelta(hours=37)
+    )
+
+    assert plan.delete == ()
+    assert plan.blocked_reason is not None and "36 h" in plan.blocked_reason
+    assert apply_retention(vault, plan) == []
+    assert len(vault.list_manifests()) == 335
+
+
+def test_a_newest_backup_35_hours_old_does_not_block_deletion(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 12, 1))
+    newest_finished = vault.list_manifests()[-1].finished_at
+    plan = plan_retention(
+        vault.list_manifests(), TODAY, POLICY, now=newest_finished + timedelta(hours=35)
+    )
+    assert plan.blocked_reason is None and plan.delete
+
+
+def test_retention_refuses_to_run_beside_another_retention(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 12, 30))
+    plan = plan_retention(vault.list_manifests(), TODAY, POLICY, now=NOW)
+    with vault.store.lock("test-retention"), pytest.raises(LockBusy):
+        apply_retention(vault, plan)
+
+
+def test_expired_backups_in_s3_lose_every_version(aws_env):
+    vault = Vault("test", S3Store(aws_env.bucket, aws_env.kms_key_id), None)
+    old = fake_manifest("test", date(2025, 2, 12))
+    write_backup(vault, old, b"first version")
+    write_backup(vault, old, b"second version")
+    for day in range(20, 31):
+        write_backup(vault, fake_manifest("test", date(2025, 12, day)))
+
+    deleted = apply_retention(vault, plan_retention(vault.list_manifests(), TODAY, POLICY, now=NOW))
+
+    assert old.object_key in deleted
+    versions = aws_env.s3.list_object_versions(Bucket=aws_env.bucket, Prefix="test/2025-02-12/")
+    assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
+    assert len(vault.list_manifests()) == 11
