@@ -175,9 +175,11 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 0
     deleted = apply_retention(vault, plan)
+    # Count what was deleted, not what was planned: a backup under Object Lock stays.
+    gone = [d for d in plan.delete if d.manifest_key in deleted]
+    freed = sum(d.size_bytes for d in gone)
     console.print(
-        f"deleted {len(plan.delete)} backups ({len(deleted)} objects, "
-        f"{format_bytes(plan.storage_freed_bytes)}), kept {kept}"
+        f"deleted {len(gone)} backups ({len(deleted)} objects, {format_bytes(freed)}), kept {kept}"
     )
     return 0
 

@@ -136,14 +136,20 @@ def backup_database(
                     except BaseException as exc:
                         count_errors.append(exc)
 
+                # Opened before pg_dump starts: a store that refuses leaves nothing running.
+                writer = vault.store.open_writer(vault.object_key(day), retain_until=retain_until)
                 errors: deque[str] = deque(maxlen=20)
-                proc = subprocess.Popen(
-                    [pg_dump, "--no-password", "--format=plain", f"--snapshot={snapshot}"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=tool_env(url),
-                    bufsize=1024 * 1024,
-                )
+                try:
+                    proc = subprocess.Popen(
+                        [pg_dump, "--no-password", "--format=plain", f"--snapshot={snapshot}"],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        env=tool_env(url),
+                        bufsize=1024 * 1024,
+                    )
+                except BaseException:
+                    writer.abort()
+                    raise
                 assert proc.stdout is not None and proc.stderr is not None
                 stderr_thread = threading.Thread(
                     target=_tail_reader, args=(proc.stderr, errors), daemon=True
@@ -153,7 +159,6 @@ def backup_database(
                     target=count_rows, name="pgvault-row-counts", daemon=True
                 )
                 counter.start()
-                writer = vault.store.open_writer(vault.object_key(day), retain_until=retain_until)
                 try:
                     result = encrypt_stream(
                         proc.stdout, writer, keys, context, level=level, progress=progress
@@ -185,6 +190,10 @@ def backup_database(
                     if proc.poll() is None:
                         proc.kill()
                     proc.wait()
+                    # The row count shares the connection about to close: stop it first.
+                    with contextlib.suppress(Exception):
+                        conn.cancel()
+                    counter.join(10)
                     raise
             finished_at = now()
             manifest = Manifest(
