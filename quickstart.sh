@@ -17,7 +17,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export STAGING_DATABASE_URL="${STAGING_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/pgvault_demo_staging}"
 fi
 
-.venv/bin/pgvault backup
+.venv/bin/pgvault backup --prove-restorable
 .venv/bin/pgvault list-backups
 
 if [ "${1:-}" != "--no-ui" ]; then

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -99,6 +100,8 @@ def materialize_backup(
     full decrypt and the throwaway restore re-read and re-load the whole backup, so an
     operator's backup runs them only when asked; the daily schedule always runs them.
     """
+    # Dagster flags the partitioned checks as preview: that is for developers, not operators.
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     from pgvault_assets.defs.backup import database_backup, decrypts_fully
     from pgvault_assets.defs.resources import resource_defs
     from pgvault_assets.defs.restorable import restorable
@@ -114,6 +117,8 @@ def materialize_backup(
             partition_key=day.isoformat(),
             raise_on_error=False,
             tags={"pgvault/launched_by": "cli"},
+            # The run's full event log is in the UI; the terminal gets pgvault's own lines.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
     if not result.success:
         raise BackupFailed(
