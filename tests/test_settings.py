@@ -17,15 +17,27 @@ def test_embedded_default_needs_no_settings(tmp_path):
     assert settings.environment == "development"
     assert settings.local_dir == tmp_path / ".pgvault" / "store"
     assert settings.local_key_file == tmp_path / ".pgvault" / "backup.key"
-    assert (settings.retention.daily_days, settings.retention.weekly_days, settings.retention.monthly_days) == (30, 90, 365)
+    assert (
+        settings.retention.daily_days,
+        settings.retention.weekly_days,
+        settings.retention.monthly_days,
+    ) == (30, 90, 365)
 
 
 def test_retention_days_come_from_the_environment(tmp_path):
     settings = load_settings(
-        {"BACKUP_RETENTION_DAYS_DAILY": "7", "BACKUP_RETENTION_DAYS_WEEKLY": "28", "BACKUP_RETENTION_DAYS_MONTHLY": "730"},
+        {
+            "BACKUP_RETENTION_DAYS_DAILY": "7",
+            "BACKUP_RETENTION_DAYS_WEEKLY": "28",
+            "BACKUP_RETENTION_DAYS_MONTHLY": "730",
+        },
         cwd=tmp_path,
     )
-    assert (settings.retention.daily_days, settings.retention.weekly_days, settings.retention.monthly_days) == (7, 28, 730)
+    assert (
+        settings.retention.daily_days,
+        settings.retention.weekly_days,
+        settings.retention.monthly_days,
+    ) == (7, 28, 730)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +66,9 @@ def test_bad_values_are_refused_naming_the_variable(tmp_path, env, variable):
 
 
 def test_database_url_hides_its_password_everywhere_but_libpq():
-    url = DatabaseUrl.parse("postgresql://app:s3cret%21pw@db.internal:5433/api?sslmode=require", "DATABASE_URL")
+    url = DatabaseUrl.parse(
+        "postgresql://app:s3cret%21pw@db.internal:5433/api?sslmode=require", "DATABASE_URL"
+    )
     for shown in (str(url), repr(url), url.redacted, repr(url.with_dbname("postgres"))):
         assert "s3cret" not in shown
     assert url.dbname == "api"

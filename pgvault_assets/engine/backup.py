@@ -224,6 +224,9 @@ def backup_database(
             vault.store.put_bytes(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )
+            if isinstance(vault.store, LocalStore):
+                # The old version was kept only until the new backup was recorded.
+                vault.store.prune_versions(vault.object_key(day), version_id)
             return manifest
 
 

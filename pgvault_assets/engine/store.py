@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -127,9 +128,18 @@ def _local_error(exc: OSError, what: str, path: Path) -> StoreError:
     )
 
 
+def _version_path(final: Path, version_id: str) -> Path:
+    return final.parent / ".versions" / f"{final.name}.{version_id}"
+
+
 class _LocalWriter:
-    def __init__(self, final: Path) -> None:
+    """Writes a temporary file and renames it into place; with `versioned`, also keeps a
+    hard link under `.versions/`, so a manifest pinning that version still reads its own
+    bytes after a re-run replaced the object (as S3 versioning does), at no extra space."""
+
+    def __init__(self, final: Path, *, versioned: bool = False) -> None:
         self._final = final
+        self._versioned = versioned
         self._tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
         try:
             _private_dirs(final.parent)
@@ -150,12 +160,19 @@ class _LocalWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+            version_id = None
+            if self._versioned:
+                version_id = uuid.uuid4().hex
+                kept = _version_path(self._final, version_id)
+                _private_dirs(kept.parent)
+                os.link(self._tmp, kept)
+                _fsync_dir(kept.parent)
             os.replace(self._tmp, self._final)
             _fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
             raise _local_error(exc, "committing", self._final) from None
-        return None
+        return version_id
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -185,16 +202,29 @@ class LocalStore:
 
     def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
         self._ensure_root()
-        return _LocalWriter(self._path(key))
+        return _LocalWriter(self._path(key), versioned=True)
 
     def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO:
+        path = self._path(key)
+        if version_id is not None:
+            if not re.fullmatch(r"[0-9a-f]{32}", version_id):
+                raise StoreError(f"{key} has no version {version_id!r} in the local store")
+            path = _version_path(path, version_id)
         try:
-            return open(self._path(key), "rb")
+            return open(path, "rb")
         except FileNotFoundError:
             raise StoreError(f"{key} is missing from the local store {self.root}") from None
 
+    def prune_versions(self, key: str, keep: str | None) -> None:
+        """Drop kept versions of `key` other than `keep`, once a newer backup is recorded."""
+        final = self._path(key)
+        for old in final.parent.glob(f".versions/{final.name}.*"):
+            if keep is None or old.name != f"{final.name}.{keep}":
+                old.unlink(missing_ok=True)
+
     def put_bytes(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> None:
-        writer = self.open_writer(key)
+        self._ensure_root()
+        writer = _LocalWriter(self._path(key))
         writer.write(data)
         writer.commit()
 
@@ -215,9 +245,10 @@ class LocalStore:
         if not start.exists():
             return []
         for path in start.rglob("*"):
-            if not path.is_file() or path.name.startswith("."):
+            relative = path.relative_to(self.root)
+            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
                 continue
-            key = path.relative_to(self.root).as_posix()
+            key = relative.as_posix()
             if key.startswith(prefix):
                 info = path.stat()
                 found.append(
@@ -226,14 +257,22 @@ class LocalStore:
         return sorted(found, key=lambda o: o.key)
 
     def delete(self, key: str) -> int:
+        """Delete `key` and every kept version of it."""
         path = self._path(key)
+        deleted = 0
+        for version in path.parent.glob(f".versions/{path.name}.*"):
+            version.unlink(missing_ok=True)
+            deleted += 1
+        with contextlib.suppress(OSError):
+            (path.parent / ".versions").rmdir()
         try:
             path.unlink()
+            deleted += 1
         except FileNotFoundError:
-            return 0
+            pass
         with contextlib.suppress(OSError):
             path.parent.rmdir()
-        return 1
+        return deleted
 
     def partial_uploads(self) -> list[Path]:
         """Temporary files left by a killed writer (cleaned by `cleanup_partials`)."""

@@ -121,6 +121,7 @@ def test_backup_of_another_day_is_refused_by_its_encryption_context(
         date=other,
         object_key=object_key("test", other),
         encryption_context=encryption_context("test", other),
+        object_version_id=None,  # the copy is a plain file there, with no kept version
     )
     (store / manifest_key("test", other)).write_bytes(forged.to_json())
     target = _marker_target(make_database)

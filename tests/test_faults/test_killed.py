@@ -92,9 +92,11 @@ def test_backup_killed_while_dumping_or_uploading_is_never_listed_and_the_next_r
         assert _uploads(env) == []
 
 
+@pytest.mark.parametrize("store", ["local", "s3"])
 def test_backup_killed_before_its_manifest_keeps_the_previous_backup_listed_and_whole(
-    aws_env: AwsEnv, make_database, spawn_pgvault
+    store: str, request: pytest.FixtureRequest, make_database, spawn_pgvault
 ) -> None:
+    request.getfixturevalue("local_env" if store == "local" else "aws_env")
     url = make_database("kill")
     fill(url, 20_000)
     previous = back_up(url)
