@@ -2,7 +2,7 @@
 
 from dagster import Definitions
 
-from pgvault_assets.defs import alerting, backup, maintenance, restorable
+from pgvault_assets.defs import alerting, backup, maintenance, recovery, restorable
 from pgvault_assets.defs.resources import resource_defs
 
 defs = Definitions.merge(
@@ -10,5 +10,6 @@ defs = Definitions.merge(
     restorable.defs,
     maintenance.defs,
     alerting.defs,
+    recovery.defs,
     Definitions(resources=resource_defs()),
 )

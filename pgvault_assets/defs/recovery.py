@@ -1,0 +1,238 @@
+"""The quarterly disaster-recovery drill and restores from the launchpad.
+
+Both are the CLI's `pgvault drill` and `pgvault restore-from-backup` on Dagster: the engine does
+the work and keeps the gates (production needs a dual-authorized request here too, and nothing
+here can skip it); this layer chooses when, reads the launchpad's config and carries metadata.
+"""
+
+from datetime import date, timedelta
+from typing import Literal
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    DefaultScheduleStatus,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    OpExecutionContext,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    asset,
+    define_asset_job,
+    job,
+    op,
+    schedule,
+)
+
+from pgvault_assets.defs.backup import BACKUP_KEY
+from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.engine import authorization as auth
+from pgvault_assets.engine.audit import record_staging_restore
+from pgvault_assets.engine.drill import run_drill, store_report
+from pgvault_assets.engine.restore import RestoreResult, restore_backup
+from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.recovery_settings import load_recovery_settings
+from pgvault_assets.settings import DatabaseUrl
+
+DRILL_KEY = AssetKey("disaster_recovery_drill")
+RECOVERY_TIME_WITHIN_OBJECTIVE = "recovery_time_within_objective"
+MONDAY = 0
+QUARTER_MONTHS = (1, 4, 7, 10)
+
+
+class DrillConfig(Config):
+    recovery_time_objective_hours: float | None = None
+    """The objective; unset, the manual's 4 hours (as `pgvault drill --rto-hours`)."""
+
+
+@asset(
+    key=DRILL_KEY,
+    deps=[BACKUP_KEY],
+    group_name="recovery",
+    description=(
+        "The manual's quarterly drill: last month's monthly backup restored into a throwaway "
+        "database on the staging server, checked, queried and timed per stage, then dropped; "
+        "the report is kept in the store."
+    ),
+    check_specs=[
+        AssetCheckSpec(
+            RECOVERY_TIME_WITHIN_OBJECTIVE,
+            asset=DRILL_KEY,
+            description=(
+                "the drill passed and its recovery time, scaled to production's size, is within "
+                "the recovery time objective (4 h unless configured)"
+            ),
+        )
+    ],
+)
+def disaster_recovery_drill(
+    context: AssetExecutionContext, config: DrillConfig, vault: VaultResource
+) -> MaterializeResult:
+    try:
+        settings = vault.settings()
+        recovery = load_recovery_settings(vault.environ())
+        if settings.staging_database_url is None:
+            raise ConfigError("the drill restores on the staging server; set STAGING_DATABASE_URL")
+        store = vault.vault()
+        report = run_drill(
+            store,
+            settings.staging_database_url,
+            production_url=settings.database_url,
+            queries_file=recovery.drill_queries_file,
+            recovery_time_objective=(
+                timedelta(hours=config.recovery_time_objective_hours)
+                if config.recovery_time_objective_hours
+                else recovery.recovery_time_objective
+            ),
+        )
+        key = store_report(store, report)
+    except PgvaultError as exc:
+        raise Failure(description=str(exc)) from None
+    findings = report.findings()
+    if not report.passed:
+        context.log.error("; ".join(findings))
+    return MaterializeResult(
+        metadata={
+            "report": MetadataValue.md(report.to_markdown()),
+            "report_key": key,
+            "backup_date": report.backup_date.isoformat(),
+            "passed": report.passed,
+            **{
+                f"{stage}_seconds": MetadataValue.float(seconds)
+                for stage, seconds in report.stage_seconds.items()
+            },
+            "measured_seconds": MetadataValue.float(report.measured_seconds),
+            "scale": MetadataValue.float(report.scale),
+            "scaled_recovery_seconds": MetadataValue.float(report.scaled_seconds),
+            "recovery_time_objective_seconds": MetadataValue.float(
+                report.recovery_time_objective_seconds
+            ),
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name=RECOVERY_TIME_WITHIN_OBJECTIVE,
+                passed=report.passed,
+                severity=AssetCheckSeverity.ERROR,
+                description="; ".join(findings),
+                metadata={
+                    "scaled_recovery_seconds": MetadataValue.float(report.scaled_seconds),
+                    "recovery_time_objective_seconds": MetadataValue.float(
+                        report.recovery_time_objective_seconds
+                    ),
+                },
+            )
+        ],
+    )
+
+
+disaster_recovery_drill_job = define_asset_job("disaster_recovery_drill_job", selection=[DRILL_KEY])
+
+
+@schedule(
+    # Cron ORs day-of-month with day-of-week, so it cannot say "the first Monday": it ticks on
+    # days 1-7 of each quarter's first month and the function keeps the Monday.
+    cron_schedule="0 10 1-7 1,4,7,10 *",
+    job=disaster_recovery_drill_job,
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="The first Monday of each quarter, 10:00 UTC.",
+)
+def quarterly_drill_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    day = context.scheduled_execution_time.date()
+    if not is_first_monday_of_quarter(day):
+        return SkipReason(f"{day} is not the first Monday of a quarter")
+    return RunRequest(run_key=f"drill-{day}")
+
+
+def is_first_monday_of_quarter(day: date) -> bool:
+    return day.month in QUARTER_MONTHS and day.day <= 7 and day.weekday() == MONDAY
+
+
+class RestoreConfig(Config):
+    date: str
+    """The backup to restore, YYYY-MM-DD."""
+    target: Literal["staging", "production"] = "staging"
+    request_id: str | None = None
+    """Production only: the dual-approved request (pgvault request-restore, two approvals)."""
+    verify: bool = False
+    """Decrypt and hash the whole backup before restoring (as `--verify`)."""
+
+
+@op(description="Restore a backup into staging, or into production under an approved request.")
+def restore_from_backup(
+    context: OpExecutionContext, config: RestoreConfig, vault: VaultResource
+) -> None:
+    try:
+        day = date.fromisoformat(config.date)
+    except ValueError:
+        raise Failure(description=f"{config.date!r} is not a date; use YYYY-MM-DD") from None
+    try:
+        if config.target == "production":
+            url, result = _restore_production(vault, day, config)
+        else:
+            if config.request_id:
+                raise ConfigError("request_id is only for production restores; drop it")
+            store = vault.vault()
+            url = vault.settings().target_url("staging")
+            result = restore_backup(store, day, url, full_verify=config.verify)
+            record_staging_restore(store, result.manifest, url.dbname)
+    except PgvaultError as exc:
+        raise Failure(description=str(exc)) from None
+    context.log.info(
+        f"restored backup {day} into {url.dbname} on {config.target}"
+        + (f"; the replaced database is kept as {result.previous}" if result.previous else "")
+    )
+    context.add_output_metadata(
+        {
+            "backup_date": day.isoformat(),
+            "target": config.target,
+            "database": url.dbname,
+            "row_total": result.manifest.row_total,
+            "duration_seconds": MetadataValue.float(round(sum(result.stage_seconds.values()), 3)),
+            "previous_database": result.previous or "",
+        }
+    )
+
+
+def _restore_production(
+    vault: VaultResource, day: date, config: RestoreConfig
+) -> tuple[DatabaseUrl, RestoreResult]:
+    """Exactly the CLI's checks, without its prompt: the two approvals are the gate."""
+    if not config.request_id:
+        raise ConfigError(
+            "restoring to production needs an approved request: pgvault request-restore --date D "
+            "--target production --reason TEXT, two approvals, then request_id: ID"
+        )
+    store = vault.vault()
+    request = auth.read_request(store, config.request_id)
+    if request.date != day:
+        raise ConfigError(
+            f"request {request.id} approved the {request.date} backup, not {day}; nothing was restored"
+        )
+    url = vault.settings().target_url("production")
+    return url, auth.restore_production(
+        store,
+        config.request_id,
+        url,
+        load_recovery_settings(vault.environ()).require_approvers_file(),
+        full_verify=config.verify,
+    )
+
+
+@job(description="Restore a chosen date from the launchpad; staging by default.")
+def restore_job() -> None:
+    restore_from_backup()
+
+
+defs = Definitions(
+    assets=[disaster_recovery_drill],
+    jobs=[disaster_recovery_drill_job, restore_job],
+    schedules=[quarterly_drill_schedule],
+)

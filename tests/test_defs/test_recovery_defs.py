@@ -1,0 +1,215 @@
+"""The drill asset, its objective check and quarterly schedule, and restores from the launchpad."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import pytest
+from dagster import AssetCheckSeverity, RunRequest, SkipReason, build_schedule_context, materialize
+
+from pgvault_assets.defs.recovery import (
+    RECOVERY_TIME_WITHIN_OBJECTIVE,
+    disaster_recovery_drill,
+    quarterly_drill_schedule,
+    restore_job,
+)
+from pgvault_assets.defs.resources import resource_defs
+from pgvault_assets.engine.audit import STAGING_RESTORE, audit_records
+from pgvault_assets.engine.backup import utcnow
+from tests.dbcompare import database_snapshot
+from tests.test_engine.helpers import DAY, back_up, vault
+from tests.test_recovery.conftest import Approvers, Databases
+from tests.test_recovery.helpers import approve, prove_on_staging, request_restore
+
+
+@pytest.fixture(autouse=True)
+def no_recovery_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own approvers file or drill queries must not reach these tests."""
+    for name in ("RESTORE_APPROVERS_FILE", "RESTORE_REQUEST_TTL_HOURS", "DRILL_QUERIES_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def drill_env(local_env, awkward_database, monkeypatch) -> str:
+    """Last month's 1st backed up; the drill restores on the same server."""
+    monkeypatch.setenv("DATABASE_URL", awkward_database)
+    monkeypatch.setenv("STAGING_DATABASE_URL", awkward_database)
+    last_month = (utcnow().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    back_up(awkward_database, day=last_month)
+    return awkward_database
+
+
+def drill_check(result):
+    (evaluation,) = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == RECOVERY_TIME_WITHIN_OBJECTIVE
+    ]
+    return evaluation
+
+
+def test_drill_materializes_its_report_and_passes_the_objective_check(drill_env, instance):
+    result = materialize([disaster_recovery_drill], instance=instance, resources=resource_defs())
+
+    assert result.success
+    metadata = result.asset_materializations_for_node("disaster_recovery_drill")[0].metadata
+    assert "**Result: PASSED**" in metadata["report"].value
+    assert {"verify_seconds", "restore_seconds", "integrity_seconds", "queries_seconds"} <= set(
+        metadata
+    )
+    assert 0 < metadata["scaled_recovery_seconds"].value < 4 * 3600
+    assert metadata["recovery_time_objective_seconds"].value == 4 * 3600
+    stored = vault().store.get_bytes(metadata["report_key"].value).decode()
+    assert "**Result: PASSED**" in stored
+    check = drill_check(result)
+    assert check.passed and check.severity == AssetCheckSeverity.ERROR
+
+
+def test_drill_check_fails_when_the_objective_is_missed(drill_env, instance):
+    result = materialize(
+        [disaster_recovery_drill],
+        instance=instance,
+        resources=resource_defs(),
+        run_config={
+            "ops": {"disaster_recovery_drill": {"config": {"recovery_time_objective_hours": 1e-9}}}
+        },
+    )
+
+    check = drill_check(result)
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    assert "MISSES the" in check.description
+    metadata = result.asset_materializations_for_node("disaster_recovery_drill")[0].metadata
+    assert "**Result: FAILED**" in metadata["report"].value
+
+
+def test_drill_schedule_fires_only_on_the_first_monday_of_each_quarter():
+    fired, skipped = [], []
+    for offset in range(365):
+        tick = datetime(2026, 1, 1, 10, tzinfo=UTC) + timedelta(days=offset)
+        result = quarterly_drill_schedule(build_schedule_context(scheduled_execution_time=tick))
+        (fired if isinstance(result, RunRequest) else skipped).append(tick.date())
+        assert isinstance(result, RunRequest | SkipReason)
+
+    assert quarterly_drill_schedule.cron_schedule == "0 10 1-7 1,4,7,10 *"
+    assert quarterly_drill_schedule.execution_timezone == "UTC"
+    assert fired == [date(2026, 1, 5), date(2026, 4, 6), date(2026, 7, 6), date(2026, 10, 5)]
+    # 1 June 2026 is a Monday in days 1-7, but not of a quarter's first month.
+    assert date(2026, 6, 1) in skipped and date(2026, 1, 1) in skipped
+
+
+def test_restore_job_restores_the_chosen_date_to_staging_and_records_it(
+    local_env, awkward_database, make_database, monkeypatch, instance
+):
+    staging = make_database("staging")
+    monkeypatch.setenv("DATABASE_URL", awkward_database)
+    monkeypatch.setenv("STAGING_DATABASE_URL", staging)
+    manifest = back_up(awkward_database, day=DAY)
+
+    result = restore_job.execute_in_process(
+        run_config={"ops": {"restore_from_backup": {"config": {"date": DAY.isoformat()}}}},
+        resources=resource_defs(),
+        instance=instance,
+    )
+
+    assert result.success
+    assert database_snapshot(staging) == database_snapshot(awkward_database)
+    (record,) = [r for r in audit_records(vault(), "staging") if r.record == STAGING_RESTORE]
+    assert record.body["sha256"] == manifest.sha256
+    assert record.body["date"] == DAY.isoformat()
+
+
+def test_restore_job_refuses_production_without_a_request_and_leaves_it_untouched(
+    local_env, awkward_database, monkeypatch, instance
+):
+    monkeypatch.setenv("DATABASE_URL", awkward_database)
+    back_up(awkward_database, day=DAY)
+    before = database_snapshot(awkward_database)
+
+    result = restore_job.execute_in_process(
+        run_config={
+            "ops": {
+                "restore_from_backup": {"config": {"date": DAY.isoformat(), "target": "production"}}
+            }
+        },
+        resources=resource_defs(),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    description = failure.step_failure_data.user_failure_data.description
+    assert "restoring to production needs an approved request" in description
+    assert database_snapshot(awkward_database) == before
+
+
+def test_a_bad_date_is_refused_in_one_line(local_env, instance):
+    result = restore_job.execute_in_process(
+        run_config={"ops": {"restore_from_backup": {"config": {"date": "2026-13-01"}}}},
+        resources=resource_defs(),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert (
+        "is not a date; use YYYY-MM-DD" in failure.step_failure_data.user_failure_data.description
+    )
+
+
+def restore_production_job(instance, **config):
+    return restore_job.execute_in_process(
+        run_config={
+            "ops": {
+                "restore_from_backup": {
+                    "config": {"date": DAY.isoformat(), "target": "production", **config}
+                }
+            }
+        },
+        resources=resource_defs(),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def mark_production(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.written_after_the_backup (id int)")
+
+
+def sentinel_present(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regclass('public.written_after_the_backup')").fetchone()
+    return row is not None and row[0] is not None
+
+
+def test_restore_job_refuses_production_with_a_single_approval(
+    databases: Databases, approvers: Approvers, capsys, instance
+):
+    prove_on_staging(capsys)
+    request_id = request_restore(capsys)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    mark_production(databases.production)
+
+    result = restore_production_job(instance, request_id=request_id)
+
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "needs 2 distinct approvers" in failure.step_failure_data.user_failure_data.description
+    assert sentinel_present(databases.production)
+
+
+def test_restore_job_restores_production_under_a_dual_approved_request(
+    databases: Databases, approvers: Approvers, capsys, instance
+):
+    prove_on_staging(capsys)
+    request_id = request_restore(capsys)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    mark_production(databases.production)
+
+    result = restore_production_job(instance, request_id=request_id)
+
+    assert result.success
+    assert not sentinel_present(databases.production)
