@@ -151,7 +151,14 @@ def run_shell(command: str) -> float:
 
 
 def tree_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    # Count each inode once: the local store keeps versions as hard links, not copies.
+    sizes = {
+        (st.st_dev, st.st_ino): st.st_size
+        for p in path.rglob("*")
+        if p.is_file()
+        for st in [p.stat()]
+    }
+    return sum(sizes.values())
 
 
 # --- databases -------------------------------------------------------------------------------
