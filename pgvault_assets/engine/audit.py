@@ -9,20 +9,16 @@ of a request lives at `executions/{request_id}.json`, so a second execution cann
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-import botocore.exceptions
-
 from pgvault_assets.engine.backup import Clock, utcnow
 from pgvault_assets.engine.immutability import AUDIT_LOCK_MODE, audit_retain_until
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.store import LocalStore, S3Store, Store, _private_dirs
+from pgvault_assets.engine.store import LocalStore, S3Store, Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import StoreError
 
@@ -40,57 +36,15 @@ def put_new(store: Store, key: str, data: bytes, *, retain_until: datetime | Non
     `retain_until`: in a bucket with Object Lock, the record cannot be deleted before then.
     """
     if isinstance(store, S3Store):
-        lock = store.lock_arguments(retain_until, mode=AUDIT_LOCK_MODE)
-        try:
-            store.client.put_object(
-                Bucket=store.bucket,
-                Key=key,
-                Body=data,
-                IfNoneMatch="*",
-                ServerSideEncryption="aws:kms",
-                SSEKMSKeyId=store.kms_key_id,
-                ChecksumAlgorithm="SHA256",
-                **lock,
-            )
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                raise RecordExists(f"{key} already exists in the audit trail") from None
-            raise StoreError(
-                f"S3 write of {key} failed ({code}); check the bucket permissions"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StoreError(f"S3 write of {key} failed ({type(exc).__name__})") from None
-        return
-    if isinstance(store, LocalStore):
-        _put_new_local(store, key, data)
-        return
-    raise StoreError(f"{type(store).__name__} cannot write create-only records")
-
-
-def _put_new_local(store: LocalStore, key: str, data: bytes) -> None:
-    """Write a hidden temporary file, then hard-link it into place: link never replaces."""
-    final = (store.root / key).resolve()
-    if not final.is_relative_to(store.root.resolve()):
-        raise StoreError(f"refusing a key outside the store: {key!r}")
-    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
-    try:
-        _private_dirs(final.parent)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, final)
-    except FileExistsError:
-        raise RecordExists(f"{key} already exists in the audit trail") from None
-    except OSError as exc:
-        raise StoreError(
-            f"local store failed writing {key} ({exc.strerror}); check BACKUP_LOCAL_DIR"
-        ) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        written = store.put_new(
+            key, data, **store.lock_arguments(retain_until, mode=AUDIT_LOCK_MODE)
+        )
+    elif isinstance(store, LocalStore):
+        written = store.put_new(key, data)
+    else:
+        raise StoreError(f"{type(store).__name__} cannot write create-only records")
+    if not written:
+        raise RecordExists(f"{key} already exists in the audit trail")
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,27 @@ class LocalStore:
         writer.write(data)
         writer.commit()
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write `key` only if it does not exist; False if it does. A link never replaces."""
+        final = self._path(key)
+        tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
+        try:
+            _private_dirs(final.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise _local_error(exc, "writing", final) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return True
+
     def retained_until(self, key: str) -> datetime | None:
         """A local disk has no Object Lock: the owner-only permissions are its protection."""
         return None
@@ -507,6 +528,28 @@ class S3Store:
                     _log.warning(warning)
         return found
 
+    def put_new(self, key: str, data: bytes, **extra: Any) -> bool:
+        """Write `key` only if it does not exist (`If-None-Match: *`); False if it does."""
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                IfNoneMatch="*",
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=self.kms_key_id,
+                ChecksumAlgorithm="SHA256",
+                **extra,
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            raise _s3_error(exc, f"write of {key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _s3_error(exc, f"write of {key}") from None
+        return True
+
     def lock_arguments(
         self, retain_until: datetime | None, mode: str | None = None
     ) -> dict[str, Any]:
@@ -655,22 +698,8 @@ class S3Store:
                     "expires_at": (datetime.now(UTC) + ttl).isoformat(),
                 }
             ).encode()
-            try:
-                self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=body,
-                    IfNoneMatch="*",
-                    ServerSideEncryption="aws:kms",
-                    SSEKMSKeyId=self.kms_key_id,
-                )
+            if self.put_new(key, body):
                 break
-            except botocore.exceptions.ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code not in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                    raise _s3_error(exc, f"lock {name}") from None
-            except botocore.exceptions.BotoCoreError as exc:
-                raise _s3_error(exc, f"lock {name}") from None
             current = self.get_bytes(key)
             holder = "another process"
             if current:
