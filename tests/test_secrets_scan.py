@@ -1,0 +1,324 @@
+"""No secret ever leaves pgvault: every command runs with real secrets set, then everything
+pgvault wrote or sent anywhere is scanned for them.
+
+The secrets are a password in DATABASE_URL (percent-encoded, so both spellings are searched),
+another in STAGING_DATABASE_URL, AWS access keys, the Sentry DSN's key and a webhook token.
+The scan covers each command's output, every file under the test's folder (the Dagster
+instance's SQLite event log and compute logs, the local store, reports), every version of
+every object in the bucket (manifests, audit records, reports, locks), Dagster's event log
+read through its API, and the bodies that reached Sentry and the webhook. It must find none.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sentry_sdk
+from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
+from dagster._core.storage.dagster_run import RunsFilter
+from test_defs.http_capture import Captured, capture_http
+
+from pgvault_assets.defs.alerting import backup_failure_alert_sensor
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.backup import backup_database, latest_complete_day, utcnow
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.settings import DatabaseUrl, load_settings
+from tests.conftest import AWKWARD_SCHEMA, AwsEnv, load_sql_file
+from tests.test_recovery import conftest as recovery_fixtures
+from tests.test_recovery.conftest import Approvers
+
+DB_PASSWORD = "Db-Pa55%40word-SCAN-7f3a"  # percent-encoded '@' in the URL
+STAGING_PASSWORD = "Stg-Pa55word-SCAN-91c2"
+AWS_ACCESS_KEY_ID = "AKIASCANSECRETS12345"
+AWS_SECRET_ACCESS_KEY = "scan/Secret+Access+Key/0123456789abcdefXYZ"
+SENTRY_KEY = "sentrykeyscan0123456789abcdef"
+WEBHOOK_TOKEN = "T0KEN-scan-webhook-9d8e7f"
+MAINTENANCE_JOB = "weekly_maintenance_job"
+
+
+def with_password(url: str, password: str) -> str:
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@", 1)
+
+
+def secret_spellings() -> dict[str, bytes]:
+    """Each secret as it could appear: raw, percent-decoded, and base64 of the raw value."""
+    values = {
+        "database password": DB_PASSWORD,
+        "database password (decoded)": DB_PASSWORD.replace("%40", "@"),
+        "staging password": STAGING_PASSWORD,
+        "AWS access key id": AWS_ACCESS_KEY_ID,
+        "AWS secret access key": AWS_SECRET_ACCESS_KEY,
+        "Sentry DSN key": SENTRY_KEY,
+        "webhook token": WEBHOOK_TOKEN,
+    }
+    spellings = {name: value.encode() for name, value in values.items()}
+    for name, value in values.items():
+        spellings[f"{name} (base64)"] = base64.b64encode(value.encode())
+    return spellings
+
+
+class Scan:
+    """Everything pgvault produced, by where it was found."""
+
+    def __init__(self) -> None:
+        self.places: dict[str, bytes] = {}
+
+    def add(self, where: str, data: bytes | str) -> None:
+        self.places[where] = data.encode() if isinstance(data, str) else data
+
+    def leaks(self) -> list[str]:
+        return [
+            f"{name} in {where}"
+            for where, data in self.places.items()
+            for name, secret in secret_spellings().items()
+            if secret in data
+        ]
+
+
+approvers = recovery_fixtures.approvers
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    with capture_http() as capture:
+        yield capture
+    sentry_sdk.init()
+
+
+@pytest.fixture
+def secret_env(
+    aws_env: AwsEnv,
+    make_database: Callable[..., str],
+    approvers: Approvers,
+    captured: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    """pgvault on moto with every kind of secret configured, in this process and for children."""
+    source = make_database("scansrc")
+    load_sql_file(source, AWKWARD_SCHEMA)
+    staging = make_database("scanstg")
+    # moto accepts any credentials; these stand in for real ones.
+    settings = {
+        "DATABASE_URL": with_password(source, DB_PASSWORD),
+        "STAGING_DATABASE_URL": with_password(staging, STAGING_PASSWORD),
+        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
+        "SENTRY_DSN": f"http://{SENTRY_KEY}@127.0.0.1:{captured.port}/1",
+        "ALERT_WEBHOOK_URL": f"http://127.0.0.1:{captured.port}/hook/{WEBHOOK_TOKEN}",
+        "BACKUP_MAX_RETRIES": "0",
+        "BACKUP_RETRY_DELAY_SECONDS": "0",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return dict(os.environ)
+
+
+def pgvault(env: dict[str, str], scan: Scan, *argv: str, expect: set[int] | None = None) -> str:
+    """Run `pgvault ARGV` in a process of its own, as an operator would; record its output.
+
+    `expect` is the set of acceptable exit statuses (default: success only).
+    """
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pgvault_assets.cli import main; raise SystemExit(main())",
+            *argv,
+        ],
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    label = "pgvault " + " ".join(argv)
+    output = (result.stdout + result.stderr).decode()
+    scan.add(f"output of `{label}`", output)
+    assert result.returncode in (expect or {0}), f"{label} exited {result.returncode}:\n{output}"
+    assert "Traceback" not in output, output
+    return output
+
+
+def scan_dagster(scan: Scan) -> int:
+    """Dagster's event log, as its API hands it to the UI; returns how many runs it holds."""
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs(RunsFilter())
+        for run in runs:
+            records = instance.all_logs(run.run_id)
+            scan.add(
+                f"Dagster event log of run {run.run_id[:8]}",
+                "\n".join(
+                    json.dumps(
+                        {
+                            "message": record.user_message,
+                            "event": repr(record.dagster_event),
+                            "tags": run.tags,
+                        },
+                        default=str,
+                    )
+                    for record in records
+                ),
+            )
+        return len(runs)
+
+
+def alert_on_failed_runs(scan: Scan) -> int:
+    """The failure sensor over every failed run, as the daemon would; returns how many."""
+    resources = {"vault": VaultResource(), "alerts": AlertsResource()}
+    failed = 0
+    with DagsterInstance.get() as instance:
+        for run in instance.get_runs(RunsFilter()):
+            failure = next(
+                (
+                    record.dagster_event
+                    for record in instance.all_logs(run.run_id)
+                    if record.dagster_event
+                    and record.dagster_event.event_type == DagsterEventType.RUN_FAILURE
+                ),
+                None,
+            )
+            if failure is None:
+                continue
+            failed += 1
+            backup_failure_alert_sensor(
+                build_run_status_sensor_context(
+                    sensor_name="backup_failure_alert_sensor",
+                    dagster_event=failure,
+                    dagster_instance=instance,
+                    dagster_run=run,
+                    resources=resources,
+                ).for_run_failure()
+            )
+    sentry_sdk.flush()
+    return failed
+
+
+def scan_files(scan: Scan, root: Path, *, skip: set[Path]) -> int:
+    count = 0
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path not in skip:
+            scan.add(f"file {path.relative_to(root)}", path.read_bytes())
+            count += 1
+    return count
+
+
+def scan_bucket(scan: Scan, aws_env: AwsEnv) -> list[str]:
+    keys = []
+    pages = aws_env.s3.get_paginator("list_object_versions").paginate(Bucket=aws_env.bucket)
+    for page in pages:
+        for item in page.get("Versions", []):
+            body = aws_env.s3.get_object(
+                Bucket=aws_env.bucket, Key=item["Key"], VersionId=item["VersionId"]
+            )["Body"].read()
+            scan.add(f"s3://{aws_env.bucket}/{item['Key']}?versionId={item['VersionId']}", body)
+            keys.append(item["Key"])
+    return keys
+
+
+def test_every_command_with_secrets_set_leaves_no_secret_anywhere(
+    secret_env: dict[str, str],
+    aws_env: AwsEnv,
+    approvers: Approvers,
+    captured: Captured,
+    local_env: Path,
+) -> None:
+    scan = Scan()
+    env = secret_env
+    day = latest_complete_day(utcnow()).isoformat()
+    # The drill restores last month's backup: make one through the engine, same secrets set.
+    last_month = (utcnow().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    backup_database(
+        Vault.from_settings(load_settings()),
+        DatabaseUrl.parse(env["DATABASE_URL"], "DATABASE_URL"),
+        last_month,
+        now=lambda: utcnow().replace(year=last_month.year, month=last_month.month, day=2),
+    )
+
+    def run(*argv: str, expect: set[int] | None = None, **changes: str) -> str:
+        return pgvault({**env, **changes}, scan, *argv, expect=expect)
+
+    run("init-storage")
+    run("doctor", expect={0, 1})  # moto lacks some bucket settings; the table is what counts
+    assert "backing up postgresql://postgres@127.0.0.1" in run("backup", "--prove-restorable")
+    run("list-backups")
+    run("verify-backup", "--date", day)
+    run("status", expect={0, 1})
+    run("restore-from-backup", "--date", day, "--target", "staging", "--verify")
+    run("check-database-integrity", "--database", "staging", "--date", day)
+    run("compare", "--source", "production", "--target", "staging")
+    run("rollback-restore", "--target", "staging")
+    run("restore-from-backup", "--date", day, "--target", "staging")
+    run("recover-rows", "--date", day, "--table", "public.users", "--target", "staging")
+    run("drill")
+
+    # A production restore with its request and two approvals fills the audit trail.
+    requested = run(
+        "request-restore", "--date", day, "--target", "production", "--reason", "secret scan"
+    )
+    request_id = requested.split()[0]
+    run("approve-restore", request_id, "--key", str(approvers.alice))
+    run("approve-restore", request_id, "--key", str(approvers.bob))
+    run(
+        "restore-from-backup",
+        *("--date", day, "--target", "production", "--request", request_id),
+        "--skip-confirmation",
+    )
+    run("audit")
+    run("audit", "--json")
+    run("cleanup", "--dry-run")
+    run("cleanup")
+
+    # The weekly maintenance job, as the schedule runs it, writes the health report.
+    maintenance = subprocess.run(
+        (
+            str(Path(sys.executable).with_name("dagster")),
+            "job",
+            "execute",
+            "-m",
+            "pgvault_assets.definitions",
+            "-j",
+            MAINTENANCE_JOB,
+        ),
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    output = (maintenance.stdout + maintenance.stderr).decode()
+    scan.add("output of `dagster job execute -j weekly_maintenance_job`", output)
+    assert maintenance.returncode == 0, output[-3000:]
+
+    # Failures carry the most detail, so that is where secrets slip out: each is reported.
+    missing = env["DATABASE_URL"].rsplit("/", 1)[0] + "/pgvault_test_missing"
+    run("backup", expect={1, 2}, DATABASE_URL=missing)
+    run("check-database-integrity", "--database", "production", expect={1, 2}, DATABASE_URL=missing)
+    run("doctor", expect={1}, DATABASE_URL=f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:1/x")
+    run("list-backups", expect={1, 2}, BACKUP_S3_BUCKET="pgvault-test-no-such-bucket")
+    assert alert_on_failed_runs(scan) >= 1
+
+    assert scan_dagster(scan) >= 3  # the backups, the failed backup, the maintenance job
+    files = scan_files(scan, local_env, skip=set((local_env / "keys").rglob("*")))
+    keys = scan_bucket(scan, aws_env)
+    for index, (path, body) in enumerate(captured.requests):
+        if "/envelope/" in path:
+            # The envelope's header names the DSN to Sentry itself, its destination; the items
+            # are what Sentry stores and shows, and they must be clean.
+            body = body.split(b"\n", 1)[1]
+        scan.add(f"HTTP body #{index} to {path.replace(WEBHOOK_TOKEN, '<token>')}", body)
+
+    # The scan saw the real thing: events reached Sentry and the webhook, audit records and
+    # a report reached the bucket, the Dagster instance holds runs.
+    assert captured.events(), "no Sentry event arrived"
+    assert any(WEBHOOK_TOKEN in path for path, _ in captured.requests), "no webhook arrived"
+    assert any("/audit/" in key for key in keys) and any("/reports/" in key for key in keys)
+    assert any(key.endswith("manifest.json") for key in keys)
+    assert files > 5
+    assert scan.leaks() == []
