@@ -322,3 +322,32 @@ def test_every_command_with_secrets_set_leaves_no_secret_anywhere(
     assert any(key.endswith("manifest.json") for key in keys)
     assert files > 5
     assert scan.leaks() == []
+
+
+def test_the_local_key_never_leaves_its_file(
+    local_env: Path, awkward_database: str, make_database: Callable[..., str]
+) -> None:
+    """On the embedded default the key file is the secret: raw, hex or base64, it is nowhere else."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": with_password(awkward_database, DB_PASSWORD),
+        "STAGING_DATABASE_URL": with_password(make_database("scanstg"), STAGING_PASSWORD),
+    }
+    scan = Scan()
+    day = latest_complete_day(utcnow()).isoformat()
+    for argv in (
+        ("backup", "--prove-restorable"),
+        ("list-backups",),
+        ("verify-backup", "--date", day),
+        ("restore-from-backup", "--date", day, "--target", "staging", "--verify"),
+    ):
+        pgvault(env, scan, *argv)
+    pgvault(env, scan, "doctor", expect={0, 1})
+    key_file = Path(os.environ["BACKUP_LOCAL_KEY_FILE"])
+    key = key_file.read_bytes()
+    assert len(key) == 32
+    assert scan_files(scan, local_env, skip={key_file}) > 5
+    spellings = (key, key.hex().encode(), base64.b64encode(key), base64.urlsafe_b64encode(key))
+    found = [where for where, data in scan.places.items() for s in spellings if s in data]
+    assert found == []
+    assert scan.leaks() == []
