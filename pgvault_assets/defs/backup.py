@@ -17,6 +17,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetsDefinition,
     AssetSelection,
     BackfillPolicy,
     Backoff,
@@ -36,7 +37,7 @@ from dagster import (
 
 from pgvault_assets.alerts import CheckinStatus, Notifier
 from pgvault_assets.defs.history import REFUSED_METADATA_KEY
-from pgvault_assets.defs.platform_config import platform_config
+from pgvault_assets.defs.platform_config import PlatformConfig, platform_config
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date, utcnow
 from pgvault_assets.engine.manifest import Manifest
@@ -141,83 +142,95 @@ def _checkin_id(run_id: str) -> str:
     return uuid.uuid5(CHECKIN_NAMESPACE, run_id).hex
 
 
-@asset(
-    key=BACKUP_KEY,
-    partitions_def=BACKUP_PARTITIONS,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
-    retry_policy=RetryPolicy(
-        max_retries=CONFIG.max_retries,
-        delay=CONFIG.retry_delay_seconds,
-        backoff=Backoff.EXPONENTIAL,
-        jitter=Jitter.PLUS_MINUS,
-    ),
-    pool=BACKUP_POOL,
-    group_name="backups",
-    kinds={"postgres"},
-    check_specs=[
-        AssetCheckSpec(
-            CHECKSUM_MATCHES,
-            asset=BACKUP_KEY,
-            blocking=True,
-            description="the stored object's SHA-256 equals its manifest's",
+def make_database_backup(config: PlatformConfig = CONFIG) -> AssetsDefinition:
+    """The backup asset retrying as `config` says; tests build one whose retries come at once.
+
+    The policy and the asset's own last-attempt test read the same `max_retries`, so the
+    Sentry check-in is closed as an error only by the attempt Dagster will not retry.
+    """
+
+    @asset(
+        key=BACKUP_KEY,
+        partitions_def=BACKUP_PARTITIONS,
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+        retry_policy=RetryPolicy(
+            max_retries=config.max_retries,
+            delay=config.retry_delay_seconds,
+            backoff=Backoff.EXPONENTIAL,
+            jitter=Jitter.PLUS_MINUS,
         ),
-        AssetCheckSpec(
-            DURATION_WITHIN_AVERAGE,
-            asset=BACKUP_KEY,
-            description="the backup took at most twice the 30-day average",
-        ),
-        AssetCheckSpec(
-            SIZE_NOT_SHRUNK,
-            asset=BACKUP_KEY,
-            description="the dump is at least half the previous backup's",
-        ),
-    ],
-    description="pg_dump of DATABASE_URL for the partition's day, compressed, encrypted, stored.",
-)
-def database_backup(
-    context: AssetExecutionContext, vault: VaultResource, alerts: AlertsResource
-) -> MaterializeResult:
-    day = date.fromisoformat(context.partition_key)
-    try:
-        check_backup_date(day, utcnow())
-    except ConfigError as exc:
-        raise Failure(
-            description=f"{exc}. Backfills of past days re-run the checks, not the dump.",
-            metadata={REFUSED_METADATA_KEY: True},
-            allow_retries=False,
-        ) from None
-    try:
-        settings = vault.settings()
-        url = settings.require_database()
-    except ConfigError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    store = vault.vault()
-    notifier = alerts.notifier(settings)
-    checkin_id = _checkin_id(context.run_id)
-    notifier.checkin("in_progress", check_in_id=checkin_id)
-    started = time.monotonic()
-    try:
-        manifest = backup_database(store, url, day, level=settings.compression_level)
-    except PgvaultError as exc:
-        final = isinstance(exc, ConfigError) or context.retry_number >= CONFIG.max_retries
-        if final:
-            _close_checkin(notifier, checkin_id, "error", started)
-        raise Failure(description=str(exc), allow_retries=not final) from None
-    except BaseException:
-        if context.retry_number >= CONFIG.max_retries:
-            _close_checkin(notifier, checkin_id, "error", started)
-        raise
-    history = store.list_manifests()
-    checksum = checksum_result(store, day)
-    _close_checkin(notifier, checkin_id, "ok" if checksum.passed else "error", started)
-    return MaterializeResult(
-        metadata=backup_metadata(manifest, store.store.location),
-        check_results=[
-            checksum,
-            duration_result(manifest, history),
-            shrink_result(manifest, history),
+        pool=BACKUP_POOL,
+        group_name="backups",
+        kinds={"postgres"},
+        check_specs=[
+            AssetCheckSpec(
+                CHECKSUM_MATCHES,
+                asset=BACKUP_KEY,
+                blocking=True,
+                description="the stored object's SHA-256 equals its manifest's",
+            ),
+            AssetCheckSpec(
+                DURATION_WITHIN_AVERAGE,
+                asset=BACKUP_KEY,
+                description="the backup took at most twice the 30-day average",
+            ),
+            AssetCheckSpec(
+                SIZE_NOT_SHRUNK,
+                asset=BACKUP_KEY,
+                description="the dump is at least half the previous backup's",
+            ),
         ],
+        description="pg_dump of DATABASE_URL for the partition's day, compressed, encrypted, stored.",
     )
+    def database_backup(
+        context: AssetExecutionContext, vault: VaultResource, alerts: AlertsResource
+    ) -> MaterializeResult:
+        day = date.fromisoformat(context.partition_key)
+        try:
+            check_backup_date(day, utcnow())
+        except ConfigError as exc:
+            raise Failure(
+                description=f"{exc}. Backfills of past days re-run the checks, not the dump.",
+                metadata={REFUSED_METADATA_KEY: True},
+                allow_retries=False,
+            ) from None
+        try:
+            settings = vault.settings()
+            url = settings.require_database()
+        except ConfigError as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        store = vault.vault()
+        notifier = alerts.notifier(settings)
+        checkin_id = _checkin_id(context.run_id)
+        notifier.checkin("in_progress", check_in_id=checkin_id)
+        started = time.monotonic()
+        try:
+            manifest = backup_database(store, url, day, level=settings.compression_level)
+        except PgvaultError as exc:
+            final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
+            if final:
+                _close_checkin(notifier, checkin_id, "error", started)
+            raise Failure(description=str(exc), allow_retries=not final) from None
+        except BaseException:
+            if context.retry_number >= config.max_retries:
+                _close_checkin(notifier, checkin_id, "error", started)
+            raise
+        history = store.list_manifests()
+        checksum = checksum_result(store, day)
+        _close_checkin(notifier, checkin_id, "ok" if checksum.passed else "error", started)
+        return MaterializeResult(
+            metadata=backup_metadata(manifest, store.store.location),
+            check_results=[
+                checksum,
+                duration_result(manifest, history),
+                shrink_result(manifest, history),
+            ],
+        )
+
+    return database_backup
+
+
+database_backup = make_database_backup()
 
 
 def _close_checkin(
