@@ -7,7 +7,7 @@ import logging
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -66,6 +66,13 @@ def check_backup_date(day: date, now: datetime) -> None:
 def _tail_reader(stream, lines: deque[str]) -> None:
     for raw in iter(stream.readline, b""):
         lines.append(raw.decode(errors="replace").rstrip())
+
+
+def pg_dump_reason(lines: Iterable[str], code: int) -> str:
+    """pg_dump's own error line: its `detail:` and `hint:` lines follow it and say less."""
+    lines = [line.removeprefix("pg_dump: ") for line in lines if line.strip()]
+    errors = [line for line in lines if line.startswith(("error:", "fatal:"))]
+    return (errors or lines or [f"exit status {code}"])[-1]
 
 
 def _clean_partials(vault: Vault, day: date) -> int:
@@ -166,9 +173,8 @@ def backup_database(
                     code = proc.wait()
                     stderr_thread.join(5)
                     if code != 0:
-                        reason = next((e for e in reversed(errors) if e), f"exit status {code}")
                         raise BackupFailed(
-                            f"pg_dump failed ({reason.removeprefix('pg_dump: ')}); "
+                            f"pg_dump failed ({pg_dump_reason(errors, code)}); "
                             "no backup was recorded, the previous one is intact"
                         )
                     counter.join()

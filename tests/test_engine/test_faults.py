@@ -292,3 +292,18 @@ def test_rerun_replaces_the_backup_only_when_complete(local_env, awkward_databas
         Manifest.from_json((local_env / "store" / manifest_key("test", DAY)).read_bytes()).sha256
         == second.sha256
     )
+
+
+def test_a_failed_dump_is_explained_by_its_error_line_not_the_detail_after_it():
+    from pgvault_assets.engine.backup import pg_dump_reason
+
+    stderr = [
+        "pg_dump: error: query failed: FATAL:  terminating connection due to administrator command",
+        "pg_dump: detail: Query was: LOCK TABLE public.users IN ACCESS SHARE MODE",
+        "",
+    ]
+    assert pg_dump_reason(stderr, 1) == (
+        "error: query failed: FATAL:  terminating connection due to administrator command"
+    )
+    assert pg_dump_reason(["pg_dump: something odd"], 1) == "something odd"
+    assert pg_dump_reason([], 137) == "exit status 137"
