@@ -111,7 +111,7 @@ def _confirm(database: str) -> None:
 
 
 def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.restore import restore_backup
+    from pgvault_assets.engine.audit import operator, restore_staging
     from pgvault_assets.engine.vault import Vault
 
     if args.target == "production":
@@ -123,11 +123,9 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         _confirm(url.dbname)
     vault = Vault.from_settings(settings)
     with progress(f"restoring {args.date} to {args.target}") as advance:
-        result = restore_backup(vault, args.date, url, full_verify=args.verify, progress=advance)
-    if args.target == "staging":
-        from pgvault_assets.engine.audit import record_staging_restore
-
-        record_staging_restore(vault, result.manifest, url.dbname)
+        result = restore_staging(
+            vault, args.date, url, actor=operator(), full_verify=args.verify, progress=advance
+        )
     seconds = sum(result.stage_seconds.values())
     console.print(
         f"restored backup {args.date} ({result.manifest.row_total} rows in {len(result.manifest.table_rows)} tables) "
@@ -144,14 +142,15 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.restore import rollback_restore
+    from pgvault_assets.engine.audit import operator, rollback_staging
+    from pgvault_assets.engine.vault import Vault
 
     if args.target == "production":
         from pgvault_assets.cli_recovery import rollback_production_command
 
         return rollback_production_command(args, settings)
     url = settings.target_url(args.target)
-    restored, kept = rollback_restore(url)
+    restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
     console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
     return 0
 

@@ -150,6 +150,8 @@ def _describe(record: audit.AuditRecord) -> tuple[str, str]:
             f"{request.get('kind')} {request.get('date') or ''} into {request.get('database')} "
             f"by {request.get('requester')}: {request.get('reason')}"
         )
+    by = f" by {body['actor']}" if "actor" in body else ""
+    outcome = f"; FAILED: {body.get('detail')}" if body.get("succeeded") is False else ""
     if record.record in (audit.STAGING_RESTORE, audit.INTEGRITY_CHECK):
         verdict = (
             ""
@@ -158,7 +160,17 @@ def _describe(record: audit.AuditRecord) -> tuple[str, str]:
         )
         return (
             "",
-            f"{body.get('date')} ({str(body.get('sha256'))[:12]}…) in {body.get('database')}{verdict}",
+            f"{body.get('date')} ({str(body.get('sha256'))[:12]}…) in {body.get('database')}"
+            f"{verdict}{by}{outcome}",
+        )
+    if record.record == audit.STAGING_ROLLBACK:
+        swapped = f" back to {body['swapped_in']}" if "swapped_in" in body else ""
+        return "", f"{body.get('database')}{swapped}{by}{outcome}"
+    if record.record == audit.ROW_RECOVERY:
+        inserted = f"{body['inserted']} rows of " if "inserted" in body else "rows of "
+        return "", (
+            f"{inserted}{body.get('table')} from {body.get('date')} into {body.get('database')}"
+            f"{by}{outcome}"
         )
     if record.record == "approval":
         return str(body.get("request_id")), f"{body.get('principal')} ({body.get('fingerprint')})"
@@ -221,9 +233,20 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             scratch_server=scratch_server,
             confirm=None if args.skip_confirmation else _confirm,
         )
+    elif args.request:
+        raise ConfigError("--request is only for --apply on production; drop it")
+    elif args.apply:
+        result = rows.recover_rows_staging(
+            vault,
+            args.date,
+            url,
+            args.table,
+            actor=audit.operator(),
+            where=args.where,
+            with_dependents=args.with_dependents,
+            scratch_server=scratch_server,
+        )
     else:
-        if args.request:
-            raise ConfigError("--request is only for --apply on production; drop it")
         result = rows.recover_rows(
             vault,
             args.date,
@@ -231,9 +254,11 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             args.table,
             where=args.where,
             with_dependents=args.with_dependents,
-            apply=args.apply,
             scratch_server=scratch_server,
         )
+    comment = "-- " if result.inserted is None else ""  # a dry run's output stays runnable SQL
+    for name in result.abandoned_scratch:
+        console.print(f"{comment}dropped {name}, the scratch database an interrupted run left")
     per_table = ", ".join(f"{name}: {count}" for name, count in result.tables)
     if result.inserted is None:
         print(result.script())

@@ -34,9 +34,9 @@ from dagster import (
 from pgvault_assets.defs.backup import BACKUP_KEY
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.audit import record_staging_restore
+from pgvault_assets.engine.audit import restore_staging
 from pgvault_assets.engine.drill import run_drill, store_report
-from pgvault_assets.engine.restore import RestoreResult, restore_backup
+from pgvault_assets.engine.restore import RestoreResult
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.recovery_settings import load_recovery_settings
 from pgvault_assets.settings import DatabaseUrl
@@ -181,8 +181,9 @@ def restore_from_backup(
                 raise ConfigError("request_id is only for production restores; drop it")
             store = vault.vault()
             url = vault.settings().target_url("staging")
-            result = restore_backup(store, day, url, full_verify=config.verify)
-            record_staging_restore(store, result.manifest, url.dbname)
+            result = restore_staging(
+                store, day, url, actor=f"dagster run {context.run_id}", full_verify=config.verify
+            )
     except PgvaultError as exc:
         raise Failure(description=str(exc)) from None
     context.log.info(

@@ -5,12 +5,20 @@ trail can grow but pgvault never rewrites its history; in a bucket with S3 Objec
 record is also locked in compliance mode, so not even the bucket's owner can delete it early. A key that is unique per *thing*
 rather than per write turns the same primitive into a once-only claim: the execution record
 of a request lives at `executions/{request_id}.json`, so a second execution cannot be written.
+
+Production operations are recorded by the two-person rule (request, approvals, execution,
+outcome); staging's restores, rollbacks and row recoveries by `staging_operation` below, each
+with who ran it and how it ended, failures included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
+import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -18,12 +26,19 @@ from typing import Any
 from pgvault_assets.engine.backup import Clock, utcnow
 from pgvault_assets.engine.immutability import AUDIT_LOCK_MODE, audit_retain_until
 from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.pipeline import Progress
+from pgvault_assets.engine.restore import RestoreResult, restore_backup, rollback_restore
 from pgvault_assets.engine.store import LocalStore, S3Store, Store
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import StoreError
+from pgvault_assets.errors import PgvaultError, StoreError
+from pgvault_assets.redact import redact
+from pgvault_assets.settings import DatabaseUrl
 
 STAGING_RESTORE = "staging-restore"
+STAGING_ROLLBACK = "staging-rollback"
+ROW_RECOVERY = "row-recovery"
 INTEGRITY_CHECK = "integrity-check"
+log = logging.getLogger(__name__)
 
 
 class RecordExists(StoreError):
@@ -105,16 +120,71 @@ def audit_records(vault: Vault, folder: str = "") -> list[AuditRecord]:
     return sorted((r for r in records if r is not None), key=lambda r: (r.recorded_at, r.key))
 
 
-def record_staging_restore(
-    vault: Vault, manifest: Manifest, database: str, *, now: Clock = utcnow
-) -> AuditRecord:
-    return append(
-        vault,
-        "staging",
-        STAGING_RESTORE,
-        {"date": manifest.date.isoformat(), "sha256": manifest.sha256, "database": database},
-        now=now(),
-    )
+def operator() -> str:
+    """Who runs a CLI command: the login name (as `request-restore --requester` defaults to)."""
+    try:
+        return redact(getpass.getuser()) or "unknown"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def staging_operation(
+    vault: Vault, record: str, body: dict[str, Any], *, actor: str, now: Clock = utcnow
+) -> Iterator[dict[str, Any]]:
+    """Run the block and append one `staging/` record of how it ended: who, what, the outcome.
+
+    The block adds what it learns (the backup's SHA-256, what was swapped) to the yielded dict.
+    A failure is recorded with its one-line reason and raised again; if the trail cannot be
+    written then, that is logged and the operation's own failure is the one that surfaces.
+    """
+    learned: dict[str, Any] = {}
+    what = {**body, "actor": redact(actor) or "unknown"}
+    try:
+        yield learned
+    except BaseException as exc:
+        reason = redact(" ".join(str(exc).split())) or type(exc).__name__
+        try:
+            append(
+                vault,
+                "staging",
+                record,
+                {**what, **learned, "succeeded": False, "detail": reason},
+                now=now(),
+            )
+        except PgvaultError as lost:
+            log.warning("the failed %s could not be recorded in the audit trail (%s)", record, lost)
+        raise
+    append(vault, "staging", record, {**what, **learned, "succeeded": True}, now=now())
+
+
+def restore_staging(
+    vault: Vault,
+    day: date,
+    url: DatabaseUrl,
+    *,
+    actor: str,
+    full_verify: bool = False,
+    progress: Progress | None = None,
+    now: Clock = utcnow,
+) -> RestoreResult:
+    """Restore staging and record it, failed or not: production is checked against what it holds."""
+    body = {"date": day.isoformat(), "sha256": None, "database": url.dbname}
+    with staging_operation(vault, STAGING_RESTORE, body, actor=actor, now=now) as learned:
+        learned["sha256"] = vault.read_manifest(day).sha256
+        return restore_backup(vault, day, url, full_verify=full_verify, progress=progress, now=now)
+
+
+def rollback_staging(
+    vault: Vault, url: DatabaseUrl, *, actor: str, now: Clock = utcnow
+) -> tuple[str, str]:
+    """Swap staging's kept database back in and record it: staging no longer holds the backup."""
+    with staging_operation(
+        vault, STAGING_ROLLBACK, {"database": url.dbname}, actor=actor, now=now
+    ) as learned:
+        swapped_in, kept_as = rollback_restore(url, now=now)
+        learned.update(swapped_in=swapped_in, kept_as=kept_as)
+    return swapped_in, kept_as
 
 
 def record_integrity_check(
@@ -147,13 +217,19 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
     Walks the staging records in order, tracking which backup staging holds: a pass counts
     only while staging still holds the backup of `day` with `sha256` (a later restore of
     another backup makes an earlier pass irrelevant to what staging holds now, not untrue).
+    A rollback swaps in a database the trail cannot name: until the next restore, staging
+    holds no known backup, and a failed restore or rollback changed nothing.
     """
     holding: tuple[object, object] | None = None
     wanted = (day.isoformat(), sha256)
     for record in audit_records(vault, "staging"):
         backup = (record.body.get("date"), record.body.get("sha256"))
+        if record.body.get("succeeded") is False:
+            continue
         if record.record == STAGING_RESTORE:
             holding = backup
+        elif record.record == STAGING_ROLLBACK:
+            holding = None
         elif (
             record.record == INTEGRITY_CHECK
             and record.body.get("passed") is True

@@ -56,6 +56,8 @@ class DrillReport:
     drill_database_bytes: int | None = None
     production_database_bytes: int | None = None
     failure: str | None = None
+    abandoned_scratch: tuple[str, ...] = ()
+    """Scratch databases of killed runs on the server, dropped before this drill restored."""
 
     @property
     def measured_seconds(self) -> float:
@@ -105,6 +107,10 @@ class DrillReport:
                 f"scaled recovery time {_hours(self.scaled_seconds)} is {verdict} the "
                 f"{_hours(objective)} objective (measured {self.measured_seconds:.1f} s, scaled by {self.scale:.2f})"
             )
+        found += [
+            f"dropped {name}, the scratch database an interrupted run left on the server"
+            for name in self.abandoned_scratch
+        ]
         if self.stage_seconds:
             slowest = max(self.stage_seconds, key=lambda s: self.stage_seconds[s])
             found.append(f"slowest stage: {slowest}")
@@ -255,6 +261,7 @@ def run_drill(
     queries: tuple[QueryResult, ...] = ()
     drill_bytes = None
     failure = None
+    abandoned: tuple[str, ...] = ()
 
     @contextlib.contextmanager
     def stage(name: str) -> Iterator[None]:
@@ -269,9 +276,10 @@ def run_drill(
             verify_backup(vault, day, full=True)
         with contextlib.ExitStack() as cleanup:
             with stage("restore"):
-                url = cleanup.enter_context(
+                scratch = cleanup.enter_context(
                     restore_into_scratch(vault, day, server_url, label="drill", now=now)
                 )
+            url, abandoned = scratch.url, scratch.abandoned
             with stage("integrity"):
                 checks = tuple(check_database_integrity(url, manifests[day], install_amcheck=True))
             with stage("queries"):
@@ -296,6 +304,7 @@ def run_drill(
         drill_database_bytes=drill_bytes,
         production_database_bytes=production_bytes,
         failure=failure,
+        abandoned_scratch=abandoned,
     )
 
 

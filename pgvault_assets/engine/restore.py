@@ -60,6 +60,8 @@ class RestoreResult:
     target: str
     previous: str | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    abandoned_scratch: tuple[str, ...] = ()
+    """Scratch databases of dead runs on the server, dropped before this restore."""
 
     def rollback_command(self, target_name: str) -> str | None:
         if self.previous is None:
@@ -117,13 +119,15 @@ def _scratch_name(target: str, label: str, stamp: str) -> str:
     return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
 
 
-def _guard_target(maintenance: psycopg.Connection, target: str) -> None:
+def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ...]:
     """Claim `target` for this run and repair what an interrupted run left on it.
 
     The claim is a session advisory lock, so the server frees it when a killed run's
     connection drops. Holding it, any `<target>_restore_<stamp>` database is a dead run's
     half-built scratch: it is dropped. A run killed inside the swap also leaves the target
     refusing connections; that is undone. Both are logged, so the operator sees the repair.
+    Scratch databases that dead row recoveries and drills left on this server go too; their
+    names are returned.
     """
     claimed = maintenance.execute(
         "SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgvault-restore:{target}",)
@@ -152,6 +156,7 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> None:
             sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(target))
         )
         log.warning("%s accepts connections again; a restore was interrupted in its swap", target)
+    return drop_abandoned_scratch(maintenance)
 
 
 def _drop_scratch(maintenance: psycopg.Connection, url: DatabaseUrl, scratch: str) -> None:
@@ -303,7 +308,7 @@ def restore_backup(
         connect(maintenance_url) as maintenance,
     ):
         # Repair first: a run refused below must still leave the target usable.
-        _guard_target(maintenance, target)
+        abandoned = _guard_target(maintenance, target)
         started = time.perf_counter()
         manifest = verify_backup(vault, day, full=full_verify).manifest
         stages["verify"] = round(time.perf_counter() - started, 3)
@@ -332,7 +337,7 @@ def restore_backup(
         except BaseException:
             _drop_scratch(maintenance, maintenance_url, scratch)
             raise
-    return RestoreResult(manifest, target, keep_as if had_target else None, stages)
+    return RestoreResult(manifest, target, keep_as if had_target else None, stages, abandoned)
 
 
 def previous_databases(url: DatabaseUrl) -> list[str]:
@@ -368,29 +373,81 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
     return kept[0], keep_as
 
 
+SCRATCH_PREFIX = "pgvault_scratch_"
+_SCRATCH = re.compile(r"(pgvault_scratch_[a-z]{1,6}_\d{8}_[0-9a-f]{8})(_restore_\d{14})?")
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A backup restored into a throwaway database, and the dead runs' leftovers dropped first."""
+
+    url: DatabaseUrl
+    abandoned: tuple[str, ...] = ()
+
+
+def _scratch_lock(name: str) -> str:
+    return f"pgvault-scratch:{name}"
+
+
+def drop_abandoned_scratch(maintenance: psycopg.Connection) -> tuple[str, ...]:
+    """Drop the scratch databases whose creating run is dead; return their names.
+
+    A run holds a session advisory lock named after its scratch database from before creating
+    it until after dropping it, so the server frees the lock exactly when the run dies. Only
+    names of the exact scratch form are considered (`pgvault_scratch_<label>_<date>_<token>`,
+    and the restore's own `..._restore_<stamp>` beside it); one whose lock is taken belongs to
+    a live run and is left alone.
+    """
+    found = maintenance.execute(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY datname",
+        (SCRATCH_PREFIX,),
+    ).fetchall()
+    dropped: list[str] = []
+    for match in filter(None, (_SCRATCH.fullmatch(name) for (name,) in found)):
+        name, lock = match.group(0), _scratch_lock(match.group(1))
+        free = maintenance.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,)).fetchone()
+        if not free or not free[0]:
+            continue
+        try:
+            if database_exists(maintenance, name):
+                drop_database(maintenance, name)
+                dropped.append(name)
+                log.warning("dropped %s, the scratch database of an interrupted run", name)
+        finally:
+            maintenance.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+    return tuple(dropped)
+
+
 @contextlib.contextmanager
 def restore_into_scratch(
     vault: Vault,
     day: date,
     server_url: DatabaseUrl,
     *,
-    label: str = "scratch",
+    label: str,
     now: Clock = utcnow,
     progress: Progress | None = None,
-) -> Iterator[DatabaseUrl]:
+) -> Iterator[Scratch]:
     """Restore `day` into a throwaway database on `server_url`'s server; always drop it.
 
     Row recovery and drills read a backup as a database without touching any real one: a
     name that exists nowhere makes `restore_backup`'s swap a plain rename, with every check.
+    The scratch's lock is held on a connection of its own for the database's whole life, so a
+    concurrent run's `drop_abandoned_scratch` leaves it alone and, once this process is
+    killed, the next run drops it.
     """
-    name = f"pgvault_{label}_{day.strftime('%Y%m%d')}_{uuid.uuid4().hex[:8]}"
+    name = f"{SCRATCH_PREFIX}{label}_{day.strftime('%Y%m%d')}_{uuid.uuid4().hex[:8]}"
+    if not _SCRATCH.fullmatch(name):
+        raise ValueError(f"scratch label {label!r} must be 1 to 6 lowercase letters")
     scratch = server_url.with_dbname(name)
-    try:
-        restore_backup(vault, day, scratch, now=now, progress=progress)
-        yield scratch
-    finally:
-        with (
-            contextlib.suppress(PgvaultError, psycopg.Error),
-            connect(server_url.with_dbname("postgres")) as maintenance,
-        ):
-            drop_database(maintenance, name)
+    lock = _scratch_lock(name)
+    with connect(server_url.with_dbname("postgres")) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))
+        try:
+            result = restore_backup(vault, day, scratch, now=now, progress=progress)
+            pause_point("scratch")
+            yield Scratch(scratch, result.abandoned_scratch)
+        finally:
+            _drop_scratch(holder, server_url.with_dbname("postgres"), name)
+            with contextlib.suppress(psycopg.Error):
+                holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))

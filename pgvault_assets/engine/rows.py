@@ -4,14 +4,16 @@ The backup is restored into a scratch database (always dropped); rows of one tab
 there and missing from the target by primary key become `INSERT ... ON CONFLICT DO NOTHING`
 statements, so running them twice, or after someone re-created a row, changes nothing. With
 dependents, the parent rows those rows reference and the target also lost come first, in
-foreign-key order. The operator's `--where` predicate runs only in the scratch database,
-inside a read-only transaction, as one statement.
+foreign-key order; within a table that references itself (`employees.manager_id`), a row
+comes after the rows it references. The operator's `--where` predicate runs only in the
+scratch database, inside a read-only transaction, as one statement.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.engine import audit
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.backup import Clock, utcnow
 from pgvault_assets.engine.compare import pin_output_formats, qualified
@@ -45,6 +48,7 @@ class Column:
 
 @dataclass(frozen=True)
 class ForeignKey:
+    name: str
     columns: tuple[str, ...]
     parent: str
     parent_columns: tuple[str, ...]
@@ -85,13 +89,20 @@ class RowRecovery:
     tables: tuple[tuple[str, int], ...]
     statements: tuple[str, ...]
     inserted: int | None = None
+    preamble: tuple[str, ...] = ()
+    """`SET CONSTRAINTS` when rows reference each other in a cycle a deferred check allows."""
+    abandoned_scratch: tuple[str, ...] = ()
+    """Scratch databases of dead runs, dropped before this one restored its own."""
 
     @property
     def total(self) -> int:
         return len(self.statements)
 
     def script(self) -> str:
-        return "\n".join(self.statements)
+        """The statements to run; deferred constraints last only for a transaction, so in one."""
+        if not self.preamble:
+            return "\n".join(self.statements)
+        return "\n".join(("BEGIN;", *self.preamble, *self.statements, "COMMIT;"))
 
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
@@ -153,10 +164,11 @@ def table_shape(conn: psycopg.Connection, name: str) -> TableShape:
         (oid,),
     ).fetchone()
     foreign_keys = tuple(
-        ForeignKey(tuple(cols), f"{ref_schema}.{ref_table}", tuple(ref_cols))
-        for cols, ref_schema, ref_table, ref_cols in conn.execute(
+        ForeignKey(name, tuple(cols), f"{ref_schema}.{ref_table}", tuple(ref_cols))
+        for name, cols, ref_schema, ref_table, ref_cols in conn.execute(
             """
-            SELECT array(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+            SELECT c.conname,
+                   array(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
                          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
                    pn.nspname, pl.relname,
                    array(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
@@ -254,6 +266,84 @@ def _foreign_key_order(found: dict[str, list[Row]], parents: dict[str, set[str]]
     return order
 
 
+def _referenced_first(rows: list[Row], keys: list[ForeignKey]) -> list[Row] | None:
+    """`rows` with each after the rows it references through `keys`; None if they form a cycle.
+
+    Kahn's algorithm, taking the earliest ready row each time, so unrelated rows keep their
+    order. A row referencing itself needs nothing before it: its own insert satisfies the check.
+    """
+    before: list[set[int]] = [set() for _ in rows]
+    for fk in keys:
+        position = {
+            key: i
+            for i, key in enumerate(tuple(r.values[c] for c in fk.parent_columns) for r in rows)
+            if None not in key
+        }
+        for i, row in enumerate(rows):
+            parent = position.get(tuple(row.values[c] for c in fk.columns))
+            if parent is not None and parent != i:
+                before[i].add(parent)
+    after: list[list[int]] = [[] for _ in rows]
+    for i, parents in enumerate(before):
+        for parent in parents:
+            after[parent].append(i)
+    waiting = [len(parents) for parents in before]
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for child in after[i]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, child)
+    return [rows[i] for i in order] if len(order) == len(rows) else None
+
+
+def _checked_per_statement(target: psycopg.Connection, shape: TableShape) -> set[str]:
+    """The table's foreign keys the target cannot defer: the ones the insert order must satisfy."""
+    return {
+        name
+        for (name,) in target.execute(
+            """
+            SELECT c.conname FROM pg_constraint c
+            JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+            WHERE n.nspname = %s AND t.relname = %s AND c.contype = 'f' AND NOT c.condeferrable
+            """,
+            (shape.schema, shape.name),
+        )
+    }
+
+
+def _self_references_first(
+    target: psycopg.Connection, shape: TableShape, rows: list[Row]
+) -> tuple[list[Row], bool]:
+    """Order a table's rows by its references to itself; True if a cycle needs deferred checks.
+
+    A cycle through constraints the target can defer is allowed (checked at commit instead);
+    one through a constraint checked per statement cannot be inserted in any order.
+    """
+    own = [fk for fk in shape.foreign_keys if fk.parent == shape.qualified_name]
+    if not own:
+        return rows, False
+    ordered = _referenced_first(rows, own)
+    if ordered is not None:
+        return ordered, False
+    immediate = _checked_per_statement(target, shape)
+    strict = [fk for fk in own if fk.name in immediate]
+    ordered = _referenced_first(rows, strict)
+    if ordered is None:
+        names = ", ".join(fk.name for fk in strict)
+        raise RowRecoveryFailed(
+            f"rows of {shape.qualified_name} reference each other in a cycle through {names}, "
+            "checked per statement, so no insert order works; nothing was inserted: make it "
+            f"deferrable (ALTER TABLE {shape.qualified_name} ALTER CONSTRAINT {strict[0].name} "
+            "DEFERRABLE) and rerun"
+        )
+    return ordered, True
+
+
 def plan_row_recovery(
     scratch_url: DatabaseUrl,
     target_url: DatabaseUrl,
@@ -319,12 +409,20 @@ def plan_row_recovery(
                     found.setdefault(fk.parent, []).extend(new_rows)
                     queue.append((parent, new_rows))
         order = _foreign_key_order(found, parents)
+        deferred = False
+        for name in order:
+            found[name], cycle = _self_references_first(target, shapes[name], found[name])
+            deferred = deferred or cycle
         statements = tuple(
             _insert(scratch, shapes[name], row) for name in order for row in found[name]
         )
         scratch.rollback()
     return RowRecovery(
-        day, root.qualified_name, tuple((name, len(found[name])) for name in order), statements
+        day,
+        root.qualified_name,
+        tuple((name, len(found[name])) for name in order),
+        statements,
+        preamble=("SET CONSTRAINTS ALL DEFERRED;",) if deferred else (),
     )
 
 
@@ -334,6 +432,8 @@ def apply_row_recovery(target_url: DatabaseUrl, recovery: RowRecovery) -> RowRec
     with connect(target_url, autocommit=False) as conn:
         try:
             with conn.transaction():
+                for statement in recovery.preamble:
+                    conn.execute(statement)
                 for statement in recovery.statements:
                     inserted += max(conn.execute(statement).rowcount, 0)
         except psycopg.errors.ForeignKeyViolation:
@@ -345,7 +445,7 @@ def apply_row_recovery(target_url: DatabaseUrl, recovery: RowRecovery) -> RowRec
             raise RowRecoveryFailed(
                 f"inserting the recovered rows failed ({str(exc).strip().splitlines()[0]}); nothing was inserted"
             ) from None
-    return RowRecovery(recovery.day, recovery.table, recovery.tables, recovery.statements, inserted)
+    return replace(recovery, inserted=inserted)
 
 
 def recover_rows(
@@ -364,19 +464,58 @@ def recover_rows(
     """Restore `day` into a scratch database, plan the recovery, and (with `apply`) run it.
 
     The scratch database lives on `scratch_server` (default: the target's server) and is
-    dropped whatever happens. `before_apply` sees the plan first and may refuse by raising.
+    dropped whatever happens; scratch databases that killed runs left there are dropped first.
+    `before_apply` sees the plan first and may refuse by raising.
     """
     with restore_into_scratch(vault, day, scratch_server or target_url, label="rows", now=now) as (
         scratch
     ):
         recovery = plan_row_recovery(
-            scratch, target_url, day, table, where=where, with_dependents=with_dependents
+            scratch.url, target_url, day, table, where=where, with_dependents=with_dependents
         )
+    recovery = replace(recovery, abandoned_scratch=scratch.abandoned)
     if not apply or not recovery.statements:
         return recovery
     if before_apply is not None:
         before_apply(recovery)
     return apply_row_recovery(target_url, recovery)
+
+
+def recover_rows_staging(
+    vault: Vault,
+    day: date,
+    target_url: DatabaseUrl,
+    table: str,
+    *,
+    actor: str,
+    where: str | None = None,
+    with_dependents: bool = False,
+    scratch_server: DatabaseUrl | None = None,
+    now: Clock = utcnow,
+) -> RowRecovery:
+    """Apply a row recovery outside production, recorded in the audit trail however it ends."""
+    body = {
+        "date": day.isoformat(),
+        "database": target_url.dbname,
+        "table": table,
+        "where": where or "",
+        "with_dependents": with_dependents,
+    }
+    with audit.staging_operation(vault, audit.ROW_RECOVERY, body, actor=actor, now=now) as learned:
+        learned["sha256"] = vault.read_manifest(day).sha256
+        result = recover_rows(
+            vault,
+            day,
+            target_url,
+            table,
+            where=where,
+            with_dependents=with_dependents,
+            apply=True,
+            scratch_server=scratch_server,
+            now=now,
+        )
+        learned["inserted"] = result.inserted or 0
+    return result
 
 
 def request_scope(table: str, where: str | None, with_dependents: bool) -> dict[str, str]:

@@ -61,7 +61,7 @@ def test_drill_restores_last_months_backup_checks_it_and_stores_its_report(quart
     assert "row counts" in [c.name for c in report.checks if not c.skipped]
     assert len(report.queries) == 6 and all(q.passed for q in report.queries)
     assert 0.5 < report.scale < 2
-    assert databases_named("pgvault_drill_") == []
+    assert databases_named("pgvault_scratch_drill_") == []
     stored = vault().store.get_bytes(key).decode()
     assert "**Result: PASSED**" in stored
     assert "no backup of 2025-12-01" in stored
@@ -73,7 +73,7 @@ def test_drill_fails_when_the_scaled_time_misses_a_tiny_objective(quarter):
     assert not report.passed
     assert not report.meets_objective
     assert "MISSES the" in report.to_markdown()
-    assert databases_named("pgvault_drill_") == []
+    assert databases_named("pgvault_scratch_drill_") == []
 
 
 def test_drill_fails_when_a_stage_is_slow(quarter):
@@ -112,7 +112,7 @@ def test_a_damaged_backup_fails_the_drill_with_its_reason_and_leaves_no_database
 
     assert not report.passed
     assert "SHA-256" in (report.failure or "")
-    assert databases_named("pgvault_drill_") == []
+    assert databases_named("pgvault_scratch_drill_") == []
 
 
 def test_recovery_time_is_scaled_to_the_production_size():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from pgvault_assets.engine import rows
+from pgvault_assets.engine.restore import restore_into_scratch
 from pgvault_assets.settings import DatabaseUrl
 from tests.dbcompare import database_snapshot
-from tests.test_engine.helpers import DAY, vault
+from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import Databases, databases_named, execute, scalar
 from tests.test_recovery.helpers import approve, prove_on_staging, request_restore, run
 
@@ -55,7 +57,7 @@ def test_dry_run_lists_the_missing_rows_parents_first_and_changes_nothing(delete
         scalar(databases.production, "SELECT count(*) FROM public.users WHERE id = %s", (user,))
         == 0
     )
-    assert databases_named("pgvault_rows_") == []
+    assert databases_named("pgvault_scratch_rows_") == []
 
 
 def test_apply_with_dependents_brings_back_the_chain_exactly(deleted):
@@ -71,7 +73,7 @@ def test_apply_with_dependents_brings_back_the_chain_exactly(deleted):
     after = database_snapshot(databases.production)["rows"]
 
     assert {t: after[t] for t in CHAIN} == before
-    assert databases_named("pgvault_rows_") == []
+    assert databases_named("pgvault_scratch_rows_") == []
 
 
 def test_apply_without_the_parents_inserts_nothing(deleted):
@@ -188,3 +190,105 @@ def test_a_where_predicate_may_use_like_patterns(deleted):
 
     assert recovery.total == 1
     assert f"'user{user}@" in recovery.statements[0]
+
+
+ORG = """
+CREATE TABLE public.employees (
+    id int PRIMARY KEY,
+    manager_id int REFERENCES public.employees (id) ON DELETE CASCADE,
+    name text NOT NULL
+);
+INSERT INTO public.employees VALUES
+    (1, NULL, 'ceo'), (2, 1, 'vp'), (3, 2, 'manager'), (4, 3, 'engineer'), (5, 3, 'analyst'),
+    (6, 1, 'cfo');
+-- The updated managers move behind their reports in the table, so the backup lists them after.
+UPDATE public.employees SET name = upper(name) WHERE id IN (2, 3);
+CREATE TABLE public.pairs (id int PRIMARY KEY, partner_id int REFERENCES public.pairs (id));
+CREATE TABLE public.buddies (
+    id int PRIMARY KEY,
+    buddy_id int REFERENCES public.buddies (id) DEFERRABLE INITIALLY IMMEDIATE
+);
+INSERT INTO public.pairs VALUES (10, NULL), (11, 10), (12, NULL);
+UPDATE public.pairs SET partner_id = 11 WHERE id = 10;
+INSERT INTO public.buddies VALUES (10, NULL), (11, 10);
+UPDATE public.buddies SET buddy_id = 11 WHERE id = 10;
+"""
+
+
+@pytest.fixture
+def org(local_env, make_database) -> DatabaseUrl:
+    """Backed up, then a VP is deleted with everyone under them, and two cycles of rows."""
+    url = make_database("org")
+    execute(url, ORG)
+    back_up(url)
+    execute(url, "DELETE FROM public.employees WHERE id = 2")
+    execute(url, "DELETE FROM public.pairs WHERE id IN (10, 11)")
+    execute(url, "DELETE FROM public.buddies WHERE id IN (10, 11)")
+    return DatabaseUrl(url)
+
+
+def inserted_ids(recovery: rows.RowRecovery) -> list[int]:
+    return [int(s.split("VALUES ('")[1].split("'")[0]) for s in recovery.statements]
+
+
+def test_rows_referencing_their_own_table_go_in_after_the_rows_they_reference(org):
+    with psycopg.connect(org.secret) as conn:
+        listed = [row[0] for row in conn.execute("SELECT id FROM public.employees")]
+    assert listed == [1, 6], "the delete did not cascade"
+
+    recovery = rows.recover_rows(vault(), DAY, org, "public.employees", apply=True)
+
+    assert inserted_ids(recovery) == [2, 3, 4, 5]
+    assert recovery.inserted == 4
+    with psycopg.connect(org.secret) as conn:
+        assert conn.execute(
+            "SELECT id, manager_id, name FROM public.employees ORDER BY id"
+        ).fetchall() == [
+            (1, None, "ceo"),
+            (2, 1, "VP"),
+            (3, 2, "MANAGER"),
+            (4, 3, "engineer"),
+            (5, 3, "analyst"),
+            (6, 1, "cfo"),
+        ]
+
+
+def test_the_backup_lists_reports_before_their_managers(org):
+    """What makes the test above bite: inserted in the backup's order, 4 would precede 3."""
+    with (
+        restore_into_scratch(vault(), DAY, org, label="rows") as scratch,
+        psycopg.connect(scratch.url.secret) as conn,
+    ):
+        listed = [row[0] for row in conn.execute("SELECT id FROM public.employees")]
+
+    assert listed.index(4) < listed.index(3)
+
+
+def test_managers_found_as_dependents_of_a_report_go_in_before_it(org):
+    recovery = rows.recover_rows(
+        vault(), DAY, org, "public.employees", where="id = 4", with_dependents=True, apply=True
+    )
+
+    assert recovery.tables == (("public.employees", 3),)
+    assert inserted_ids(recovery) == [2, 3, 4]
+    assert scalar(org.secret, "SELECT count(*) FROM public.employees") == 5
+
+
+def test_rows_referencing_each_other_through_a_deferrable_key_go_in_together(org):
+    recovery = rows.recover_rows(vault(), DAY, org, "public.buddies", apply=True)
+
+    assert recovery.preamble == ("SET CONSTRAINTS ALL DEFERRED;",)
+    assert recovery.script().startswith("BEGIN;\nSET CONSTRAINTS ALL DEFERRED;\nINSERT")
+    assert recovery.inserted == 2
+    assert scalar(org.secret, "SELECT buddy_id FROM public.buddies WHERE id = 10") == 11
+
+
+def test_rows_referencing_each_other_through_an_immediate_key_are_refused_in_one_line(org):
+    with pytest.raises(rows.RowRecoveryFailed, match="cycle through pairs_partner_id_fkey") as exc:
+        rows.recover_rows(vault(), DAY, org, "public.pairs", apply=True)
+
+    assert "\n" not in str(exc.value)
+    assert scalar(org.secret, "SELECT count(*) FROM public.pairs") == 1
+    advice = str(exc.value).split("(")[-1].split(")")[0]
+    execute(org.secret, advice)  # doing what the message says makes the recovery possible
+    assert rows.recover_rows(vault(), DAY, org, "public.pairs", apply=True).inserted == 2

@@ -1,0 +1,198 @@
+"""Row recovery and drills killed with SIGKILL: the next run drops the scratch database left.
+
+Both restore a backup into a throwaway `pgvault_scratch_*` database and drop it when done; a
+killed process drops nothing. The next run on that server drops what dead runs left, says
+so, and leaves alone both a live run's scratch database and any database not named as one.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgvault_assets.engine.drill import run_drill
+from pgvault_assets.engine.rows import recover_rows
+from pgvault_assets.settings import DatabaseUrl
+from tests.conftest import MAINTENANCE_URL
+from tests.test_engine.helpers import DAY, back_up, vault
+from tests.test_faults.conftest import Pgvault, wait_for
+
+RECOVER = (
+    "import sys; from pgvault_assets.engine.rows import recover_rows; "
+    "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import DAY, vault; "
+    "recover_rows(vault(), DAY, DatabaseUrl(sys.argv[1]), 'public.t')"
+)
+DRILL = (
+    "import sys; from pgvault_assets.engine.drill import run_drill; "
+    "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import vault; "
+    "run_drill(vault(), DatabaseUrl(sys.argv[1]))"
+)
+LAST_MONTH = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(day=1)
+
+
+@pytest.fixture
+def source(local_env, make_database) -> DatabaseUrl:
+    """A small table with a primary key, backed up as yesterday and as last month's 1st."""
+    url = make_database("killrows")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, s text); "
+            "INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 1000) i"
+        )
+    back_up(url)
+    back_up(url, day=LAST_MONTH)
+    return DatabaseUrl(url)
+
+
+def scratch_databases() -> set[str]:
+    with psycopg.connect(MAINTENANCE_URL) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, 'pgvault_scratch_')"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def sessions_of(application: str) -> int:
+    with psycopg.connect(MAINTENANCE_URL) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def pgvault_run(
+    spawn_pgvault, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., tuple[Pgvault, str, str]]]:
+    """Spawn pgvault paused at a point; returns it, its application name and its scratch.
+
+    Its sessions carry an application name of their own, so a test can wait until the server
+    has noticed a kill; a scratch database left behind is dropped at teardown.
+    """
+    left: set[str] = set()
+
+    def start(code: str, url: DatabaseUrl, pause_at: str) -> tuple[Pgvault, str, str]:
+        application = f"pgvault-killed-{uuid.uuid4().hex[:8]}"
+        monkeypatch.setenv("PGAPPNAME", application)
+        before = scratch_databases()
+        child = spawn_pgvault(code, str(url), pause_at=pause_at)
+        monkeypatch.delenv("PGAPPNAME")
+        child.wait_for_pause(pause_at)
+        [created] = scratch_databases() - before
+        left.add(created)
+        return child, application, created
+
+    yield start
+    with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
+        for name in left:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def kill(child: Pgvault, application: str) -> None:
+    child.kill()
+    wait_for(lambda: sessions_of(application) == 0, "the server to end the killed run's sessions")
+
+
+@pytest.mark.parametrize("stage", ["swap", "scratch"])
+def test_recover_rows_killed_leaves_a_scratch_database_the_next_run_drops_and_reports(
+    source, pgvault_run, caplog, stage: str
+) -> None:
+    child, application, name = pgvault_run(RECOVER, source, stage)
+    kill(child, application)
+    assert name.startswith("pgvault_scratch_rows_")
+    assert name in scratch_databases()
+    if stage == "swap":  # killed inside its restore, before the rename to its final name
+        assert "_restore_" in name
+
+    with caplog.at_level(logging.WARNING, logger="pgvault_assets"):
+        result = recover_rows(vault(), DAY, source, "public.t")
+
+    assert name in result.abandoned_scratch
+    assert f"dropped {name}, the scratch database of an interrupted run" in caplog.text
+    assert name not in scratch_databases()
+
+
+def test_a_killed_drill_is_cleaned_by_the_next_drill_and_named_in_its_report(
+    source, pgvault_run, caplog
+) -> None:
+    child, application, name = pgvault_run(DRILL, source, "scratch")
+    kill(child, application)
+    assert name.startswith("pgvault_scratch_drill_") and name in scratch_databases()
+
+    with caplog.at_level(logging.WARNING, logger="pgvault_assets"):
+        report = run_drill(vault(), source)
+
+    assert report.passed, report.findings()
+    assert name in report.abandoned_scratch
+    assert any(name in finding and "interrupted run" in finding for finding in report.findings())
+    assert name in report.to_markdown()
+    assert name not in scratch_databases()
+
+
+def test_cli_recover_rows_says_it_dropped_a_killed_runs_scratch(
+    source, pgvault_run, monkeypatch, capsys
+) -> None:
+    from pgvault_assets.cli import main
+
+    child, application, name = pgvault_run(RECOVER, source, "scratch")
+    kill(child, application)
+    monkeypatch.setenv("DATABASE_URL", str(source.secret))
+    monkeypatch.delenv("STAGING_DATABASE_URL", raising=False)
+
+    code = main(
+        ["recover-rows", "--date", str(DAY), "--table", "public.t", "--target", "production"]
+    )
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"-- dropped {name}, the scratch database an interrupted run left" in out
+
+
+def test_a_live_runs_scratch_database_and_look_alikes_are_never_dropped(
+    source, pgvault_run
+) -> None:
+    child, application, live = pgvault_run(RECOVER, source, "scratch")
+    token = uuid.uuid4().hex[:8]
+    look_alikes = [
+        f"pgvault_rows_{LAST_MONTH:%Y%m%d}_{token}",  # an older pgvault's name: no lock is held
+        f"pgvault_scratch_rows_{LAST_MONTH:%Y%m%d}_{token}_copy",
+        f"pgvault_scratch_reports_{LAST_MONTH:%Y%m%d}_{token}",
+    ]
+    with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
+        for name in look_alikes:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        result = recover_rows(vault(), DAY, source, "public.t")
+        report = run_drill(vault(), source)
+
+        assert live not in result.abandoned_scratch + report.abandoned_scratch
+        assert live in scratch_databases()
+        assert sorted(_databases(look_alikes)) == sorted(look_alikes)
+        with psycopg.connect(source.with_dbname(live).secret) as conn:  # still whole, in use
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+    finally:
+        with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
+            for name in look_alikes:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+    kill(child, application)
+    assert live in recover_rows(vault(), DAY, source, "public.t").abandoned_scratch
+
+
+def _databases(names: list[str]) -> list[str]:
+    with psycopg.connect(MAINTENANCE_URL) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,)
+        ).fetchall()
+    return [row[0] for row in rows]
