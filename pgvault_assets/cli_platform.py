@@ -20,6 +20,7 @@ from rich.table import Table
 
 from pgvault_assets.console import console
 from pgvault_assets.engine.backup import check_backup_date, latest_complete_day, utcnow
+from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     format_bytes,
@@ -27,7 +28,6 @@ from pgvault_assets.engine.report import (
     health_figures,
     health_warnings,
 )
-from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed
 from pgvault_assets.settings import Settings, load_settings
@@ -57,9 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub.set_defaults(handler=backup_command)
 
-    sub = subparsers.add_parser("cleanup", help="apply the retention policy to stored backups")
+    sub = subparsers.add_parser(
+        "cleanup",
+        help="apply the retention policy and remove what interrupted runs left in the store",
+    )
     sub.add_argument(
-        "--dry-run", action="store_true", help="show what would be kept and deleted, delete nothing"
+        "--dry-run",
+        action="store_true",
+        help="show what would be kept, deleted and repaired; change nothing",
     )
     sub.set_defaults(handler=cleanup_command)
 
@@ -154,8 +159,8 @@ def backup_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
     vault = Vault.from_settings(settings)
-    now = utcnow()
-    plan = plan_retention(vault.list_manifests(), now.date(), settings.retention, now=now)
+    result = run_cleanup(vault, settings.retention, now=utcnow(), dry_run=args.dry_run)
+    plan = result.plan
     table = Table(title="retention plan")
     for column in ("date", "tier", "age (days)", "size", "decision"):
         table.add_column(column)
@@ -169,6 +174,10 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{verdict}: {decision.reason}",
         )
     console.print(table)
+    for line in result.repair_lines():
+        console.print(f"dry run: {line}" if args.dry_run else f"repaired: {line}")
+    for line in result.kept_leftovers:
+        console.print(line)
     kept = ", ".join(f"{n} {tier}" for tier, n in plan.kept_per_tier.items())
     if plan.blocked_reason:
         console.print(f"nothing deleted: {plan.blocked_reason}")
@@ -179,12 +188,11 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
             f"({format_bytes(plan.storage_freed_bytes)}), keep {kept}"
         )
         return 0
-    deleted = apply_retention(vault, plan)
-    # Count what was deleted, not what was planned: a backup under Object Lock stays.
-    gone = [d for d in plan.delete if d.manifest_key in deleted]
+    gone = result.deleted_backups
     freed = sum(d.size_bytes for d in gone)
     console.print(
-        f"deleted {len(gone)} backups ({len(deleted)} objects, {format_bytes(freed)}), kept {kept}"
+        f"deleted {len(gone)} backups ({len(result.deleted_keys)} objects, "
+        f"{format_bytes(freed)}), kept {kept}"
     )
     return 0
 

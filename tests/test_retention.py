@@ -1,19 +1,22 @@
-"""Retention: the manual's tiers, deletions with every S3 version, the 7-backup floor, the stale guard."""
+"""Retention: the manual's tiers, deletions with every S3 version, the 7-backup floor, the stale
+guard, and which leftovers of interrupted runs a cleanup may remove."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 
+from pgvault_assets.engine.cleanup import RepairKind, find_orphans, run_cleanup
 from pgvault_assets.engine.retention import (
     Tier,
     apply_retention,
     plan_retention,
     tier_of,
 )
-from pgvault_assets.engine.store import LocalStore, S3Store
+from pgvault_assets.engine.store import LocalStore, S3Store, StoredObject
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import RetentionPolicy
@@ -153,3 +156,111 @@ def test_expired_backups_in_s3_lose_every_version(aws_env):
     versions = aws_env.s3.list_object_versions(Bucket=aws_env.bucket, Prefix="test/2025-02-12/")
     assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
     assert len(vault.list_manifests()) == 11
+
+
+def _aged(vault: Vault, key: str, when: datetime) -> None:
+    path = vault.store.root / key  # type: ignore[attr-defined]
+    os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def test_only_backup_files_of_dates_without_a_manifest_count_as_orphans():
+    plan = plan_retention(
+        [fake_manifest("test", date(2025, 12, d)) for d in range(20, 31)], TODAY, POLICY, now=NOW
+    )
+    old = NOW - timedelta(days=3)
+    listing = [
+        StoredObject("test/2025-03-12/db_backup.sql.gz.enc", 10, old),  # expired, no manifest
+        StoredObject("test/2025-03-12/restore_verified.json", 10, old),
+        StoredObject("test/2025-12-25/db_backup.sql.gz.enc", 10, old),  # has its manifest
+        StoredObject("test/2025-03-13/notes.txt", 10, old),  # not a file pgvault writes there
+        StoredObject("test/reports/2025-03-12-health.md", 10, old),
+        StoredObject("test/audit/2025-03-12/record.json", 10, old),
+        StoredObject("other/2025-03-12/db_backup.sql.gz.enc", 10, old),
+    ]
+
+    found = find_orphans("test", listing, plan, POLICY, now=NOW)
+
+    assert [(o.kind, o.key) for o in found] == [
+        (RepairKind.EXPIRED_ORPHAN, "test/2025-03-12/db_backup.sql.gz.enc"),
+        (RepairKind.EXPIRED_ORPHAN, "test/2025-03-12/restore_verified.json"),
+    ]
+
+
+def test_a_recent_dump_without_manifest_goes_only_once_a_day_old_and_superseded():
+    plan = plan_retention(
+        [fake_manifest("test", date(2025, 12, d)) for d in range(20, 29)], TODAY, POLICY, now=NOW
+    )
+    day_old, fresh = NOW - timedelta(days=1), NOW - timedelta(hours=3)
+    listing = [
+        StoredObject("test/2025-12-15/db_backup.sql.gz.enc", 10, day_old),  # superseded
+        StoredObject("test/2025-12-16/db_backup.sql.gz.enc", 10, fresh),  # may be re-run today
+        StoredObject("test/2025-12-29/db_backup.sql.gz.enc", 10, day_old),  # the newest dump
+    ]
+
+    found = find_orphans("test", listing, plan, POLICY, now=NOW)
+
+    assert [(o.kind, o.day) for o in found] == [(RepairKind.UNFINISHED_ORPHAN, date(2025, 12, 15))]
+
+
+def test_cleanup_removes_an_orphan_with_every_version_and_keeps_the_backups(vault):
+    write_history(vault, date(2025, 12, 1), date(2025, 12, 30))
+    orphan = fake_manifest("test", date(2025, 12, 10))
+    vault.store.delete(vault.manifest_key(orphan.date))
+    for body in (b"first try", b"second try"):  # each killed before its manifest
+        writer = vault.store.open_writer(orphan.object_key)
+        writer.write(body)
+        writer.commit()
+    assert list((vault.store.root / "test" / "2025-12-10" / ".versions").iterdir())
+    _aged(vault, orphan.object_key, NOW - timedelta(days=2))
+
+    result = run_cleanup(vault, POLICY, now=NOW)
+
+    assert result.repair_lines() == [
+        "removed 1 orphaned object of backups interrupted before their manifest (2025-12-10)"
+    ]
+    assert result.repaired_count == 1
+    assert not (vault.store.root / "test" / "2025-12-10").exists()
+    assert len(vault.list_manifests()) == 29
+
+
+def test_stale_partial_files_are_removed_and_fresh_ones_kept(vault):
+    write_history(vault, date(2025, 12, 20), date(2025, 12, 30))
+    folder = vault.store.root / "test" / "2025-12-30"
+    stale = folder / ".db_backup.sql.gz.enc.partial-aaaa"
+    fresh = folder / ".db_backup.sql.gz.enc.partial-bbbb"
+    for path in (stale, fresh):
+        path.write_bytes(b"half a dump")
+    _aged(vault, "test/2025-12-30/.db_backup.sql.gz.enc.partial-aaaa", NOW - timedelta(days=1))
+    _aged(vault, "test/2025-12-30/.db_backup.sql.gz.enc.partial-bbbb", NOW - timedelta(hours=20))
+
+    dry = run_cleanup(vault, POLICY, now=NOW, dry_run=True)
+    assert dry.repair_lines() == [
+        "would remove 1 stale partial file left by an interrupted write (2025-12-30)"
+    ]
+    assert stale.exists()
+
+    run_cleanup(vault, POLICY, now=NOW)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_cleanup_removes_no_orphan_while_backups_are_stale(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 12, 1))
+    vault.store.delete(vault.manifest_key(date(2025, 3, 12)))
+    newest_finished = vault.list_manifests()[-1].finished_at
+
+    result = run_cleanup(vault, POLICY, now=newest_finished + timedelta(hours=37))
+
+    assert result.plan.blocked_reason is not None
+    assert result.repairs == () and result.deleted_keys == ()
+    assert result.kept_leftovers == (
+        "kept 1 orphaned object (2025-03-12): nothing stored is deleted while backups are stale",
+    )
+    assert vault.store.get_bytes("test/2025-03-12/db_backup.sql.gz.enc") is not None
+
+
+def test_cleanup_gives_up_in_one_line_when_the_retention_lock_stays_held(vault):
+    write_history(vault, date(2025, 12, 1), date(2025, 12, 30))
+    with vault.store.lock("test-retention"), pytest.raises(LockBusy) as refused:
+        run_cleanup(vault, POLICY, now=NOW, wait_seconds=0.5)
+    assert "\n" not in str(refused.value) and "test-retention is locked" in str(refused.value)
+    assert len(vault.list_manifests()) == 30

@@ -1,7 +1,7 @@
 """Monday 03:00 UTC: retention, then the weekly health report.
 
 Both are derived from the backups, so they are assets downstream of them: the UI shows what
-was kept and deleted, and the report, beside the backups they describe.
+was kept, deleted and repaired, and the report, beside the backups they describe.
 """
 
 from datetime import timedelta
@@ -26,8 +26,8 @@ from pgvault_assets.defs.backup import BACKUP_KEY
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.report import health_figures, render_weekly_report
-from pgvault_assets.engine.retention import apply_retention, plan_retention
 
 RETENTION_KEY = AssetKey("retention_state")
 REPORT_KEY = AssetKey("weekly_health_report")
@@ -39,25 +39,31 @@ REPORT_KEY = AssetKey("weekly_health_report")
     group_name="backups",
     description=(
         "Backups tiered by the manual's policy (daily 30 days, Sunday 90, 1st of month 365); "
-        "expired ones deleted with every version, never below 7 backups, never while stale."
+        "expired ones deleted with every version, never below 7 backups, never while stale; "
+        "what interrupted runs left in the store (orphaned objects, unfinished uploads) removed."
     ),
 )
 def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
     settings = vault.settings()
-    store = vault.vault()
-    now = utcnow()
-    plan = plan_retention(store.list_manifests(), now.date(), settings.retention, now=now)
-    deleted = apply_retention(store, plan)
+    result = run_cleanup(vault.vault(), settings.retention, now=utcnow())
+    plan = result.plan
     if plan.blocked_reason:
         context.log.warning(plan.blocked_reason)
+    for line in result.repair_lines():
+        context.log.info(f"repaired: {line}")
+    for line in result.kept_leftovers:
+        context.log.warning(line)
     return MaterializeResult(
         metadata={
             **{f"kept_{tier}": MetadataValue.int(n) for tier, n in plan.kept_per_tier.items()},
             "kept_total": MetadataValue.int(len(plan.keep)),
-            "deleted_count": MetadataValue.int(len(plan.delete) if not plan.blocked_reason else 0),
-            "deleted_keys": MetadataValue.json(deleted),
+            "deleted_count": MetadataValue.int(len(result.deleted_backups)),
+            "deleted_keys": MetadataValue.json(list(result.deleted_keys)),
             "storage_used_bytes": MetadataValue.int(plan.storage_kept_bytes),
             "blocked_reason": plan.blocked_reason or "",
+            "repaired": MetadataValue.json([repair.to_dict() for repair in result.repairs]),
+            "repaired_count": MetadataValue.int(result.repaired_count),
+            "leftovers_kept": MetadataValue.json(list(result.kept_leftovers)),
         }
     )
 

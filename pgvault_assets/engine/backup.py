@@ -41,6 +41,11 @@ def retention_lock_name(environment: str) -> str:
     return f"{environment}-retention"
 
 
+def backup_lock_name(environment: str, day: date) -> str:
+    """The lock a backup of `day` holds from its start to its manifest."""
+    return f"{environment}-backup-{day.isoformat()}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -122,7 +127,7 @@ def backup_database(
     keys = vault.encryption_keys()
     context = mf.encryption_context(vault.environment, day)
     retain_until = backup_retain_until(day, vault.retention, now=started_at)
-    with vault.store.lock(f"{vault.environment}-backup-{day.isoformat()}"):
+    with vault.store.lock(backup_lock_name(vault.environment, day)) as date_lock:
         _clean_partials(vault, day)
         with contextlib.ExitStack() as committing:
             with _database_failure_is_backup_failure(), connect(url, autocommit=False) as conn:
@@ -184,12 +189,15 @@ def backup_database(
                             "no backup was recorded, the previous one is intact"
                         )
                     # From the object's commit to its manifest, retention must not delete this date.
-                    committing.enter_context(
+                    retention_lock = committing.enter_context(
                         vault.store.lock(
                             retention_lock_name(vault.environment),
                             wait_seconds=RETENTION_WAIT_SECONDS,
                         )
                     )
+                    # A lock lost meanwhile (S3 unreachable for a lease) may have let another
+                    # run of this date start: it must not find a half-replaced object.
+                    date_lock.check()
                     version_id = writer.commit()
                 except BaseException:
                     writer.abort()
@@ -227,6 +235,8 @@ def backup_database(
                 encryption_context=context,
             )
             pause_point("manifest")
+            date_lock.check()
+            retention_lock.check()
             vault.store.put_bytes(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )

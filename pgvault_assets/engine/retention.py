@@ -15,8 +15,11 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine.backup import retention_lock_name
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.restore_check import RESTORE_VERIFIED_NAME
+from pgvault_assets.engine.store import HeldLock
+from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import RetentionPolicy
 
@@ -150,38 +153,55 @@ def plan_retention(
     return RetentionPlan(today, tuple(keep), tuple(delete))
 
 
-def apply_retention(vault: Vault, plan: RetentionPlan) -> list[str]:
-    """Delete the plan's expired backups; return the keys deleted.
+def apply_retention(vault: Vault, plan: RetentionPlan, *, wait_seconds: float = 0) -> list[str]:
+    """Delete the plan's expired backups under the retention lock; return the keys deleted.
+
+    `run_cleanup` is the whole cleanup (plan made under the lock, leftovers repaired); this is
+    for a plan already in hand, and refuses at once by default when the lock is held.
+    """
+    if plan.blocked_reason is not None:
+        return []
+    with vault.store.lock(
+        retention_lock_name(vault.environment), wait_seconds=wait_seconds
+    ) as lock:
+        return delete_expired(vault, plan, lock)
+
+
+def delete_expired(vault: Vault, plan: RetentionPlan, lock: HeldLock | None = None) -> list[str]:
+    """Delete the plan's expired backups; the caller holds the retention lock.
 
     The manifest goes first: from that moment the backup is no longer listed, so a run cut
-    short leaves at worst an orphaned object, never a listed backup whose object is gone.
-    Every stored version is deleted (expired means gone, not hidden behind a delete marker).
+    short leaves at worst an orphaned object, never a listed backup whose object is gone (the
+    next cleanup removes the orphan). Every stored version is deleted (expired means gone, not
+    hidden behind a delete marker). With `lock`, it is checked before each backup: a
+    lock lost mid-run stops the deletes before a backup committing meanwhile could be judged
+    by a stale plan.
     """
     if plan.blocked_reason is not None:
         return []
     deleted: list[str] = []
-    with vault.store.lock(f"{vault.environment}-retention"):
-        for decision in plan.delete:
-            # Object Lock: touch neither key of a backup still locked, so none is half-deleted.
-            held = [
-                until
-                for key in (decision.manifest_key, decision.object_key)
-                if (until := vault.store.retained_until(key)) is not None
-            ]
-            if held:
-                _log.warning(
-                    "backup %s is under S3 Object Lock until %s UTC; not deleted yet, "
-                    "a cleanup after that date deletes it",
-                    decision.day.isoformat(),
-                    f"{max(held):%Y-%m-%d %H:%M}",
-                )
-                continue
-            folder = decision.manifest_key.rsplit("/", 1)[0]
-            for key in (
-                decision.manifest_key,
-                decision.object_key,
-                f"{folder}/{RESTORE_VERIFIED_NAME}",
-            ):
-                if vault.store.delete(key):
-                    deleted.append(key)
+    for decision in plan.delete:
+        if lock is not None:
+            lock.check()
+        # Object Lock: touch neither key of a backup still locked, so none is half-deleted.
+        held = [
+            until
+            for key in (decision.manifest_key, decision.object_key)
+            if (until := vault.store.retained_until(key)) is not None
+        ]
+        if held:
+            _log.warning(
+                "backup %s is under S3 Object Lock until %s UTC; not deleted yet, "
+                "a cleanup after that date deletes it",
+                decision.day.isoformat(),
+                f"{max(held):%Y-%m-%d %H:%M}",
+            )
+            continue
+        if vault.store.delete(decision.manifest_key):
+            deleted.append(decision.manifest_key)
+        pause_point("cleanup-object")
+        folder = decision.manifest_key.rsplit("/", 1)[0]
+        for key in (decision.object_key, f"{folder}/{RESTORE_VERIFIED_NAME}"):
+            if vault.store.delete(key):
+                deleted.append(key)
     return deleted

@@ -14,9 +14,11 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +57,18 @@ RESUMABLE_READ_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
 )
 RESUME_ATTEMPTS = 5
+# A lock's lease: how long a holder that died anywhere blocks the others. Its heartbeat
+# renews it every third of that, so a live holder keeps it through two missed renewals.
+LOCK_TTL = timedelta(minutes=2)
+# A conditional write or delete of a lock object that found it changed or gone.
+_LOCK_CONFLICT_CODES = (
+    "PreconditionFailed",
+    "ConditionalRequestConflict",
+    "NoSuchKey",
+    "412",
+    "409",
+    "404",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,15 @@ class StoredObject:
     key: str
     size_bytes: int
     modified_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An S3 multipart upload not completed or aborted: invisible to listings, yet billed."""
+
+    key: str
+    upload_id: str
+    initiated_at: datetime
 
 
 class ObjectWriter(Protocol):
@@ -97,7 +120,7 @@ class Store(Protocol):
 
     def lock(
         self, name: str, *, wait_seconds: float = 0
-    ) -> contextlib.AbstractContextManager[None]: ...
+    ) -> contextlib.AbstractContextManager[HeldLock]: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -300,7 +323,7 @@ class LocalStore:
         return [p for p in self.root.rglob(".*.partial-*")] if self.root.exists() else []
 
     @contextlib.contextmanager
-    def lock(self, name: str, *, wait_seconds: float = 0) -> Iterator[None]:
+    def lock(self, name: str, *, wait_seconds: float = 0) -> Iterator[HeldLock]:
         """An flock: the kernel releases it when the holder dies, so a crash never wedges it."""
         self._ensure_root()
         path = self.root / ".locks" / f"{name}.lock"
@@ -324,7 +347,7 @@ class LocalStore:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
             handle.flush()
             try:
-                yield
+                yield HeldLock(name)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -341,6 +364,231 @@ def _holder_died_here(info: dict) -> bool:
     except OSError:
         return False
     return False
+
+
+def _lease_left(info: dict) -> float:
+    """Seconds until a lock object's lease ends (negative once it has); a lock object without
+    a readable lease never ends by itself, an operator removes it."""
+    try:
+        expires_at = datetime.fromisoformat(info["expires_at"])
+        return (expires_at - datetime.now(UTC)).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+
+
+class HeldLock:
+    """A held lock as its holder sees it. A lock kept by a heartbeat can be lost while the work
+    runs (S3 unreachable for a whole lease, or taken over): the work asks `still_held()` before
+    making its result visible, and the lock's context raises `LockBusy` on exit when lost."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._guard = threading.Lock()
+        self._lost: str | None = None
+        self._lease_ends: float | None = None  # monotonic; None: held until released
+
+    def still_held(self) -> bool:
+        with self._guard:
+            ends = self._lease_ends
+        if ends is not None and time.monotonic() >= ends:
+            self._lose("its lease ran out before a renewal reached the store")
+        return self._lost is None
+
+    def check(self) -> None:
+        """Raise `LockBusy` if the lock was lost: what it protected cannot be trusted."""
+        if not self.still_held():
+            raise LockBusy(
+                f"the lock {self.name} was lost mid-operation ({self._lost}); treat this run "
+                "as failed and run it again once no other pgvault runs it"
+            )
+
+    def _extend(self, lease_ends: float) -> None:
+        with self._guard:
+            self._lease_ends = lease_ends
+
+    def _lose(self, reason: str) -> None:
+        """Record the first reason the lock was lost; a lost lock stays lost."""
+        with self._guard:
+            if self._lost is not None:
+                return
+            self._lost = reason
+        _log.warning("lost the lock %s: %s; the operation holding it will fail", self.name, reason)
+
+
+@dataclass(frozen=True)
+class _LockVersion:
+    """One write of a lock object: its ETag for conditional writes, its version to delete."""
+
+    etag: str
+    version_id: str | None
+
+
+class _S3Lease:
+    """One holder's lock object and the heartbeat that renews its lease every `interval`.
+
+    Every write after the first is conditional on the ETag this holder last saw, so a renewal
+    never overwrites a lock someone else took, and of two waiters superseding one expired lock
+    only one succeeds. Each version it replaces or leaves is deleted by its id, so a versioned
+    bucket keeps neither old versions nor delete markers under `.locks/`.
+    """
+
+    def __init__(self, store: S3Store, name: str, ttl: timedelta, interval: timedelta) -> None:
+        self._store = store
+        self._key = f".locks/{name}.json"
+        self._ttl = ttl.total_seconds()
+        self._interval = interval.total_seconds()
+        self._token = uuid.uuid4().hex
+        self._written: _LockVersion | None = None
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._beat, name=f"pgvault-lock-{name}", daemon=True
+        )
+        self.held = HeldLock(name)
+
+    def acquire(self, wait_seconds: float) -> None:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            if self._write({"IfNoneMatch": "*"}):
+                break
+            found = self._read()
+            if found is None:
+                continue  # released between our write and our read: try again at once
+            info, version = found
+            if info.get("token") == self._token:  # our own write; its response was lost
+                self._adopt(version, info)
+                break
+            if _lease_left(info) <= 0 or _holder_died_here(info):
+                if self._write({"IfMatch": version.etag}):
+                    self._drop(version)  # the dead holder's version, for good
+                    break
+                continue  # another waiter superseded it first: look at theirs
+            if time.monotonic() >= deadline:
+                holder = info.get("holder", "another process")
+                raise LockBusy(
+                    f"{self.held.name} is locked by {holder}; wait for it to finish and try again"
+                )
+            time.sleep(min(1.0, max(0.1, deadline - time.monotonic())))
+        self._heartbeat.start()
+
+    def release(self) -> None:
+        """Stop the heartbeat, then delete this holder's own version of the lock object."""
+        self._stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join()
+        if self._written is None:
+            return
+        written, self._written = self._written, None
+        # A version id names only our own write; without versions, the ETag guards the delete.
+        guard = (
+            {"VersionId": written.version_id} if written.version_id else {"IfMatch": written.etag}
+        )
+        try:
+            self._store.client.delete_object(Bucket=self._store.bucket, Key=self._key, **guard)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _LOCK_CONFLICT_CODES:
+                _log.warning("could not release the lock %s (%s)", self.held.name, exc)
+        except botocore.exceptions.BotoCoreError as exc:
+            _log.warning(
+                "could not release the lock %s (%s); it frees itself when its lease ends",
+                self.held.name,
+                exc,
+            )
+
+    def _beat(self) -> None:
+        pause = self._interval
+        while not self._stop.wait(pause) and self.held.still_held():
+            try:
+                if not self._renew():
+                    return
+                pause = self._interval
+            except StoreError as exc:
+                _log.warning("could not renew the lock %s (%s); retrying", self.held.name, exc)
+                pause = self._interval / 3
+
+    def _renew(self) -> bool:
+        """Extend the lease if the lock object is still ours; False once it is not."""
+        assert self._written is not None
+        if self._write({"IfMatch": self._written.etag}):
+            return True
+        found = self._read()
+        if found is not None and found[0].get("token") == self._token:
+            self._adopt(found[1], found[0])  # a conflict, or our own write with its reply lost
+            return True
+        taker = "its lock object was deleted"
+        if found is not None:
+            taker = f"taken over by {found[0].get('holder', 'another process')}"
+        self.held._lose(taker)
+        return False
+
+    def _write(self, condition: dict[str, str]) -> bool:
+        """Write a fresh lease under `condition`; False when the condition does not hold."""
+        lease_ends = time.monotonic() + self._ttl
+        body = json.dumps(
+            {
+                "holder": f"pid {os.getpid()} on {socket.gethostname()}",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self._token,
+                "expires_at": (datetime.now(UTC) + timedelta(seconds=self._ttl)).isoformat(),
+            }
+        ).encode()
+        try:
+            response = self._store.client.put_object(
+                Bucket=self._store.bucket,
+                Key=self._key,
+                Body=body,
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=self._store.kms_key_id,
+                ChecksumAlgorithm="SHA256",
+                **condition,
+            )
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _LOCK_CONFLICT_CODES:
+                return False
+            raise _s3_error(exc, f"write of {self._key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _s3_error(exc, f"write of {self._key}") from None
+        self._replace(_LockVersion(response["ETag"], response.get("VersionId")), lease_ends)
+        return True
+
+    def _read(self) -> tuple[dict, _LockVersion] | None:
+        try:
+            response = self._store.client.get_object(Bucket=self._store.bucket, Key=self._key)
+            data = response["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise _s3_error(exc, f"read of {self._key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _s3_error(exc, f"read of {self._key}") from None
+        try:
+            info = json.loads(data)
+        except ValueError:
+            info = {}
+        if not isinstance(info, dict):
+            info = {}
+        return info, _LockVersion(response["ETag"], response.get("VersionId"))
+
+    def _adopt(self, version: _LockVersion, info: dict) -> None:
+        self._replace(version, time.monotonic() + _lease_left(info))
+
+    def _replace(self, version: _LockVersion, lease_ends: float) -> None:
+        """Hold `version` from now on; our previous version, if any, is deleted for good."""
+        previous, self._written = self._written, version
+        self.held._extend(lease_ends)
+        if previous is not None and previous.version_id != version.version_id:
+            self._drop(previous)
+
+    def _drop(self, version: _LockVersion) -> None:
+        """Delete a superseded version for good (no-op without versioning: it was replaced)."""
+        if not version.version_id:
+            return
+        try:
+            self._store.client.delete_object(
+                Bucket=self._store.bucket, Key=self._key, VersionId=version.version_id
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            _log.warning("could not delete an old version of %s (%s)", self._key, exc)
 
 
 def _s3_error(exc: Exception, what: str) -> StoreError:
@@ -680,44 +928,49 @@ class S3Store:
                 aborted += 1
         return aborted
 
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Every unfinished multipart upload under `prefix`, so cleanup can judge each one."""
+        found = []
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for upload in page.get("Uploads", []):
+                    found.append(
+                        PendingUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+                    )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise _s3_error(exc, f"listing of unfinished uploads under {prefix}") from None
+        return found
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort one unfinished upload; one already gone is no error."""
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id
+            )
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise _s3_error(exc, f"abort of the unfinished upload of {upload.key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _s3_error(exc, f"abort of the unfinished upload of {upload.key}") from None
+
     @contextlib.contextmanager
     def lock(
-        self, name: str, *, wait_seconds: float = 0, ttl: timedelta = timedelta(hours=6)
-    ) -> Iterator[None]:
-        """A create-only lock object; a holder that crashed is superseded once its lease expires."""
-        key = f".locks/{name}.json"
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            body = json.dumps(
-                {
-                    "holder": f"pid {os.getpid()} on {socket.gethostname()}",
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "token": token,
-                    "expires_at": (datetime.now(UTC) + ttl).isoformat(),
-                }
-            ).encode()
-            if self.put_new(key, body):
-                break
-            current = self.get_bytes(key)
-            holder = "another process"
-            if current:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    info = json.loads(current)
-                    holder = info["holder"]
-                    if datetime.fromisoformat(info["expires_at"]) < datetime.now(
-                        UTC
-                    ) or _holder_died_here(info):
-                        self.client.delete_object(Bucket=self.bucket, Key=key)
-                        continue
-            if time.monotonic() >= deadline:
-                raise LockBusy(f"{name} is locked by {holder}; wait for it to finish and try again")
-            time.sleep(1)
+        self,
+        name: str,
+        *,
+        wait_seconds: float = 0,
+        ttl: timedelta = LOCK_TTL,
+        heartbeat: timedelta | None = None,
+    ) -> Iterator[HeldLock]:
+        """A lock object whose short lease a heartbeat renews (every `ttl`/3 unless `heartbeat`):
+        a holder that died on any host blocks the others for one lease at most, and a holder
+        that lost its lock gets `LockBusy` on exit instead of reporting success."""
+        lease = _S3Lease(self, name, ttl, heartbeat or ttl / 3)
+        lease.acquire(wait_seconds)
         try:
-            yield
+            yield lease.held
         finally:
-            with contextlib.suppress(Exception):
-                current = self.get_bytes(key)
-                if current and json.loads(current).get("token") == token:
-                    self.client.delete_object(Bucket=self.bucket, Key=key)
+            lease.release()
+        lease.held.check()
