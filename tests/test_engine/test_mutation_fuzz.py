@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
+import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgvault_assets.engine.manifest import manifest_key, object_key
-from pgvault_assets.engine.restore import verify_backup
-from pgvault_assets.errors import IntegrityError, KeyUnavailable
+from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.errors import IntegrityError, KeyUnavailable, PgvaultError
+from pgvault_assets.settings import DatabaseUrl
+from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault
 
 mutations = st.one_of(
@@ -65,3 +68,52 @@ def test_mutated_objects_are_refused_with_honest_and_lying_manifests(local_env, 
     manifest_path.write_bytes(original.to_json())
     assert verify_backup(vault(), DAY).sha256 == original.sha256
     assert len(tried) >= 100
+
+
+def test_mutated_manifests_are_refused_or_restore_exactly_the_original(
+    local_env, awkward_database, make_database
+):
+    """Flip, insert, drop or truncate bytes of the manifest itself: every mutant is refused
+    (before restore, or before the swap with the target untouched) or restores the original."""
+    original = back_up(awkward_database)
+    manifest_path = local_env / "store" / manifest_key("test", DAY)
+    pristine = manifest_path.read_bytes()
+    source = database_snapshot(awkward_database)
+
+    def marked_target() -> str:
+        url = make_database("target")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE untouched (id int)")
+        return url
+
+    target = [marked_target()]
+    outcomes: dict[str, int] = {"refused": 0, "refused before the swap": 0, "restored": 0}
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(mutations)
+    def check(mutation):
+        mutant = mutate(pristine, *mutation)
+        if mutant == pristine:
+            return
+        manifest_path.write_bytes(mutant)
+        try:
+            verify_backup(vault(), DAY, full=True)
+        except PgvaultError as exc:
+            assert "\n" not in str(exc)
+            outcomes["refused"] += 1
+            return
+        try:
+            restore_backup(vault(), DAY, DatabaseUrl.parse(target[0], "target"))
+        except PgvaultError:
+            assert database_snapshot(target[0])["tables"].keys() == {"public.untouched"}
+            outcomes["refused before the swap"] += 1
+            return
+        assert database_snapshot(target[0]) == source, f"mutant {mutation} restored other data"
+        outcomes["restored"] += 1
+        target[0] = marked_target()
+
+    check()
+    manifest_path.write_bytes(pristine)
+    assert verify_backup(vault(), DAY).sha256 == original.sha256
+    assert sum(outcomes.values()) >= 40, outcomes
+    assert outcomes["refused"] > 0
