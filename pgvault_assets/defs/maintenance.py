@@ -12,6 +12,7 @@ from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
+    Failure,
     MaterializeResult,
     MetadataValue,
     ScheduleDefinition,
@@ -28,6 +29,7 @@ from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.backup import utcnow
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.report import health_figures, render_weekly_report
+from pgvault_assets.errors import PgvaultError
 
 RETENTION_KEY = AssetKey("retention_state")
 REPORT_KEY = AssetKey("weekly_health_report")
@@ -44,8 +46,11 @@ REPORT_KEY = AssetKey("weekly_health_report")
     ),
 )
 def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
-    settings = vault.settings()
-    result = run_cleanup(vault.vault(), settings.retention, now=utcnow())
+    try:
+        settings = vault.settings()
+        result = run_cleanup(vault.vault(), settings.retention, now=utcnow())
+    except PgvaultError as exc:  # one line in the UI, not a traceback
+        raise Failure(description=str(exc)) from None
     plan = result.plan
     if plan.blocked_reason:
         context.log.warning(plan.blocked_reason)

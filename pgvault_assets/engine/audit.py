@@ -172,7 +172,11 @@ def restore_staging(
     body = {"date": day.isoformat(), "sha256": None, "database": url.dbname}
     with staging_operation(vault, STAGING_RESTORE, body, actor=actor, now=now) as learned:
         learned["sha256"] = vault.read_manifest(day).sha256
-        return restore_backup(vault, day, url, full_verify=full_verify, progress=progress, now=now)
+        result = restore_backup(
+            vault, day, url, full_verify=full_verify, progress=progress, now=now
+        )
+        learned["sha256"] = result.manifest.sha256  # what was restored, even if re-run meanwhile
+        return result
 
 
 def rollback_staging(

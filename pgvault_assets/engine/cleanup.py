@@ -41,9 +41,16 @@ from pgvault_assets.engine.retention import (
     retention_days,
     tier_of,
 )
-from pgvault_assets.engine.store import LocalStore, PendingUpload, S3Store, Store, StoredObject
+from pgvault_assets.engine.store import (
+    HeldLock,
+    LocalStore,
+    PendingUpload,
+    S3Store,
+    Store,
+    StoredObject,
+)
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import LockBusy
+from pgvault_assets.errors import LockBusy, StoreError
 from pgvault_assets.settings import RetentionPolicy
 
 # A backup holds the lock for seconds while it commits; cleanup waits rather than fail.
@@ -58,6 +65,7 @@ class RepairKind(StrEnum):
     UNFINISHED_ORPHAN = "unfinished_orphan"
     STALE_UPLOAD = "stale_upload"
     STALE_PARTIAL = "stale_partial"
+    STALE_VERSION = "stale_version"
 
 
 # past tense, dry-run tense, one, several, where they come from
@@ -89,6 +97,13 @@ _WORDING: dict[RepairKind, tuple[str, str, str, str, str]] = {
         "stale partial file",
         "stale partial files",
         "left by an interrupted write",
+    ),
+    RepairKind.STALE_VERSION: (
+        "removed",
+        "would remove",
+        "unpinned kept version",
+        "unpinned kept versions",
+        "that no manifest reads, left by an interrupted backup",
     ),
 }
 
@@ -180,9 +195,13 @@ def run_cleanup(
                 "are stale"
             )
             orphans = []
-        leftovers = orphans + unfinished_writes(vault, now=now, leftover_age=leftover_age)
+        leftovers = (
+            orphans
+            + unfinished_writes(vault, now=now, leftover_age=leftover_age)
+            + unpinned_versions(vault, now=now, leftover_age=leftover_age)
+        )
         deleted = [] if dry_run else delete_expired(vault, plan, held)
-        removed, not_yet = _remove_leftovers(vault, leftovers, dry_run=dry_run)
+        removed, not_yet = _remove_leftovers(vault, leftovers, held, dry_run=dry_run)
     return CleanupResult(plan, tuple(deleted), _summarize(removed), tuple(kept + not_yet), dry_run)
 
 
@@ -240,6 +259,35 @@ def unfinished_writes(
     return found
 
 
+def unpinned_versions(
+    vault: Vault, *, now: datetime, leftover_age: timedelta = LEFTOVER_AGE
+) -> list[Leftover]:
+    """The local store's kept versions (`.versions/`) that no manifest pins, `leftover_age`
+    old or more: a backup killed between keeping its version and its manifest leaves one, and
+    so does one killed between its manifest and pruning the version it replaced."""
+    store = vault.store
+    if not isinstance(store, LocalStore):
+        return []
+    environment = vault.environment
+    manifests = vault.list_manifests()
+    pinned = {(m.date, m.object_version_id) for m in manifests}
+    backed_up = {m.date for m in manifests}
+    found = []
+    for path in sorted((store.root / environment).glob("*/.versions/*")):
+        day = date_folder(environment, f"{environment}/{path.parent.parent.name}/{path.name}")
+        name, _, version = path.name.rpartition(".")
+        if day is None or (day, version) in pinned:
+            continue
+        if day not in backed_up and (path.parent.parent / name).exists():
+            continue  # goes with its object, an orphan of its own
+        with contextlib.suppress(FileNotFoundError):
+            written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            if now - written >= leftover_age:
+                key = path.relative_to(store.root).as_posix()
+                found.append(Leftover(RepairKind.STALE_VERSION, key, day, path=path))
+    return found
+
+
 def date_folder(environment: str, key: str) -> date | None:
     """The backup date whose folder (`{environment}/{YYYY-MM-DD}/`) directly holds `key`."""
     parts = key.split("/")
@@ -252,7 +300,7 @@ def date_folder(environment: str, key: str) -> date | None:
 
 
 def _remove_leftovers(
-    vault: Vault, leftovers: list[Leftover], *, dry_run: bool
+    vault: Vault, leftovers: list[Leftover], held: HeldLock, *, dry_run: bool
 ) -> tuple[list[Leftover], list[str]]:
     """Remove each leftover (in a dry run, only check it could be); return those removed and
     a line for each group kept: a date whose backup is running, an object under Object Lock."""
@@ -277,6 +325,7 @@ def _remove_leftovers(
                     )
                     continue
             for leftover in by_day[day]:
+                held.check()  # a lock lost meanwhile: stop before the next removal
                 if leftover.upload is None and leftover.path is None:
                     until = store.retained_until(leftover.key)
                     if until is not None:
@@ -300,7 +349,13 @@ def _remove(store: Store, leftover: Leftover) -> None:
         assert isinstance(store, S3Store)
         store.abort_upload(leftover.upload)
     elif leftover.path is not None:
-        leftover.path.unlink(missing_ok=True)
+        try:
+            leftover.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"could not remove {leftover.key} from the local store ({exc.strerror}); "
+                "check the permissions under BACKUP_LOCAL_DIR"
+            ) from None
     else:
         store.delete(leftover.key)
 

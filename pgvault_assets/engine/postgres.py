@@ -60,10 +60,27 @@ def tool_env(url: DatabaseUrl) -> dict[str, str]:
     return env
 
 
+# TCP keepalives for a connection that idles for a long time on purpose (one holding a lock):
+# a dead peer is noticed in about a minute, and no middlebox drops it for being idle.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 @contextlib.contextmanager
-def connect(url: DatabaseUrl, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
+def connect(
+    url: DatabaseUrl, *, autocommit: bool = True, keepalive: bool = False
+) -> Iterator[psycopg.Connection]:
     try:
-        conn = psycopg.connect(url.secret, autocommit=autocommit, connect_timeout=10)
+        conn = psycopg.connect(
+            url.secret,
+            autocommit=autocommit,
+            connect_timeout=10,
+            **(KEEPALIVES if keepalive else {}),
+        )
     except psycopg.OperationalError as exc:
         reason = _first_line(str(exc)).replace(url.password or "\0", "***")
         raise DatabaseUnavailable(

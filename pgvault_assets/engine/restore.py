@@ -413,9 +413,29 @@ def drop_abandoned_scratch(maintenance: psycopg.Connection) -> tuple[str, ...]:
                 drop_database(maintenance, name)
                 dropped.append(name)
                 log.warning("dropped %s, the scratch database of an interrupted run", name)
+        except psycopg.Error as exc:
+            # Someone else's leftover (another role's drill, say) must not block every restore.
+            log.warning(
+                "could not drop %s, the scratch database of an interrupted run (%s); "
+                "drop it as its owner",
+                name,
+                " ".join(str(exc).split()),
+            )
         finally:
             maintenance.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
     return tuple(dropped)
+
+
+def _still_holding(holder: psycopg.Connection, name: str) -> None:
+    """The scratch's lock lives exactly as long as the holder's session: a session ended
+    meanwhile (a terminated backend, a dropped connection) means another run may drop it."""
+    try:
+        holder.execute("SELECT 1")
+    except psycopg.Error:
+        raise RestoreFailed(
+            f"the session guarding the scratch database {name} ended during the restore, so "
+            "another run may drop it; run this again"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -441,10 +461,15 @@ def restore_into_scratch(
         raise ValueError(f"scratch label {label!r} must be 1 to 6 lowercase letters")
     scratch = server_url.with_dbname(name)
     lock = _scratch_lock(name)
-    with connect(server_url.with_dbname("postgres")) as holder:
+    with connect(server_url.with_dbname("postgres"), keepalive=True) as holder:
+        # The lock lives as long as this idle session: no server timeout may end it.
+        for setting in ("idle_in_transaction_session_timeout", "idle_session_timeout"):
+            with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14+
+                holder.execute(sql.SQL("SET {} = 0").format(sql.Identifier(setting)))
         holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))
         try:
             result = restore_backup(vault, day, scratch, now=now, progress=progress)
+            _still_holding(holder, name)
             pause_point("scratch")
             yield Scratch(scratch, result.abandoned_scratch)
         finally:

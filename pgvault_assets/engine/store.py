@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -304,16 +305,18 @@ class LocalStore:
         """Delete `key` and every kept version of it."""
         path = self._path(key)
         deleted = 0
-        for version in path.parent.glob(f".versions/{path.name}.*"):
-            version.unlink(missing_ok=True)
-            deleted += 1
-        with contextlib.suppress(OSError):
-            (path.parent / ".versions").rmdir()
         try:
+            for version in path.parent.glob(f".versions/{path.name}.*"):
+                version.unlink(missing_ok=True)
+                deleted += 1
+            with contextlib.suppress(OSError):
+                (path.parent / ".versions").rmdir()
             path.unlink()
             deleted += 1
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise _local_error(exc, "deleting", path) from None
         with contextlib.suppress(OSError):
             path.parent.rmdir()
         return deleted
@@ -327,8 +330,12 @@ class LocalStore:
         """An flock: the kernel releases it when the holder dies, so a crash never wedges it."""
         self._ensure_root()
         path = self.root / ".locks" / f"{name}.lock"
-        path.parent.mkdir(exist_ok=True, mode=0o700)
-        with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+") as handle:
+        try:
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _local_error(exc, "locking", path) from None
+        with open(fd, "r+") as handle:
             deadline = time.monotonic() + wait_seconds
             while True:
                 try:
@@ -366,9 +373,28 @@ def _holder_died_here(info: dict) -> bool:
     return False
 
 
-def _lease_left(info: dict) -> float:
-    """Seconds until a lock object's lease ends (negative once it has); a lock object without
-    a readable lease never ends by itself, an operator removes it."""
+def _lease_clock() -> float:
+    """Seconds on a clock that keeps running while the machine is suspended (a paused VM's
+    lease must count as spent, since other hosts' clocks ran on)."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+def _lease_left(info: dict, response: dict | None = None) -> float:
+    """Seconds until a lock object's lease ends (negative once it has).
+
+    Measured on S3's clock when it can be: the object's `LastModified` (the holder's last
+    renewal) plus its `ttl_seconds`, against the response's `Date`. Hosts' clocks may be
+    minutes apart, and a 2-minute lease judged on the reader's own clock could be taken from a
+    live holder. S3 stamps whole seconds, so a second is added to stay on the safe side. A lock
+    object without a readable lease never ends by itself; an operator removes it.
+    """
+    try:
+        if response is not None and isinstance(info.get("ttl_seconds"), int | float):
+            server_now = parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
+            ends = response["LastModified"] + timedelta(seconds=info["ttl_seconds"] + 1)
+            return (ends - server_now).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        pass
     try:
         expires_at = datetime.fromisoformat(info["expires_at"])
         return (expires_at - datetime.now(UTC)).total_seconds()
@@ -378,19 +404,20 @@ def _lease_left(info: dict) -> float:
 
 class HeldLock:
     """A held lock as its holder sees it. A lock kept by a heartbeat can be lost while the work
-    runs (S3 unreachable for a whole lease, or taken over): the work asks `still_held()` before
-    making its result visible, and the lock's context raises `LockBusy` on exit when lost."""
+    runs (S3 unreachable for a whole lease, or taken over): the work calls `check()` before each
+    step that makes its result visible (an object commit, a manifest, a delete), and stops
+    there. Leaving the lock never raises: work that finished while it held the lock is done."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._guard = threading.Lock()
         self._lost: str | None = None
-        self._lease_ends: float | None = None  # monotonic; None: held until released
+        self._lease_ends: float | None = None  # on `_lease_clock`; None: held until released
 
     def still_held(self) -> bool:
         with self._guard:
             ends = self._lease_ends
-        if ends is not None and time.monotonic() >= ends:
+        if ends is not None and _lease_clock() >= ends:
             self._lose("its lease ran out before a renewal reached the store")
         return self._lost is None
 
@@ -412,7 +439,11 @@ class HeldLock:
             if self._lost is not None:
                 return
             self._lost = reason
-        _log.warning("lost the lock %s: %s; the operation holding it will fail", self.name, reason)
+        _log.warning(
+            "lost the lock %s: %s; the operation holding it stops before its next step",
+            self.name,
+            reason,
+        )
 
 
 @dataclass(frozen=True)
@@ -451,13 +482,18 @@ class _S3Lease:
             if self._write({"IfNoneMatch": "*"}):
                 break
             found = self._read()
-            if found is None:
-                continue  # released between our write and our read: try again at once
-            info, version = found
+            if found is None:  # released between our write and our read: try again soon
+                if time.monotonic() >= deadline:
+                    raise LockBusy(
+                        f"{self.held.name} keeps changing hands; wait a moment and try again"
+                    )
+                time.sleep(0.1)
+                continue
+            info, version, response = found
             if info.get("token") == self._token:  # our own write; its response was lost
-                self._adopt(version, info)
+                self._adopt(info, version, response)
                 break
-            if _lease_left(info) <= 0 or _holder_died_here(info):
+            if _lease_left(info, response) <= 0 or _holder_died_here(info):
                 if self._write({"IfMatch": version.etag}):
                     self._drop(version)  # the dead holder's version, for good
                     break
@@ -474,7 +510,8 @@ class _S3Lease:
         """Stop the heartbeat, then delete this holder's own version of the lock object."""
         self._stop.set()
         if self._heartbeat.is_alive():
-            self._heartbeat.join()
+            # A renewal stuck in S3 retries must not hold the caller; the thread is a daemon.
+            self._heartbeat.join(timeout=self._interval)
         if self._written is None:
             return
         written, self._written = self._written, None
@@ -512,7 +549,7 @@ class _S3Lease:
             return True
         found = self._read()
         if found is not None and found[0].get("token") == self._token:
-            self._adopt(found[1], found[0])  # a conflict, or our own write with its reply lost
+            self._adopt(*found)  # a conflict, or our own write with its reply lost
             return True
         taker = "its lock object was deleted"
         if found is not None:
@@ -522,13 +559,14 @@ class _S3Lease:
 
     def _write(self, condition: dict[str, str]) -> bool:
         """Write a fresh lease under `condition`; False when the condition does not hold."""
-        lease_ends = time.monotonic() + self._ttl
+        lease_ends = _lease_clock() + self._ttl
         body = json.dumps(
             {
                 "holder": f"pid {os.getpid()} on {socket.gethostname()}",
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "token": self._token,
+                "ttl_seconds": self._ttl,
                 "expires_at": (datetime.now(UTC) + timedelta(seconds=self._ttl)).isoformat(),
             }
         ).encode()
@@ -551,7 +589,7 @@ class _S3Lease:
         self._replace(_LockVersion(response["ETag"], response.get("VersionId")), lease_ends)
         return True
 
-    def _read(self) -> tuple[dict, _LockVersion] | None:
+    def _read(self) -> tuple[dict, _LockVersion, dict] | None:
         try:
             response = self._store.client.get_object(Bucket=self._store.bucket, Key=self._key)
             data = response["Body"].read()
@@ -567,10 +605,10 @@ class _S3Lease:
             info = {}
         if not isinstance(info, dict):
             info = {}
-        return info, _LockVersion(response["ETag"], response.get("VersionId"))
+        return info, _LockVersion(response["ETag"], response.get("VersionId")), response
 
-    def _adopt(self, version: _LockVersion, info: dict) -> None:
-        self._replace(version, time.monotonic() + _lease_left(info))
+    def _adopt(self, info: dict, version: _LockVersion, response: dict) -> None:
+        self._replace(version, _lease_clock() + _lease_left(info, response))
 
     def _replace(self, version: _LockVersion, lease_ends: float) -> None:
         """Hold `version` from now on; our previous version, if any, is deleted for good."""
@@ -966,11 +1004,10 @@ class S3Store:
     ) -> Iterator[HeldLock]:
         """A lock object whose short lease a heartbeat renews (every `ttl`/3 unless `heartbeat`):
         a holder that died on any host blocks the others for one lease at most, and a holder
-        that lost its lock gets `LockBusy` on exit instead of reporting success."""
+        that lost its lock learns it from `HeldLock.check()` before its next visible step."""
         lease = _S3Lease(self, name, ttl, heartbeat or ttl / 3)
         lease.acquire(wait_seconds)
         try:
             yield lease.held
         finally:
             lease.release()
-        lease.held.check()

@@ -347,3 +347,49 @@ def test_the_retention_asset_reports_its_repairs_in_metadata_and_the_run_log(loc
     )
     assert not partial.exists() and _keys(f"test/{doomed}/") == []
     assert metadata["deleted_count"].value == len(metadata["deleted_keys"].value) // 2
+
+
+def test_a_kept_version_no_manifest_pins_is_removed_once_stale_and_the_pinned_one_kept(
+    local_env, awkward_database, capsys
+) -> None:
+    """A local backup killed between keeping its version and its manifest leaves a hidden
+    version: cleanup removes it once a day old, never the version the manifest reads."""
+    from pgvault_assets.engine.restore import verify_backup
+    from tests.test_engine.helpers import DAY
+
+    manifest = back_up(awkward_database)
+    versions = local_env / "store" / "test" / DAY.isoformat() / ".versions"
+    pinned = versions / f"db_backup.sql.gz.enc.{manifest.object_version_id}"
+    assert pinned.exists()
+    stale = versions / f"db_backup.sql.gz.enc.{uuid.uuid4().hex}"
+    fresh = versions / f"db_backup.sql.gz.enc.{uuid.uuid4().hex}"
+    for leftover in (stale, fresh):
+        leftover.write_bytes(os.urandom(4096))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+
+    assert main(["cleanup", "--dry-run"]) == 0
+    assert "would remove 1 unpinned kept version" in capsys.readouterr().out
+    assert stale.exists()
+
+    assert main(["cleanup"]) == 0
+    out = capsys.readouterr().out
+    assert "repaired: removed 1 unpinned kept version that no manifest reads" in out
+    assert not stale.exists() and fresh.exists() and pinned.exists()
+    assert verify_backup(vault(), DAY, full=True).sha256 == manifest.sha256
+
+
+def test_the_retention_asset_fails_in_one_line_when_the_store_is_unusable(
+    local_env, monkeypatch
+) -> None:
+    not_a_folder = local_env / "store-is-a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("BACKUP_LOCAL_DIR", str(not_a_folder))
+    with instance_for_test() as instance:
+        result = materialize(
+            [retention_state], instance=instance, resources=resource_defs(), raise_on_error=False
+        )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    description = failure.step_failure_data.user_failure_data.description
+    assert "BACKUP_LOCAL_DIR" in description and "\n" not in description

@@ -196,3 +196,62 @@ def _databases(names: list[str]) -> list[str]:
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,)
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def test_a_scratch_whose_guarding_session_ended_is_refused_and_still_dropped(source) -> None:
+    """The scratch's lock lives as long as its holder's session: if the server ends that
+    session mid-restore, another run could take the scratch for abandoned, so the run stops."""
+    from pgvault_assets.engine.restore import restore_into_scratch
+    from pgvault_assets.errors import RestoreFailed
+
+    terminated: list[int] = []
+
+    def end_the_guarding_session(_: int) -> None:
+        if terminated:
+            return
+        with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid), pid FROM pg_stat_activity "
+                "WHERE query LIKE 'SELECT pg_advisory_lock(hashtext(%%' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        terminated.extend(pid for ok, pid in rows if ok)
+
+    before = scratch_databases()
+    with (
+        pytest.raises(RestoreFailed, match=r"the session guarding the scratch database .* ended"),
+        restore_into_scratch(
+            vault(),
+            DAY,
+            source.with_dbname("postgres"),
+            label="rows",
+            progress=end_the_guarding_session,
+        ),
+    ):
+        pytest.fail("the scratch must not be handed out")
+    assert len(terminated) == 1
+    assert scratch_databases() == before
+
+
+def test_a_leftover_scratch_pgvault_may_not_drop_is_reported_and_does_not_block(
+    local_env, caplog
+) -> None:
+    """Another role's leftover: the run says so and goes on instead of failing every restore."""
+    from pgvault_assets.engine.restore import drop_abandoned_scratch
+
+    role = f"pgvault_test_role_{uuid.uuid4().hex[:8]}"
+    name = f"pgvault_scratch_drill_20250101_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(MAINTENANCE_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            limited = MAINTENANCE_URL.replace("postgres@", f"{role}@", 1)
+            with (
+                caplog.at_level(logging.WARNING),
+                psycopg.connect(limited, autocommit=True) as conn,
+            ):
+                assert drop_abandoned_scratch(conn) == ()
+            assert name in scratch_databases()
+            assert f"could not drop {name}" in caplog.text and "drop it as its owner" in caplog.text
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

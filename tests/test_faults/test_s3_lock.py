@@ -153,17 +153,18 @@ def test_two_waiters_on_one_expired_lock_only_one_takes_it(aws_env: AwsEnv) -> N
     assert lock_versions(aws_env) == ([], [])
 
 
-def test_holder_whose_lock_was_taken_fails_on_exit_and_leaves_the_takers_lock(
+def test_holder_whose_lock_was_taken_learns_it_before_its_next_step_and_leaves_the_takers_lock(
     any_bucket: AwsEnv,
 ) -> None:
     store = other_store(any_bucket)
 
-    with (
-        pytest.raises(LockBusy, match=r"lock .* was lost mid-operation \(taken over by pid 4242"),
-        store.lock(NAME, ttl=TTL) as held,
-    ):
+    with store.lock(NAME, ttl=TTL) as held:
         foreign_lock(any_bucket, expires_in=timedelta(minutes=5))
         wait_for(lambda: not held.still_held(), "the heartbeat to notice", timeout=30)
+        with pytest.raises(
+            LockBusy, match=r"lock .* was lost mid-operation \(taken over by pid 4242"
+        ):
+            held.check()
 
     assert current_lock(any_bucket)["host"] == "db-host-b"
     with (
@@ -175,19 +176,18 @@ def test_holder_whose_lock_was_taken_fails_on_exit_and_leaves_the_takers_lock(
     assert len(versions) == 1 and markers == []  # only the taker's: ours was deleted
 
 
-def test_holder_that_cannot_renew_for_a_whole_lease_fails_on_exit(
+def test_holder_that_cannot_renew_for_a_whole_lease_learns_it_before_its_next_step(
     faulty_proxy: FaultyProxy, aws_env: AwsEnv
 ) -> None:
     store = other_store(aws_env, retries={"max_attempts": 1}, read_timeout=2)
 
-    with (
-        pytest.raises(LockBusy, match=r"lost mid-operation \(its lease ran out"),
-        store.lock(NAME, ttl=TTL) as held,
-    ):
+    with store.lock(NAME, ttl=TTL) as held:
         faulty_proxy.fault = Fault("upload", "cut", after_bytes=0, faults=-1)
         wait_for(lambda: not held.still_held(), "the lease to run out", timeout=30)
         assert faulty_proxy.broken >= 1  # a renewal was tried, and cut
         faulty_proxy.fault = None
+        with pytest.raises(LockBusy, match=r"lost mid-operation \(its lease ran out"):
+            held.check()
 
     assert lock_versions(aws_env) == ([], [])  # released once S3 was reachable again
 
@@ -256,3 +256,25 @@ def test_a_backup_whose_date_lock_is_taken_mid_dump_records_nothing(
     assert aws_env.s3.list_multipart_uploads(Bucket=aws_env.bucket).get("Uploads", []) == []
     taker = aws_env.s3.get_object(Bucket=aws_env.bucket, Key=key)["Body"].read()
     assert json.loads(taker)["host"] == "db-host-b"  # the taker's lock is left alone
+
+
+def test_a_live_holder_whose_clock_runs_behind_is_not_taken_over_early(aws_env: AwsEnv) -> None:
+    """Leases are judged on S3's clock: a holder 3 minutes behind wrote an `expires_at` already
+    past by ours, yet it renewed a moment ago and its lease has a minute to run."""
+    behind = datetime.now(UTC) - timedelta(minutes=3)
+    body = {
+        "holder": "pid 4242 on db-host-b",
+        "host": "db-host-b",
+        "pid": 4242,
+        "token": uuid.uuid4().hex,
+        "ttl_seconds": 60,
+        "expires_at": (behind + timedelta(seconds=60)).isoformat(),
+    }
+    aws_env.s3.put_object(Bucket=aws_env.bucket, Key=KEY, Body=json.dumps(body).encode())
+
+    with (
+        pytest.raises(LockBusy, match="is locked by pid 4242 on db-host-b"),
+        other_store(aws_env).lock(NAME, ttl=TTL),
+    ):
+        pass
+    assert current_lock(aws_env)["token"] == body["token"]
