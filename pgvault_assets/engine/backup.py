@@ -80,6 +80,24 @@ def pg_dump_reason(lines: Iterable[str], code: int) -> str:
     return (errors or lines or [f"exit status {code}"])[-1]
 
 
+def _refuse_overwrite_in_place(vault: Vault, day: date) -> None:
+    """Without versioning, a re-run's upload replaces the stored backup before its manifest
+    is written: a crash in between would leave the date with no readable backup at all."""
+    store = vault.store
+    if (
+        not isinstance(store, S3Store)
+        or store.get_bytes(mf.manifest_key(vault.environment, day)) is None
+    ):
+        return
+    versioning = store.bucket_settings().versioning
+    if versioning in ("Off", "Suspended"):
+        raise BackupFailed(
+            f"{day.isoformat()} is already backed up and bucket {store.bucket} has no versioning, "
+            "so a re-run would overwrite that backup in place; enable versioning "
+            "(pgvault init-storage) or keep the backup you have"
+        )
+
+
 def _clean_partials(vault: Vault, day: date) -> int:
     """Remove what a killed run of this date left behind, and say so; we hold the date's lock."""
     store = vault.store
@@ -129,6 +147,7 @@ def backup_database(
     retain_until = backup_retain_until(day, vault.retention, now=started_at)
     with vault.store.lock(backup_lock_name(vault.environment, day)) as date_lock:
         _clean_partials(vault, day)
+        _refuse_overwrite_in_place(vault, day)
         with contextlib.ExitStack() as committing:
             with _database_failure_is_backup_failure(), connect(url, autocommit=False) as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

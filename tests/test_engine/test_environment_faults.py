@@ -115,3 +115,20 @@ def test_backup_failing_midway_through_an_s3_upload_aborts_it(aws_env, make_data
 def test_pg_dump_older_than_the_server_is_refused():
     with pytest.raises(ConfigError, match="older than the server"):
         check_tool_fits_server("pg_dump", 99)
+
+
+def test_a_rerun_on_an_unversioned_bucket_is_refused_and_the_backup_stays_whole(
+    aws_env, awkward_database, monkeypatch
+):
+    from pgvault_assets.engine.restore import verify_backup
+    from tests.test_engine.helpers import DAY
+
+    bucket = f"pgvault-unversioned-{uuid.uuid4().hex[:12]}"
+    aws_env.s3.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("BACKUP_S3_BUCKET", bucket)
+    first = back_up(awkward_database)
+
+    with pytest.raises(BackupFailed, match="has no versioning, so a re-run would overwrite"):
+        back_up(awkward_database)
+    assert verify_backup(vault(), DAY, full=True).sha256 == first.sha256
+    assert aws_env.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
