@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -117,6 +117,24 @@ def verify_backup(
 def _scratch_name(target: str, label: str, stamp: str) -> str:
     suffix = f"_{label}_{stamp}"
     return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
+
+
+def _free_stamp(
+    maintenance: psycopg.Connection, target: str, labels: tuple[str, ...], at: datetime
+) -> str:
+    """A timestamp no earlier run's databases of `target` carry: two runs in one second get
+    consecutive seconds, so the newest kept database still sorts first. Called holding the
+    target's lock, so no concurrent run picks the same."""
+    for offset in range(3600):
+        stamp = (at + timedelta(seconds=offset)).astimezone(UTC).strftime("%Y%m%d%H%M%S")
+        if not any(
+            database_exists(maintenance, _scratch_name(target, label, stamp)) for label in labels
+        ):
+            return stamp
+    raise RestoreFailed(
+        f"an hour of restores of {target} have left their databases; drop the old "
+        f"{target}_pre_restore_* and {target}_rolled_back_* databases you no longer need"
+    )
 
 
 def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ...]:
@@ -299,9 +317,6 @@ def restore_backup(
     """Restore the backup of `day` into `target_url`'s database by a checked swap."""
     stages: dict[str, float] = {}
     target = target_url.dbname
-    stamp = now().astimezone(UTC).strftime("%Y%m%d%H%M%S")
-    scratch = _scratch_name(target, "restore", stamp)
-    keep_as = _scratch_name(target, "pre_restore", stamp)
     maintenance_url = target_url.with_dbname("postgres")
     with (
         _database_failure_is_restore_failure(target),
@@ -309,6 +324,9 @@ def restore_backup(
     ):
         # Repair first: a run refused below must still leave the target usable.
         abandoned = _guard_target(maintenance, target)
+        stamp = _free_stamp(maintenance, target, ("restore", "pre_restore"), now())
+        scratch = _scratch_name(target, "restore", stamp)
+        keep_as = _scratch_name(target, "pre_restore", stamp)
         started = time.perf_counter()
         manifest = verify_backup(vault, day, full=full_verify).manifest
         stages["verify"] = round(time.perf_counter() - started, 3)
@@ -359,13 +377,14 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
             f"there is no earlier database kept for {url.dbname}; nothing to roll back"
         )
     target = url.dbname
-    stamp = now().astimezone(UTC).strftime("%Y%m%d%H%M%S")
-    keep_as = _scratch_name(target, "rolled_back", stamp)
     with (
         _database_failure_is_restore_failure(target),
         connect(url.with_dbname("postgres")) as maintenance,
     ):
         _guard_target(maintenance, target)
+        keep_as = _scratch_name(
+            target, "rolled_back", _free_stamp(maintenance, target, ("rolled_back",), now())
+        )
         maintenance.execute(
             sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(kept[0]))
         )

@@ -307,3 +307,19 @@ def test_a_failed_dump_is_explained_by_its_error_line_not_the_detail_after_it():
     )
     assert pg_dump_reason(["pg_dump: something odd"], 1) == "something odd"
     assert pg_dump_reason([], 137) == "exit status 137"
+
+
+def test_restores_and_a_rollback_in_one_second_keep_every_replaced_database_newest_first(
+    local_env, awkward_database, make_database
+):
+    from pgvault_assets.engine.restore import previous_databases, rollback_restore
+
+    back_up(awkward_database)
+    target = DatabaseUrl.parse(make_database("target"), "target")
+    same_second = lambda: NOW  # noqa: E731
+    first = restore_backup(vault(), DAY, target, now=same_second)
+    second = restore_backup(vault(), DAY, target, now=same_second)
+    assert first.previous and second.previous and first.previous != second.previous
+    assert previous_databases(target)[:2] == [second.previous, first.previous]
+    swapped_in, kept_as = rollback_restore(target, now=same_second)
+    assert swapped_in == second.previous and kept_as not in (first.previous, second.previous)
