@@ -359,10 +359,29 @@ class LocalStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _process_space() -> str:
+    """This machine's boot and PID namespace: a pid means the same process only within both
+    (containers may share a host name, never a PID namespace and a boot)."""
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(path).read_text().strip() if "boot" in path else os.readlink(path))
+        except OSError:
+            parts.append("?")
+    return "/".join(parts)
+
+
 def _holder_died_here(info: dict) -> bool:
-    """A lock holder on this host whose process is gone: a crash need not wait for the lease."""
+    """A lock holder in this process space whose process is gone: a crash need not wait for
+    the lease. Anything less certain (another host, container or boot) waits for it."""
     pid = info.get("pid")
-    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    if (
+        info.get("host") != socket.gethostname()
+        or info.get("process_space") != _process_space()
+        or "?" in _process_space()
+        or not isinstance(pid, int)
+        or pid <= 0
+    ):
         return False
     try:
         os.kill(pid, 0)
@@ -565,6 +584,7 @@ class _S3Lease:
                 "holder": f"pid {os.getpid()} on {socket.gethostname()}",
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                "process_space": _process_space(),
                 "token": self._token,
                 "ttl_seconds": self._ttl,
                 "expires_at": (datetime.now(UTC) + timedelta(seconds=self._ttl)).isoformat(),

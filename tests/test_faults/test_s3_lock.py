@@ -278,3 +278,30 @@ def test_a_live_holder_whose_clock_runs_behind_is_not_taken_over_early(aws_env: 
     ):
         pass
     assert current_lock(aws_env)["token"] == body["token"]
+
+
+def test_a_dead_looking_pid_of_another_container_with_this_host_name_is_not_taken_over(
+    aws_env: AwsEnv,
+) -> None:
+    """Containers may share a host name but never a PID namespace: pid 4242 not running here
+    says nothing about a holder in another container, so its lease is waited out."""
+    import socket
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid that is certainly not running here
+    body = {
+        "holder": f"pid {finished.pid} on {socket.gethostname()}",
+        "host": socket.gethostname(),
+        "pid": finished.pid,
+        "process_space": "another-boot/pid:[1]",
+        "token": uuid.uuid4().hex,
+        "ttl_seconds": 60,
+        "expires_at": (datetime.now(UTC) + timedelta(seconds=60)).isoformat(),
+    }
+    aws_env.s3.put_object(Bucket=aws_env.bucket, Key=KEY, Body=json.dumps(body).encode())
+    with (
+        pytest.raises(LockBusy, match=f"is locked by pid {finished.pid}"),
+        other_store(aws_env).lock(NAME, ttl=TTL),
+    ):
+        pass
