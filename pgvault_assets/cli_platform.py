@@ -2,7 +2,8 @@
 
 `pgvault backup` is a Dagster materialization of the day's partition on the configured
 instance, not a side door around it: the backup, its checks and their results show in the UI
-exactly as a scheduled one does.
+exactly as a scheduled one does. Dagster is imported only by the commands that use it: every
+`pgvault` command builds this parser, and importing Dagster costs a second or two of CPU.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import warnings
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster import DagsterEventType, DagsterInstance, ExecuteInProcessResult, materialize
 from rich.table import Table
 
 from pgvault_assets.console import console
@@ -31,6 +32,9 @@ from pgvault_assets.engine.report import (
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed
 from pgvault_assets.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, ExecuteInProcessResult
 
 DEFAULT_DAGSTER_HOME = Path(".pgvault") / "dagster_home"
 
@@ -85,6 +89,8 @@ def dagster_home() -> Path:
 
 @contextlib.contextmanager
 def open_instance(instance: DagsterInstance | None = None) -> Iterator[DagsterInstance]:
+    from dagster import DagsterInstance
+
     if instance is not None:
         yield instance
         return
@@ -107,6 +113,8 @@ def materialize_backup(
     """
     # Dagster flags the partitioned checks as preview: that is for developers, not operators.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
+    from dagster import materialize
+
     from pgvault_assets.defs.backup import database_backup, decrypts_fully
     from pgvault_assets.defs.resources import resource_defs
     from pgvault_assets.defs.restorable import restorable
@@ -134,6 +142,8 @@ def materialize_backup(
 
 
 def _first_failure(result: ExecuteInProcessResult) -> str:
+    from dagster import DagsterEventType
+
     for event in result.all_events:
         if event.event_type != DagsterEventType.STEP_FAILURE:
             continue
