@@ -26,6 +26,18 @@ class DatabaseUnavailable(PgvaultError):
     """The database could not be reached or refused the connection."""
 
 
+class DatabaseRefused(DatabaseUnavailable, ConfigError):
+    """The server answered and said no for good (no such database or role, bad password,
+    no pg_hba.conf entry): retrying cannot help, so the backup's retry policy stops at once."""
+
+
+_REFUSED_FOR_GOOD = re.compile(
+    r"does not exist|password authentication failed|no pg_hba\.conf entry|"
+    r"permission denied for database|authentication failed for user",
+    re.I,
+)
+
+
 def libpq_env(url: DatabaseUrl) -> dict[str, str]:
     """The URL as libpq environment variables, so no secret is on a command line."""
     parts = urlsplit(url.secret)
@@ -83,6 +95,11 @@ def connect(
         )
     except psycopg.OperationalError as exc:
         reason = _first_line(str(exc)).replace(url.password or "\0", "***")
+        if _REFUSED_FOR_GOOD.search(reason):
+            raise DatabaseRefused(
+                f"{url} refused the connection ({reason}); check the URL's database, user and "
+                "password and the server's pg_hba.conf (retrying will not help)"
+            ) from None
         raise DatabaseUnavailable(
             f"cannot connect to {url} ({reason}); check that the server is up and the URL is right"
         ) from None

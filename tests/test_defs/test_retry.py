@@ -238,3 +238,19 @@ def test_production_backups_retry_three_times_a_minute_apart_then_exponentially(
         Backoff.EXPONENTIAL,
         Jitter.PLUS_MINUS,
     )
+
+
+def test_a_database_that_refuses_for_good_fails_at_once_without_retrying(
+    local_env, instance, alerts_captured, yesterday, monkeypatch
+) -> None:
+    """No such database: the server answered, so waiting minutes between retries cannot help."""
+    monkeypatch.setenv("DATABASE_URL", f"{MAINTENANCE_URL.rsplit('/', 1)[0]}/pgvault_test_absent")
+    result = _back_up(instance, yesterday)
+
+    assert not result.success
+    assert _events(result, DagsterEventType.STEP_UP_FOR_RETRY) == []
+    (failure,) = _events(result, DagsterEventType.STEP_FAILURE)
+    description = failure.step_failure_data.user_failure_data.description
+    assert 'database "pgvault_test_absent" does not exist' in description
+    assert "retrying will not help" in description and "\n" not in description
+    assert _checkin_statuses(alerts_captured) == ["in_progress", "error"]
