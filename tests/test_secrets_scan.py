@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 import sentry_sdk
-from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
+from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import RunsFilter
 from test_defs.http_capture import Captured, capture_http
+from test_defs.run_failure import sense_run_failure
 
-from pgvault_assets.defs.alerting import backup_failure_alert_sensor
-from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, latest_complete_day, utcnow
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
@@ -171,31 +170,8 @@ def scan_dagster(scan: Scan) -> int:
 
 def alert_on_failed_runs(scan: Scan) -> int:
     """The failure sensor over every failed run, as the daemon would; returns how many."""
-    resources = {"vault": VaultResource(), "alerts": AlertsResource()}
-    failed = 0
     with DagsterInstance.get() as instance:
-        for run in instance.get_runs(RunsFilter()):
-            failure = next(
-                (
-                    record.dagster_event
-                    for record in instance.all_logs(run.run_id)
-                    if record.dagster_event
-                    and record.dagster_event.event_type == DagsterEventType.RUN_FAILURE
-                ),
-                None,
-            )
-            if failure is None:
-                continue
-            failed += 1
-            backup_failure_alert_sensor(
-                build_run_status_sensor_context(
-                    sensor_name="backup_failure_alert_sensor",
-                    dagster_event=failure,
-                    dagster_instance=instance,
-                    dagster_run=run,
-                    resources=resources,
-                ).for_run_failure()
-            )
+        failed = sum(sense_run_failure(instance, run.run_id) for run in instance.get_runs())
     sentry_sdk.flush()
     return failed
 

@@ -610,15 +610,10 @@ class _S3Lease:
         return True
 
     def _read(self) -> tuple[dict, _LockVersion, dict] | None:
-        try:
-            response = self._store.client.get_object(Bucket=self._store.bucket, Key=self._key)
-            data = response["Body"].read()
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise _s3_error(exc, f"read of {self._key}") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _s3_error(exc, f"read of {self._key}") from None
+        found = self._store.get_with_response(self._key)
+        if found is None:
+            return None
+        data, response = found
         try:
             info = json.loads(data)
         except ValueError:
@@ -932,8 +927,14 @@ class S3Store:
 
     def get_bytes(self, key: str) -> bytes | None:
         self.bucket_settings()
+        found = self.get_with_response(key)
+        return None if found is None else found[0]
+
+    def get_with_response(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The current version's bytes and S3's response (version, ETag, dates); None if absent."""
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read(), response
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None

@@ -24,21 +24,20 @@ from dagster import (
     DagsterInstance,
     ExecuteInProcessResult,
     Jitter,
-    build_run_status_sensor_context,
     materialize,
 )
 
-from pgvault_assets.defs.alerting import backup_failure_alert_sensor
 from pgvault_assets.defs.backup import BACKUP_KEY, make_database_backup
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.platform_config import PlatformConfig, platform_config
-from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
+from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine import store
 from pgvault_assets.engine.backup import utcnow
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.http_capture import Captured
+from test_defs.run_failure import sense_run_failure
 from tests.conftest import MAINTENANCE_URL, AwsEnv
 from tests.test_faults.conftest import fill, wait_for
 from tests.test_faults.proxy import Fault, FaultyProxy
@@ -211,16 +210,8 @@ def test_a_fault_through_every_retry_fails_the_run_and_is_reported_once_after_th
     assert _checkin_statuses(alerts_captured) == ["in_progress"] * (MAX_RETRIES + 1) + ["error"]
     assert alerts_captured.events() == [] and alerts_captured.posts("/hook") == []
 
-    (run_failure,) = _events(result, DagsterEventType.RUN_FAILURE)
-    backup_failure_alert_sensor(
-        build_run_status_sensor_context(
-            sensor_name="backup_failure_alert_sensor",
-            dagster_event=run_failure,
-            dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(result.run_id),
-            resources={"vault": VaultResource(), "alerts": AlertsResource()},
-        ).for_run_failure()
-    )
+    assert len(_events(result, DagsterEventType.RUN_FAILURE)) == 1
+    assert sense_run_failure(instance, result.run_id)
     (post,) = alerts_captured.posts("/hook")
     assert (post["alert"], post["level"]) == ("upload_failing", "fatal")
     assert f"backup of {yesterday.isoformat()} failed after all retries: S3 upload" in post["text"]

@@ -6,10 +6,8 @@ import json
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import (
-    DagsterEventType,
     DefaultScheduleStatus,
     DefaultSensorStatus,
-    build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
     materialize,
@@ -17,7 +15,6 @@ from dagster import (
 
 from pgvault_assets.definitions import defs
 from pgvault_assets.defs.alerting import (
-    backup_failure_alert_sensor,
     make_health_sensor,
     make_staleness_sensor,
 )
@@ -26,6 +23,7 @@ from pgvault_assets.defs.resources import AlertsResource, VaultResource, resourc
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
+from test_defs.run_failure import sense_run_failure
 
 RESOURCES = {"vault": VaultResource(), "alerts": AlertsResource()}
 
@@ -96,17 +94,7 @@ def test_a_failed_backup_run_alerts_critically_whatever_job_launched_it(
     )
     run = instance.get_run_by_id(result.run_id)
     assert run.job_name == "__ephemeral_asset_job__"
-    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
-
-    backup_failure_alert_sensor(
-        build_run_status_sensor_context(
-            sensor_name="backup_failure_alert_sensor",
-            dagster_event=failure,
-            dagster_instance=instance,
-            dagster_run=run,
-            resources=RESOURCES,
-        ).for_run_failure()
-    )
+    assert sense_run_failure(instance, result.run_id)
 
     (post,) = alerts_captured.posts("/hook")
     assert post["alert"] == "backup_failed" and post["level"] == "fatal"
@@ -123,16 +111,7 @@ def test_a_refused_backfill_raises_no_failure_alert(
         partition_key=(yesterday - timedelta(days=5)).isoformat(),
         raise_on_error=False,
     )
-    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
-    backup_failure_alert_sensor(
-        build_run_status_sensor_context(
-            sensor_name="backup_failure_alert_sensor",
-            dagster_event=failure,
-            dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(result.run_id),
-            resources=RESOURCES,
-        ).for_run_failure()
-    )
+    assert sense_run_failure(instance, result.run_id)
     assert alerts_captured.posts("/hook") == []
 
 

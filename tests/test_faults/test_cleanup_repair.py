@@ -11,8 +11,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -30,8 +28,11 @@ from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import load_settings
 from tests.conftest import AwsEnv
 from tests.test_defs.backup_history import fake_manifest, write_history
+from tests.test_deploy import conftest as deploy_fixtures
 from tests.test_engine.helpers import back_up, vault
 from tests.test_faults.conftest import fill
+
+locked_env = deploy_fixtures.locked_env  # a bucket with S3 Object Lock
 
 CLEAN_UP = (
     "from datetime import UTC, datetime; from pgvault_assets.engine.cleanup import run_cleanup; "
@@ -44,15 +45,6 @@ BACK_UP = "import sys; from tests.test_engine.helpers import back_up; back_up(sy
 @pytest.fixture(params=["local", "s3"])
 def store_env(request):
     return request.getfixturevalue("aws_env" if request.param == "s3" else "local_env")
-
-
-@pytest.fixture
-def locked_bucket(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsEnv]:
-    """pgvault pointed at a bucket created with S3 Object Lock (and so versioning)."""
-    bucket = f"pgvault-locked-{uuid.uuid4().hex[:12]}"
-    aws_env.s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-    monkeypatch.setenv("BACKUP_S3_BUCKET", bucket)
-    yield replace(aws_env, bucket=bucket)
 
 
 def _today() -> date:
@@ -284,13 +276,13 @@ def _uploads(env: AwsEnv) -> list[dict]:
 
 
 def test_an_orphan_under_object_lock_is_kept_and_said_so_without_failing(
-    locked_bucket: AwsEnv, capsys
+    locked_env: AwsEnv, capsys
 ) -> None:
     write_history(vault(), _today() - timedelta(days=10), _today() - timedelta(days=1))
     (day,) = expired_dailies(1, 200)
     until = (datetime.now(UTC) + timedelta(days=3)).replace(second=0, microsecond=0)
-    locked_bucket.s3.put_object(
-        Bucket=locked_bucket.bucket,
+    locked_env.s3.put_object(
+        Bucket=locked_env.bucket,
         Key=object_key("test", day),
         Body=b"backup",
         ObjectLockMode="GOVERNANCE",
