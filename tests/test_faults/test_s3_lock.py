@@ -158,7 +158,9 @@ def test_holder_whose_lock_was_taken_learns_it_before_its_next_step_and_leaves_t
 ) -> None:
     store = other_store(any_bucket)
 
-    with store.lock(NAME, ttl=TTL) as held:
+    # A lease long beside the heartbeat: on a loaded machine a late renewal must not let the
+    # lease run out first, which would be the other way of losing the lock.
+    with store.lock(NAME, ttl=timedelta(seconds=20), heartbeat=timedelta(seconds=0.5)) as held:
         foreign_lock(any_bucket, expires_in=timedelta(minutes=5))
         wait_for(lambda: not held.still_held(), "the heartbeat to notice", timeout=30)
         with pytest.raises(
