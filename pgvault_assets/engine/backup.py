@@ -7,7 +7,7 @@ import logging
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -20,6 +20,7 @@ from pgvault_assets.engine.pipeline import Progress, encrypt_stream
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
     connect,
+    connection_loss_raises,
     server_version,
     table_row_counts,
     tool_env,
@@ -27,7 +28,7 @@ from pgvault_assets.engine.postgres import (
 from pgvault_assets.engine.store import LocalStore, S3Store
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import BackupFailed, ConfigError
+from pgvault_assets.errors import BackupFailed, ConfigError, StoreError
 from pgvault_assets.settings import DatabaseUrl
 
 Clock = Callable[[], datetime]
@@ -110,8 +111,10 @@ def _clean_partials(vault: Vault, day: date) -> int:
             removed += 1
         what = "partial file"
     elif isinstance(store, S3Store):
-        with contextlib.suppress(Exception):
-            removed = store.abort_stale_uploads(vault.object_key(day), older_than=timedelta(0))
+        with contextlib.suppress(StoreError):  # best effort: cleanup aborts them later
+            for upload in store.pending_uploads(vault.object_key(day)):
+                store.abort_upload(upload)
+                removed += 1
         what = "unfinished multipart upload"
     if removed:
         log.warning(
@@ -149,7 +152,14 @@ def backup_database(
         _clean_partials(vault, day)
         _refuse_overwrite_in_place(vault, day)
         with contextlib.ExitStack() as committing:
-            with _database_failure_is_backup_failure(), connect(url, autocommit=False) as conn:
+            with (
+                connection_loss_raises(
+                    BackupFailed,
+                    "the backup",
+                    "no backup was recorded, the previous one is intact",
+                ),
+                connect(url, autocommit=False) as conn,
+            ):
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
                 row = conn.execute("SELECT pg_export_snapshot()").fetchone()
@@ -263,16 +273,3 @@ def backup_database(
                 # The old version was kept only until the new backup was recorded.
                 vault.store.prune_versions(vault.object_key(day), version_id)
             return manifest
-
-
-@contextlib.contextmanager
-def _database_failure_is_backup_failure() -> Iterator[None]:
-    """A restarted server or a terminated session ends the backup with one line, not a trace."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise BackupFailed(
-            f"the database connection failed during the backup ({reason}); "
-            "no backup was recorded, the previous one is intact"
-        ) from None

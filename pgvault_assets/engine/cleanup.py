@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pgvault_assets.engine import manifest as mf
 from pgvault_assets.engine.backup import backup_lock_name, retention_lock_name
+from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.restore_check import RESTORE_VERIFIED_NAME
 from pgvault_assets.engine.retention import (
     RetentionDecision,
@@ -178,7 +179,8 @@ def run_cleanup(
     """
     environment = vault.environment
     with vault.store.lock(retention_lock_name(environment), wait_seconds=wait_seconds) as held:
-        plan = plan_retention(vault.list_manifests(), now.date(), policy, now=now)
+        manifests = vault.list_manifests()
+        plan = plan_retention(manifests, now.date(), policy, now=now)
         orphans = find_orphans(
             environment,
             vault.store.list(f"{environment}/"),
@@ -198,7 +200,7 @@ def run_cleanup(
         leftovers = (
             orphans
             + unfinished_writes(vault, now=now, leftover_age=leftover_age)
-            + unpinned_versions(vault, now=now, leftover_age=leftover_age)
+            + unpinned_versions(vault, manifests, now=now, leftover_age=leftover_age)
         )
         deleted = [] if dry_run else delete_expired(vault, plan, held)
         removed, not_yet = _remove_leftovers(vault, leftovers, held, dry_run=dry_run)
@@ -260,7 +262,11 @@ def unfinished_writes(
 
 
 def unpinned_versions(
-    vault: Vault, *, now: datetime, leftover_age: timedelta = LEFTOVER_AGE
+    vault: Vault,
+    manifests: list[Manifest],
+    *,
+    now: datetime,
+    leftover_age: timedelta = LEFTOVER_AGE,
 ) -> list[Leftover]:
     """The local store's kept versions (`.versions/`) that no manifest pins, `leftover_age`
     old or more: a backup killed between keeping its version and its manifest leaves one, and
@@ -269,7 +275,6 @@ def unpinned_versions(
     if not isinstance(store, LocalStore):
         return []
     environment = vault.environment
-    manifests = vault.list_manifests()
     pinned = {(m.date, m.object_version_id) for m in manifests}
     backed_up = {m.date for m in manifests}
     found = []

@@ -83,6 +83,18 @@ KEEPALIVES = {
 
 
 @contextlib.contextmanager
+def connection_loss_raises(error: type[PgvaultError], during: str, outcome: str) -> Iterator[None]:
+    """A restarted server or a terminated session ends `during` with one line, not a trace."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise error(
+            f"the database connection failed during {during} ({reason}); {outcome}"
+        ) from None
+
+
+@contextlib.contextmanager
 def connect(
     url: DatabaseUrl, *, autocommit: bool = True, keepalive: bool = False
 ) -> Iterator[psycopg.Connection]:

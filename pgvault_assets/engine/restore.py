@@ -29,6 +29,7 @@ from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stre
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
     connect,
+    connection_loss_raises,
     database_exists,
     drop_database,
     server_version,
@@ -186,17 +187,8 @@ def _drop_scratch(maintenance: psycopg.Connection, url: DatabaseUrl, scratch: st
         drop_database(fresh, scratch)
 
 
-@contextlib.contextmanager
-def _database_failure_is_restore_failure(target: str) -> Iterator[None]:
-    """A restarted server or a terminated session ends the restore with one line, not a trace."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise RestoreFailed(
-            f"the database connection failed during the restore ({reason}); "
-            f"{target} was left as it was"
-        ) from None
+def _connection_loss_keeps(target: str) -> contextlib.AbstractContextManager[None]:
+    return connection_loss_raises(RestoreFailed, "the restore", f"{target} was left as it was")
 
 
 def _feed_psql(
@@ -319,7 +311,7 @@ def restore_backup(
     target = target_url.dbname
     maintenance_url = target_url.with_dbname("postgres")
     with (
-        _database_failure_is_restore_failure(target),
+        _connection_loss_keeps(target),
         connect(maintenance_url) as maintenance,
     ):
         # Repair first: a run refused below must still leave the target usable.
@@ -378,7 +370,7 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
         )
     target = url.dbname
     with (
-        _database_failure_is_restore_failure(target),
+        _connection_loss_keeps(target),
         connect(url.with_dbname("postgres")) as maintenance,
     ):
         _guard_target(maintenance, target)

@@ -322,7 +322,7 @@ class LocalStore:
         return deleted
 
     def partial_uploads(self) -> list[Path]:
-        """Temporary files left by a killed writer (cleaned by `cleanup_partials`)."""
+        """Temporary files left by a killed writer (a date's next backup or cleanup removes them)."""
         return [p for p in self.root.rglob(".*.partial-*")] if self.root.exists() else []
 
     @contextlib.contextmanager
@@ -973,19 +973,6 @@ class S3Store:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise _s3_error(exc, f"delete of {key}") from None
         return deleted
-
-    def abort_stale_uploads(self, prefix: str, older_than: timedelta = timedelta(hours=1)) -> int:
-        """Abort multipart uploads a killed run left behind; they cost storage but never list."""
-        cutoff = datetime.now(UTC) - older_than
-        aborted = 0
-        response = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        for upload in response.get("Uploads", []):
-            if upload["Initiated"] < cutoff:
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-                aborted += 1
-        return aborted
 
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         """Every unfinished multipart upload under `prefix`, so cleanup can judge each one."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import psycopg
+
 from pgvault_assets.engine.backup import backup_database, latest_complete_day
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.vault import Vault
@@ -21,3 +23,15 @@ def back_up(url: str, *, day: date = DAY, now: datetime = NOW) -> Manifest:
     """Back up `url` as the backup of `day`, with the clock set so that `day` is yesterday."""
     clock = datetime.combine(day + timedelta(days=1), now.timetz())
     return backup_database(vault(), DatabaseUrl.parse(url, "DATABASE_URL"), day, now=lambda: clock)
+
+
+def marked(url: str) -> str:
+    """`url` with a marker table, to prove afterwards that a refused restore left it alone."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE still_here (id int); INSERT INTO still_here VALUES (42)")
+    return url
+
+
+def marker_intact(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT id FROM still_here").fetchone() == (42,)

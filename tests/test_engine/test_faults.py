@@ -30,20 +30,7 @@ from pgvault_assets.errors import (
     RestoreFailed,
 )
 from pgvault_assets.settings import DatabaseUrl
-from tests.test_engine.helpers import DAY, NOW, back_up, vault
-
-
-def _marker_target(make_database) -> str:
-    """A staging database with a marker table, to prove a refused restore left it alone."""
-    url = make_database("staging")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE still_here (id int); INSERT INTO still_here VALUES (42)")
-    return url
-
-
-def _marker_intact(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT id FROM still_here").fetchone() == (42,)
+from tests.test_engine.helpers import DAY, NOW, back_up, marked, marker_intact, vault
 
 
 def _siblings(url: str) -> list[str]:
@@ -74,12 +61,12 @@ def test_corrupted_backup_is_refused_before_restore(
     else:
         data += b"\0"
     path.write_bytes(bytes(data))
-    target = _marker_target(make_database)
+    target = marked(make_database("staging"))
 
     with pytest.raises(IntegrityError, match="do not restore it"):
         restore_backup(vault(), DAY, DatabaseUrl(target), full_verify=False)
 
-    assert _marker_intact(target)
+    assert marker_intact(target)
     assert _siblings(target) == []
 
 
@@ -96,14 +83,14 @@ def test_flipped_byte_with_a_matching_lying_manifest_fails_authentication(
 
     lying = replace(manifest, sha256=hashlib.sha256(data).hexdigest())
     (local_env / "store" / manifest_key("test", DAY)).write_bytes(lying.to_json())
-    target = _marker_target(make_database)
+    target = marked(make_database("staging"))
 
     with pytest.raises(IntegrityError, match="authenticated decryption"):
         restore_backup(vault(), DAY, DatabaseUrl(target), full_verify=True)
     with pytest.raises(IntegrityError):
         restore_backup(vault(), DAY, DatabaseUrl(target), full_verify=False)
 
-    assert _marker_intact(target)
+    assert marker_intact(target)
     assert _siblings(target) == []
 
 
@@ -124,11 +111,11 @@ def test_backup_of_another_day_is_refused_by_its_encryption_context(
         object_version_id=None,  # the copy is a plain file there, with no kept version
     )
     (store / manifest_key("test", other)).write_bytes(forged.to_json())
-    target = _marker_target(make_database)
+    target = marked(make_database("staging"))
 
     with pytest.raises(IntegrityError, match="encryption context differs in date"):
         restore_backup(vault(), other, DatabaseUrl(target), full_verify=True)
-    assert _marker_intact(target)
+    assert marker_intact(target)
 
 
 def test_manifest_that_lies_about_row_counts_fails_the_restore_and_keeps_the_target(
@@ -140,12 +127,12 @@ def test_manifest_that_lies_about_row_counts_fails_the_restore_and_keeps_the_tar
     (local_env / "store" / manifest_key("test", DAY)).write_bytes(
         replace(manifest, table_rows=rows).to_json()
     )
-    target = _marker_target(make_database)
+    target = marked(make_database("staging"))
 
     with pytest.raises(RestoreFailed, match=r"public\.users"):
         restore_backup(vault(), DAY, DatabaseUrl(target))
 
-    assert _marker_intact(target)
+    assert marker_intact(target)
     assert _siblings(target) == []
 
 

@@ -89,7 +89,7 @@ class PrivateCluster:
     def url(self, dbname: str) -> str:
         return f"{self.server_url}/{dbname}"
 
-    def pg_ctl(self, *args: str) -> None:
+    def pg_ctl(self, *args: str, check: bool = True) -> None:
         subprocess.run(
             [
                 "runuser",
@@ -101,7 +101,7 @@ class PrivateCluster:
                 str(self.data),
                 *args,
             ],
-            check=True,
+            check=check,
             capture_output=True,
             timeout=60,
         )
@@ -160,22 +160,7 @@ def private_postgres() -> Iterator[PrivateCluster]:
     try:
         yield cluster
     finally:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(cluster.data),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            check=False,
-            capture_output=True,
-        )
+        cluster.pg_ctl("-m", "immediate", "stop", check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -19,7 +19,7 @@ from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.errors import BackupFailed, PgvaultError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import MAINTENANCE_URL
-from tests.test_engine.helpers import DAY, NOW, back_up, vault
+from tests.test_engine.helpers import DAY, NOW, back_up, marked, marker_intact, vault
 from tests.test_faults.conftest import PrivateCluster, fill, wait_for
 
 ROWS = 150_000
@@ -66,17 +66,6 @@ def _strike(gate: Gate, fault: Callable[[], None], thread: threading.Thread) -> 
         thread.join(120)
 
 
-def _marker_target(url: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE still_here (id int); INSERT INTO still_here VALUES (42)")
-    return url
-
-
-def _marker_intact(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT id FROM still_here").fetchone() == (42,)
-
-
 def _databases_like(server: str, prefix: str) -> list[str]:
     with psycopg.connect(f"{server}/postgres") as conn:
         rows = conn.execute(
@@ -111,7 +100,7 @@ def test_postgres_restarted_during_a_restore_keeps_the_target_and_the_retry_succ
     source = private_postgres.create_database("restore_src")
     fill(source, ROWS)
     back_up(source)
-    target = _marker_target(private_postgres.create_database("restore_target"))
+    target = marked(private_postgres.create_database("restore_target"))
     gate = Gate()
     thread, failures = _in_background(
         lambda: restore_backup(vault(), DAY, DatabaseUrl(target), progress=gate)
@@ -119,7 +108,7 @@ def test_postgres_restarted_during_a_restore_keeps_the_target_and_the_retry_succ
     _strike(gate, private_postgres.restart, thread)
 
     assert len(failures) == 1 and isinstance(failures[0], RestoreFailed), failures
-    assert _marker_intact(target)
+    assert marker_intact(target)
     result = restore_backup(vault(), DAY, DatabaseUrl(target))
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (ROWS,)
@@ -133,7 +122,7 @@ def test_backend_terminated_during_a_restore_keeps_the_target_and_drops_the_scra
     source = make_database("src")
     fill(source, ROWS)
     back_up(source)
-    target = _marker_target(make_database("staging"))
+    target = marked(make_database("staging"))
     scratch_prefix = DatabaseUrl(target).dbname + "_restore_"
     gate = Gate()
     thread, failures = _in_background(
@@ -154,7 +143,7 @@ def test_backend_terminated_during_a_restore_keeps_the_target_and_drops_the_scra
     _strike(gate, terminate_psql, thread)
 
     assert len(failures) == 1 and isinstance(failures[0], PgvaultError), failures
-    assert _marker_intact(target)
+    assert marker_intact(target)
     server = DatabaseUrl(target).with_dbname("x").secret.rsplit("/", 1)[0]
     assert _databases_like(server, scratch_prefix) == []
     restore_backup(vault(), DAY, DatabaseUrl(target))
