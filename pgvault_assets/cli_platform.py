@@ -130,8 +130,9 @@ def materialize_backup(
             partition_key=day.isoformat(),
             raise_on_error=False,
             tags={"pgvault/launched_by": "cli"},
-            # The run's full event log is in the UI; the terminal gets pgvault's own lines.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            # The run's full event log is in the UI; the terminal gets pgvault's own lines
+            # (Dagster's ERROR events carry stack traces, and the failure is reported below).
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
     if not result.success:
         raise BackupFailed(

@@ -141,7 +141,7 @@ def pgvault(env: dict[str, str], scan: Scan, *argv: str, expect: set[int] | None
     output = (result.stdout + result.stderr).decode()
     scan.add(f"output of `{label}`", output)
     assert result.returncode in (expect or {0}), f"{label} exited {result.returncode}:\n{output}"
-    assert "Traceback" not in output, output
+    assert "Traceback" not in output and "Stack Trace" not in output, output
     return output
 
 

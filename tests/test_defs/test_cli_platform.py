@@ -52,6 +52,19 @@ def test_cli_backup_of_a_past_date_is_refused_in_one_line_without_a_traceback(
     assert err.startswith("error: ") and f"only {yesterday.isoformat()}" in err
 
 
+def test_cli_backup_that_fails_in_the_run_prints_one_line_not_dagsters_stack_trace(
+    backup_env, monkeypatch, capsys
+):
+    monkeypatch.setenv("DATABASE_URL", backup_env.rsplit("/", 1)[0] + "/pgvault_test_absent")
+    assert main(["backup"]) != 0
+
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    (error,) = [line for line in printed.splitlines() if "error" in line.lower()]
+    assert error.startswith("error: backup of ") and "does not exist" in error
+    assert "Stack Trace" not in printed and "Traceback" not in printed
+
+
 def test_cleanup_dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes(local_env, capsys):
     vault = Vault.from_settings(load_settings())
     today = utcnow().date()
