@@ -11,7 +11,7 @@ import pytest
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.immutability import audit_retain_until, backup_retain_until
-from pgvault_assets.engine.retention import apply_retention, plan_retention
+from pgvault_assets.engine.retention import apply_retention, plan_retention, retention_days, tier_of
 from pgvault_assets.settings import RetentionPolicy
 from tests.test_defs.backup_history import fake_manifest
 from tests.test_engine.helpers import DAY, back_up, vault
@@ -95,7 +95,9 @@ def test_retention_leaves_a_locked_backup_whole_and_says_until_when(
 ):
     manifest = back_up(awkward_database)
     v = vault()
-    later = DAY + timedelta(days=40)  # past its 30 days by the policy, still locked in S3
+    # Only yesterday can be dumped, so its tier depends on today: a Sunday is kept 90 days.
+    kept_for = retention_days(tier_of(DAY, v.retention), v.retention)
+    later = DAY + timedelta(days=kept_for + 10)  # past its tier's days, still locked in S3
     plan = plan_retention(
         v.list_manifests(), later, v.retention, now=manifest.finished_at, min_keep=0
     )
