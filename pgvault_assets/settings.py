@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pgvault_assets.errors import ConfigError
 
@@ -68,8 +68,6 @@ class DatabaseUrl:
     def with_dbname(self, dbname: str) -> DatabaseUrl:
         """The same server and credentials, another database (for maintenance and swaps)."""
         parts = urlsplit(self.secret)
-        from urllib.parse import quote
-
         return DatabaseUrl(urlunsplit(parts._replace(path="/" + quote(dbname, safe=""))))
 
     @property

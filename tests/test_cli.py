@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.manifest import object_key
+from pgvault_assets.engine.names import object_key
 from tests.test_engine.helpers import DAY, back_up
 
 PGVAULT = Path(sys.executable).with_name("pgvault")

@@ -10,12 +10,8 @@ import pytest
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 
 from pgvault_assets.engine.cleanup import RepairKind, find_orphans, run_cleanup
-from pgvault_assets.engine.retention import (
-    Tier,
-    apply_retention,
-    plan_retention,
-    tier_of,
-)
+from pgvault_assets.engine.policy import Tier, tier_of
+from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.engine.store import LocalStore, S3Store, StoredObject
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import LockBusy

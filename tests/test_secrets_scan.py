@@ -27,7 +27,8 @@ from dagster._core.storage.dagster_run import RunsFilter
 from test_defs.http_capture import Captured, capture_http
 from test_defs.run_failure import sense_run_failure
 
-from pgvault_assets.engine.backup import backup_database, latest_complete_day, utcnow
+from pgvault_assets.engine.backup import backup_database
+from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import AWKWARD_SCHEMA, AwsEnv, load_sql_file

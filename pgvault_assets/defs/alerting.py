@@ -8,7 +8,6 @@ finish time, because a schedule that never fires produces no event at all.
 """
 
 import json
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from dagster import (
@@ -37,7 +36,7 @@ from pgvault_assets.defs.backup import (
 )
 from pgvault_assets.defs.history import failed_backup_runs, failure_reason, is_backup_run
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.report import health_figures, health_warnings
 
 STALE_AFTER = timedelta(hours=36)
@@ -51,7 +50,6 @@ BACKUP_CHECK_NAMES = (
 CURSOR_IDS_KEPT = 1000
 STALE = "stale"
 FRESH = "fresh"
-Clock = Callable[[], datetime]
 
 
 def staleness_step(

@@ -39,7 +39,8 @@ from pgvault_assets.alerts import CheckinStatus, Notifier
 from pgvault_assets.defs.history import REFUSED_METADATA_KEY
 from pgvault_assets.defs.platform_config import PlatformConfig, platform_config
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.backup import backup_database, check_backup_date, utcnow
+from pgvault_assets.engine.backup import backup_database, check_backup_date
+from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup

@@ -26,8 +26,8 @@ from dagster import (
 from pgvault_assets.defs.backup import BACKUP_KEY
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import VaultResource
-from pgvault_assets.engine.backup import utcnow
 from pgvault_assets.engine.cleanup import run_cleanup
+from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.report import health_figures, render_weekly_report
 from pgvault_assets.errors import PgvaultError
 

@@ -16,10 +16,9 @@ from dagster import (
 
 from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE
 from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.engine.policy import SUNDAY
 from pgvault_assets.engine.restore_check import verify_restorable
 from pgvault_assets.errors import ConfigError, PgvaultError
-
-SUNDAY = 6
 
 
 @asset_check(

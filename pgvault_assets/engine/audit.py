@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.immutability import AUDIT_LOCK_MODE, audit_retain_until
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.pipeline import Progress

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pgvault_assets.engine import audit
-from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.clock import Clock, aware, utcnow
 from pgvault_assets.engine.pipeline import Progress
 from pgvault_assets.engine.restore import (
     RestoreResult,
@@ -104,8 +104,8 @@ class RestoreRequest:
             sha256=str(data["sha256"]) if data["sha256"] else None,
             reason=str(data["reason"]),
             requester=str(data["requester"]),
-            created_at=_aware(data["created_at"], "created_at"),
-            expires_at=_aware(data["expires_at"], "expires_at"),
+            created_at=aware(data["created_at"], "created_at"),
+            expires_at=aware(data["expires_at"], "expires_at"),
             scope=dict(scope),
         )
 
@@ -132,16 +132,6 @@ class Authorization:
 
     request: RestoreRequest
     approvers: tuple[Approval, ...]
-
-
-def _aware(value: object, name: str) -> datetime:
-    """A stored time with its zone; a naive one would fail every comparison with the clock."""
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be an ISO 8601 time")
-    moment = datetime.fromisoformat(value)
-    if moment.utcoffset() is None:
-        raise ValueError(f"{name} must carry a time zone")
-    return moment
 
 
 def request_key(environment: str, request_id: str) -> str:

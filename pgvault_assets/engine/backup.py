@@ -7,15 +7,18 @@ import logging
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterable
+from datetime import date, datetime
 
 import psycopg
 
 import pgvault_assets
 from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine import names
+from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
 from pgvault_assets.engine.immutability import backup_retain_until
 from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.names import backup_lock_name, retention_lock_name
 from pgvault_assets.engine.pipeline import Progress, encrypt_stream
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
@@ -31,28 +34,9 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed, ConfigError, StoreError
 from pgvault_assets.settings import DatabaseUrl
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 # Retention cleanup is short; a backup ready to commit waits this long for it to finish.
 RETENTION_WAIT_SECONDS = 15 * 60
-
-
-def retention_lock_name(environment: str) -> str:
-    """The lock retention cleanup holds while deleting; a backup commits only outside it."""
-    return f"{environment}-retention"
-
-
-def backup_lock_name(environment: str, day: date) -> str:
-    """The lock a backup of `day` holds from its start to its manifest."""
-    return f"{environment}-backup-{day.isoformat()}"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def latest_complete_day(now: datetime) -> date:
-    return now.astimezone(UTC).date() - timedelta(days=1)
 
 
 def check_backup_date(day: date, now: datetime) -> None:
@@ -87,7 +71,7 @@ def _refuse_overwrite_in_place(vault: Vault, day: date) -> None:
     store = vault.store
     if (
         not isinstance(store, S3Store)
-        or store.get_bytes(mf.manifest_key(vault.environment, day)) is None
+        or store.get_bytes(names.manifest_key(vault.environment, day)) is None
     ):
         return
     versioning = store.bucket_settings().versioning

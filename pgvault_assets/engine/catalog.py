@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from pgvault_assets.engine.policy import tier_of
 from pgvault_assets.engine.restore_check import restore_verified_dates
-from pgvault_assets.engine.retention import tier_of
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings
 

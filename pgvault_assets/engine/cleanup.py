@@ -30,17 +30,15 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from pgvault_assets.engine import manifest as mf
-from pgvault_assets.engine.backup import backup_lock_name, retention_lock_name
+from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.restore_check import RESTORE_VERIFIED_NAME
+from pgvault_assets.engine.names import backup_lock_name, retention_lock_name
+from pgvault_assets.engine.policy import retention_days, tier_of
 from pgvault_assets.engine.retention import (
     RetentionDecision,
     RetentionPlan,
     delete_expired,
     plan_retention,
-    retention_days,
-    tier_of,
 )
 from pgvault_assets.engine.store import (
     HeldLock,
@@ -58,7 +56,7 @@ from pgvault_assets.settings import RetentionPolicy
 LOCK_WAIT_SECONDS = 5 * 60
 LEFTOVER_AGE = timedelta(days=1)
 _DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
-_BACKUP_FILES = (mf.OBJECT_NAME, RESTORE_VERIFIED_NAME)
+_BACKUP_FILES = names.BACKUP_FILES
 
 
 class RepairKind(StrEnum):

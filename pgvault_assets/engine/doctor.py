@@ -19,6 +19,7 @@ from pathlib import Path
 
 import botocore.exceptions
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
+from sentry_sdk.utils import BadDsn, Dsn
 
 from pgvault_assets.engine import manifest as mf
 from pgvault_assets.engine.bucket import BucketSettings, read_bucket_settings
@@ -275,8 +276,6 @@ def _versions_left(store: object, key: str) -> bool:
 
 def sentry_check(dsn: str | None) -> Check:
     """Parse the DSN as the Sentry SDK would; show it with its key masked."""
-    from sentry_sdk.utils import BadDsn, Dsn
-
     name = "sentry"
     if not dsn:
         return Check(name, Status.WARN, "SENTRY_DSN is not set: failures are not reported")

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from pgvault_assets.engine.audit import unique_name
-from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.integrity import CheckResult, check_database_integrity
 from pgvault_assets.engine.postgres import connect, user_tables
 from pgvault_assets.engine.restore import restore_into_scratch, verify_backup

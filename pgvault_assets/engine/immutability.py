@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
+from pgvault_assets.engine.policy import retention_days, tier_of
 from pgvault_assets.settings import RetentionPolicy
 
 AUDIT_LOCK_MODE = "COMPLIANCE"
@@ -18,9 +19,6 @@ AUDIT_LOCK_MODE = "COMPLIANCE"
 
 def backup_retain_until(day: date, policy: RetentionPolicy, *, now: datetime) -> datetime | None:
     """The lock date for the backup of `day`; None when that date has already passed."""
-    # retention imports backup (through restore_check), which imports this module.
-    from pgvault_assets.engine.retention import retention_days, tier_of
-
     days = retention_days(tier_of(day, policy), policy)
     until = datetime.combine(day + timedelta(days=days + 1), time(), tzinfo=UTC)
     return until if until > now else None

@@ -12,20 +12,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 
+from pgvault_assets.engine.clock import aware
+from pgvault_assets.engine.names import OBJECT_NAME, manifest_key
 from pgvault_assets.errors import IntegrityError
 
 FORMAT_VERSION = 1
-OBJECT_NAME = "db_backup.sql.gz.enc"
-MANIFEST_NAME = "manifest.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def object_key(environment: str, day: date) -> str:
-    return f"{environment}/{day.isoformat()}/{OBJECT_NAME}"
-
-
-def manifest_key(environment: str, day: date) -> str:
-    return f"{environment}/{day.isoformat()}/{MANIFEST_NAME}"
 
 
 def encryption_context(environment: str, day: date) -> dict[str, str]:
@@ -97,8 +89,8 @@ class Manifest:
                 size_bytes=_int(data, "size_bytes"),
                 dump_size_bytes=_int(data, "dump_size_bytes"),
                 compressed_size_bytes=_int(data, "compressed_size_bytes"),
-                started_at=_aware(data, "started_at"),
-                finished_at=_aware(data, "finished_at"),
+                started_at=aware(_str(data, "started_at"), "started_at"),
+                finished_at=aware(_str(data, "finished_at"), "finished_at"),
                 stage_seconds={str(k): float(v) for k, v in _dict(data, "stage_seconds").items()},
                 server_version=_str(data, "server_version"),
                 pg_dump_version=_str(data, "pg_dump_version"),
@@ -149,14 +141,6 @@ def _str(data: dict, name: str) -> str:
     value = data[name]
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
-    return value
-
-
-def _aware(data: dict, name: str) -> datetime:
-    """A timestamp with its time zone: a naive one cannot be compared with the clock."""
-    value = datetime.fromisoformat(_str(data, name))
-    if value.utcoffset() is None:
-        raise ValueError(f"{name} must carry a time zone")
     return value
 
 

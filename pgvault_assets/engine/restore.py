@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
 from pgvault_assets.engine.postgres import (

@@ -13,14 +13,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.clock import Clock, utcnow
+from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, restore_verified_key
 from pgvault_assets.engine.postgres import connect, drop_database
 from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import DatabaseUrl
-
-RESTORE_VERIFIED_NAME = "restore_verified.json"
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def record_restore_verified(vault: Vault, proof: RestoreProof) -> None:
         "row_total": proof.row_total,
         "duration_seconds": proof.duration_seconds,
     }
-    key = f"{vault.environment}/{proof.day.isoformat()}/{RESTORE_VERIFIED_NAME}"
+    key = restore_verified_key(vault.environment, proof.day)
     vault.store.put_bytes(key, json.dumps(body, indent=2).encode())
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 
-from pgvault_assets.engine import manifest as mf
-from pgvault_assets.engine.backup import retention_lock_name
+from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.restore_check import RESTORE_VERIFIED_NAME
+from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, retention_lock_name
+from pgvault_assets.engine.policy import Tier, retention_days, tier_of
 from pgvault_assets.engine.store import HeldLock
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
@@ -27,32 +26,6 @@ _log = logging.getLogger(__name__)
 
 MIN_KEEP = 7
 NEWEST_MAX_AGE = timedelta(hours=36)
-SUNDAY = 6
-
-
-class Tier(StrEnum):
-    DAILY = "daily"
-    WEEKLY = "weekly"
-    MONTHLY = "monthly"
-
-
-def retention_days(tier: Tier, policy: RetentionPolicy) -> int:
-    return {
-        Tier.DAILY: policy.daily_days,
-        Tier.WEEKLY: policy.weekly_days,
-        Tier.MONTHLY: policy.monthly_days,
-    }[tier]
-
-
-def tier_of(day: date, policy: RetentionPolicy | None = None) -> Tier:
-    """The tier a backup date belongs to; a date in two tiers gets the one kept longer."""
-    policy = policy or RetentionPolicy()
-    tiers = [Tier.DAILY]
-    if day.weekday() == SUNDAY:
-        tiers.append(Tier.WEEKLY)
-    if day.day == 1:
-        tiers.append(Tier.MONTHLY)
-    return max(tiers, key=lambda tier: retention_days(tier, policy))
 
 
 @dataclass(frozen=True)
@@ -118,7 +91,7 @@ def plan_retention(
                     tier,
                     age,
                     manifest.size_bytes,
-                    mf.manifest_key(manifest.environment, manifest.date),
+                    names.manifest_key(manifest.environment, manifest.date),
                     manifest.object_key,
                     reason,
                 ),

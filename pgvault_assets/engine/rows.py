@@ -23,7 +23,7 @@ from psycopg import sql
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.backup import Clock, utcnow
+from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.compare import pin_output_formats, qualified
 from pgvault_assets.engine.postgres import connect
 from pgvault_assets.engine.restore import restore_into_scratch

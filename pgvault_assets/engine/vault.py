@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine import names
 from pgvault_assets.engine.crypto import (
     KeyProvider,
     KmsKeyProvider,
@@ -64,10 +64,10 @@ class Vault:
         return key_provider_for_manifest(manifest.key_id, self.local_key)
 
     def object_key(self, day: date) -> str:
-        return mf.object_key(self.environment, day)
+        return names.object_key(self.environment, day)
 
     def manifest_key(self, day: date) -> str:
-        return mf.manifest_key(self.environment, day)
+        return names.manifest_key(self.environment, day)
 
     def read_manifest(self, day: date) -> Manifest:
         key = self.manifest_key(day)
@@ -83,7 +83,7 @@ class Vault:
         """Every complete backup of this environment, oldest first."""
         manifests = []
         for obj in self.store.list(f"{self.environment}/"):
-            if obj.key.endswith("/" + mf.MANIFEST_NAME):
+            if obj.key.endswith("/" + names.MANIFEST_NAME):
                 day_text = obj.key[len(self.environment) + 1 :].split("/")[0]
                 try:
                     day = date.fromisoformat(day_text)

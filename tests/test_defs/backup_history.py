@@ -10,6 +10,7 @@ import hashlib
 from datetime import UTC, date, datetime, time, timedelta
 
 from pgvault_assets.engine import manifest as mf
+from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.vault import Vault
 
@@ -28,7 +29,7 @@ def fake_manifest(
     return Manifest(
         environment=environment,
         date=day,
-        object_key=mf.object_key(environment, day),
+        object_key=names.object_key(environment, day),
         sha256=hashlib.sha256(body).hexdigest(),
         size_bytes=size_bytes,
         dump_size_bytes=dump_size_bytes,

@@ -9,7 +9,7 @@ import pytest
 import sentry_sdk
 from dagster import DagsterInstance, instance_for_test
 
-from pgvault_assets.engine.backup import latest_complete_day, utcnow
+from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from test_defs.http_capture import Captured, capture_http
 from tests.test_recovery.conftest import approvers, databases  # noqa: F401 (shared fixtures)
 

@@ -18,8 +18,8 @@ from pgvault_assets.defs.backup import BACKUP_KEY, database_backup, decrypts_ful
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
 from pgvault_assets.defs.restorable import restorable
-from pgvault_assets.engine.backup import utcnow
-from pgvault_assets.engine.manifest import OBJECT_NAME
+from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.names import OBJECT_NAME
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings

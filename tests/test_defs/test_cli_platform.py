@@ -7,8 +7,8 @@ from datetime import timedelta
 from dagster import AssetKey, DagsterInstance
 
 from pgvault_assets.cli import main
-from pgvault_assets.cli_platform import materialize_backup
-from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.cli.platform import materialize_backup
+from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history

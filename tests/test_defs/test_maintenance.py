@@ -8,7 +8,7 @@ from dagster import materialize
 
 from pgvault_assets.defs.maintenance import retention_state, weekly_health_report
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history

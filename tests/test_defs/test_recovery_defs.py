@@ -16,7 +16,7 @@ from pgvault_assets.defs.recovery import (
 )
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.audit import STAGING_RESTORE, audit_records
-from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.clock import utcnow
 from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import Approvers, Databases

@@ -32,7 +32,7 @@ from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.platform_config import PlatformConfig, platform_config
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine import store
-from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings

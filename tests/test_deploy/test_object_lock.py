@@ -11,7 +11,8 @@ import pytest
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.immutability import audit_retain_until, backup_retain_until
-from pgvault_assets.engine.retention import apply_retention, plan_retention, retention_days, tier_of
+from pgvault_assets.engine.policy import retention_days, tier_of
+from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.settings import RetentionPolicy
 from tests.test_defs.backup_history import fake_manifest
 from tests.test_engine.helpers import DAY, back_up, vault

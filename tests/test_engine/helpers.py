@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
-from pgvault_assets.engine.backup import backup_database, latest_complete_day
+from pgvault_assets.engine.backup import backup_database
+from pgvault_assets.engine.clock import latest_complete_day
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings

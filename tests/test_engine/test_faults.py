@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.manifest import Manifest, encryption_context, manifest_key, object_key
+from pgvault_assets.engine.manifest import Manifest, encryption_context
+from pgvault_assets.engine.names import manifest_key, object_key
 from pgvault_assets.engine.postgres import DatabaseUnavailable
 from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.errors import (

@@ -19,10 +19,14 @@ from dagster import instance_for_test, materialize
 from pgvault_assets.cli import main
 from pgvault_assets.defs.maintenance import retention_state
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.backup import backup_lock_name, retention_lock_name
 from pgvault_assets.engine.cleanup import RepairKind, run_cleanup
-from pgvault_assets.engine.manifest import manifest_key, object_key
-from pgvault_assets.engine.restore_check import RESTORE_VERIFIED_NAME
+from pgvault_assets.engine.names import (
+    RESTORE_VERIFIED_NAME,
+    backup_lock_name,
+    manifest_key,
+    object_key,
+    retention_lock_name,
+)
 from pgvault_assets.engine.retention import plan_retention
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import load_settings

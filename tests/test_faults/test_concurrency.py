@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pgvault_assets.engine.backup import retention_lock_name
+from pgvault_assets.engine.names import retention_lock_name
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.errors import LockBusy

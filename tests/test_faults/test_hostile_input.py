@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pgvault_assets.cli import parse_date, positive_int
+from pgvault_assets.cli.args import parse_date, positive_int
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.manifest import Manifest, encryption_context, manifest_key, object_key
+from pgvault_assets.engine.manifest import Manifest, encryption_context
+from pgvault_assets.engine.names import manifest_key, object_key
 from pgvault_assets.engine.rows import plan_row_recovery
 from pgvault_assets.errors import IntegrityError, PgvaultError
 from pgvault_assets.recovery_settings import load_recovery_settings

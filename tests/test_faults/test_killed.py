@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from pgvault_assets.engine.manifest import encryption_context, manifest_key, object_key
+from pgvault_assets.engine.manifest import encryption_context
+from pgvault_assets.engine.names import manifest_key, object_key
 from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.settings import DatabaseUrl, load_settings

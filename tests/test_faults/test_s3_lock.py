@@ -222,7 +222,7 @@ def test_a_backup_whose_date_lock_is_taken_mid_dump_records_nothing(
 
     import psycopg
 
-    from pgvault_assets.engine.backup import backup_lock_name
+    from pgvault_assets.engine.names import backup_lock_name
     from tests.test_engine.helpers import DAY, back_up, vault
 
     monkeypatch.setattr(S3Store, "lock", partialmethod(S3Store.lock, ttl=TTL))

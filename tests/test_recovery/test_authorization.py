@@ -13,7 +13,7 @@ import pytest
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.backup import utcnow
+from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.restore import previous_databases
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, back_up, vault

@@ -27,6 +27,7 @@ def instance_storage_check() -> Check:
         return Check(
             name, Status.FAIL, f"DAGSTER_HOME {home} is not a folder; create it with dagster.yaml"
         )
+    # Deferred on purpose: importing Dagster costs a second or two, and `doctor` may not need it.
     from dagster import DagsterInstance
 
     try:

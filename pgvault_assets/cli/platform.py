@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pgvault_assets.console import console
-from pgvault_assets.engine.backup import check_backup_date, latest_complete_day, utcnow
+from pgvault_assets.cli.args import parse_date
+from pgvault_assets.cli.console import console
+from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
+from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     format_bytes,
@@ -39,20 +41,13 @@ if TYPE_CHECKING:
 DEFAULT_DAGSTER_HOME = Path(".pgvault") / "dagster_home"
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2025-11-06") from None
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     sub = subparsers.add_parser(
         "backup",
         help="back up the latest complete day as a Dagster materialization (shows in the UI)",
     )
     sub.add_argument(
-        "--date", type=_date, default=None, help="the day to back up (default: yesterday, UTC)"
+        "--date", type=parse_date, default=None, help="the day to back up (default: yesterday, UTC)"
     )
     sub.add_argument(
         "--prove-restorable",

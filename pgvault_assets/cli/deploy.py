@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 from rich.markup import escape
 from rich.table import Table
 
-from pgvault_assets.console import console, errors
+from pgvault_assets.cli.console import console, errors
+from pgvault_assets.defs.instance_storage import instance_storage_check
+from pgvault_assets.engine.doctor import failed, run_checks
+from pgvault_assets.engine.storage_setup import init_storage
 from pgvault_assets.settings import Settings
 
 _VERDICT = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
@@ -42,7 +45,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.storage_setup import init_storage
 
     setup = init_storage(settings, object_lock=args.object_lock)
     table = Table(title=f"storage for {settings.environment}")
@@ -66,8 +68,6 @@ def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.doctor import failed, run_checks
-    from pgvault_assets.instance_storage import instance_storage_check
 
     checks = run_checks(settings, today=datetime.now(UTC).date())
     checks.append(instance_storage_check())

@@ -17,6 +17,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from pgvault_assets.redact import redact
+
 # Piped or logged output gets a wide fixed width, so tables are never cut to 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200
 console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
@@ -49,8 +51,6 @@ class _WarningLines(logging.Handler):
     """pgvault's logged warnings as `warning: ...` lines on stderr, secrets masked."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from pgvault_assets.redact import redact
-
         errors.print(f"warning: {redact(record.getMessage())}", markup=False)
 
 

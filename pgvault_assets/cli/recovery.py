@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-from datetime import date
+from datetime import timedelta
 from pathlib import Path
 
 from rich.table import Table
 
-from pgvault_assets.console import console, human_bytes, progress
-from pgvault_assets.engine import audit
+from pgvault_assets.cli.args import confirm, parse_date
+from pgvault_assets.cli.console import console, human_bytes, progress
+from pgvault_assets.engine import audit, rows
 from pgvault_assets.engine import authorization as auth
+from pgvault_assets.engine.compare import compare_databases
+from pgvault_assets.engine.drill import run_drill, store_report
+from pgvault_assets.engine.rows import request_scope
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.recovery_settings import load_recovery_settings
@@ -32,18 +36,6 @@ production restores need a request approved by two approvers:
 """
 
 
-def _parse_date(text: str) -> date:
-    from pgvault_assets.cli import parse_date
-
-    return parse_date(text)
-
-
-def _confirm(database: str) -> None:
-    from pgvault_assets.cli import _confirm as confirm
-
-    confirm(database)
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "request-restore",
@@ -52,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("--kind", choices=auth.KINDS, default="restore")
-    sub.add_argument("--date", type=_parse_date, default=None, help="the backup (not for rollback)")
+    sub.add_argument("--date", type=parse_date, default=None, help="the backup (not for rollback)")
     sub.add_argument("--target", choices=("production",), required=True)
     sub.add_argument("--reason", required=True, help="why production must change")
     sub.add_argument("--requester", default=None, help="your name (default: the login name)")
@@ -74,7 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "recover-rows", help="put back rows deleted since a backup (dry run unless --apply)"
     )
-    sub.add_argument("--date", type=_parse_date, required=True)
+    sub.add_argument("--date", type=parse_date, required=True)
     sub.add_argument("--table", required=True, help="SCHEMA.TABLE")
     sub.add_argument("--where", default=None, help="SQL predicate on the backup's rows")
     sub.add_argument("--target", choices=("staging", "production"), required=True)
@@ -100,7 +92,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.rows import request_scope
 
     recovery = load_recovery_settings()
     scope = None
@@ -207,7 +198,6 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine import rows
 
     vault = Vault.from_settings(settings)
     url = settings.target_url(args.target)
@@ -231,7 +221,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             url,
             load_recovery_settings().require_approvers_file(),
             scratch_server=scratch_server,
-            confirm=None if args.skip_confirmation else _confirm,
+            confirm=None if args.skip_confirmation else confirm,
         )
     elif args.request:
         raise ConfigError("--request is only for --apply on production; drop it")
@@ -275,7 +265,6 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.compare import compare_databases
 
     if args.source == args.target:
         raise ConfigError("--source and --target are the same database; compare two")
@@ -301,9 +290,6 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
-    from datetime import timedelta
-
-    from pgvault_assets.engine.drill import run_drill, store_report
 
     recovery = load_recovery_settings()
     if settings.staging_database_url is None:
@@ -350,7 +336,7 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
             load_recovery_settings().require_approvers_file(),
             full_verify=args.verify,
             progress=advance,
-            confirm=None if args.skip_confirmation else _confirm,
+            confirm=None if args.skip_confirmation else confirm,
         )
     console.print(
         f"restored backup {args.date} into {url.dbname} on production under request {request.id}"

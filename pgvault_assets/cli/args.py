@@ -1,0 +1,50 @@
+"""What every `pgvault` command shares: its argument parser, argument types and confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+
+from pgvault_assets.cli.console import errors
+from pgvault_assets.errors import ConfigError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and where to look."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        errors.print(f"error: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+MAX_DAYS = 36500  # a hundred years: any more is a typo, and overflows a date
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of at least 1 and at most {MAX_DAYS}"
+        )
+    return value
+
+
+def confirm(database: str) -> None:
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "confirmation needs a terminal; pass --skip-confirmation to restore without it"
+        )
+    errors.print(f"This replaces the database {database!r}. Type its name to confirm: ", end="")
+    if input().strip() != database:
+        raise ConfigError("confirmation did not match; nothing was restored")

@@ -1,0 +1,195 @@
+"""The backup commands: list, verify, restore and roll back, integrity checks, the demo database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from pgvault_assets.cli.args import confirm, parse_date, positive_int
+from pgvault_assets.cli.console import console, errors, human_bytes, progress
+from pgvault_assets.cli.recovery import restore_production_command, rollback_production_command
+from pgvault_assets.engine.audit import (
+    operator,
+    record_integrity_check,
+    restore_staging,
+    rollback_staging,
+)
+from pgvault_assets.engine.catalog import backup_rows
+from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.demo import create_demo_database
+from pgvault_assets.engine.integrity import check_database_integrity
+from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.settings import Settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser("list-backups", help="list complete backups, newest first")
+    sub.add_argument("--days", type=positive_int, default=None, help="only the last N days")
+    sub.add_argument("--json", action="store_true", help="print a JSON array")
+    sub.set_defaults(handler=_cmd_list_backups)
+
+    sub = commands.add_parser(
+        "verify-backup", help="checksum and authenticated decrypt, nothing restored"
+    )
+    sub.add_argument("--date", type=parse_date, required=True)
+    sub.set_defaults(handler=_cmd_verify_backup)
+
+    sub = commands.add_parser(
+        "restore-from-backup", help="restore a backup into staging (or production)"
+    )
+    sub.add_argument("--date", type=parse_date, required=True)
+    sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument(
+        "--verify", action="store_true", help="fully decrypt and authenticate before restoring"
+    )
+    sub.add_argument(
+        "--skip-confirmation", action="store_true", help="do not ask to type the database name"
+    )
+    sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    sub.set_defaults(handler=_cmd_restore)
+
+    sub = commands.add_parser(
+        "rollback-restore", help="swap back the database the last restore replaced"
+    )
+    sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    sub.set_defaults(handler=_cmd_rollback)
+
+    sub = commands.add_parser(
+        "check-database-integrity", help="row counts, sequences, foreign keys, indexes"
+    )
+    sub.add_argument("--database", choices=("staging", "production"), required=True)
+    sub.add_argument(
+        "--date", type=parse_date, default=None, help="the backup to compare with (default: latest)"
+    )
+    sub.set_defaults(handler=_cmd_integrity)
+
+    sub = commands.add_parser(
+        "demo-database", help="create the small demo database the quickstart backs up"
+    )
+    sub.add_argument(
+        "--server",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="maintenance URL of the server",
+    )
+    sub.add_argument("--name", default="pgvault_demo")
+    sub.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
+
+    rows = backup_rows(settings, days=args.days, now=utcnow())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
+        return 0
+    table = Table(title=f"backups of {settings.environment}")
+    for column in ("date", "tier", "size", "age", "duration", "sha256", "restore-verified"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["date"],
+            row["tier"],
+            human_bytes(row["size_bytes"]),
+            f"{row['age_hours'] / 24:.1f} d",
+            f"{row['duration_seconds']:.1f} s",
+            row["sha256"][:12],
+            row["restore_verified_at"] or "-",
+        )
+    console.print(table)
+    return 0
+
+
+def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
+
+    vault = Vault.from_settings(settings)
+    with progress(f"verifying {args.date}") as advance:
+        result = verify_backup(vault, args.date, full=True, progress=advance)
+    console.print(
+        f"backup {args.date} is intact: SHA-256 {result.sha256[:16]}… matches its manifest, "
+        f"{human_bytes(result.size_bytes)} decrypted and authenticated to {human_bytes(result.dump_size_bytes or 0)} of SQL"
+    )
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+
+    if args.target == "production":
+        return restore_production_command(args, settings)
+    url = settings.target_url(args.target)
+    if not args.skip_confirmation and args.target != "staging":
+        confirm(url.dbname)
+    vault = Vault.from_settings(settings)
+    with progress(f"restoring {args.date} to {args.target}") as advance:
+        result = restore_staging(
+            vault, args.date, url, actor=operator(), full_verify=args.verify, progress=advance
+        )
+    seconds = sum(result.stage_seconds.values())
+    console.print(
+        f"restored backup {args.date} ({result.manifest.row_total} rows in {len(result.manifest.table_rows)} tables) "
+        f"into {url.dbname} on {args.target} in {seconds:.1f} s"
+    )
+    if result.previous:
+        console.print(
+            f"the replaced database is kept as {result.previous}; to undo: pgvault rollback-restore --target {args.target}"
+        )
+    console.print(
+        f"next: pgvault check-database-integrity --database {args.target} --date {args.date}"
+    )
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+
+    if args.target == "production":
+        return rollback_production_command(args, settings)
+    url = settings.target_url(args.target)
+    restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
+    console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
+    return 0
+
+
+def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
+
+    url = settings.target_url(args.database)
+    vault = Vault.from_settings(settings)
+    if args.date:
+        manifest = vault.read_manifest(args.date)
+    else:
+        manifests = vault.list_manifests()
+        manifest = manifests[-1] if manifests else None
+    results = check_database_integrity(url, manifest, install_amcheck=args.database == "staging")
+    if args.database == "staging" and manifest is not None:
+        failing = [r.name for r in results if not r.passed]
+        record_integrity_check(
+            vault, manifest, url.dbname, passed=not failing, failed_checks=failing
+        )
+    table = Table(title=f"integrity of {url.dbname} ({args.database})")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for result in results:
+        verdict = (
+            "skipped" if result.skipped else ("[green]pass[/]" if result.passed else "[red]FAIL[/]")
+        )
+        table.add_row(result.name, verdict, result.detail)
+    console.print(table)
+    failed = [r.name for r in results if not r.passed]
+    if failed:
+        errors.print(
+            f"error: integrity check failed: {', '.join(failed)}; do not promote this database"
+        )
+        return 1
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+
+    url, created = create_demo_database(args.server, args.name)
+    console.print(f"{'created' if created else 'found'} demo database {url}")
+    return 0

@@ -1,0 +1,70 @@
+"""The `pgvault` command: parse, call the engine, print.
+
+Every failure an operator can cause or meet ends as one line on stderr and a non-zero exit
+status; a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pgvault_assets.cli import backups, deploy, platform, recovery
+from pgvault_assets.cli.args import Parser
+from pgvault_assets.cli.console import errors, print_warnings
+from pgvault_assets.errors import PgvaultError
+from pgvault_assets.redact import redact
+from pgvault_assets.settings import load_settings
+
+EXAMPLES = """\
+examples:
+  pgvault backup                                  back up yesterday (UTC), the latest complete day
+  pgvault list-backups --days 30
+  pgvault verify-backup --date 2025-11-06         checksum and full decrypt, nothing restored
+  pgvault restore-from-backup --date 2025-11-06 --target staging --verify
+  pgvault check-database-integrity --database staging
+  pgvault rollback-restore --target staging       put back the database a restore replaced
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="pgvault",
+        description="Backup and recovery for PostgreSQL: dump, compress, encrypt, store, verify, restore.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=Parser, required=True
+    )
+
+    platform.register(commands)
+    recovery.register(commands)
+    deploy.register(commands)
+    backups.register(commands)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    print_warnings()
+    try:
+        settings = load_settings()
+        return int(args.handler(args, settings))
+    except PgvaultError as exc:
+        if args.debug:
+            raise
+        errors.print(f"error: {redact(str(exc))}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        errors.print("error: interrupted; nothing half-done was recorded")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        errors.print(
+            f"error: unexpected {type(exc).__name__}: {redact(str(exc))} (run with --debug for details)"
+        )
+        return 1

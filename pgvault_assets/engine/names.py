@@ -1,0 +1,44 @@
+"""Every object key and lock name in one place, so no module reaches into another for a name.
+
+Layout of one environment's folder in the store::
+
+    {environment}/{YYYY-MM-DD}/db_backup.sql.gz.enc     the encrypted dump
+    {environment}/{YYYY-MM-DD}/manifest.json            written last: the backup exists
+    {environment}/{YYYY-MM-DD}/restore_verified.json    the last restore proof
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+OBJECT_NAME = "db_backup.sql.gz.enc"
+MANIFEST_NAME = "manifest.json"
+RESTORE_VERIFIED_NAME = "restore_verified.json"
+# Files that belong to one day's backup, beside its manifest.
+BACKUP_FILES = (OBJECT_NAME, RESTORE_VERIFIED_NAME)
+
+
+def day_folder(environment: str, day: date) -> str:
+    return f"{environment}/{day.isoformat()}"
+
+
+def object_key(environment: str, day: date) -> str:
+    return f"{day_folder(environment, day)}/{OBJECT_NAME}"
+
+
+def manifest_key(environment: str, day: date) -> str:
+    return f"{day_folder(environment, day)}/{MANIFEST_NAME}"
+
+
+def restore_verified_key(environment: str, day: date) -> str:
+    return f"{day_folder(environment, day)}/{RESTORE_VERIFIED_NAME}"
+
+
+def retention_lock_name(environment: str) -> str:
+    """The lock retention cleanup holds while deleting; a backup commits only outside it."""
+    return f"{environment}-retention"
+
+
+def backup_lock_name(environment: str, day: date) -> str:
+    """The lock a backup of `day` holds from its start to its manifest."""
+    return f"{environment}-backup-{day.isoformat()}"
