@@ -1,7 +1,9 @@
-"""Environment → one frozen `Settings`.
+"""Environment → one frozen `Settings`, with a section per concern.
 
-Every variable is read and validated here, once, so a bad value fails at start with one line
-naming the variable. Database URLs are kept as `DatabaseUrl`, whose `str()` hides the password.
+Every variable is read and validated here, once per command, so a bad value fails at start
+with one line naming the variable. Database URLs are kept as `DatabaseUrl`, whose `str()`
+hides the password. Sections: storage and keys (the top level), `retention`, `recovery`
+(approvals, drills) and `platform` (what shapes the Dagster definitions themselves).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -94,6 +97,44 @@ class RetentionPolicy:
     monthly_days: int = 365
 
 
+DEFAULT_REQUEST_TTL = timedelta(hours=4)
+RECOVERY_TIME_OBJECTIVE = timedelta(hours=4)
+# A fixed default: partitions must not move each day, or yesterday's run would be renumbered.
+DEFAULT_START_DATE = date(2025, 1, 1)
+RESTORE_VERIFY_SCHEDULES = ("daily", "weekly")
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """Who may approve a production operation, how long a request lives, the drill."""
+
+    approvers_file: Path | None = None
+    request_ttl: timedelta = DEFAULT_REQUEST_TTL
+    drill_queries_file: Path | None = None
+    recovery_time_objective: timedelta = RECOVERY_TIME_OBJECTIVE
+
+    def require_approvers_file(self) -> Path:
+        if self.approvers_file is None:
+            raise ConfigError(
+                "RESTORE_APPROVERS_FILE is not set; set it to an OpenSSH allowed-signers file listing the approvers"
+            )
+        if not self.approvers_file.is_file():
+            raise ConfigError(
+                f"RESTORE_APPROVERS_FILE {self.approvers_file} does not exist; point it at the allowed-signers file"
+            )
+        return self.approvers_file
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """What shapes the Dagster definitions themselves (partitions, retries), read when the
+    code location loads: they are part of each definition, not of a run, and none is secret."""
+
+    start_date: date = DEFAULT_START_DATE
+    max_retries: int = 3
+    retry_delay_seconds: float = 60.0
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: str
@@ -110,6 +151,14 @@ class Settings:
     alert_webhook_url: str | None = field(default=None, repr=False)
     object_lock_mode: str = "governance"
     s3_read_timeout_seconds: int = 60
+    restore_verify_schedule: str = "daily"
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    platform: PlatformSettings = field(default_factory=PlatformSettings)
+
+    @property
+    def restore_verify_weekly(self) -> bool:
+        """RESTORE_VERIFY_SCHEDULE=weekly proves only Sunday backups (for large databases)."""
+        return self.restore_verify_schedule == "weekly"
 
     @property
     def uses_s3(self) -> bool:
@@ -153,6 +202,68 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    value = _optional(env, name)
+    return Path(value).expanduser().absolute() if value else None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number from 0 to {high:g} (got {raw!r})") from None
+    if not 0 <= value <= high:
+        raise ConfigError(f"{name} must be a number from 0 to {high:g} (got {raw!r})")
+    return value
+
+
+def recovery_section(env: Mapping[str, str]) -> RecoverySettings:
+    raw_ttl = env.get("RESTORE_REQUEST_TTL_HOURS", "").strip()
+    ttl = DEFAULT_REQUEST_TTL
+    if raw_ttl:
+        try:
+            hours = float(raw_ttl)
+        except ValueError:
+            hours = -1.0
+        # At least a minute: a tinier float is above 0 yet rounds to a lifetime of nothing.
+        if not 1 / 60 <= hours <= 72:
+            raise ConfigError(
+                f"RESTORE_REQUEST_TTL_HOURS must be a number of hours from 0.017 (a minute) to 72 (got {raw_ttl!r})"
+            )
+        ttl = timedelta(hours=hours)
+    queries = _path(env, "DRILL_QUERIES_FILE")
+    if queries is not None and not queries.is_file():
+        raise ConfigError(f"DRILL_QUERIES_FILE {queries} does not exist; point it at a SQL file")
+    return RecoverySettings(
+        approvers_file=_path(env, "RESTORE_APPROVERS_FILE"),
+        request_ttl=ttl,
+        drill_queries_file=queries,
+    )
+
+
+def platform_section(env: Mapping[str, str] | None = None) -> PlatformSettings:
+    """The one section the definitions read on their own, when the code location loads."""
+    env = os.environ if env is None else env
+    raw_start = env.get("BACKUP_START_DATE", "").strip()
+    try:
+        start = date.fromisoformat(raw_start) if raw_start else DEFAULT_START_DATE
+    except ValueError:
+        raise ConfigError(
+            f"BACKUP_START_DATE must be a date like 2025-01-01 (got {raw_start!r})"
+        ) from None
+    retries = _number(env, "BACKUP_MAX_RETRIES", 3, 20)
+    if retries != int(retries):
+        raise ConfigError(f"BACKUP_MAX_RETRIES must be a whole number (got {retries:g})")
+    return PlatformSettings(
+        start_date=start,
+        max_retries=int(retries),
+        retry_delay_seconds=_number(env, "BACKUP_RETRY_DELAY_SECONDS", 60, 3600),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
     """Read pgvault's settings from the environment; raise `ConfigError` on any bad value."""
     env = os.environ if env is None else env
@@ -193,6 +304,12 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
             f"BACKUP_OBJECT_LOCK_MODE must be governance or compliance (got {lock_mode!r})"
         )
 
+    verify_schedule = (_optional(env, "RESTORE_VERIFY_SCHEDULE") or "daily").lower()
+    if verify_schedule not in RESTORE_VERIFY_SCHEDULES:
+        raise ConfigError(
+            f"RESTORE_VERIFY_SCHEDULE must be daily or weekly (got {verify_schedule!r})"
+        )
+
     local_dir = Path(_optional(env, "BACKUP_LOCAL_DIR") or base / "store")
     key_file = Path(_optional(env, "BACKUP_LOCAL_KEY_FILE") or base / "backup.key")
 
@@ -215,4 +332,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         alert_webhook_url=webhook,
         object_lock_mode=lock_mode,
         s3_read_timeout_seconds=_int(env, "BACKUP_S3_READ_TIMEOUT_SECONDS", 60, 1, 3600),
+        restore_verify_schedule=verify_schedule,
+        recovery=recovery_section(env),
+        platform=platform_section(env),
     )

@@ -23,7 +23,6 @@ from pgvault_assets.engine.drill import run_drill, store_report
 from pgvault_assets.engine.rows import request_scope
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
-from pgvault_assets.recovery_settings import load_recovery_settings
 from pgvault_assets.settings import Settings
 
 EXAMPLES = """\
@@ -93,7 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
 
-    recovery = load_recovery_settings()
+    recovery = settings.recovery
     scope = None
     if args.kind == "recover-rows":
         if not args.table:
@@ -119,7 +118,7 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_approve_restore(args: argparse.Namespace, settings: Settings) -> int:
-    approvers = load_recovery_settings().require_approvers_file()
+    approvers = settings.recovery.require_approvers_file()
     vault = Vault.from_settings(settings)
     request = auth.read_request(vault, args.request_id)
     console.print(f"request {request.id} by {request.requester}: {request.summary()}")
@@ -219,7 +218,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             vault,
             args.request,
             url,
-            load_recovery_settings().require_approvers_file(),
+            settings.recovery.require_approvers_file(),
             scratch_server=scratch_server,
             confirm=None if args.skip_confirmation else confirm,
         )
@@ -291,7 +290,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 
-    recovery = load_recovery_settings()
+    recovery = settings.recovery
     if settings.staging_database_url is None:
         raise ConfigError("the drill restores on the staging server; set STAGING_DATABASE_URL")
     objective = (
@@ -333,7 +332,7 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
             vault,
             args.request,
             url,
-            load_recovery_settings().require_approvers_file(),
+            settings.recovery.require_approvers_file(),
             full_verify=args.verify,
             progress=advance,
             confirm=None if args.skip_confirmation else confirm,
@@ -362,7 +361,7 @@ def rollback_production_command(args: argparse.Namespace, settings: Settings) ->
         Vault.from_settings(settings),
         args.request,
         url,
-        load_recovery_settings().require_approvers_file(),
+        settings.recovery.require_approvers_file(),
     )
     console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
     return 0

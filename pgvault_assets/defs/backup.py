@@ -37,7 +37,6 @@ from dagster import (
 
 from pgvault_assets.alerts import CheckinStatus, Notifier
 from pgvault_assets.defs.history import REFUSED_METADATA_KEY
-from pgvault_assets.defs.platform_config import PlatformConfig, platform_config
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.clock import utcnow
@@ -46,10 +45,11 @@ from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.settings import PlatformSettings, platform_section
 
 BACKUP_KEY = AssetKey("database_backup")
 BACKUP_POOL = "pgvault_backup"
-CONFIG = platform_config()
+CONFIG = platform_section()
 BACKUP_PARTITIONS = DailyPartitionsDefinition(
     start_date=CONFIG.start_date.isoformat(), timezone="UTC", end_offset=0
 )
@@ -143,7 +143,7 @@ def _checkin_id(run_id: str) -> str:
     return uuid.uuid5(CHECKIN_NAMESPACE, run_id).hex
 
 
-def make_database_backup(config: PlatformConfig = CONFIG) -> AssetsDefinition:
+def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
     """The backup asset retrying as `config` says; tests build one whose retries come at once.
 
     The policy and the asset's own last-attempt test read the same `max_retries`, so the
@@ -200,7 +200,7 @@ def make_database_backup(config: PlatformConfig = CONFIG) -> AssetsDefinition:
             url = settings.require_database()
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
-        store = vault.vault()
+        store = vault.vault(settings)
         notifier = alerts.notifier(settings)
         checkin_id = _checkin_id(context.run_id)
         notifier.checkin("in_progress", check_in_id=checkin_id)

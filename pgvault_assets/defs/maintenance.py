@@ -48,7 +48,7 @@ REPORT_KEY = AssetKey("weekly_health_report")
 def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
     try:
         settings = vault.settings()
-        result = run_cleanup(vault.vault(), settings.retention, now=utcnow())
+        result = run_cleanup(vault.vault(settings), settings.retention, now=utcnow())
     except PgvaultError as exc:  # one line in the UI, not a traceback
         raise Failure(description=str(exc)) from None
     plan = result.plan
@@ -81,7 +81,7 @@ def retention_state(context: AssetExecutionContext, vault: VaultResource) -> Mat
 )
 def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
     settings = vault.settings()
-    store = vault.vault()
+    store = vault.vault(settings)
     now = utcnow()
     today = now.date()
     manifests = store.list_manifests()

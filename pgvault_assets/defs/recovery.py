@@ -38,7 +38,6 @@ from pgvault_assets.engine.audit import restore_staging
 from pgvault_assets.engine.drill import run_drill, store_report
 from pgvault_assets.engine.restore import RestoreResult
 from pgvault_assets.errors import ConfigError, PgvaultError
-from pgvault_assets.recovery_settings import load_recovery_settings
 from pgvault_assets.settings import DatabaseUrl
 
 DRILL_KEY = AssetKey("disaster_recovery_drill")
@@ -77,10 +76,10 @@ def disaster_recovery_drill(
 ) -> MaterializeResult:
     try:
         settings = vault.settings()
-        recovery = load_recovery_settings(vault.environ())
+        recovery = settings.recovery
         if settings.staging_database_url is None:
             raise ConfigError("the drill restores on the staging server; set STAGING_DATABASE_URL")
-        store = vault.vault()
+        store = vault.vault(settings)
         report = run_drill(
             store,
             settings.staging_database_url,
@@ -179,8 +178,9 @@ def restore_from_backup(
         else:
             if config.request_id:
                 raise ConfigError("request_id is only for production restores; drop it")
-            store = vault.vault()
-            url = vault.settings().target_url("staging")
+            settings = vault.settings()
+            store = vault.vault(settings)
+            url = settings.target_url("staging")
             result = restore_staging(
                 store, day, url, actor=f"dagster run {context.run_id}", full_verify=config.verify
             )
@@ -211,18 +211,19 @@ def _restore_production(
             "restoring to production needs an approved request: pgvault request-restore --date D "
             "--target production --reason TEXT, two approvals, then request_id: ID"
         )
-    store = vault.vault()
+    settings = vault.settings()
+    store = vault.vault(settings)
     request = auth.read_request(store, config.request_id)
     if request.date != day:
         raise ConfigError(
             f"request {request.id} approved the {request.date} backup, not {day}; nothing was restored"
         )
-    url = vault.settings().target_url("production")
+    url = settings.target_url("production")
     return url, auth.restore_production(
         store,
         config.request_id,
         url,
-        load_recovery_settings(vault.environ()).require_approvers_file(),
+        settings.recovery.require_approvers_file(),
         full_verify=config.verify,
     )
 

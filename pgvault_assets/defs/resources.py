@@ -15,7 +15,6 @@ from dagster import ConfigurableResource, EnvVar
 
 from pgvault_assets.alerts import Notifier
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings, load_settings
 
 SETTINGS_VARIABLES = (
@@ -68,15 +67,9 @@ class VaultResource(ConfigurableResource):
     def settings(self) -> Settings:
         return load_settings(self.environ())
 
-    def vault(self) -> Vault:
-        return Vault.from_settings(self.settings())
-
-    def restore_verify_weekly(self) -> bool:
-        """RESTORE_VERIFY_SCHEDULE=weekly proves only Sunday backups (for large databases)."""
-        value = self.environ().get("RESTORE_VERIFY_SCHEDULE", "daily").strip().lower() or "daily"
-        if value not in ("daily", "weekly"):
-            raise ConfigError(f"RESTORE_VERIFY_SCHEDULE must be daily or weekly (got {value!r})")
-        return value == "weekly"
+    def vault(self, settings: Settings | None = None) -> Vault:
+        """The vault of `settings` when the caller has read them already (once per run)."""
+        return Vault.from_settings(settings or self.settings())
 
 
 class AlertsResource(ConfigurableResource):

@@ -32,21 +32,21 @@ from pgvault_assets.errors import ConfigError, PgvaultError
 )
 def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
-    if vault.restore_verify_weekly() and day.weekday() != SUNDAY:
+    settings = vault.settings()
+    if settings.restore_verify_weekly and day.weekday() != SUNDAY:
         return AssetCheckResult(
             passed=True,
             severity=AssetCheckSeverity.WARN,
             description="not restored: RESTORE_VERIFY_SCHEDULE=weekly proves Sunday backups only",
             metadata={"restore_verified": False},
         )
-    settings = vault.settings()
     server = settings.staging_database_url or settings.database_url
     if server is None:
         raise ConfigError(
             "neither STAGING_DATABASE_URL nor DATABASE_URL is set; set one to prove restores"
         )
     try:
-        proof = verify_restorable(vault.vault(), day, server)
+        proof = verify_restorable(vault.vault(settings), day, server)
     except PgvaultError as exc:
         return AssetCheckResult(
             passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)

@@ -22,7 +22,7 @@ from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.names import OBJECT_NAME
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.settings import load_settings
+from pgvault_assets.settings import Settings, load_settings
 from test_defs.backup_history import fake_manifest, write_backup
 
 ALL = [database_backup, decrypts_fully, restorable]
@@ -38,8 +38,8 @@ def _flip_byte(vault: Vault, key: str) -> None:
 class CorruptingVaultResource(VaultResource):
     """A store whose disk flips a byte of the backup object right after it is written."""
 
-    def vault(self) -> Vault:
-        vault = super().vault()
+    def vault(self, settings: Settings | None = None) -> Vault:
+        vault = super().vault(settings)
         store = vault.store
         open_writer = store.open_writer
 

@@ -2,7 +2,7 @@
 
 Dagster's in-process executor (what `materialize` runs) honours the step's `RetryPolicy`: it
 emits STEP_UP_FOR_RETRY, waits the backoff, then STEP_RESTARTED. The asset is built with
-`make_database_backup` from the same `platform_config` production uses, with the backoff cut
+`make_database_backup` from the same `platform_section` production uses, with the backoff cut
 to a tenth of a second; everything else (pg_dump, the store, moto behind a TCP proxy that
 resets connections, Sentry check-ins over HTTP) is the real thing.
 """
@@ -29,13 +29,12 @@ from dagster import (
 
 from pgvault_assets.defs.backup import BACKUP_KEY, make_database_backup
 from pgvault_assets.defs.history import failed_backup_runs
-from pgvault_assets.defs.platform_config import PlatformConfig, platform_config
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine import store
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.settings import load_settings
+from pgvault_assets.settings import PlatformSettings, load_settings, platform_section
 from test_defs.http_capture import Captured
 from test_defs.run_failure import sense_run_failure
 from tests.conftest import MAINTENANCE_URL, AwsEnv
@@ -44,7 +43,7 @@ from tests.test_faults.proxy import Fault, FaultyProxy
 
 MAX_RETRIES = 2
 retrying_backup = make_database_backup(
-    platform_config({"BACKUP_MAX_RETRIES": str(MAX_RETRIES), "BACKUP_RETRY_DELAY_SECONDS": "0.1"})
+    platform_section({"BACKUP_MAX_RETRIES": str(MAX_RETRIES), "BACKUP_RETRY_DELAY_SECONDS": "0.1"})
 )
 ROWS = 100_000  # about 4 MB stored: its upload crosses the proxy's 1 MiB cut
 MIB = 1024 * 1024
@@ -222,7 +221,7 @@ def test_a_fault_through_every_retry_fails_the_run_and_is_reported_once_after_th
 
 
 def test_production_backups_retry_three_times_a_minute_apart_then_exponentially():
-    policy = make_database_backup(PlatformConfig()).op.retry_policy
+    policy = make_database_backup(PlatformSettings()).op.retry_policy
     assert (policy.max_retries, policy.delay, policy.backoff, policy.jitter) == (
         3,
         60,

@@ -23,8 +23,7 @@ from pgvault_assets.engine.manifest import Manifest, encryption_context
 from pgvault_assets.engine.names import manifest_key, object_key
 from pgvault_assets.engine.rows import plan_row_recovery
 from pgvault_assets.errors import IntegrityError, PgvaultError
-from pgvault_assets.recovery_settings import load_recovery_settings
-from pgvault_assets.settings import DatabaseUrl, load_settings
+from pgvault_assets.settings import DatabaseUrl, load_settings, recovery_section
 from tests.test_engine.helpers import DAY, vault
 
 QUICK = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -158,7 +157,7 @@ def test_settings_from_hostile_environment_values_load_or_fail_in_one_line(
 @example("1e-320")
 def test_request_lifetime_hours_load_or_fail_in_one_line(value: str) -> None:
     try:
-        loaded = load_recovery_settings({"RESTORE_REQUEST_TTL_HOURS": value})
+        loaded = recovery_section({"RESTORE_REQUEST_TTL_HOURS": value})
     except PgvaultError:
         return
     assert timedelta(0) < loaded.request_ttl <= timedelta(hours=72)

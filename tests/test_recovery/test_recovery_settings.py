@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from pgvault_assets.errors import ConfigError
-from pgvault_assets.recovery_settings import load_recovery_settings
+from pgvault_assets.settings import recovery_section as load_recovery_settings
 
 
 def test_requests_live_four_hours_unless_configured():
