@@ -16,7 +16,9 @@ from pgvault_assets.engine.retention import (
     plan_retention,
     tier_of,
 )
-from pgvault_assets.engine.store import LocalStore, S3Store, StoredObject
+from pgvault_assets.engine.store import StoredObject
+from pgvault_assets.engine.store.local import LocalStore
+from pgvault_assets.engine.store.s3 import S3Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import RetentionPolicy
