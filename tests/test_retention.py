@@ -12,7 +12,9 @@ from test_defs.backup_history import fake_manifest, write_backup, write_history
 from pgvault_assets.engine.cleanup import RepairKind, find_orphans, run_cleanup
 from pgvault_assets.engine.policy import Tier, tier_of
 from pgvault_assets.engine.retention import apply_retention, plan_retention
-from pgvault_assets.engine.store import LocalStore, S3Store, StoredObject
+from pgvault_assets.engine.store import StoredObject
+from pgvault_assets.engine.store.local import LocalStore
+from pgvault_assets.engine.store.s3 import S3Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import RetentionPolicy

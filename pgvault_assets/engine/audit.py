@@ -28,7 +28,7 @@ from pgvault_assets.engine.immutability import AUDIT_LOCK_MODE, audit_retain_unt
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.pipeline import Progress
 from pgvault_assets.engine.restore import RestoreResult, restore_backup, rollback_restore
-from pgvault_assets.engine.store import LocalStore, S3Store, Store
+from pgvault_assets.engine.store import Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError, StoreError
 from pgvault_assets.redact import redact
@@ -50,15 +50,7 @@ def put_new(store: Store, key: str, data: bytes, *, retain_until: datetime | Non
 
     `retain_until`: in a bucket with Object Lock, the record cannot be deleted before then.
     """
-    if isinstance(store, S3Store):
-        written = store.put_new(
-            key, data, **store.lock_arguments(retain_until, mode=AUDIT_LOCK_MODE)
-        )
-    elif isinstance(store, LocalStore):
-        written = store.put_new(key, data)
-    else:
-        raise StoreError(f"{type(store).__name__} cannot write create-only records")
-    if not written:
+    if not store.put_new(key, data, retain_until=retain_until, lock_mode=AUDIT_LOCK_MODE):
         raise RecordExists(f"{key} already exists in the audit trail")
 
 

@@ -28,7 +28,6 @@ from pgvault_assets.engine.postgres import (
     table_row_counts,
     tool_env,
 )
-from pgvault_assets.engine.store import LocalStore, S3Store
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed, ConfigError, StoreError
@@ -66,18 +65,13 @@ def pg_dump_reason(lines: Iterable[str], code: int) -> str:
 
 
 def _refuse_overwrite_in_place(vault: Vault, day: date) -> None:
-    """Without versioning, a re-run's upload replaces the stored backup before its manifest
-    is written: a crash in between would leave the date with no readable backup at all."""
-    store = vault.store
-    if (
-        not isinstance(store, S3Store)
-        or store.get_bytes(names.manifest_key(vault.environment, day)) is None
-    ):
-        return
-    versioning = store.bucket_settings().versioning
-    if versioning in ("Off", "Suspended"):
+    """A re-run's upload replaces the stored backup before its manifest is written: where the
+    store keeps no earlier version, a crash in between would leave the date with no readable
+    backup at all."""
+    reason = vault.store.overwrite_unprotected(names.manifest_key(vault.environment, day))
+    if reason is not None:
         raise BackupFailed(
-            f"{day.isoformat()} is already backed up and bucket {store.bucket} has no versioning, "
+            f"{day.isoformat()} is already backed up and {reason}, "
             "so a re-run would overwrite that backup in place; enable versioning "
             "(pgvault init-storage) or keep the backup you have"
         )
@@ -87,19 +81,12 @@ def _clean_partials(vault: Vault, day: date) -> int:
     """Remove what a killed run of this date left behind, and say so; we hold the date's lock."""
     store = vault.store
     removed = 0
-    what = "leftover"
-    if isinstance(store, LocalStore):
-        folder = store.root / vault.environment / day.isoformat()
-        for partial in folder.glob(".*.partial-*") if folder.exists() else []:
-            partial.unlink(missing_ok=True)
+    what = ""
+    with contextlib.suppress(StoreError):  # best effort: cleanup removes them later
+        for upload in store.pending_uploads(f"{vault.environment}/{day.isoformat()}/"):
+            store.abort_upload(upload)
             removed += 1
-        what = "partial file"
-    elif isinstance(store, S3Store):
-        with contextlib.suppress(StoreError):  # best effort: cleanup aborts them later
-            for upload in store.pending_uploads(vault.object_key(day)):
-                store.abort_upload(upload)
-                removed += 1
-        what = "unfinished multipart upload"
+            what = upload.kind.value
     if removed:
         log.warning(
             "removed %d %s%s an interrupted backup of %s left behind",
@@ -147,7 +134,11 @@ def backup_database(
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
                 row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-                assert row is not None
+                if row is None:
+                    raise BackupFailed(
+                        "PostgreSQL exported no snapshot to dump; "
+                        "no backup was recorded, the previous one is intact"
+                    )
                 snapshot = row[0]
                 major, version = server_version(conn)
                 pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
@@ -175,9 +166,16 @@ def backup_database(
                 except BaseException:
                     writer.abort()
                     raise
-                assert proc.stdout is not None and proc.stderr is not None
+                dump, dump_errors = proc.stdout, proc.stderr
+                if dump is None or dump_errors is None:  # never with PIPE; the types allow it
+                    proc.kill()
+                    writer.abort()
+                    raise BackupFailed(
+                        "pg_dump started without its output pipes; "
+                        "no backup was recorded, the previous one is intact"
+                    )
                 stderr_thread = threading.Thread(
-                    target=_tail_reader, args=(proc.stderr, errors), daemon=True
+                    target=_tail_reader, args=(dump_errors, errors), daemon=True
                 )
                 stderr_thread.start()
                 counter = threading.Thread(
@@ -186,7 +184,7 @@ def backup_database(
                 counter.start()
                 try:
                     result = encrypt_stream(
-                        proc.stdout, writer, keys, context, level=level, progress=progress
+                        dump, writer, keys, context, level=level, progress=progress
                     )
                     code = proc.wait()
                     stderr_thread.join(5)
@@ -253,7 +251,6 @@ def backup_database(
             vault.store.put_bytes(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )
-            if isinstance(vault.store, LocalStore):
-                # The old version was kept only until the new backup was recorded.
-                vault.store.prune_versions(vault.object_key(day), version_id)
+            # The old version was kept only until the new backup was recorded.
+            vault.store.prune_versions(vault.object_key(day), version_id)
             return manifest

@@ -26,9 +26,8 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 
 from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
@@ -42,14 +41,14 @@ from pgvault_assets.engine.retention import (
 )
 from pgvault_assets.engine.store import (
     HeldLock,
-    LocalStore,
+    KeptVersion,
+    PendingKind,
     PendingUpload,
-    S3Store,
     Store,
     StoredObject,
 )
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import LockBusy, StoreError
+from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import RetentionPolicy
 
 # A backup holds the lock for seconds while it commits; cleanup waits rather than fail.
@@ -107,6 +106,13 @@ _WORDING: dict[RepairKind, tuple[str, str, str, str, str]] = {
 }
 
 
+# How each kind of unfinished write is reported once found stale.
+_PENDING_REPAIRS = {
+    PendingKind.MULTIPART_UPLOAD: RepairKind.STALE_UPLOAD,
+    PendingKind.PARTIAL_FILE: RepairKind.STALE_PARTIAL,
+}
+
+
 @dataclass(frozen=True)
 class Repair:
     """One kind of leftover, and what of it was removed (or, in a dry run, would be)."""
@@ -157,7 +163,7 @@ class Leftover:
     key: str
     day: date | None
     upload: PendingUpload | None = None
-    path: Path | None = None
+    version: KeptVersion | None = None
 
 
 def run_cleanup(
@@ -238,24 +244,11 @@ def unfinished_writes(
 ) -> list[Leftover]:
     """Multipart uploads started, and partial files last written, `leftover_age` ago or more."""
     environment = vault.environment
-    store = vault.store
     found = []
-    if isinstance(store, S3Store):
-        for upload in store.pending_uploads(f"{environment}/"):
-            if now - upload.initiated_at >= leftover_age:
-                day = date_folder(environment, upload.key)
-                found.append(Leftover(RepairKind.STALE_UPLOAD, upload.key, day, upload=upload))
-    elif isinstance(store, LocalStore):
-        base = store.root / environment
-        for path in store.partial_uploads():
-            if not path.is_relative_to(base):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                if now - written >= leftover_age:
-                    key = path.relative_to(store.root).as_posix()
-                    day = date_folder(environment, key)
-                    found.append(Leftover(RepairKind.STALE_PARTIAL, key, day, path=path))
+    for upload in vault.store.pending_uploads(f"{environment}/"):
+        if now - upload.initiated_at >= leftover_age:
+            kind = _PENDING_REPAIRS[upload.kind]
+            found.append(Leftover(kind, upload.key, date_folder(environment, upload.key), upload))
     return found
 
 
@@ -266,28 +259,23 @@ def unpinned_versions(
     now: datetime,
     leftover_age: timedelta = LEFTOVER_AGE,
 ) -> list[Leftover]:
-    """The local store's kept versions (`.versions/`) that no manifest pins, `leftover_age`
-    old or more: a backup killed between keeping its version and its manifest leaves one, and
-    so does one killed between its manifest and pruning the version it replaced."""
+    """The versions the store keeps itself (the local `.versions/`) that no manifest pins,
+    `leftover_age` old or more: a backup killed between keeping its version and its manifest
+    leaves one, and so does one killed between its manifest and pruning the version it
+    replaced."""
     store = vault.store
-    if not isinstance(store, LocalStore):
-        return []
     environment = vault.environment
     pinned = {(m.date, m.object_version_id) for m in manifests}
     backed_up = {m.date for m in manifests}
     found = []
-    for path in sorted((store.root / environment).glob("*/.versions/*")):
-        day = date_folder(environment, f"{environment}/{path.parent.parent.name}/{path.name}")
-        name, _, version = path.name.rpartition(".")
-        if day is None or (day, version) in pinned:
+    for kept in store.kept_versions(f"{environment}/"):
+        day = date_folder(environment, kept.key)
+        if day is None or (day, kept.version_id) in pinned:
             continue
-        if day not in backed_up and (path.parent.parent / name).exists():
+        if day not in backed_up and store.exists(kept.key):
             continue  # goes with its object, an orphan of its own
-        with contextlib.suppress(FileNotFoundError):
-            written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            if now - written >= leftover_age:
-                key = path.relative_to(store.root).as_posix()
-                found.append(Leftover(RepairKind.STALE_VERSION, key, day, path=path))
+        if now - kept.modified_at >= leftover_age:
+            found.append(Leftover(RepairKind.STALE_VERSION, kept.stored_as, day, version=kept))
     return found
 
 
@@ -329,7 +317,7 @@ def _remove_leftovers(
                     continue
             for leftover in by_day[day]:
                 held.check()  # a lock lost meanwhile: stop before the next removal
-                if leftover.upload is None and leftover.path is None:
+                if leftover.upload is None and leftover.version is None:
                     until = store.retained_until(leftover.key)
                     if until is not None:
                         locked.append((leftover, until))
@@ -349,16 +337,9 @@ def _remove_leftovers(
 
 def _remove(store: Store, leftover: Leftover) -> None:
     if leftover.upload is not None:
-        assert isinstance(store, S3Store)
         store.abort_upload(leftover.upload)
-    elif leftover.path is not None:
-        try:
-            leftover.path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"could not remove {leftover.key} from the local store ({exc.strerror}); "
-                "check the permissions under BACKUP_LOCAL_DIR"
-            ) from None
+    elif leftover.version is not None:
+        store.remove_version(leftover.version)
     else:
         store.delete(leftover.key)
 

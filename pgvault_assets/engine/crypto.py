@@ -29,7 +29,7 @@ from aws_encryption_sdk.key_providers.base import MasterKeyProvider
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 
-from pgvault_assets.engine.store import _private_dirs
+from pgvault_assets.engine.store import private_dirs
 from pgvault_assets.errors import ConfigError, KeyUnavailable
 
 # Key commitment without the ECDSA signature: every reader of a backup also holds the key, so
@@ -80,7 +80,7 @@ class LocalKeyProvider:
         if self.path.exists():
             return
         try:
-            _private_dirs(self.path.parent)
+            private_dirs(self.path.parent)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return

@@ -22,7 +22,7 @@ from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 from sentry_sdk.utils import BadDsn, Dsn
 
 from pgvault_assets.engine import manifest as mf
-from pgvault_assets.engine.bucket import BucketSettings, read_bucket_settings
+from pgvault_assets.engine.bucket import BucketSettings
 from pgvault_assets.engine.crypto import (
     ALGORITHM,
     SDK,
@@ -30,7 +30,7 @@ from pgvault_assets.engine.crypto import (
     key_provider_for_manifest,
 )
 from pgvault_assets.engine.postgres import check_tool_fits_server, connect, server_version
-from pgvault_assets.engine.store import LocalStore, S3Store
+from pgvault_assets.engine.store import Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
@@ -148,22 +148,25 @@ def key_check(vault: Vault, today: date) -> Check:
     return _guarded(name, run)
 
 
-def bucket_checks(store: S3Store) -> list[Check]:
-    """The manual's bucket settings; a missing bucket is one failure, not five."""
+def bucket_checks(store: Store, lock_mode: str) -> list[Check]:
+    """The manual's bucket settings; a missing bucket is one failure, not five. `lock_mode`:
+    the Object Lock mode backups are written in (BACKUP_OBJECT_LOCK_MODE)."""
     try:
-        found = read_bucket_settings(store.client, store.bucket)
+        found = store.inspect_bucket()
     except PgvaultError as exc:
         return [Check("bucket", Status.FAIL, str(exc))]
+    if found is None:
+        return [Check("bucket", Status.SKIP, f"{store.location} is not a bucket")]
     if not found.exists:
         return [
             Check(
                 "bucket",
                 Status.FAIL,
-                f"s3://{store.bucket} does not exist; run pgvault init-storage",
+                f"{store.location} does not exist; run pgvault init-storage",
             )
         ]
-    checks = [Check("bucket", Status.OK, f"s3://{store.bucket}")]
-    checks.extend(_bucket_setting_checks(found, store))
+    checks = [Check("bucket", Status.OK, store.location)]
+    checks.extend(_bucket_setting_checks(found, lock_mode))
     if found.unreadable:
         checks.append(
             Check(
@@ -175,7 +178,7 @@ def bucket_checks(store: S3Store) -> list[Check]:
     return checks
 
 
-def _bucket_setting_checks(found: BucketSettings, store: S3Store) -> list[Check]:
+def _bucket_setting_checks(found: BucketSettings, lock_mode: str) -> list[Check]:
     """One row per readable setting; what cannot be read is reported once, by the caller."""
     checks = []
     if found.versioning is not None:
@@ -214,7 +217,7 @@ def _bucket_setting_checks(found: BucketSettings, store: S3Store) -> list[Check]
             Check(
                 "bucket object lock",
                 Status.OK,
-                f"on: backups locked in {store.lock_mode.lower()} mode for their tier"
+                f"on: backups locked in {lock_mode.lower()} mode for their tier"
                 if found.object_lock
                 else "off (optional): pgvault init-storage --object-lock makes backups immutable",
             )
@@ -259,19 +262,11 @@ def round_trip_check(vault: Vault) -> Check:
             return Check(
                 name, Status.FAIL, f"{key} read back different bytes from {store.location}"
             )
-        if store.get_bytes(key) is not None or _versions_left(store, key):
+        if store.get_bytes(key) is not None or store.any_version_left(key):
             return Check(name, Status.FAIL, f"{key} could not be deleted from {store.location}")
         return Check(name, Status.OK, f"wrote, read and deleted {key} in {store.location}")
 
     return _guarded(name, run)
-
-
-def _versions_left(store: object, key: str) -> bool:
-    if not isinstance(store, S3Store):
-        return False
-    listing = store.client.list_object_versions(Bucket=store.bucket, Prefix=key)
-    items = listing.get("Versions", []) + listing.get("DeleteMarkers", [])
-    return any(item["Key"] == key for item in items)
 
 
 def sentry_check(dsn: str | None) -> Check:
@@ -297,9 +292,9 @@ def run_checks(settings: Settings, *, today: date) -> list[Check]:
     vault = Vault.from_settings(settings)
     checks = database_checks(settings)
     checks.append(key_check(vault, today))
-    if isinstance(vault.store, S3Store):
-        checks.extend(bucket_checks(vault.store))
-    elif isinstance(vault.store, LocalStore):
+    if settings.uses_s3:
+        checks.extend(bucket_checks(vault.store, settings.object_lock_mode))
+    else:
         checks.append(local_store_check(settings))
     checks.append(round_trip_check(vault))
     checks.append(sentry_check(settings.sentry_dsn))

@@ -13,8 +13,8 @@ from pgvault_assets.engine.crypto import (
     key_provider_for_manifest,
 )
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.store import LocalStore, S3Store, Store
-from pgvault_assets.errors import BackupNotFound
+from pgvault_assets.engine.store import Store, open_store
+from pgvault_assets.errors import BackupNotFound, KeyUnavailable
 from pgvault_assets.settings import RetentionPolicy, Settings
 
 
@@ -29,23 +29,18 @@ class Vault:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
+        store = open_store(settings)
         if settings.uses_s3:
-            assert settings.s3_bucket and settings.kms_key_id
             return cls(
                 settings.environment,
-                S3Store(
-                    settings.s3_bucket,
-                    settings.kms_key_id,
-                    read_timeout_seconds=settings.s3_read_timeout_seconds,
-                    lock_mode=settings.object_lock_mode,
-                ),
+                store,
                 None,
                 settings.kms_key_id,
                 retention=settings.retention,
             )
         return cls(
             settings.environment,
-            LocalStore(settings.local_dir),
+            store,
             LocalKeyProvider(settings.local_key_file),
             retention=settings.retention,
         )
@@ -56,7 +51,11 @@ class Vault:
             if self._kms is None:
                 self._kms = KmsKeyProvider.resolve(self.kms_key_id)
             return self._kms
-        assert self.local_key is not None
+        if self.local_key is None:
+            raise KeyUnavailable(
+                f"{self.environment} has neither a KMS key nor a local key file to encrypt with; "
+                "set BACKUP_KMS_KEY_ID or BACKUP_LOCAL_KEY_FILE"
+            )
         self.local_key.ensure()
         return self.local_key
 

@@ -30,9 +30,9 @@ from dagster import (
 from pgvault_assets.defs.backup import BACKUP_KEY, make_database_backup
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine import store
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.store import s3 as s3_store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import PlatformSettings, load_settings, platform_section
 from test_defs.http_capture import Captured
@@ -60,9 +60,11 @@ def s3_proxy(
     fill(source, ROWS)
     monkeypatch.setenv("DATABASE_URL", source)
     monkeypatch.setattr(
-        store,
+        s3_store,
         "BOTO_CONFIG",
-        store.BOTO_CONFIG.merge(Config(retries={"mode": "standard", "max_attempts": BOTO_RETRIES})),
+        s3_store.BOTO_CONFIG.merge(
+            Config(retries={"mode": "standard", "max_attempts": BOTO_RETRIES})
+        ),
     )
     parts = urlsplit(aws_env.endpoint)
     assert parts.hostname and parts.port

@@ -20,7 +20,7 @@ from pgvault_assets.engine.pipeline import (
     decrypt_stream,
     encrypt_stream,
 )
-from pgvault_assets.engine.store import LocalStore
+from pgvault_assets.engine.store.local import LocalStore
 from pgvault_assets.errors import IntegrityError
 
 CONTEXT = {"pgvault:environment": "test", "pgvault:date": "2025-11-06"}

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from pgvault_assets.engine import store
 from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.engine.store import reader, s3
 from pgvault_assets.errors import StoreError
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import AwsEnv
@@ -60,7 +60,7 @@ def test_upload_cut_every_time_fails_in_one_line_and_aborts_the_upload(
     faulty_proxy: FaultyProxy, aws_env: AwsEnv, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        store, "BOTO_CONFIG", store.BOTO_CONFIG.merge(Config(retries={"max_attempts": 2}))
+        s3, "BOTO_CONFIG", s3.BOTO_CONFIG.merge(Config(retries={"max_attempts": 2}))
     )
     faulty_proxy.fault = Fault("upload", "cut", after_bytes=MIB, faults=-1)
 
@@ -96,7 +96,7 @@ def test_download_cut_every_time_fails_in_one_line_and_restores_nothing(
 ) -> None:
     back_up(source)
     target = make_database("staging")
-    monkeypatch.setattr(store, "RESUME_ATTEMPTS", 2)
+    monkeypatch.setattr(reader, "RESUME_ATTEMPTS", 2)
     faulty_proxy.fault = Fault("download", "cut", after_bytes=MIB, faults=-1)
 
     with pytest.raises(StoreError, match=r"S3 download of .* failed") as caught:

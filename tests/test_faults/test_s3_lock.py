@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from pgvault_assets.engine.store import S3Store
+from pgvault_assets.engine.store.s3 import S3Store
 from pgvault_assets.errors import LockBusy
 from tests.conftest import AwsEnv
 from tests.test_faults.conftest import wait_for
