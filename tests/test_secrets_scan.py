@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 import sentry_sdk
-from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import RunsFilter
+from dagster import DagsterInstance, RunsFilter
 from test_defs.http_capture import Captured, capture_http
 from test_defs.run_failure import sense_run_failure
 

@@ -3,7 +3,9 @@
 `pgvault backup` is a Dagster materialization of the day's partition on the configured
 instance, not a side door around it: the backup, its checks and their results show in the UI
 exactly as a scheduled one does. Dagster is imported only by the commands that use it: every
-`pgvault` command builds this parser, and importing Dagster costs a second or two of CPU.
+`pgvault` command builds this parser, and importing Dagster costs a second or two of CPU. So
+the functions below import Dagster, and pgvault's modules that import it, where they need
+them, on purpose; type annotations name Dagster's types under TYPE_CHECKING only.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def dagster_home() -> Path:
 
 @contextlib.contextmanager
 def open_instance(instance: DagsterInstance | None = None) -> Iterator[DagsterInstance]:
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance  # deferred on purpose: see the module docstring
 
     if instance is not None:
         yield instance
@@ -97,6 +99,24 @@ def open_instance(instance: DagsterInstance | None = None) -> Iterator[DagsterIn
         yield embedded
 
 
+@contextlib.contextmanager
+def dagster_previews_hidden() -> Iterator[None]:
+    """Hide Dagster's beta and preview notices inside this block only, and nothing else.
+
+    Dagster flags the partitioned asset checks (decrypts_fully, restorable) as preview when
+    their definitions load: that notice is for pgvault's developers, not its operators.
+    Every other warning, and these outside the block, still shows.
+    """
+    from dagster import BetaWarning, PreviewWarning  # deferred on purpose: see the module docstring
+
+    with warnings.catch_warnings():
+        for category in (BetaWarning, PreviewWarning):
+            warnings.filterwarnings(
+                "ignore", message=r".*is currently in (beta|preview)", category=category
+            )
+        yield
+
+
 def materialize_backup(
     day: date, *, instance: DagsterInstance | None = None, prove_restorable: bool = False
 ) -> Manifest:
@@ -106,29 +126,30 @@ def materialize_backup(
     full decrypt and the throwaway restore re-read and re-load the whole backup, so an
     operator's backup runs them only when asked; the daily schedule always runs them.
     """
-    # Dagster flags the partitioned checks as preview: that is for developers, not operators.
-    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
-    from dagster import materialize
+    with dagster_previews_hidden():
+        # Deferred on purpose (see the module docstring), and inside the block because
+        # loading the checks' definitions is what warns.
+        from dagster import materialize
 
-    from pgvault_assets.defs.backup import database_backup, decrypts_fully
-    from pgvault_assets.defs.resources import resource_defs
-    from pgvault_assets.defs.restorable import restorable
+        from pgvault_assets.defs.backup import database_backup, decrypts_fully
+        from pgvault_assets.defs.resources import resource_defs
+        from pgvault_assets.defs.restorable import restorable
 
-    check_backup_date(day, utcnow())
-    with open_instance(instance) as active:
-        result = materialize(
-            [database_backup, decrypts_fully, restorable]
-            if prove_restorable
-            else [database_backup],
-            instance=active,
-            resources=resource_defs(),
-            partition_key=day.isoformat(),
-            raise_on_error=False,
-            tags={"pgvault/launched_by": "cli"},
-            # The run's full event log is in the UI; the terminal gets pgvault's own lines
-            # (Dagster's ERROR events carry stack traces, and the failure is reported below).
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-        )
+        check_backup_date(day, utcnow())
+        with open_instance(instance) as active:
+            result = materialize(
+                [database_backup, decrypts_fully, restorable]
+                if prove_restorable
+                else [database_backup],
+                instance=active,
+                resources=resource_defs(),
+                partition_key=day.isoformat(),
+                raise_on_error=False,
+                tags={"pgvault/launched_by": "cli"},
+                # The run's full event log is in the UI; the terminal gets pgvault's own lines
+                # (Dagster's ERROR events carry stack traces, and the failure is reported below).
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            )
     if not result.success:
         raise BackupFailed(
             f"backup of {day.isoformat()} failed: {_first_failure(result)}; "
@@ -138,7 +159,7 @@ def materialize_backup(
 
 
 def _first_failure(result: ExecuteInProcessResult) -> str:
-    from dagster import DagsterEventType
+    from dagster import DagsterEventType  # deferred on purpose: see the module docstring
 
     for event in result.all_events:
         if event.event_type != DagsterEventType.STEP_FAILURE:
@@ -204,6 +225,7 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    # Deferred on purpose: both import Dagster (see the module docstring).
     from pgvault_assets.defs.backup import BACKUP_KEY
     from pgvault_assets.defs.history import failed_backup_runs
 

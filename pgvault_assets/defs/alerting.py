@@ -9,11 +9,13 @@ finish time, because a schedule that never fires produces no event at all.
 
 import json
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
     AssetCheckSeverity,
+    DagsterInstance,
     DefaultSensorStatus,
     Definitions,
     RunFailureSensorContext,
@@ -23,6 +25,8 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
+
+# Private: used by failed_check_evaluations() only, which says why.
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from pgvault_assets.alerts import Alert
@@ -151,6 +155,43 @@ def check_alert(evaluation: AssetCheckEvaluation) -> Alert | None:
     )
 
 
+class FailedCheck(NamedTuple):
+    """One failed execution of a check: its record id, when it was planned, its evaluation."""
+
+    id: int
+    created_at: float
+    evaluation: AssetCheckEvaluation | None
+
+
+def failed_check_evaluations(
+    instance: DagsterInstance, check_key: AssetCheckKey, limit: int
+) -> list[FailedCheck]:
+    """The newest `limit` executions of `check_key` whose evaluation failed.
+
+    pgvault's one private Dagster use. Dagster 1.13 has no public way to read a check's
+    evaluations across runs: `DagsterInstance.fetch_materializations` and `fetch_observations`
+    cover assets only, and `get_event_records` is deprecated (removed in 2.0) and cannot
+    select evaluations by check or outcome. So this reads the event log storage's
+    check-execution history, as Dagster's own UI does, and hands back public types only. Its
+    ids are the ids the sensor's cursor has always held, so existing cursors keep working.
+    """
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        check_key, limit=limit, status={AssetCheckExecutionRecordStatus.FAILED}
+    )
+    failed = []
+    for record in records:
+        event = record.event.dagster_event if record.event else None
+        evaluation = event.event_specific_data if event else None
+        failed.append(
+            FailedCheck(
+                record.id,
+                record.create_timestamp,
+                evaluation if isinstance(evaluation, AssetCheckEvaluation) else None,
+            )
+        )
+    return failed
+
+
 @sensor(
     name="backup_check_alert_sensor",
     minimum_interval_seconds=60,
@@ -171,19 +212,11 @@ def backup_check_alert_sensor(
     not_before = utcnow().timestamp() - 86400
     notifier = None
     for name in BACKUP_CHECK_NAMES:
-        records = context.instance.event_log_storage.get_asset_check_execution_history(
-            AssetCheckKey(BACKUP_KEY, name),
-            limit=50,
-            status={AssetCheckExecutionRecordStatus.FAILED},
-        )
-        for record in sorted(records, key=lambda r: r.id):
-            if record.id in seen or (first_tick and record.create_timestamp < not_before):
+        failed = failed_check_evaluations(context.instance, AssetCheckKey(BACKUP_KEY, name), 50)
+        for record in sorted(failed, key=lambda r: r.id):
+            if record.id in seen or (first_tick and record.created_at < not_before):
                 continue
-            event = record.event.dagster_event if record.event else None
-            evaluation = event.event_specific_data if event else None
-            alert = (
-                check_alert(evaluation) if isinstance(evaluation, AssetCheckEvaluation) else None
-            )
+            alert = check_alert(record.evaluation) if record.evaluation is not None else None
             if alert is not None:
                 notifier = notifier or alerts.notifier(vault.settings())
                 notifier.send(alert)

@@ -19,7 +19,6 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSelection,
-    BackfillPolicy,
     Backoff,
     DailyPartitionsDefinition,
     DefaultScheduleStatus,
@@ -152,8 +151,9 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
 
     @asset(
         key=BACKUP_KEY,
+        # No backfill_policy: without one, Dagster backfills each partition in its own run,
+        # which is what a dump of one day needs.
         partitions_def=BACKUP_PARTITIONS,
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
         retry_policy=RetryPolicy(
             max_retries=config.max_retries,
             delay=config.retry_delay_seconds,

@@ -11,6 +11,7 @@ from datetime import date, datetime
 
 from dagster import (
     AssetKey,
+    DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
@@ -28,14 +29,25 @@ def is_backup_run(instance: DagsterInstance, run: DagsterRun, key: AssetKey) -> 
     """Did `run` set out to materialize `key`? Runs of a whole job carry no asset selection."""
     if run.asset_selection:
         return key in run.asset_selection
-    planned = instance.get_records_for_run(
-        run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-    ).records
-    return any(
-        record.event_log_entry.dagster_event is not None
-        and record.event_log_entry.dagster_event.asset_key == key
-        for record in planned
-    )
+    planned = run_events(instance, run.run_id, DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    return any(event.asset_key == key for event in planned)
+
+
+def run_events(
+    instance: DagsterInstance, run_id: str, event_type: DagsterEventType
+) -> list[DagsterEvent]:
+    """The Dagster events of `event_type` in run `run_id`, oldest first.
+
+    `DagsterInstance.all_logs` is not marked public in Dagster 1.13 (it is neither private nor
+    deprecated), and no public method reads one run's events: `fetch_materializations`,
+    `fetch_observations` and `fetch_run_status_changes` cover other event types, and
+    `get_event_records` is deprecated and cannot select a run. Every per-run read goes here.
+    """
+    return [
+        entry.dagster_event
+        for entry in instance.all_logs(run_id, of_type=event_type)
+        if entry.dagster_event is not None
+    ]
 
 
 def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
@@ -44,9 +56,8 @@ def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
     None when the backup step refused its date: a refused backfill took no backup and failed
     none, so it counts neither way.
     """
-    for entry in reversed(instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)):
-        event = entry.dagster_event
-        data = event.step_failure_data if event else None
+    for event in reversed(run_events(instance, run_id, DagsterEventType.STEP_FAILURE)):
+        data = event.step_failure_data
         if data is None:
             continue
         if data.user_failure_data and REFUSED_METADATA_KEY in data.user_failure_data.metadata:
@@ -64,11 +75,11 @@ def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
 def failed_backup_runs(
     instance: DagsterInstance, key: AssetKey, since: datetime
 ) -> list[FailedRun]:
-    runs = instance.get_runs(
+    records = instance.get_run_records(
         filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE], created_after=since)
     )
     failures = []
-    for run in runs:
+    for run in (record.dagster_run for record in records):
         partition = run.tags.get(PARTITION_TAG)
         if not partition or not is_backup_run(instance, run, key):
             continue
