@@ -225,9 +225,10 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
-    # Deferred on purpose: both import Dagster (see the module docstring).
-    from pgvault_assets.defs.backup import BACKUP_KEY
-    from pgvault_assets.defs.history import failed_backup_runs
+    with dagster_previews_hidden():
+        # Deferred on purpose: both import Dagster (see the module docstring).
+        from pgvault_assets.defs.backup import BACKUP_KEY
+        from pgvault_assets.defs.history import failed_backup_runs
 
     vault = Vault.from_settings(settings)
     now = utcnow()
