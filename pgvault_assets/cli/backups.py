@@ -10,17 +10,12 @@ from rich.table import Table
 from pgvault_assets.cli.args import confirm, parse_date, positive_int
 from pgvault_assets.cli.console import console, errors, human_bytes, progress
 from pgvault_assets.cli.recovery import restore_production_command, rollback_production_command
-from pgvault_assets.engine.audit import (
-    operator,
-    record_integrity_check,
-    restore_staging,
-    rollback_staging,
-)
+from pgvault_assets.engine.audit import operator, record_integrity_check
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.demo import create_demo_database
 from pgvault_assets.engine.integrity import check_database_integrity
-from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.restore import restore_staging, rollback_staging, verify_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings
 

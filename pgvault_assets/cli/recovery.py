@@ -16,7 +16,7 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import confirm, parse_date
 from pgvault_assets.cli.console import console, human_bytes, progress
-from pgvault_assets.engine import audit, rows
+from pgvault_assets.engine import audit, restore, rows
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.drill import run_drill, store_report
@@ -328,7 +328,7 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
         )
     url = settings.target_url("production")
     with progress(f"restoring {args.date} to production") as advance:
-        result = auth.restore_production(
+        result = restore.restore_production(
             vault,
             args.request,
             url,
@@ -357,7 +357,7 @@ def rollback_production_command(args: argparse.Namespace, settings: Settings) ->
             "pgvault request-restore --kind rollback --target production --reason TEXT, then --request ID"
         )
     url = settings.target_url("production")
-    restored, kept = auth.rollback_production(
+    restored, kept = restore.rollback_production(
         Vault.from_settings(settings),
         args.request,
         url,

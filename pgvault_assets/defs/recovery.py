@@ -34,9 +34,8 @@ from dagster import (
 from pgvault_assets.defs.backup import BACKUP_KEY
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.audit import restore_staging
 from pgvault_assets.engine.drill import run_drill, store_report
-from pgvault_assets.engine.restore import RestoreResult
+from pgvault_assets.engine.restore import RestoreResult, restore_production, restore_staging
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
@@ -219,7 +218,7 @@ def _restore_production(
             f"request {request.id} approved the {request.date} backup, not {day}; nothing was restored"
         )
     url = settings.target_url("production")
-    return url, auth.restore_production(
+    return url, restore_production(
         store,
         config.request_id,
         url,

@@ -8,7 +8,7 @@ of a request lives at `executions/{request_id}.json`, so a second execution cann
 
 Production operations are recorded by the two-person rule (request, approvals, execution,
 outcome); staging's restores, rollbacks and row recoveries by `staging_operation` below, each
-with who ran it and how it ended, failures included.
+with who ran it and how it ended, failures included. This module records; it never restores.
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ from typing import Any
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.immutability import AUDIT_LOCK_MODE, audit_retain_until
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.pipeline import Progress
-from pgvault_assets.engine.restore import RestoreResult, restore_backup, rollback_restore
 from pgvault_assets.engine.store import Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError, StoreError
 from pgvault_assets.redact import redact
-from pgvault_assets.settings import DatabaseUrl
 
 STAGING_RESTORE = "staging-restore"
 STAGING_ROLLBACK = "staging-rollback"
@@ -148,39 +145,6 @@ def staging_operation(
             log.warning("the failed %s could not be recorded in the audit trail (%s)", record, lost)
         raise
     append(vault, "staging", record, {**what, **learned, "succeeded": True}, now=now())
-
-
-def restore_staging(
-    vault: Vault,
-    day: date,
-    url: DatabaseUrl,
-    *,
-    actor: str,
-    full_verify: bool = False,
-    progress: Progress | None = None,
-    now: Clock = utcnow,
-) -> RestoreResult:
-    """Restore staging and record it, failed or not: production is checked against what it holds."""
-    body = {"date": day.isoformat(), "sha256": None, "database": url.dbname}
-    with staging_operation(vault, STAGING_RESTORE, body, actor=actor, now=now) as learned:
-        learned["sha256"] = vault.read_manifest(day).sha256
-        result = restore_backup(
-            vault, day, url, full_verify=full_verify, progress=progress, now=now
-        )
-        learned["sha256"] = result.manifest.sha256  # what was restored, even if re-run meanwhile
-        return result
-
-
-def rollback_staging(
-    vault: Vault, url: DatabaseUrl, *, actor: str, now: Clock = utcnow
-) -> tuple[str, str]:
-    """Swap staging's kept database back in and record it: staging no longer holds the backup."""
-    with staging_operation(
-        vault, STAGING_ROLLBACK, {"database": url.dbname}, actor=actor, now=now
-    ) as learned:
-        swapped_in, kept_as = rollback_restore(url, now=now)
-        learned.update(swapped_in=swapped_in, kept_as=kept_as)
-    return swapped_in, kept_as
 
 
 def record_integrity_check(

@@ -5,7 +5,8 @@ scope) in canonical bytes; approvers sign those bytes with their SSH keys
 (`ssh-keygen -Y sign`, namespace `pgvault-restore`). A name typed on a command line proves
 nothing, so every check re-verifies the signatures against the allowed-signers file at the
 moment of execution: changing the request, or removing an approver, voids the approval.
-Executing writes a once-only record first, so a request can never run twice.
+Executing writes a once-only record first, so a request can never run twice. This module
+decides; `restore.py` executes what it allows, and `audit.py` records it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,7 @@ from typing import Any, TypeVar
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.clock import Clock, aware, utcnow
-from pgvault_assets.engine.pipeline import Progress
-from pgvault_assets.engine.restore import (
-    RestoreResult,
-    previous_databases,
-    restore_backup,
-    rollback_restore,
-)
+from pgvault_assets.engine.postgres import previous_databases
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.redact import redact
@@ -440,75 +435,3 @@ def run_authorized(
         raise
     record_outcome(vault, authorization.request, succeeded=True, detail=describe(result), now=now)
     return result
-
-
-def restore_production(
-    vault: Vault,
-    request_id: str,
-    target_url: DatabaseUrl,
-    approvers_file: Path,
-    *,
-    now: Clock = utcnow,
-    full_verify: bool = False,
-    progress: Progress | None = None,
-    confirm: Callable[[str], None] | None = None,
-) -> RestoreResult:
-    """Restore production under a dual-authorized `restore` request, with the safe swap.
-
-    `confirm` runs after every check and before the request is consumed, so declining the
-    confirmation leaves the request usable.
-    """
-    authorization = authorize(
-        vault, request_id, approvers_file, kind="restore", database=target_url.dbname, now=now
-    )
-    request = authorization.request
-    assert request.date is not None and request.sha256 is not None
-    manifest = vault.read_manifest(request.date)
-    if manifest.sha256 != request.sha256:
-        raise AuthorizationRefused(
-            f"the {request.date} backup changed since request {request.id} was approved "
-            f"(sha256 {manifest.sha256[:12]}…, approved {request.sha256[:12]}…); nothing was restored"
-        )
-    require_staging_first(vault, request.date, request.sha256)
-    if confirm is not None:
-        confirm(target_url.dbname)
-    return run_authorized(
-        vault,
-        authorization,
-        lambda: restore_backup(
-            vault, request.date, target_url, full_verify=full_verify, now=now, progress=progress
-        ),
-        lambda result: f"restored {result.manifest.date}; previous kept as {result.previous}",
-        now=now,
-    )
-
-
-def rollback_production(
-    vault: Vault,
-    request_id: str,
-    url: DatabaseUrl,
-    approvers_file: Path,
-    *,
-    now: Clock = utcnow,
-    confirm: Callable[[str], None] | None = None,
-) -> tuple[str, str]:
-    """Swap production's kept database back in under a dual-authorized `rollback` request."""
-    authorization = authorize(
-        vault, request_id, approvers_file, kind="rollback", database=url.dbname, now=now
-    )
-    swap_in = authorization.request.scope.get("swap_in")
-    kept = previous_databases(url)
-    if not kept or kept[0] != swap_in:
-        raise AuthorizationRefused(
-            f"request {request_id} approved swapping in {swap_in}, but the newest kept database is "
-            f"{kept[0] if kept else 'none'}; create a new rollback request"
-        )
-    if confirm is not None:
-        confirm(url.dbname)
-    return run_authorized(
-        vault,
-        authorization,
-        lambda: rollback_restore(url, now=now),
-        lambda swapped: f"{url.dbname} is back to {swapped[0]}; replaced one kept as {swapped[1]}",
-        now=now,
-    )

@@ -1,5 +1,7 @@
 """Every object key and lock name in one place, so no module reaches into another for a name.
 
+Databases a restore creates beside its target are named here too.
+
 Layout of one environment's folder in the store::
 
     {environment}/{YYYY-MM-DD}/db_backup.sql.gz.enc     the encrypted dump
@@ -14,6 +16,7 @@ from datetime import date
 OBJECT_NAME = "db_backup.sql.gz.enc"
 MANIFEST_NAME = "manifest.json"
 RESTORE_VERIFIED_NAME = "restore_verified.json"
+MAX_IDENTIFIER = 63  # PostgreSQL's limit on a name, in bytes
 # Files that belong to one day's backup, beside its manifest.
 BACKUP_FILES = (OBJECT_NAME, RESTORE_VERIFIED_NAME)
 
@@ -32,6 +35,13 @@ def manifest_key(environment: str, day: date) -> str:
 
 def restore_verified_key(environment: str, day: date) -> str:
     return f"{day_folder(environment, day)}/{RESTORE_VERIFIED_NAME}"
+
+
+def database_beside(target: str, label: str, stamp: str) -> str:
+    """A database next to `target` (`<target>_<label>_<stamp>`: a restore being built, one
+    kept for rollback), its target's name cut so the whole fits PostgreSQL's identifiers."""
+    suffix = f"_{label}_{stamp}"
+    return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
 
 
 def retention_lock_name(environment: str) -> str:

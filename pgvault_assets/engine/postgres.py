@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.engine.names import database_beside
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
@@ -211,3 +212,14 @@ def drop_database(maintenance: psycopg.Connection, name: str) -> None:
     maintenance.execute(
         sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     )
+
+
+def previous_databases(url: DatabaseUrl) -> list[str]:
+    """Databases kept by earlier restores of `url`'s database, newest first."""
+    prefix = database_beside(url.dbname, "pre_restore", "0" * 14)[:-14]
+    with connect(url.with_dbname("postgres")) as maintenance:
+        rows = maintenance.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY datname DESC",
+            (prefix,),
+        ).fetchall()
+    return [row[0] for row in rows]

@@ -16,15 +16,19 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.engine import audit
+from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.names import database_beside
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
@@ -32,6 +36,7 @@ from pgvault_assets.engine.postgres import (
     connection_loss_raises,
     database_exists,
     drop_database,
+    previous_databases,
     server_version,
     table_row_counts,
     terminate_connections,
@@ -42,7 +47,6 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import IntegrityError, LockBusy, PgvaultError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
 
-MAX_IDENTIFIER = 63
 log = logging.getLogger(__name__)
 
 
@@ -115,11 +119,6 @@ def verify_backup(
     return VerifyResult(manifest, reader.hexdigest(), reader.size, True, plain)
 
 
-def _scratch_name(target: str, label: str, stamp: str) -> str:
-    suffix = f"_{label}_{stamp}"
-    return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
-
-
 def _free_stamp(
     maintenance: psycopg.Connection, target: str, labels: tuple[str, ...], at: datetime
 ) -> str:
@@ -129,7 +128,7 @@ def _free_stamp(
     for offset in range(3600):
         stamp = (at + timedelta(seconds=offset)).astimezone(UTC).strftime("%Y%m%d%H%M%S")
         if not any(
-            database_exists(maintenance, _scratch_name(target, label, stamp)) for label in labels
+            database_exists(maintenance, database_beside(target, label, stamp)) for label in labels
         ):
             return stamp
     raise RestoreFailed(
@@ -156,7 +155,7 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
             f"another restore or rollback of {target} is running on this server; "
             "wait for it to finish and try again"
         )
-    prefix = _scratch_name(target, "restore", "0" * 14)[:-14]
+    prefix = database_beside(target, "restore", "0" * 14)[:-14]
     stale = [
         name
         for (name,) in maintenance.execute(
@@ -317,8 +316,8 @@ def restore_backup(
         # Repair first: a run refused below must still leave the target usable.
         abandoned = _guard_target(maintenance, target)
         stamp = _free_stamp(maintenance, target, ("restore", "pre_restore"), now())
-        scratch = _scratch_name(target, "restore", stamp)
-        keep_as = _scratch_name(target, "pre_restore", stamp)
+        scratch = database_beside(target, "restore", stamp)
+        keep_as = database_beside(target, "pre_restore", stamp)
         started = time.perf_counter()
         manifest = verify_backup(vault, day, full=full_verify).manifest
         stages["verify"] = round(time.perf_counter() - started, 3)
@@ -350,17 +349,6 @@ def restore_backup(
     return RestoreResult(manifest, target, keep_as if had_target else None, stages, abandoned)
 
 
-def previous_databases(url: DatabaseUrl) -> list[str]:
-    """Databases kept by earlier restores of `url`'s database, newest first."""
-    prefix = _scratch_name(url.dbname, "pre_restore", "0" * 14)[:-14]
-    with connect(url.with_dbname("postgres")) as maintenance:
-        rows = maintenance.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY datname DESC",
-            (prefix,),
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
 def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str]:
     """Swap the newest kept database back in; the restored one is kept in turn."""
     kept = previous_databases(url)
@@ -374,7 +362,7 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
         connect(url.with_dbname("postgres")) as maintenance,
     ):
         _guard_target(maintenance, target)
-        keep_as = _scratch_name(
+        keep_as = database_beside(
             target, "rolled_back", _free_stamp(maintenance, target, ("rolled_back",), now())
         )
         maintenance.execute(
@@ -487,3 +475,117 @@ def restore_into_scratch(
             _drop_scratch(holder, server_url.with_dbname("postgres"), name)
             with contextlib.suppress(psycopg.Error):
                 holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+
+
+# The operators' entry points: staging's restores are audited, production's are authorized
+# by two approvals first. Authorization decides and audit records; only this module restores.
+
+
+def restore_staging(
+    vault: Vault,
+    day: date,
+    url: DatabaseUrl,
+    *,
+    actor: str,
+    full_verify: bool = False,
+    progress: Progress | None = None,
+    now: Clock = utcnow,
+) -> RestoreResult:
+    """Restore staging and record it, failed or not: production is checked against what it holds."""
+    body = {"date": day.isoformat(), "sha256": None, "database": url.dbname}
+    with audit.staging_operation(
+        vault, audit.STAGING_RESTORE, body, actor=actor, now=now
+    ) as learned:
+        learned["sha256"] = vault.read_manifest(day).sha256
+        result = restore_backup(
+            vault, day, url, full_verify=full_verify, progress=progress, now=now
+        )
+        learned["sha256"] = result.manifest.sha256  # what was restored, even if re-run meanwhile
+        return result
+
+
+def rollback_staging(
+    vault: Vault, url: DatabaseUrl, *, actor: str, now: Clock = utcnow
+) -> tuple[str, str]:
+    """Swap staging's kept database back in and record it: staging no longer holds the backup."""
+    with audit.staging_operation(
+        vault, audit.STAGING_ROLLBACK, {"database": url.dbname}, actor=actor, now=now
+    ) as learned:
+        swapped_in, kept_as = rollback_restore(url, now=now)
+        learned.update(swapped_in=swapped_in, kept_as=kept_as)
+    return swapped_in, kept_as
+
+
+def restore_production(
+    vault: Vault,
+    request_id: str,
+    target_url: DatabaseUrl,
+    approvers_file: Path,
+    *,
+    now: Clock = utcnow,
+    full_verify: bool = False,
+    progress: Progress | None = None,
+    confirm: Callable[[str], None] | None = None,
+) -> RestoreResult:
+    """Restore production under a dual-authorized `restore` request, with the safe swap.
+
+    `confirm` runs after every check and before the request is consumed, so declining the
+    confirmation leaves the request usable.
+    """
+    authorization = auth.authorize(
+        vault, request_id, approvers_file, kind="restore", database=target_url.dbname, now=now
+    )
+    request = authorization.request
+    if request.date is None or request.sha256 is None:
+        raise auth.AuthorizationRefused(
+            f"request {request.id} names no backup (date and sha256); create a new request"
+        )
+    manifest = vault.read_manifest(request.date)
+    if manifest.sha256 != request.sha256:
+        raise auth.AuthorizationRefused(
+            f"the {request.date} backup changed since request {request.id} was approved "
+            f"(sha256 {manifest.sha256[:12]}…, approved {request.sha256[:12]}…); nothing was restored"
+        )
+    auth.require_staging_first(vault, request.date, request.sha256)
+    if confirm is not None:
+        confirm(target_url.dbname)
+    return auth.run_authorized(
+        vault,
+        authorization,
+        lambda: restore_backup(
+            vault, request.date, target_url, full_verify=full_verify, now=now, progress=progress
+        ),
+        lambda result: f"restored {result.manifest.date}; previous kept as {result.previous}",
+        now=now,
+    )
+
+
+def rollback_production(
+    vault: Vault,
+    request_id: str,
+    url: DatabaseUrl,
+    approvers_file: Path,
+    *,
+    now: Clock = utcnow,
+    confirm: Callable[[str], None] | None = None,
+) -> tuple[str, str]:
+    """Swap production's kept database back in under a dual-authorized `rollback` request."""
+    authorization = auth.authorize(
+        vault, request_id, approvers_file, kind="rollback", database=url.dbname, now=now
+    )
+    swap_in = authorization.request.scope.get("swap_in")
+    kept = previous_databases(url)
+    if not kept or kept[0] != swap_in:
+        raise auth.AuthorizationRefused(
+            f"request {request_id} approved swapping in {swap_in}, but the newest kept database is "
+            f"{kept[0] if kept else 'none'}; create a new rollback request"
+        )
+    if confirm is not None:
+        confirm(url.dbname)
+    return auth.run_authorized(
+        vault,
+        authorization,
+        lambda: rollback_restore(url, now=now),
+        lambda swapped: f"{url.dbname} is back to {swapped[0]}; replaced one kept as {swapped[1]}",
+        now=now,
+    )

@@ -300,7 +300,8 @@ def test_a_failed_dump_is_explained_by_its_error_line_not_the_detail_after_it():
 def test_restores_and_a_rollback_in_one_second_keep_every_replaced_database_newest_first(
     local_env, awkward_database, make_database
 ):
-    from pgvault_assets.engine.restore import previous_databases, rollback_restore
+    from pgvault_assets.engine.postgres import previous_databases
+    from pgvault_assets.engine.restore import rollback_restore
 
     back_up(awkward_database)
     target = DatabaseUrl.parse(make_database("target"), "target")

@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import pytest
 
-from pgvault_assets.engine import audit
+from pgvault_assets.engine import audit, restore
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.restore import previous_databases
+from pgvault_assets.engine.postgres import previous_databases
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import (
@@ -188,7 +188,7 @@ def test_an_expired_request_is_refused(production, approvers, capsys):
     request = auth.read_request(vault(), request_id)
 
     with pytest.raises(auth.AuthorizationRefused, match="expired"):
-        auth.restore_production(
+        restore.restore_production(
             vault(),
             request_id,
             DatabaseUrl(production.production),
@@ -333,7 +333,7 @@ def test_a_declined_confirmation_leaves_the_request_usable(production, approvers
         raise auth.AuthorizationRefused("declined")
 
     with pytest.raises(auth.AuthorizationRefused, match="declined"):
-        auth.restore_production(
+        restore.restore_production(
             vault(), request_id, DatabaseUrl(production.production), approvers.file, confirm=decline
         )
 
