@@ -141,7 +141,7 @@ class Notifier:
         if self.sentry_enabled:
             self._to_sentry(alert)
         if self.webhook_url:
-            self._to_webhook(alert)
+            self._to_webhook(alert, self.webhook_url)
 
     def _to_sentry(self, alert: Alert) -> None:
         with sentry_sdk.new_scope() as scope:
@@ -153,7 +153,7 @@ class Notifier:
             sentry_sdk.capture_message(alert.message, level=alert.level)
         sentry_sdk.flush(timeout=5)
 
-    def _to_webhook(self, alert: Alert) -> None:
+    def _to_webhook(self, alert: Alert, url: str) -> None:
         icon = {"info": ":white_check_mark:", "warning": ":warning:"}.get(
             alert.level, ":rotating_light:"
         )
@@ -166,8 +166,7 @@ class Notifier:
             "tags": alert.tags,
         }
         try:
-            assert self.webhook_url is not None
-            self.post(self.webhook_url, json.dumps(payload).encode())
+            self.post(url, json.dumps(payload).encode())
         except Exception as exc:
             _log.warning(
                 "alert webhook failed (%s); the alert went to Sentry only", type(exc).__name__

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pgvault_assets.engine.postgres import connect, user_tables
+from pgvault_assets.engine.postgres import connect, one_row, user_tables
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl
 
@@ -78,9 +78,7 @@ def table_digest(conn: psycopg.Connection, schema: str, table: str) -> TableDige
         "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
         "FROM (SELECT md5(t::text) AS h FROM {}.{} AS t) AS hashed"
     ).format(sql.Identifier(schema), sql.Identifier(table))
-    row = conn.execute(query).fetchone()
-    assert row is not None
-    count, high, low = row
+    count, high, low = one_row(conn, query)
     checksum = hashlib.sha256(f"{count}:{high}:{low}".encode()).hexdigest()[:32]
     return TableDigest(f"{schema}.{table}", int(count), checksum)
 

@@ -24,7 +24,7 @@ from psycopg import sql
 from pgvault_assets.engine.audit import unique_name
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.integrity import CheckResult, check_database_integrity
-from pgvault_assets.engine.postgres import connect, user_tables
+from pgvault_assets.engine.postgres import connect, one_row, user_tables
 from pgvault_assets.engine.restore import restore_into_scratch, verify_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupNotFound, PgvaultError
@@ -234,9 +234,8 @@ def run_queries(url: DatabaseUrl, queries_file: Path | None) -> tuple[QueryResul
 
 def database_bytes(url: DatabaseUrl) -> int:
     with connect(url) as conn:
-        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-    assert row is not None
-    return int(row[0])
+        (size,) = one_row(conn, "SELECT pg_database_size(current_database())")
+    return int(size)
 
 
 def run_drill(

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
@@ -128,9 +129,17 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
+def one_row(conn: psycopg.Connection, query: Any, params: Any = None) -> tuple[Any, ...]:
+    """The single row a query always returns (an aggregate, a setting): none is an error of
+    the server's, said as such rather than an assert that `python -O` would remove."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise PgvaultError(f"PostgreSQL returned no row for {str(query)[:60]!r}")
+    return tuple(row)
+
+
 def server_version(conn: psycopg.Connection) -> tuple[int, str]:
-    row = conn.execute("SELECT current_setting('server_version_num')::int, version()").fetchone()
-    assert row is not None
+    row = one_row(conn, "SELECT current_setting('server_version_num')::int, version()")
     return row[0] // 10000, row[1].split(" on ")[0]
 
 

@@ -201,7 +201,9 @@ def _feed_psql(
         stderr=subprocess.PIPE,
         env=tool_env(url),
     )
-    assert proc.stdin is not None and proc.stderr is not None
+    if proc.stdin is None or proc.stderr is None:  # asked for above; never None
+        proc.kill()
+        raise RestoreFailed("psql started without its pipes; nothing was restored")
     stderr = proc.stderr
 
     def collect() -> None:

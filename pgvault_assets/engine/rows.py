@@ -542,7 +542,10 @@ def recover_rows_production(
         vault, request_id, approvers_file, kind="recover-rows", database=target_url.dbname, now=now
     )
     request = authorization.request
-    assert request.date is not None and request.sha256 is not None
+    if request.date is None or request.sha256 is None:
+        raise auth.AuthorizationRefused(
+            f"request {request.id} names no backup (date and sha256); create a new request"
+        )
     if vault.read_manifest(request.date).sha256 != request.sha256:
         raise auth.AuthorizationRefused(
             f"the {request.date} backup changed since request {request.id} was approved; nothing was inserted"
