@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from dagster import (
     AssetCheckSeverity,
     Backoff,
@@ -115,6 +116,8 @@ def test_backfilling_an_older_partition_fails_fast_naming_why_and_takes_no_dump(
     assert failed_backup_runs(instance, BACKUP_KEY, since=utcnow() - timedelta(days=1)) == []
 
 
+# The alert sensor compares check records stamped by SQLite's clock with Python's.
+@pytest.mark.external_clock
 def test_a_backup_corrupted_in_storage_fails_the_blocking_checksum_check_and_alerts_critically(
     backup_env, instance, yesterday, alerts_captured
 ):
@@ -164,6 +167,8 @@ def test_checks_rerun_on_an_existing_partition_catch_later_corruption(
     assert not evaluations["restorable"].passed  # the restore refuses the mismatch too
 
 
+# The alert sensor compares check records stamped by SQLite's clock with Python's.
+@pytest.mark.external_clock
 def test_a_dump_half_the_previous_size_warns_without_failing_the_run(
     backup_env, instance, yesterday, alerts_captured
 ):

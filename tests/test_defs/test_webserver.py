@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 
@@ -66,6 +68,8 @@ def _wait_until_up(base: str, process: subprocess.Popen, seconds: float = 90) ->
     raise AssertionError("dagster-webserver did not come up")
 
 
+# dagster-webserver and its code server do not start under time-machine's shifted clock.
+@pytest.mark.external_clock
 def test_the_ui_launches_yesterdays_backup_and_it_succeeds(backup_env, local_env, yesterday):
     home = Path(os.environ["DAGSTER_HOME"])
     # Runs start at once instead of waiting in a queue for a daemon this test does not start.

@@ -361,8 +361,9 @@ def test_a_kept_version_no_manifest_pins_is_removed_once_stale_and_the_pinned_on
     fresh = versions / f"db_backup.sql.gz.enc.{uuid.uuid4().hex}"
     for leftover in (stale, fresh):
         leftover.write_bytes(os.urandom(4096))
-    two_days_ago = time.time() - 2 * 86400
-    os.utime(stale, (two_days_ago, two_days_ago))
+    now = time.time()  # the test's clock, not the file system's, dates both leftovers
+    os.utime(fresh, (now, now))
+    os.utime(stale, (now - 2 * 86400, now - 2 * 86400))
 
     assert main(["cleanup", "--dry-run"]) == 0
     assert "would remove 1 unpinned kept version" in capsys.readouterr().out
