@@ -215,6 +215,46 @@ def require_staging_first(vault: Vault, day: date, sha256: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PinnedBackup:
+    """An authorization whose request names a backup that is still the one approved."""
+
+    authorization: Authorization
+    day: date
+    sha256: str
+
+
+def authorize_pinned_backup(
+    vault: Vault,
+    request_id: str,
+    approvers_file: Path,
+    *,
+    kind: str,
+    database: str,
+    undone: str,
+    now: Clock = utcnow,
+) -> PinnedBackup:
+    """Authorize a request that applies a backup to production: the approvals check out, the
+    backup's SHA-256 is still the approved one, and staging restored and checked it first.
+    `undone` says what did not happen when refused ("nothing was restored")."""
+    authorization = authorize(
+        vault, request_id, approvers_file, kind=kind, database=database, now=now
+    )
+    request = authorization.request
+    if request.date is None or request.sha256 is None:
+        raise AuthorizationRefused(
+            f"request {request.id} names no backup (date and sha256); create a new request"
+        )
+    stored = vault.read_manifest(request.date).sha256
+    if stored != request.sha256:
+        raise AuthorizationRefused(
+            f"the {request.date} backup changed since request {request.id} was approved "
+            f"(sha256 {stored[:12]}…, approved {request.sha256[:12]}…); {undone}"
+        )
+    require_staging_first(vault, request.date, request.sha256)
+    return PinnedBackup(authorization, request.date, request.sha256)
+
+
 def read_request(vault: Vault, request_id: str) -> RestoreRequest:
     _check_id(request_id)
     raw = vault.store.get_bytes(request_key(vault.environment, request_id))

@@ -534,28 +534,22 @@ def restore_production(
     `confirm` runs after every check and before the request is consumed, so declining the
     confirmation leaves the request usable.
     """
-    authorization = auth.authorize(
-        vault, request_id, approvers_file, kind="restore", database=target_url.dbname, now=now
+    pinned = auth.authorize_pinned_backup(
+        vault,
+        request_id,
+        approvers_file,
+        kind="restore",
+        database=target_url.dbname,
+        undone="nothing was restored",
+        now=now,
     )
-    request = authorization.request
-    if request.date is None or request.sha256 is None:
-        raise auth.AuthorizationRefused(
-            f"request {request.id} names no backup (date and sha256); create a new request"
-        )
-    manifest = vault.read_manifest(request.date)
-    if manifest.sha256 != request.sha256:
-        raise auth.AuthorizationRefused(
-            f"the {request.date} backup changed since request {request.id} was approved "
-            f"(sha256 {manifest.sha256[:12]}…, approved {request.sha256[:12]}…); nothing was restored"
-        )
-    auth.require_staging_first(vault, request.date, request.sha256)
     if confirm is not None:
         confirm(target_url.dbname)
     return auth.run_authorized(
         vault,
-        authorization,
+        pinned.authorization,
         lambda: restore_backup(
-            vault, request.date, target_url, full_verify=full_verify, now=now, progress=progress
+            vault, pinned.day, target_url, full_verify=full_verify, now=now, progress=progress
         ),
         lambda result: f"restored {result.manifest.date}; previous kept as {result.previous}",
         now=now,

@@ -538,19 +538,17 @@ def recover_rows_production(
     confirm: Callable[[str], None] | None = None,
 ) -> RowRecovery:
     """Apply a dual-authorized `recover-rows` request to production, exactly as it was approved."""
-    authorization = auth.authorize(
-        vault, request_id, approvers_file, kind="recover-rows", database=target_url.dbname, now=now
+    pinned = auth.authorize_pinned_backup(
+        vault,
+        request_id,
+        approvers_file,
+        kind="recover-rows",
+        database=target_url.dbname,
+        undone="nothing was inserted",
+        now=now,
     )
+    authorization = pinned.authorization
     request = authorization.request
-    if request.date is None or request.sha256 is None:
-        raise auth.AuthorizationRefused(
-            f"request {request.id} names no backup (date and sha256); create a new request"
-        )
-    if vault.read_manifest(request.date).sha256 != request.sha256:
-        raise auth.AuthorizationRefused(
-            f"the {request.date} backup changed since request {request.id} was approved; nothing was inserted"
-        )
-    auth.require_staging_first(vault, request.date, request.sha256)
     scope = request.scope
     claimed: list[bool] = []
 
@@ -563,7 +561,7 @@ def recover_rows_production(
     try:
         result = recover_rows(
             vault,
-            request.date,
+            pinned.day,
             target_url,
             scope["table"],
             where=scope["where"] or None,
