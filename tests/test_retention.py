@@ -9,15 +9,16 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 
+from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.cleanup import RepairKind, find_orphans, run_cleanup
-from pgvault_assets.engine.policy import Tier, tier_of
+from pgvault_assets.engine.policy import Tier, tier_of, tiers_of
 from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.engine.store import StoredObject
 from pgvault_assets.engine.store.local import LocalStore
 from pgvault_assets.engine.store.s3 import S3Store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import LockBusy
-from pgvault_assets.settings import RetentionPolicy
+from pgvault_assets.settings import RetentionPolicy, load_settings
 
 POLICY = RetentionPolicy()
 TODAY = date(2025, 12, 31)
@@ -29,17 +30,59 @@ def vault(tmp_path) -> Vault:
     return Vault("test", LocalStore(tmp_path / "store"), None)
 
 
-def test_first_of_month_is_monthly_sunday_weekly_other_days_daily():
-    assert tier_of(date(2025, 3, 1)) is Tier.MONTHLY  # a Saturday
-    assert tier_of(date(2025, 3, 2)) is Tier.WEEKLY  # a Sunday
-    assert tier_of(date(2025, 3, 3)) is Tier.DAILY
+def days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+MARCH_2025 = days_between(date(2025, 3, 1), date(2025, 3, 31))
+
+
+def test_with_every_day_backed_up_the_1st_is_monthly_sundays_weekly_other_days_daily():
+    tiers = tiers_of(MARCH_2025)
+    assert tiers[date(2025, 3, 1)] is Tier.MONTHLY  # a Saturday
+    assert tiers[date(2025, 3, 2)] is Tier.WEEKLY  # a Sunday
+    assert tiers[date(2025, 3, 3)] is Tier.DAILY
+    assert {d for d, t in tiers.items() if t is Tier.WEEKLY} == {
+        date(2025, 3, 2),
+        date(2025, 3, 9),
+        date(2025, 3, 16),
+        date(2025, 3, 23),
+        date(2025, 3, 30),
+    }
 
 
 def test_a_sunday_first_of_month_takes_the_longer_tier():
     assert date(2025, 6, 1).weekday() == 6
-    assert tier_of(date(2025, 6, 1)) is Tier.MONTHLY
+    june = days_between(date(2025, 6, 1), date(2025, 6, 30))
+    assert tier_of(date(2025, 6, 1), backed_up=june) is Tier.MONTHLY
     shorter_monthly = RetentionPolicy(daily_days=30, weekly_days=90, monthly_days=60)
-    assert tier_of(date(2025, 6, 1), shorter_monthly) is Tier.WEEKLY
+    assert tier_of(date(2025, 6, 1), shorter_monthly, backed_up=june) is Tier.WEEKLY
+
+
+def test_when_the_backup_of_the_1st_failed_the_next_one_keeps_the_month():
+    without_the_1st = [d for d in MARCH_2025 if d != date(2025, 3, 1)]
+    tiers = tiers_of(without_the_1st)
+    assert tiers[date(2025, 3, 2)] is Tier.MONTHLY  # the month's first backup, and a Sunday
+    assert [d for d, t in tiers.items() if t is Tier.MONTHLY] == [date(2025, 3, 2)]
+
+
+def test_when_the_sunday_backup_failed_the_next_one_keeps_the_week():
+    without_sunday = [d for d in MARCH_2025 if d != date(2025, 3, 9)]
+    tiers = tiers_of(without_sunday)
+    assert tiers[date(2025, 3, 10)] is Tier.WEEKLY  # Monday stands in
+    assert tiers[date(2025, 3, 11)] is Tier.DAILY
+
+
+def test_retention_keeps_the_stand_in_for_its_tiers_days(vault):
+    for day in days_between(date(2025, 3, 2), date(2025, 4, 30)):
+        if day != date(2025, 3, 9):  # that Sunday's backup failed
+            write_backup(vault, fake_manifest("test", day))
+    today = date(2025, 5, 1)
+    now = datetime(2025, 5, 1, 3, 0, tzinfo=UTC)
+    plan = plan_retention(vault.list_manifests(), today, POLICY, now=now, min_keep=0)
+    kept = {d.day: d.tier for d in plan.keep}
+    assert kept[date(2025, 3, 10)] is Tier.WEEKLY  # 52 days old, kept as the week's copy
+    assert date(2025, 3, 11) not in kept  # a daily of the same week, past its 30 days
 
 
 def test_a_year_of_daily_backups_keeps_30_days_13_weeks_and_12_months(vault):
@@ -79,6 +122,7 @@ def test_applying_the_plan_deletes_manifest_object_and_proof_and_the_rest_stays_
 
 
 def test_the_manifest_is_deleted_before_the_object(vault):
+    write_history(vault, date(2025, 1, 1), date(2025, 1, 5))  # the month's and week's copies
     manifest = fake_manifest("test", date(2025, 1, 6))
     write_backup(vault, manifest)
     write_history(vault, date(2025, 12, 20), date(2025, 12, 30))
@@ -98,14 +142,14 @@ def test_the_manifest_is_deleted_before_the_object(vault):
 
 
 def test_never_fewer_than_seven_backups_remain_even_when_all_expired(vault):
-    write_history(vault, date(2025, 1, 2), date(2025, 1, 20))
+    write_history(vault, date(2024, 12, 2), date(2024, 12, 20))  # all past their tiers
     newest_finished = vault.list_manifests()[-1].finished_at
     plan = plan_retention(
         vault.list_manifests(), TODAY, POLICY, now=newest_finished + timedelta(hours=1)
     )
 
     assert len(plan.keep) == 7
-    assert {d.day for d in plan.keep} == {date(2025, 1, n) for n in range(14, 21)}
+    assert {d.day for d in plan.keep} == {date(2024, 12, n) for n in range(14, 21)}
     assert "at least 7" in plan.keep[-1].reason
     apply_retention(vault, plan)
     assert len(vault.list_manifests()) == 7
@@ -145,6 +189,7 @@ def test_expired_backups_in_s3_lose_every_version(aws_env):
     old = fake_manifest("test", date(2025, 2, 12))
     write_backup(vault, old, b"first version")
     write_backup(vault, old, b"second version")
+    write_backup(vault, fake_manifest("test", date(2025, 2, 1)))  # February's monthly copy
     for day in range(20, 31):
         write_backup(vault, fake_manifest("test", date(2025, 12, day)))
 
@@ -153,7 +198,7 @@ def test_expired_backups_in_s3_lose_every_version(aws_env):
     assert old.object_key in deleted
     versions = aws_env.s3.list_object_versions(Bucket=aws_env.bucket, Prefix="test/2025-02-12/")
     assert versions.get("Versions", []) == [] and versions.get("DeleteMarkers", []) == []
-    assert len(vault.list_manifests()) == 11
+    assert len(vault.list_manifests()) == 12
 
 
 def _aged(vault: Vault, key: str, when: datetime) -> None:
@@ -162,8 +207,12 @@ def _aged(vault: Vault, key: str, when: datetime) -> None:
 
 
 def test_only_backup_files_of_dates_without_a_manifest_count_as_orphans():
+    march_1st = fake_manifest("test", date(2025, 3, 1))  # March's monthly copy
     plan = plan_retention(
-        [fake_manifest("test", date(2025, 12, d)) for d in range(20, 31)], TODAY, POLICY, now=NOW
+        [march_1st] + [fake_manifest("test", date(2025, 12, d)) for d in range(20, 31)],
+        TODAY,
+        POLICY,
+        now=NOW,
     )
     old = NOW - timedelta(days=3)
     listing = [
@@ -262,3 +311,16 @@ def test_cleanup_gives_up_in_one_line_when_the_retention_lock_stays_held(vault):
         run_cleanup(vault, POLICY, now=NOW, wait_seconds=0.5)
     assert "\n" not in str(refused.value) and "test-retention is locked" in str(refused.value)
     assert len(vault.list_manifests()) == 30
+
+
+def test_list_backups_shows_the_backup_standing_in_for_a_failed_sunday(local_env):
+    settings = load_settings()
+    store = Vault.from_settings(settings)
+    for day in days_between(date(2025, 3, 1), date(2025, 3, 12)):
+        if day != date(2025, 3, 9):  # that Sunday's backup failed
+            write_backup(store, fake_manifest("test", day))
+
+    rows = backup_rows(settings, days=None, now=NOW)
+    tiers = {row["date"]: row["tier"] for row in rows}
+    assert tiers["2025-03-10"] == "weekly" and tiers["2025-03-11"] == "daily"
+    assert tiers["2025-03-01"] == "monthly" and tiers["2025-03-02"] == "weekly"

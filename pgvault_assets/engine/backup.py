@@ -118,7 +118,9 @@ def backup_database(
         check_backup_date(day, started_at)
     keys = vault.encryption_keys()
     context = mf.encryption_context(vault.environment, day)
-    retain_until = backup_retain_until(day, vault.retention, now=started_at)
+    retain_until = backup_retain_until(
+        day, vault.retention, now=started_at, backed_up=vault.backup_dates()
+    )
     with vault.store.lock(backup_lock_name(vault.environment, day)) as date_lock:
         _clean_partials(vault, day)
         _refuse_overwrite_in_place(vault, day)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pgvault_assets.engine.policy import tier_of
+from pgvault_assets.engine.policy import tiers_of
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings
@@ -14,6 +14,7 @@ def backup_rows(settings: Settings, *, days: int | None, now: datetime) -> list[
     """One dict per complete backup, newest first, as `list-backups --json` prints them."""
     vault = Vault.from_settings(settings)
     manifests = vault.list_manifests()
+    tiers = tiers_of((m.date for m in manifests), settings.retention)
     if days is not None:
         cutoff = now.date() - timedelta(days=days)
         manifests = [m for m in manifests if m.date > cutoff]
@@ -32,7 +33,7 @@ def backup_rows(settings: Settings, *, days: int | None, now: datetime) -> list[
                 "created_at": m.finished_at.isoformat(),
                 "age_hours": round((now - m.finished_at).total_seconds() / 3600, 1),
                 "duration_seconds": round(m.duration_seconds, 3),
-                "tier": str(tier_of(m.date, settings.retention)),
+                "tier": str(tiers[m.date]),
                 "row_total": m.row_total,
                 "restore_verified_at": verified.isoformat() if verified else None,
             }

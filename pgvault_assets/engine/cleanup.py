@@ -232,7 +232,9 @@ def find_orphans(
         day = date_folder(environment, obj.key)
         if day is None or day in backed_up or obj.key.rsplit("/", 1)[1] not in _BACKUP_FILES:
             continue
-        if (plan.today - day).days > retention_days(tier_of(day, policy), policy):
+        if (plan.today - day).days > retention_days(
+            tier_of(day, policy, backed_up=backed_up), policy
+        ):
             found.append(Leftover(RepairKind.EXPIRED_ORPHAN, obj.key, day))
         elif now - obj.modified_at >= leftover_age and newest is not None and newest > day:
             found.append(Leftover(RepairKind.UNFINISHED_ORPHAN, obj.key, day))

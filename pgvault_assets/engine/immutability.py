@@ -9,6 +9,7 @@ long as the longest-kept backup they can describe.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 
 from pgvault_assets.engine.policy import retention_days, tier_of
@@ -17,9 +18,13 @@ from pgvault_assets.settings import RetentionPolicy
 AUDIT_LOCK_MODE = "COMPLIANCE"
 
 
-def backup_retain_until(day: date, policy: RetentionPolicy, *, now: datetime) -> datetime | None:
-    """The lock date for the backup of `day`; None when that date has already passed."""
-    days = retention_days(tier_of(day, policy), policy)
+def backup_retain_until(
+    day: date, policy: RetentionPolicy, *, now: datetime, backed_up: Iterable[date] = ()
+) -> datetime | None:
+    """The lock date for the backup of `day` beside the backups `backed_up`; None when that
+    date has already passed. A backup that later loses its tier to an earlier one backed up
+    after it stays locked longer than retention needs: never shorter."""
+    days = retention_days(tier_of(day, policy, backed_up=backed_up), policy)
     until = datetime.combine(day + timedelta(days=days + 1), time(), tzinfo=UTC)
     return until if until > now else None
 

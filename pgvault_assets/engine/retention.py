@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, retention_lock_name
-from pgvault_assets.engine.policy import Tier, retention_days, tier_of
+from pgvault_assets.engine.policy import Tier, retention_days, tiers_of
 from pgvault_assets.engine.store import HeldLock
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
@@ -73,9 +73,10 @@ def plan_retention(
 ) -> RetentionPlan:
     """Decide each backup's fate; the plan is the same whether it is shown or applied."""
     ordered = sorted(manifests, key=lambda m: m.date, reverse=True)
+    tiers = tiers_of((m.date for m in ordered), policy)
     decisions: list[tuple[RetentionDecision, bool]] = []
     for manifest in ordered:
-        tier = tier_of(manifest.date, policy)
+        tier = tiers[manifest.date]
         age = (today - manifest.date).days
         limit = retention_days(tier, policy)
         expired = age > limit

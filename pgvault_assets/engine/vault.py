@@ -78,15 +78,18 @@ class Vault:
             )
         return Manifest.from_json(raw, expected_key=key)
 
-    def list_manifests(self) -> list[Manifest]:
-        """Every complete backup of this environment, oldest first."""
-        manifests = []
+    def backup_dates(self) -> list[date]:
+        """The dates that have a manifest, oldest first, from the listing alone."""
+        days = []
         for obj in self.store.list(f"{self.environment}/"):
             if obj.key.endswith("/" + names.MANIFEST_NAME):
                 day_text = obj.key[len(self.environment) + 1 :].split("/")[0]
                 try:
-                    day = date.fromisoformat(day_text)
+                    days.append(date.fromisoformat(day_text))
                 except ValueError:
                     continue
-                manifests.append(self.read_manifest(day))
-        return sorted(manifests, key=lambda m: m.date)
+        return sorted(days)
+
+    def list_manifests(self) -> list[Manifest]:
+        """Every complete backup of this environment, oldest first."""
+        return [self.read_manifest(day) for day in self.backup_dates()]

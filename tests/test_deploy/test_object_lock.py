@@ -19,6 +19,8 @@ from tests.test_engine.helpers import DAY, back_up, vault
 
 POLICY = RetentionPolicy(daily_days=30, weekly_days=90, monthly_days=365)
 LONG_AGO = datetime(2025, 1, 1, tzinfo=UTC)
+# The month's copy of February 2025 (listed, not stored): the 12th is then a weekly backup.
+FEBRUARY_1ST = fake_manifest("test", date(2025, 2, 1))
 
 
 def lock_of(env, key: str) -> tuple[str | None, datetime | None]:
@@ -30,26 +32,29 @@ def midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+# Backed up before 3 March 2025: the month's first backup (a Saturday) and the Sunday.
+EARLIER = (date(2025, 3, 1), date(2025, 3, 2))
+
+
 def test_each_tier_is_locked_until_the_day_retention_may_delete_it():
-    assert backup_retain_until(date(2025, 3, 3), POLICY, now=LONG_AGO) == midnight(
-        date(2025, 4, 3)
-    )  # daily: 30 days old on 2 April, deletable from 3 April
-    assert backup_retain_until(date(2025, 3, 2), POLICY, now=LONG_AGO) == midnight(
-        date(2025, 6, 1)
-    )  # Sunday: 90 days
-    assert backup_retain_until(date(2025, 3, 1), POLICY, now=LONG_AGO) == midnight(
-        date(2026, 3, 2)
-    )  # 1st of the month: 365 days
+    def until(day: date, policy: RetentionPolicy = POLICY) -> datetime | None:
+        return backup_retain_until(day, policy, now=LONG_AGO, backed_up=EARLIER)
+
+    assert until(date(2025, 3, 3)) == midnight(date(2025, 4, 3))  # daily: deletable 3 April
+    assert until(date(2025, 3, 2)) == midnight(date(2025, 6, 1))  # the week's first: 90 days
+    assert until(date(2025, 3, 1)) == midnight(date(2026, 3, 2))  # the month's first: 365 days
     shorter = RetentionPolicy(daily_days=7, weekly_days=14, monthly_days=28)
-    assert backup_retain_until(date(2025, 3, 3), shorter, now=LONG_AGO) == midnight(
-        date(2025, 3, 11)
-    )
+    assert until(date(2025, 3, 3), shorter) == midnight(date(2025, 3, 11))
+
+
+def test_a_backup_standing_in_for_its_month_is_locked_as_the_months_copy():
+    # The backup of the 1st failed: the 3rd is the month's first backup.
+    assert backup_retain_until(date(2025, 3, 3), POLICY, now=LONG_AGO) == midnight(date(2026, 3, 4))
 
 
 def test_a_lock_date_already_past_is_not_requested():
-    assert (
-        backup_retain_until(date(2025, 3, 3), POLICY, now=datetime(2026, 1, 1, tzinfo=UTC)) is None
-    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert backup_retain_until(date(2025, 3, 3), POLICY, now=now, backed_up=EARLIER) is None
 
 
 def test_backup_and_manifest_in_a_locked_bucket_are_locked_in_governance_mode_for_their_tier(
@@ -121,7 +126,10 @@ def test_retention_never_deletes_the_manifest_of_a_backup_whose_object_is_locked
         old.object_key, b"locked object", retain_until=datetime.now(UTC) + timedelta(days=2)
     )
     v.store.put_bytes(v.manifest_key(old.date), old.to_json())  # written without a lock
-    plan = plan_retention([old], date(2025, 12, 31), v.retention, now=old.finished_at, min_keep=0)
+    plan = plan_retention(
+        [FEBRUARY_1ST, old], date(2025, 12, 31), v.retention, now=old.finished_at, min_keep=0
+    )
+    assert [d.day for d in plan.delete] == [old.date]
 
     assert apply_retention(v, plan) == []
     assert v.store.get_bytes(v.manifest_key(old.date)) == old.to_json()
@@ -132,7 +140,9 @@ def test_retention_deletes_a_backup_once_its_lock_has_expired(locked_env):
     old = fake_manifest("test", date(2025, 2, 12))
     v.store.put_bytes(old.object_key, b"object")  # no lock, as after its date
     v.store.put_bytes(v.manifest_key(old.date), old.to_json())
-    plan = plan_retention([old], date(2025, 12, 31), v.retention, now=old.finished_at, min_keep=0)
+    plan = plan_retention(
+        [FEBRUARY_1ST, old], date(2025, 12, 31), v.retention, now=old.finished_at, min_keep=0
+    )
 
     assert set(apply_retention(v, plan)) == {old.object_key, v.manifest_key(old.date)}
     assert vault().list_manifests() == []

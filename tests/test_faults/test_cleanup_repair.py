@@ -60,7 +60,8 @@ def _keys(under: str) -> list[str]:
 
 
 def expired_dailies(count: int, older_than_days: int = 45) -> list[date]:
-    """Dates past a daily backup's 30 days and in no longer-kept tier (no Sunday, no 1st)."""
+    """Dates past a daily backup's 30 days and in no longer-kept tier (no Sunday, no 1st) when
+    the backups around them exist; one standing alone is its month's copy unless older still."""
     found = []
     day = _today() - timedelta(days=older_than_days)
     while len(found) < count:
@@ -283,7 +284,7 @@ def test_an_orphan_under_object_lock_is_kept_and_said_so_without_failing(
     locked_env: AwsEnv, capsys
 ) -> None:
     write_history(vault(), _today() - timedelta(days=10), _today() - timedelta(days=1))
-    (day,) = expired_dailies(1, 200)
+    (day,) = expired_dailies(1, 400)  # alone in its month, so past even a monthly's days
     until = (datetime.now(UTC) + timedelta(days=3)).replace(second=0, microsecond=0)
     locked_env.s3.put_object(
         Bucket=locked_env.bucket,
