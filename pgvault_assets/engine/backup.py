@@ -118,9 +118,9 @@ def backup_database(
         check_backup_date(day, started_at)
     keys = vault.encryption_keys()
     context = mf.encryption_context(vault.environment, day)
-    retain_until = backup_retain_until(
-        day, vault.retention, now=started_at, backed_up=vault.backup_dates()
-    )
+    backed_up = vault.backup_dates()
+    retain_until = backup_retain_until(day, vault.retention, now=started_at, backed_up=backed_up)
+    expected_bytes = vault.size_before(day, backed_up)
     with vault.store.lock(backup_lock_name(vault.environment, day)) as date_lock:
         _clean_partials(vault, day)
         _refuse_overwrite_in_place(vault, day)
@@ -155,7 +155,9 @@ def backup_database(
                         count_errors.append(exc)
 
                 # Opened before pg_dump starts: a store that refuses leaves nothing running.
-                writer = vault.store.open_writer(vault.object_key(day), retain_until=retain_until)
+                writer = vault.store.open_writer(
+                    vault.object_key(day), retain_until=retain_until, expected_bytes=expected_bytes
+                )
                 errors: deque[str] = deque(maxlen=20)
                 try:
                     proc = subprocess.Popen(

@@ -14,7 +14,7 @@ from pgvault_assets.engine.crypto import (
 )
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.store import Store, open_store
-from pgvault_assets.errors import BackupNotFound, KeyUnavailable
+from pgvault_assets.errors import BackupNotFound, KeyUnavailable, PgvaultError
 from pgvault_assets.settings import RetentionPolicy, Settings
 
 
@@ -89,6 +89,17 @@ class Vault:
                 except ValueError:
                     continue
         return sorted(days)
+
+    def size_before(self, day: date, backed_up: list[date]) -> int | None:
+        """The stored size of the newest backup before `day`, a guide to the next one's; None
+        when there is none or its manifest cannot be read (a guide must not stop a backup)."""
+        earlier = [d for d in backed_up if d < day]
+        if not earlier:
+            return None
+        try:
+            return self.read_manifest(earlier[-1]).size_bytes
+        except PgvaultError:
+            return None
 
     def list_manifests(self) -> list[Manifest]:
         """Every complete backup of this environment, oldest first."""

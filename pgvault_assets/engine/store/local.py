@@ -140,7 +140,10 @@ class LocalStore:
                 "check the permissions under BACKUP_LOCAL_DIR"
             ) from None
 
-    def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
+    def open_writer(
+        self, key: str, *, retain_until: datetime | None = None, expected_bytes: int | None = None
+    ) -> ObjectWriter:
+        """One file, written whole: neither a lock nor a size hint changes how."""
         self._ensure_root()
         return _LocalWriter(self._path(key), versioned=True)
 

@@ -1,5 +1,12 @@
 """Writing one S3 object as a multipart upload: nothing is visible until it completes, and an
-aborted upload leaves no trace (an unfinished one is listed by `S3Store.pending_uploads`)."""
+aborted upload leaves no trace (an unfinished one is listed by `S3Store.pending_uploads`).
+
+S3 allows 10,000 parts of at most 5 GiB and objects of at most 5 TiB. Fixed 8 MiB parts
+would stop at 78 GiB, so part sizes double every 1,000 parts: 10,000 parts then hold more
+than 5 TiB, while a small backup keeps small parts. A backup that expects to be large (from
+the previous one's size) starts with larger parts. Memory stays at about three parts: the
+one being filled and at most two uploading.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +22,42 @@ from pgvault_assets.engine.store.failures import s3_error
 from pgvault_assets.engine.store.s3_access import S3Bucket
 from pgvault_assets.errors import StoreError
 
-PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 8 * 1024 * 1024  # above S3's 5 MiB floor for every part but the last
+MAX_PART_SIZE = 5 * 1024**3  # S3's ceiling for one part
+MAX_PARTS = 10_000  # S3's ceiling for one upload
+PARTS_PER_SIZE = 1_000  # parts uploaded at one size before the size doubles
+
+
+def part_size(number: int, first: int = MIN_PART_SIZE) -> int:
+    """The size of part `number` (from 1) of an upload whose first parts are `first` bytes."""
+    return min(MAX_PART_SIZE, first << ((number - 1) // PARTS_PER_SIZE))
+
+
+def first_part_size(expected_bytes: int | None) -> int:
+    """Parts large enough from the start that an object twice `expected_bytes` (the previous
+    backup's size) fits in the first sizes' parts, so growth is a margin, not the plan."""
+    size = MIN_PART_SIZE
+    wanted = 2 * (expected_bytes or 0) // PARTS_PER_SIZE
+    while size < wanted and size < MAX_PART_SIZE:
+        size *= 2
+    return size
 
 
 class _S3Writer:
     """A multipart upload fed part by part; at most two parts in flight bounds memory."""
 
-    def __init__(self, store: S3Bucket, key: str, lock: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        store: S3Bucket,
+        key: str,
+        lock: dict[str, Any] | None = None,
+        *,
+        expected_bytes: int | None = None,
+    ) -> None:
         self._store = store
         self._key = key
         self._lock = lock or {}
+        self._first_part = first_part_size(expected_bytes)
         self._buffer = bytearray()
         self._parts: list[Future[dict]] = []
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="s3-part")
@@ -53,20 +86,30 @@ class _S3Writer:
         )
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
-    def _flush(self) -> None:
+    def _next_part_size(self) -> int:
+        return part_size(len(self._parts) + 1, self._first_part)
+
+    def _flush(self, size: int) -> None:
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise StoreError(
+                f"upload of {self._key} needs more than S3's {MAX_PARTS} parts (its parts reached "
+                f"{part_size(MAX_PARTS, self._first_part)} bytes); the backup is larger than one "
+                "S3 object can be"
+            )
         if len(self._parts) >= 2:
             self._parts[-2].result()
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
         digest = hashlib.sha256(data).digest()
         self._digests.append(digest)
-        self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, data, digest))
+        self._parts.append(self._pool.submit(self._upload, number, data, digest))
 
     def write(self, data: bytes) -> None:
         self._buffer += data
         try:
-            while len(self._buffer) >= PART_SIZE:
-                self._flush()
+            while len(self._buffer) >= self._next_part_size():
+                self._flush(self._next_part_size())
         except Exception as exc:
             self.abort()
             raise s3_error(exc, f"upload of {self._key}") from None
@@ -74,7 +117,7 @@ class _S3Writer:
     def commit(self) -> str | None:
         try:
             if self._buffer or not self._parts:
-                self._flush()
+                self._flush(len(self._buffer))
             parts = [future.result() for future in self._parts]
             response = self._store.client.complete_multipart_upload(
                 Bucket=self._store.bucket,

@@ -71,8 +71,12 @@ class Store(Protocol):
     location: str
     """Where the store is, for an operator: a directory, or `s3://bucket`."""
 
-    def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
-        """`retain_until`: lock the object against deletion until then, where the store can."""
+    def open_writer(
+        self, key: str, *, retain_until: datetime | None = None, expected_bytes: int | None = None
+    ) -> ObjectWriter:
+        """`retain_until`: lock the object against deletion until then, where the store can.
+        `expected_bytes`: about how large it will be (the previous backup's size), so a store
+        that writes in parts can size them; any size still fits."""
         ...
 
     def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO: ...

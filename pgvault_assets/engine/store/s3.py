@@ -162,8 +162,12 @@ class S3Store:
             raise s3_error(exc, f"object lock check of {key}") from None
         return latest
 
-    def open_writer(self, key: str, *, retain_until: datetime | None = None) -> ObjectWriter:
-        return _S3Writer(self, key, self.lock_arguments(retain_until))
+    def open_writer(
+        self, key: str, *, retain_until: datetime | None = None, expected_bytes: int | None = None
+    ) -> ObjectWriter:
+        return _S3Writer(
+            self, key, self.lock_arguments(retain_until), expected_bytes=expected_bytes
+        )
 
     def open_reader(self, key: str, version_id: str | None = None) -> BinaryIO:
         return _ResumingReader(self, key, version_id)  # type: ignore[return-value]
