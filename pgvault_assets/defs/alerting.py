@@ -252,9 +252,41 @@ def make_health_sensor(clock: Clock = utcnow) -> SensorDefinition:
     return backup_health_sensor
 
 
+@sensor(
+    name="backup_record_sensor",
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Warning for each backup whose manifest cannot be read (damaged or newer).",
+)
+def backup_record_sensor(
+    context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
+) -> SkipReason:
+    """One alert per unreadable manifest, naming its date and why; the cursor holds the keys
+    alerted, so a record that is repaired and breaks again is alerted again."""
+    settings = vault.settings()
+    _, unreadable = vault.vault(settings).scan_manifests()
+    already = set(json.loads(context.cursor)) if context.cursor else set()
+    notifier = None
+    for record in unreadable:
+        if record.key not in already:
+            notifier = notifier or alerts.notifier(settings)
+            notifier.send(
+                Alert(
+                    "manifest_unreadable",
+                    "warning",
+                    f"the backup of {record.day.isoformat()} is skipped, its manifest cannot "
+                    f"be read: {record.reason}",
+                    tags={"date": record.day.isoformat()},
+                )
+            )
+    context.update_cursor(json.dumps(sorted(record.key for record in unreadable)))
+    return SkipReason(f"{len(unreadable)} unreadable manifests" if unreadable else "all readable")
+
+
 defs = Definitions(
     sensors=[
         make_staleness_sensor(),
+        backup_record_sensor,
         backup_failure_alert_sensor,
         backup_check_alert_sensor,
         make_health_sensor(),

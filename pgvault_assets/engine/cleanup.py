@@ -138,7 +138,8 @@ class CleanupResult:
     plan: RetentionPlan
     deleted_keys: tuple[str, ...]
     repairs: tuple[Repair, ...]
-    # Leftovers found but not removable yet, each a line saying why and when they will be.
+    # What was found but left alone (unreadable backups, leftovers not removable yet), each
+    # a line saying why and when it will be.
     kept_leftovers: tuple[str, ...]
     dry_run: bool = False
 
@@ -183,7 +184,8 @@ def run_cleanup(
     """
     environment = vault.environment
     with vault.store.lock(retention_lock_name(environment), wait_seconds=wait_seconds) as held:
-        manifests = vault.list_manifests()
+        manifests, unreadable = vault.scan_manifests()
+        unread = {record.day for record in unreadable}
         plan = plan_retention(manifests, now.date(), policy, now=now)
         orphans = find_orphans(
             environment,
@@ -192,8 +194,13 @@ def run_cleanup(
             policy,
             now=now,
             leftover_age=leftover_age,
+            unread=unread,
         )
-        kept: list[str] = []
+        # What cannot be read is neither judged nor removed: it may be a newer pgvault's.
+        kept: list[str] = [
+            f"kept the backup of {record.day.isoformat()} untouched: {record.reason}"
+            for record in unreadable
+        ]
         if plan.blocked_reason is not None and orphans:
             kept.append(
                 f"kept {_count(len(orphans), 'orphaned object')} "
@@ -204,7 +211,13 @@ def run_cleanup(
         leftovers = (
             orphans
             + unfinished_writes(vault, now=now, leftover_age=leftover_age)
-            + unpinned_versions(vault, manifests, now=now, leftover_age=leftover_age)
+            + [
+                leftover
+                for leftover in unpinned_versions(
+                    vault, manifests, now=now, leftover_age=leftover_age
+                )
+                if leftover.day not in unread
+            ]
         )
         deleted = [] if dry_run else delete_expired(vault, plan, held)
         removed, not_yet = _remove_leftovers(vault, leftovers, held, dry_run=dry_run)
@@ -219,13 +232,15 @@ def find_orphans(
     *,
     now: datetime,
     leftover_age: timedelta = LEFTOVER_AGE,
+    unread: set[date] | frozenset[date] = frozenset(),
 ) -> list[Leftover]:
     """Objects and restore proofs of dates without a manifest that are safe to remove.
 
     `objects` is the environment's listing and `plan` was made from its manifests, both
     under the retention lock; the date locks of running backups are checked on removal.
+    Dates in `unread` have a manifest that cannot be read: their files are never orphans.
     """
-    backed_up = {decision.day for decision in plan.keep + plan.delete}
+    backed_up = {decision.day for decision in plan.keep + plan.delete} | set(unread)
     newest = max(backed_up, default=None)
     found = []
     for obj in objects:

@@ -111,6 +111,11 @@ class Manifest:
             raise IntegrityError(
                 f"{where} is malformed ({exc}); do not restore this backup"
             ) from None
+        if manifest.format_version > FORMAT_VERSION:
+            raise IntegrityError(
+                f"{where} was written by a newer pgvault (format version "
+                f"{manifest.format_version}; this one reads {FORMAT_VERSION}); upgrade pgvault"
+            )
         if manifest.format_version != FORMAT_VERSION:
             raise IntegrityError(
                 f"{where} has format version {manifest.format_version}; "

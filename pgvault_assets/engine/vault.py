@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -14,8 +15,19 @@ from pgvault_assets.engine.crypto import (
 )
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.store import Store, open_store
-from pgvault_assets.errors import BackupNotFound, KeyUnavailable, PgvaultError
+from pgvault_assets.errors import BackupNotFound, IntegrityError, KeyUnavailable, PgvaultError
 from pgvault_assets.settings import RetentionPolicy, Settings
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A manifest that exists but cannot be read; its backup is neither used nor deleted."""
+
+    day: date
+    key: str
+    reason: str
 
 
 @dataclass
@@ -101,6 +113,21 @@ class Vault:
         except PgvaultError:
             return None
 
+    def scan_manifests(self) -> tuple[list[Manifest], list[UnreadableRecord]]:
+        """Every backup whose manifest reads, oldest first, and every one whose does not."""
+        readable, unreadable = [], []
+        for day in self.backup_dates():
+            try:
+                readable.append(self.read_manifest(day))
+            except IntegrityError as exc:
+                unreadable.append(UnreadableRecord(day, self.manifest_key(day), str(exc)))
+        return readable, unreadable
+
     def list_manifests(self) -> list[Manifest]:
-        """Every complete backup of this environment, oldest first."""
-        return [self.read_manifest(day) for day in self.backup_dates()]
+        """Every backup whose manifest reads, oldest first. One that does not (damaged, or
+        written by a newer pgvault) is said in a warning and skipped: it must not blind
+        listing, cleanup and alerting to all the others."""
+        readable, unreadable = self.scan_manifests()
+        for record in unreadable:
+            _log.warning("skipped the backup of %s: %s", record.day.isoformat(), record.reason)
+        return readable
