@@ -163,21 +163,26 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
         pool=BACKUP_POOL,
         group_name="backups",
         kinds={"postgres"},
+        # Each check carries the asset's partitions (a Dagster preview feature): without them
+        # the day's results are recorded under no partition and the day's checks stay pending.
         check_specs=[
             AssetCheckSpec(
                 CHECKSUM_MATCHES,
                 asset=BACKUP_KEY,
+                partitions_def=BACKUP_PARTITIONS,
                 blocking=True,
                 description="the stored object's SHA-256 equals its manifest's",
             ),
             AssetCheckSpec(
                 DURATION_WITHIN_AVERAGE,
                 asset=BACKUP_KEY,
+                partitions_def=BACKUP_PARTITIONS,
                 description="the backup took at most twice the 30-day average",
             ),
             AssetCheckSpec(
                 SIZE_NOT_SHRUNK,
                 asset=BACKUP_KEY,
+                partitions_def=BACKUP_PARTITIONS,
                 description="the dump is at least half the previous backup's",
             ),
         ],

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from dagster import (
+    AssetCheckKey,
     AssetCheckSeverity,
     Backoff,
     Jitter,
@@ -240,3 +241,17 @@ def test_a_backup_to_s3_records_its_bucket_location_and_passes_its_checks(
         f"s3://{aws_env.bucket}/test/{yesterday.isoformat()}/db_backup.sql.gz.enc"
     )
     assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_every_check_of_a_backup_is_recorded_under_its_day(backup_env, instance, yesterday):
+    day = yesterday.isoformat()
+    result = materialize(ALL, instance=instance, resources=resource_defs(), partition_key=day)
+    assert result.success
+
+    # Read back as the UI and the alert sensor do: the storage's check-execution history.
+    names = ("checksum_matches", "duration_within_average", "size_not_shrunk")
+    for name in (*names, "decrypts_fully", "restorable"):
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(BACKUP_KEY, name), limit=10
+        )
+        assert [(r.partition, r.status.value) for r in records] == [(day, "SUCCEEDED")], name

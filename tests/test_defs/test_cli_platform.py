@@ -9,6 +9,7 @@ from dagster import AssetKey, DagsterInstance
 from pgvault_assets.cli import main
 from pgvault_assets.cli.platform import materialize_backup
 from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.policy import Tier, tiers_of
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history
@@ -68,7 +69,8 @@ def test_cli_backup_that_fails_in_the_run_prints_one_line_not_dagsters_stack_tra
 def test_cleanup_dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes(local_env, capsys):
     vault = Vault.from_settings(load_settings())
     today = utcnow().date()
-    write_history(vault, today - timedelta(days=100), today - timedelta(days=1))
+    written = write_history(vault, today - timedelta(days=100), today - timedelta(days=1))
+    tiers = tiers_of(m.date for m in written)
 
     assert main(["cleanup", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -78,7 +80,7 @@ def test_cleanup_dry_run_shows_the_plan_and_deletes_nothing_then_cleanup_deletes
     assert main(["cleanup"]) == 0
     remaining = vault.list_manifests()
     assert 30 < len(remaining) < 100
-    assert min(m.date for m in remaining if m.date.day != 1 and m.date.weekday() != 6) >= (
+    assert min(m.date for m in remaining if tiers[m.date] is Tier.DAILY) >= (
         today - timedelta(days=30)
     )
 
