@@ -43,7 +43,11 @@ class Alert:
 def known_secrets(settings: Settings) -> list[str]:
     """Every secret value pgvault holds, longest first so a URL goes before its password."""
     secrets = []
-    for url in (settings.database_url, settings.staging_database_url):
+    for url in (
+        settings.database_url,
+        settings.staging_database_url,
+        settings.restore_check_database_url,
+    ):
         if url is not None:
             secrets.append(url.secret)
             if url.password:

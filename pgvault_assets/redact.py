@@ -23,7 +23,12 @@ _SECRET_VARIABLES = (
     "PGPASSWORD",
     "ALERT_WEBHOOK_URL",
 )
-_URL_VARIABLES = ("DATABASE_URL", "STAGING_DATABASE_URL", "DAGSTER_PG_URL")
+_URL_VARIABLES = (
+    "DATABASE_URL",
+    "STAGING_DATABASE_URL",
+    "RESTORE_CHECK_DATABASE_URL",
+    "DAGSTER_PG_URL",
+)
 
 
 def secrets_in(env: Mapping[str, str] | None = None) -> list[str]:

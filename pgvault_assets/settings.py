@@ -154,6 +154,9 @@ class Settings:
     restore_verify_schedule: str = "daily"
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
+    restore_check_database_url: DatabaseUrl | None = None
+    """Where restore proofs (the restorable check, the drill) restore; unset, a throwaway
+    cluster pgvault starts itself. Never the backed-up server unless this names it."""
 
     @property
     def restore_verify_weekly(self) -> bool:
@@ -317,6 +320,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         environment=environment,
         database_url=url("DATABASE_URL"),
         staging_database_url=url("STAGING_DATABASE_URL"),
+        restore_check_database_url=url("RESTORE_CHECK_DATABASE_URL"),
         s3_bucket=bucket,
         kms_key_id=kms_key_id,
         local_dir=local_dir.expanduser().absolute(),

@@ -46,6 +46,8 @@ def test_retention_days_come_from_the_environment(tmp_path):
         ({"DATABASE_URL": "mysql://x@h/db"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://u@host"}, "DATABASE_URL"),
         ({"STAGING_DATABASE_URL": "postgresql://u@h:99999/db"}, "STAGING_DATABASE_URL"),
+        ({"RESTORE_CHECK_DATABASE_URL": "mysql://u@h/db"}, "RESTORE_CHECK_DATABASE_URL"),
+        ({"RESTORE_CHECK_DATABASE_URL": "postgresql://u@h:5432"}, "RESTORE_CHECK_DATABASE_URL"),
         ({"ENVIRONMENT_NAME": "../etc"}, "ENVIRONMENT_NAME"),
         ({"ENVIRONMENT_NAME": "Prod/1"}, "ENVIRONMENT_NAME"),
         ({"BACKUP_RETENTION_DAYS_DAILY": "thirty"}, "BACKUP_RETENTION_DAYS_DAILY"),
@@ -63,6 +65,16 @@ def test_bad_values_are_refused_naming_the_variable(tmp_path, env, variable):
         load_settings(env, cwd=tmp_path)
     assert variable in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_restore_proofs_use_restore_check_database_url_or_none_never_database_url(tmp_path):
+    production = {"DATABASE_URL": "postgresql://app@prod/app"}
+    assert load_settings(production, cwd=tmp_path).restore_check_database_url is None
+    configured = load_settings(
+        {**production, "RESTORE_CHECK_DATABASE_URL": "postgresql://u:pw@proof:5433/postgres"},
+        cwd=tmp_path,
+    ).restore_check_database_url
+    assert configured is not None and str(configured) == "postgresql://u@proof:5433/postgres"
 
 
 def test_database_url_hides_its_password_everywhere_but_libpq():

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.add_argument(
         "--prove-restorable",
         action="store_true",
-        help="also decrypt it fully and restore it into a throwaway database (as the daily job does)",
+        help="also decrypt it fully and restore it onto a throwaway cluster (as the daily job does)",
     )
     sub.set_defaults(handler=backup_command)
 

@@ -291,15 +291,13 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 
     recovery = settings.recovery
-    if settings.staging_database_url is None:
-        raise ConfigError("the drill restores on the staging server; set STAGING_DATABASE_URL")
     objective = (
         timedelta(hours=args.rto_hours) if args.rto_hours else recovery.recovery_time_objective
     )
     vault = Vault.from_settings(settings)
     report = run_drill(
         vault,
-        settings.staging_database_url,
+        settings.restore_check_database_url,
         production_url=settings.database_url,
         queries_file=recovery.drill_queries_file,
         recovery_time_objective=objective,

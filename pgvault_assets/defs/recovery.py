@@ -31,7 +31,7 @@ from dagster import (
     schedule,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY
+from pgvault_assets.defs.backup import BACKUP_KEY, RESTORE_PROOF_POOL
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.drill import run_drill, store_report
@@ -54,10 +54,11 @@ class DrillConfig(Config):
     key=DRILL_KEY,
     deps=[BACKUP_KEY],
     group_name="recovery",
+    pool=RESTORE_PROOF_POOL,
     description=(
-        "The manual's quarterly drill: last month's monthly backup restored into a throwaway "
-        "database on the staging server, checked, queried and timed per stage, then dropped; "
-        "the report is kept in the store."
+        "The manual's quarterly drill: last month's monthly backup restored onto a throwaway "
+        "PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), checked, queried and "
+        "timed per stage, then removed; the report is kept in the store."
     ),
     check_specs=[
         AssetCheckSpec(
@@ -76,12 +77,10 @@ def disaster_recovery_drill(
     try:
         settings = vault.settings()
         recovery = settings.recovery
-        if settings.staging_database_url is None:
-            raise ConfigError("the drill restores on the staging server; set STAGING_DATABASE_URL")
         store = vault.vault(settings)
         report = run_drill(
             store,
-            settings.staging_database_url,
+            settings.restore_check_database_url,
             production_url=settings.database_url,
             queries_file=recovery.drill_queries_file,
             recovery_time_objective=(

@@ -21,6 +21,7 @@ SETTINGS_VARIABLES = (
     "ENVIRONMENT_NAME",
     "DATABASE_URL",
     "STAGING_DATABASE_URL",
+    "RESTORE_CHECK_DATABASE_URL",
     "BACKUP_S3_BUCKET",
     "BACKUP_KMS_KEY_ID",
     "BACKUP_LOCAL_DIR",
@@ -45,6 +46,7 @@ class VaultResource(ConfigurableResource):
     environment_name: str | None = None
     database_url: str | None = None
     staging_database_url: str | None = None
+    restore_check_database_url: str | None = None
     backup_s3_bucket: str | None = None
     backup_kms_key_id: str | None = None
     backup_local_dir: str | None = None

@@ -1,4 +1,4 @@
-"""The restorable check: each backup restored into a throwaway database and counted.
+"""The restorable check: each backup restored onto a server of its own and counted.
 
 A warning, not a blocker: a backup that fails to restore is still the best copy there is
 until a better one exists, so it stays listed while the alert sends someone to look.
@@ -14,20 +14,21 @@ from dagster import (
     asset_check,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE
+from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE, RESTORE_PROOF_POOL
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.policy import SUNDAY
 from pgvault_assets.engine.restore_check import verify_restorable
-from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.errors import PgvaultError
 
 
 @asset_check(
     asset=BACKUP_KEY,
     name=RESTORABLE,
     partitions_def=BACKUP_PARTITIONS,
+    pool=RESTORE_PROOF_POOL,
     description=(
-        "restored into a throwaway database on the staging server (STAGING_DATABASE_URL, else "
-        "the backed-up server), every table's row count equals the manifest's, then dropped"
+        "restored onto a throwaway PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), "
+        "never the backed-up one; every table's row count equals the manifest's, then dropped"
     ),
 )
 def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
@@ -40,11 +41,7 @@ def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> Ass
             description="not restored: RESTORE_VERIFY_SCHEDULE=weekly proves Sunday backups only",
             metadata={"restore_verified": False},
         )
-    server = settings.staging_database_url or settings.database_url
-    if server is None:
-        raise ConfigError(
-            "neither STAGING_DATABASE_URL nor DATABASE_URL is set; set one to prove restores"
-        )
+    server = settings.restore_check_database_url
     try:
         proof = verify_restorable(vault.vault(settings), day, server)
     except PgvaultError as exc:
@@ -60,7 +57,11 @@ def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> Ass
             "tables": proof.tables,
             "row_total": proof.row_total,
             "duration_seconds": proof.duration_seconds,
-            "server": str(server.with_dbname(proof.database)),
+            "server": (
+                "a throwaway PostgreSQL cluster, removed afterwards"
+                if server is None
+                else str(server.with_dbname(proof.database))
+            ),
         },
     )
 

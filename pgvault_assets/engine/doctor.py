@@ -69,12 +69,13 @@ def _guarded(name: str, run: Callable[[], Check]) -> Check:
 
 
 def database_checks(settings: Settings) -> list[Check]:
-    """Both databases reachable, and pg_dump and psql new enough for the servers they meet."""
+    """The configured databases reachable, and pg_dump and psql new enough for their servers."""
     checks = []
     majors: dict[str, int] = {}
     targets: list[tuple[str, DatabaseUrl | None]] = [
         ("DATABASE_URL", settings.database_url),
         ("STAGING_DATABASE_URL", settings.staging_database_url),
+        ("RESTORE_CHECK_DATABASE_URL", settings.restore_check_database_url),
     ]
     for variable, url in targets:
         name = f"database ({variable})"

@@ -1,8 +1,9 @@
 """The quarterly disaster-recovery drill: prove last month's backup recovers, within the RTO.
 
 A backup that was never restored is a hope. The drill restores the previous month's monthly
-backup into a throwaway database (always dropped), checks it, runs the sample queries, and
-times every stage. The time is scaled by the production database's size over the drill
+backup onto a server of its own (RESTORE_CHECK_DATABASE_URL's, else a throwaway cluster; never
+production's) into a throwaway database (always dropped), checks it, runs the sample queries,
+and times every stage; starting a throwaway cluster is not a stage of recovery, so not timed. The time is scaled by the production database's size over the drill
 database's, because a drill on a small copy would otherwise pass an objective production
 would miss. The report is data (for the Dagster asset and its check) with a markdown view.
 """
@@ -23,6 +24,7 @@ from psycopg import sql
 
 from pgvault_assets.engine.audit import unique_name
 from pgvault_assets.engine.clock import Clock, utcnow
+from pgvault_assets.engine.cluster import major_of, proof_server
 from pgvault_assets.engine.integrity import CheckResult, check_database_integrity
 from pgvault_assets.engine.postgres import connect, one_row, user_tables
 from pgvault_assets.engine.restore import restore_into_scratch, verify_backup
@@ -240,7 +242,7 @@ def database_bytes(url: DatabaseUrl) -> int:
 
 def run_drill(
     vault: Vault,
-    server_url: DatabaseUrl,
+    server_url: DatabaseUrl | None,
     *,
     production_url: DatabaseUrl | None = None,
     queries_file: Path | None = None,
@@ -248,7 +250,9 @@ def run_drill(
     now: Clock = utcnow,
     timer: Timer = time.perf_counter,
 ) -> DrillReport:
-    """Run the drill on `server_url`'s server and return its report (also when it failed).
+    """Run the drill on `server_url`'s server, or on a throwaway cluster when it is None, and
+    return its report (also when it failed). The cluster keeps fsync on: its timings stand
+    for production's recovery.
 
     Only choosing no backup at all raises; a failure after that is the drill's finding.
     """
@@ -274,9 +278,14 @@ def run_drill(
         with stage("verify"):
             verify_backup(vault, day, full=True)
         with contextlib.ExitStack() as cleanup:
+            server = cleanup.enter_context(
+                proof_server(
+                    server_url, source_major=major_of(manifests[day].server_version), durable=True
+                )
+            )
             with stage("restore"):
                 scratch = cleanup.enter_context(
-                    restore_into_scratch(vault, day, server_url, label="drill", now=now)
+                    restore_into_scratch(vault, day, server, label="drill", now=now)
                 )
             url, abandoned = scratch.url, scratch.abandoned
             with stage("integrity"):

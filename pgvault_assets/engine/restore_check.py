@@ -1,6 +1,10 @@
-"""Prove a backup restores: into a throwaway database, row counts against the manifest, dropped.
+"""Prove a backup restores: onto a server of its own, row counts against the manifest, dropped.
 
 A checksum proves the bytes are the ones written; only a restore proves they make a database.
+The proof runs on RESTORE_CHECK_DATABASE_URL's server or, by default, on a throwaway cluster
+(engine/cluster.py): never on the backed-up server, so "restore-verified" means "restores onto
+an empty server", and proofs run one at a time.
+
 The date of the last successful proof is recorded beside the backup
 (`{env}/{D}/restore_verified.json`) so `list-backups` and the UI can show it.
 """
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from pgvault_assets.engine.clock import Clock, utcnow
+from pgvault_assets.engine.cluster import major_of, proof_server
 from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, restore_verified_key
 from pgvault_assets.engine.postgres import connect, drop_database
 from pgvault_assets.engine.restore import restore_backup
@@ -37,24 +42,32 @@ def throwaway_name(day: date) -> str:
 
 
 def verify_restorable(
-    vault: Vault, day: date, server_url: DatabaseUrl, *, now: Clock = utcnow
+    vault: Vault,
+    day: date,
+    configured_server: DatabaseUrl | None = None,
+    *,
+    now: Clock = utcnow,
 ) -> RestoreProof:
-    """Restore `day` into a fresh database on `server_url`'s server, then drop it.
+    """Restore `day` into a fresh database on its proof server, then drop it.
 
-    The engine's restore already refuses a checksum mismatch and compares every table's row
-    count with the manifest; a scratch name that exists nowhere makes its swap a plain rename.
+    The server is `configured_server` (RESTORE_CHECK_DATABASE_URL) or else a throwaway
+    cluster of the backup's major version. The engine's restore already refuses a checksum
+    mismatch and compares every table's row count with the manifest; a scratch name that
+    exists nowhere makes its swap a plain rename.
     """
-    started = now()
-    target = server_url.with_dbname(throwaway_name(day))
-    try:
-        result = restore_backup(vault, day, target, full_verify=False, now=now)
-    finally:
-        with (
-            contextlib.suppress(PgvaultError),
-            connect(server_url.with_dbname("postgres")) as maintenance,
-        ):
-            drop_database(maintenance, target.dbname)
-    finished = now()
+    source_major = major_of(vault.read_manifest(day).server_version)
+    with proof_server(configured_server, source_major=source_major) as server_url:
+        started = now()
+        target = server_url.with_dbname(throwaway_name(day))
+        try:
+            result = restore_backup(vault, day, target, full_verify=False, now=now)
+        finally:
+            with (
+                contextlib.suppress(PgvaultError),
+                connect(server_url.with_dbname("postgres")) as maintenance,
+            ):
+                drop_database(maintenance, target.dbname)
+        finished = now()
     proof = RestoreProof(
         day,
         finished,

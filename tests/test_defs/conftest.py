@@ -1,16 +1,25 @@
-"""Fixtures for the Dagster layer: a database to back up, alert capture, a test instance."""
+"""Fixtures for the Dagster layer: a database to back up, alert capture, a test instance, and a
+production server of its own whose databases a test can watch while a proof runs."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
+import psycopg
 import pytest
 import sentry_sdk
 from dagster import DagsterInstance, instance_for_test
 
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.cluster import CLUSTER_PREFIX, start_cluster
 from test_defs.http_capture import Captured, capture_http
+from tests.conftest import AWKWARD_SCHEMA, load_sql_file
 from tests.test_recovery.conftest import approvers, databases  # noqa: F401 (shared fixtures)
 
 
@@ -40,3 +49,68 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture
 def yesterday() -> date:
     return latest_complete_day(utcnow())
+
+
+@dataclass
+class Watched:
+    """What a watch saw while it ran: every database name on a server, every new cluster."""
+
+    databases: set[str] = field(default_factory=set)
+    clusters: set[Path] = field(default_factory=set)
+
+
+def _databases(server_url: str) -> set[str]:
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+
+def _clusters() -> set[Path]:
+    found = Path(tempfile.gettempdir()).glob(f"{CLUSTER_PREFIX}*")
+    return {path for path in found if path.suffix != ".lock"}
+
+
+@contextlib.contextmanager
+def watching(server_url: str) -> Iterator[Watched]:
+    """Poll `server_url`'s pg_database and the temp directory's throwaway clusters meanwhile."""
+    seen = Watched()
+    before = _clusters()
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.databases |= _databases(server_url)
+            seen.clusters |= _clusters() - before
+            done.wait(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        poller.join(10)
+        seen.databases |= _databases(server_url)
+
+
+@dataclass(frozen=True)
+class Production:
+    """A production server of the test's own, so no other suite's databases blur the view."""
+
+    server_url: str
+    url: str
+
+    def databases(self) -> set[str]:
+        return _databases(self.server_url)
+
+
+@pytest.fixture
+def private_production(local_env, monkeypatch) -> Iterator[Production]:
+    """DATABASE_URL is the awkward database on a private cluster of its own."""
+    with start_cluster() as cluster:
+        server_url = cluster.url.secret
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE app")
+        url = cluster.url.with_dbname("app").secret
+        load_sql_file(url, AWKWARD_SCHEMA)
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield Production(server_url, url)

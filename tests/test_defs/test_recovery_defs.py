@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from dagster import AssetCheckSeverity, RunRequest, SkipReason, build_schedule_context, materialize
 
+from pgvault_assets.defs.backup import RESTORE_PROOF_POOL
 from pgvault_assets.defs.recovery import (
     RECOVERY_TIME_WITHIN_OBJECTIVE,
     disaster_recovery_drill,
@@ -17,6 +18,7 @@ from pgvault_assets.defs.recovery import (
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.audit import STAGING_RESTORE, audit_records
 from pgvault_assets.engine.clock import utcnow
+from test_defs.conftest import watching
 from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import Approvers, Databases
@@ -32,9 +34,8 @@ def no_recovery_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None
 
 @pytest.fixture
 def drill_env(local_env, awkward_database, monkeypatch) -> str:
-    """Last month's 1st backed up; the drill restores on the same server."""
+    """Last month's 1st backed up; the drill restores on a throwaway cluster of its own."""
     monkeypatch.setenv("DATABASE_URL", awkward_database)
-    monkeypatch.setenv("STAGING_DATABASE_URL", awkward_database)
     last_month = (utcnow().date().replace(day=1) - timedelta(days=1)).replace(day=1)
     back_up(awkward_database, day=last_month)
     return awkward_database
@@ -64,6 +65,28 @@ def test_drill_materializes_its_report_and_passes_the_objective_check(drill_env,
     assert "**Result: PASSED**" in stored
     check = drill_check(result)
     assert check.passed and check.severity == AssetCheckSeverity.ERROR
+
+
+def test_drill_restores_on_a_throwaway_cluster_and_never_on_production(
+    private_production, instance
+):
+    last_month = (utcnow().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    back_up(private_production.url, day=last_month)
+    before = private_production.databases()
+
+    with watching(private_production.server_url) as seen:
+        result = materialize(
+            [disaster_recovery_drill], instance=instance, resources=resource_defs()
+        )
+
+    assert result.success
+    assert drill_check(result).passed
+    assert seen.databases == before
+    assert len(seen.clusters) == 1 and not any(path.exists() for path in seen.clusters)
+
+
+def test_the_drill_runs_in_the_restore_proof_pool():
+    assert disaster_recovery_drill.op.pool == RESTORE_PROOF_POOL
 
 
 def test_drill_check_fails_when_the_objective_is_missed(drill_env, instance):

@@ -2,19 +2,16 @@
 private PostgreSQL cluster that can be restarted, and pgvault run as a killable subprocess.
 
 The shared test server on 127.0.0.1:5432 is never restarted: other suites use it at the same
-time. Restart tests get a cluster of their own on a free port, started as the postgres user.
+time. Restart tests get a cluster of their own, started by the engine as restore proofs are.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,11 +22,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgvault_assets.engine.cluster import Cluster, start_cluster
 from tests.conftest import AwsEnv
 from tests.test_faults.proxy import FaultyProxy
 
 REPO = Path(__file__).parents[2]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def fill(url: str, rows: int) -> None:
@@ -77,42 +74,23 @@ def faulty_proxy(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
 
 @dataclass
 class PrivateCluster:
-    """A throwaway PostgreSQL 15 cluster owned by the postgres OS user, trust auth."""
+    """A throwaway cluster from the engine's `start_cluster`, the one way pgvault starts one."""
 
-    base: Path
-    port: int
+    cluster: Cluster
 
     @property
     def server_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}"
+        return self.cluster.url.secret.rsplit("/", 1)[0]
 
     def url(self, dbname: str) -> str:
-        return f"{self.server_url}/{dbname}"
-
-    def pg_ctl(self, *args: str, check: bool = True) -> None:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                *args,
-            ],
-            check=check,
-            capture_output=True,
-            timeout=60,
-        )
-
-    @property
-    def data(self) -> Path:
-        return self.base / "data"
+        return self.cluster.url.with_dbname(dbname).secret
 
     def restart(self) -> None:
         """What an operator's `systemctl restart` does: fast shutdown, every session ended."""
-        self.pg_ctl("-m", "fast", "-l", str(self.base / "log"), "-w", "restart")
+        result = self.cluster.pg_ctl(
+            "-m", "fast", "-l", str(self.cluster.base / "log"), "-w", "restart"
+        )
+        assert result.returncode == 0, result.stderr
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
@@ -123,45 +101,10 @@ class PrivateCluster:
         return self.url(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def private_postgres() -> Iterator[PrivateCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgvault-private-pg-"))
-    shutil.chown(base, "postgres", "postgres")
-    cluster = PrivateCluster(base, _free_port())
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(cluster.data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    options = f"-p {cluster.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    cluster.pg_ctl("-o", options, "-l", str(base / "log"), "-w", "start")
-    try:
-        yield cluster
-    finally:
-        cluster.pg_ctl("-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    with start_cluster() as cluster:
+        yield PrivateCluster(cluster)
 
 
 # --------------------------------------------------------------------------------------------
