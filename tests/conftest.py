@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ MAINTENANCE_URL = f"{PG_SERVER_URL}/postgres"
 TEST_DB_PREFIX = "pgvault_test_"
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 AWKWARD_SCHEMA = FIXTURES_DIR / "awkward_schema.sql"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 # Variables that would point pgvault at something other than what a test set up.
 _PGVAULT_VARIABLES = (
@@ -148,6 +151,100 @@ def awkward_database(make_database: Callable[..., str]) -> str:
     url = make_database("src")
     load_sql_file(url, AWKWARD_SCHEMA)
     return url
+
+
+# --------------------------------------------------------------------------------------------
+# A private PostgreSQL cluster: restarted by fault tests, a new server for restores
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrivateCluster:
+    """A throwaway PostgreSQL 15 cluster owned by the postgres OS user, trust auth."""
+
+    base: Path
+    port: int
+
+    @property
+    def server_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def url(self, dbname: str) -> str:
+        return f"{self.server_url}/{dbname}"
+
+    def pg_ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                *args,
+            ],
+            check=check,
+            capture_output=True,
+            timeout=60,
+        )
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    def restart(self) -> None:
+        """What an operator's `systemctl restart` does: fast shutdown, every session ended."""
+        self.pg_ctl("-m", "fast", "-l", str(self.base / "log"), "-w", "restart")
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivateCluster]:
+    base = Path(tempfile.mkdtemp(prefix="pgvault-private-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    cluster = PrivateCluster(base, _free_port())
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(cluster.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = f"-p {cluster.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    cluster.pg_ctl("-o", options, "-l", str(base / "log"), "-w", "start")
+    try:
+        yield cluster
+    finally:
+        cluster.pg_ctl("-m", "immediate", "stop", check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -388,6 +388,10 @@ def _run(maintenance: psycopg.Connection, statements: list[str]) -> None:
         maintenance.execute(statement)
 
 
+# How a server refuses a database's locale: an OS locale or ICU it lacks.
+_LOCALE_REFUSAL = re.compile(r"locale|collation|ICU", re.I)
+
+
 def _create_scratch(
     maintenance: psycopg.Connection, scratch: str, context: sc.ServerContext | None
 ) -> None:
@@ -401,7 +405,9 @@ def _create_scratch(
     db = context.database
     try:
         maintenance.execute(db.create_statements(scratch)[0])
-    except (psycopg.errors.InvalidParameterValue, psycopg.errors.FeatureNotSupported) as exc:
+    except psycopg.Error as exc:
+        if exc.sqlstate is None or not _LOCALE_REFUSAL.search(str(exc)):
+            raise
         locale = db.icu_locale if db.locale_provider == "icu" else db.collate
         raise RestoreFailed(
             f"this server cannot create a database with the backup's locale {locale!r} "

@@ -1,20 +1,17 @@
-"""Fixtures that cause faults for real: a network proxy that cuts or stalls S3 traffic, a
-private PostgreSQL cluster that can be restarted, and pgvault run as a killable subprocess.
+"""Fixtures that cause faults for real: a network proxy that cuts or stalls S3 traffic and
+pgvault run as a killable subprocess.
 
 The shared test server on 127.0.0.1:5432 is never restarted: other suites use it at the same
-time. Restart tests get a cluster of their own on a free port, started as the postgres user.
+time. Restart tests use the private cluster of tests/conftest.py (`private_postgres`).
 """
 
 from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +26,6 @@ from tests.conftest import AwsEnv
 from tests.test_faults.proxy import FaultyProxy
 
 REPO = Path(__file__).parents[2]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def fill(url: str, rows: int) -> None:
@@ -68,100 +64,6 @@ def faulty_proxy(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
         yield proxy
     finally:
         proxy.stop()
-
-
-# --------------------------------------------------------------------------------------------
-# A private PostgreSQL cluster
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PrivateCluster:
-    """A throwaway PostgreSQL 15 cluster owned by the postgres OS user, trust auth."""
-
-    base: Path
-    port: int
-
-    @property
-    def server_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}"
-
-    def url(self, dbname: str) -> str:
-        return f"{self.server_url}/{dbname}"
-
-    def pg_ctl(self, *args: str, check: bool = True) -> None:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                *args,
-            ],
-            check=check,
-            capture_output=True,
-            timeout=60,
-        )
-
-    @property
-    def data(self) -> Path:
-        return self.base / "data"
-
-    def restart(self) -> None:
-        """What an operator's `systemctl restart` does: fast shutdown, every session ended."""
-        self.pg_ctl("-m", "fast", "-l", str(self.base / "log"), "-w", "restart")
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.url(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def private_postgres() -> Iterator[PrivateCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgvault-private-pg-"))
-    shutil.chown(base, "postgres", "postgres")
-    cluster = PrivateCluster(base, _free_port())
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(cluster.data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    options = f"-p {cluster.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    cluster.pg_ctl("-o", options, "-l", str(base / "log"), "-w", "start")
-    try:
-        yield cluster
-    finally:
-        cluster.pg_ctl("-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
