@@ -195,7 +195,7 @@ class ServerContext:
             f"-- Role password hashes: {self.passwords}.",
             "-- Run with psql on the new server's postgres database (roles that exist already",
             f"-- fail to create and are left as they are), then restore {names.OBJECT_NAME}",
-            f"-- into {name} and run the ALTER DATABASE ... SET statements at the end.",
+            f"-- into {name}.",
             "",
             "-- Roles",
             *(statement for role in self.roles for statement in role.statements()),
@@ -210,7 +210,7 @@ class ServerContext:
             *self.database.create_statements(name),
             *self.database.grant_statements(name),
             "",
-            "-- Settings: after the dump is restored, so no timeout cuts the restore short",
+            "-- Settings (pgvault applies them after the dump is restored)",
             *self.database.setting_statements(name),
             "",
         ]
