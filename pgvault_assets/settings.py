@@ -102,6 +102,7 @@ RECOVERY_TIME_OBJECTIVE = timedelta(hours=4)
 # A fixed default: partitions must not move each day, or yesterday's run would be renumbered.
 DEFAULT_START_DATE = date(2025, 1, 1)
 RESTORE_VERIFY_SCHEDULES = ("daily", "weekly")
+ROLE_PASSWORD_CHOICES = ("include", "exclude")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class Settings:
     object_lock_mode: str = "governance"
     s3_read_timeout_seconds: int = 60
     restore_verify_schedule: str = "daily"
+    role_passwords: str = "include"
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
     restore_check_database_url: DatabaseUrl | None = None
@@ -313,6 +315,12 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
             f"RESTORE_VERIFY_SCHEDULE must be daily or weekly (got {verify_schedule!r})"
         )
 
+    role_passwords = (_optional(env, "BACKUP_ROLE_PASSWORDS") or "include").lower()
+    if role_passwords not in ROLE_PASSWORD_CHOICES:
+        raise ConfigError(
+            f"BACKUP_ROLE_PASSWORDS must be include or exclude (got {role_passwords!r})"
+        )
+
     local_dir = Path(_optional(env, "BACKUP_LOCAL_DIR") or base / "store")
     key_file = Path(_optional(env, "BACKUP_LOCAL_KEY_FILE") or base / "backup.key")
 
@@ -337,6 +345,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         object_lock_mode=lock_mode,
         s3_read_timeout_seconds=_int(env, "BACKUP_S3_READ_TIMEOUT_SECONDS", 60, 1, 3600),
         restore_verify_schedule=verify_schedule,
+        role_passwords=role_passwords,
         recovery=recovery_section(env),
         platform=platform_section(env),
     )

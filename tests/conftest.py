@@ -22,6 +22,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgvault_assets.engine.cluster import Cluster, start_cluster
+
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
@@ -30,6 +32,7 @@ MAINTENANCE_URL = f"{PG_SERVER_URL}/postgres"
 TEST_DB_PREFIX = "pgvault_test_"
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 AWKWARD_SCHEMA = FIXTURES_DIR / "awkward_schema.sql"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 # Variables that would point pgvault at something other than what a test set up.
 _PGVAULT_VARIABLES = (
@@ -47,6 +50,7 @@ _PGVAULT_VARIABLES = (
     "BACKUP_RETENTION_DAYS_WEEKLY",
     "BACKUP_RETENTION_DAYS_MONTHLY",
     "BACKUP_OBJECT_LOCK_MODE",
+    "BACKUP_ROLE_PASSWORDS",
     "ALERT_WEBHOOK_URL",
     "SENTRY_DSN",
 )
@@ -148,6 +152,46 @@ def awkward_database(make_database: Callable[..., str]) -> str:
     url = make_database("src")
     load_sql_file(url, AWKWARD_SCHEMA)
     return url
+
+
+# --------------------------------------------------------------------------------------------
+# A private PostgreSQL cluster: restarted by fault tests, a new server for restores
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrivateCluster:
+    """A throwaway cluster from the engine's `start_cluster`, the one way pgvault starts one."""
+
+    cluster: Cluster
+
+    @property
+    def server_url(self) -> str:
+        return self.cluster.url.secret.rsplit("/", 1)[0]
+
+    def url(self, dbname: str) -> str:
+        return self.cluster.url.with_dbname(dbname).secret
+
+    def restart(self) -> None:
+        """What an operator's `systemctl restart` does: fast shutdown, every session ended."""
+        result = self.cluster.pg_ctl(
+            "-m", "fast", "-l", str(self.cluster.base / "log"), "-w", "restart"
+        )
+        assert result.returncode == 0, result.stderr
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivateCluster]:
+    with start_cluster() as cluster:
+        yield PrivateCluster(cluster)
 
 
 # --------------------------------------------------------------------------------------------

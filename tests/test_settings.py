@@ -58,6 +58,7 @@ def test_retention_days_come_from_the_environment(tmp_path):
         ({"BACKUP_S3_BUCKET": "Bad_Bucket", "BACKUP_KMS_KEY_ID": "alias/k"}, "BACKUP_S3_BUCKET"),
         ({"BACKUP_STORAGE_BUDGET_BYTES": "-5"}, "BACKUP_STORAGE_BUDGET_BYTES"),
         ({"ALERT_WEBHOOK_URL": "ftp://x"}, "ALERT_WEBHOOK_URL"),
+        ({"BACKUP_ROLE_PASSWORDS": "no"}, "BACKUP_ROLE_PASSWORDS"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(tmp_path, env, variable):

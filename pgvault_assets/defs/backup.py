@@ -213,7 +213,13 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
         notifier.checkin("in_progress", check_in_id=checkin_id)
         started = time.monotonic()
         try:
-            manifest = backup_database(store, url, day, level=settings.compression_level)
+            manifest = backup_database(
+                store,
+                url,
+                day,
+                level=settings.compression_level,
+                role_passwords=settings.role_passwords == "include",
+            )
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
             if final:

@@ -15,6 +15,7 @@ import psycopg
 import pgvault_assets
 from pgvault_assets.engine import manifest as mf
 from pgvault_assets.engine import names
+from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
 from pgvault_assets.engine.immutability import backup_retain_until
 from pgvault_assets.engine.manifest import Manifest
@@ -107,11 +108,14 @@ def backup_database(
     level: int = 2,
     progress: Progress | None = None,
     enforce_date: bool = True,
+    role_passwords: bool = True,
 ) -> Manifest:
     """Back up `url` as the backup of `day`; return the manifest once it is written.
 
     The object becomes a backup only when its manifest is written, after the object is
     complete; until then, a previous backup of the same date stays intact and listed.
+    The server context (roles, database properties, extensions) is read in the dump's
+    snapshot and stored beside it, with role password hashes unless `role_passwords` is off.
     """
     started_at = now()
     if enforce_date:
@@ -144,6 +148,7 @@ def backup_database(
                 snapshot = row[0]
                 major, version = server_version(conn)
                 pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
+                context_of_server = sc.capture(conn, include_passwords=role_passwords)
 
                 counts: dict[str, int] = {}
                 count_errors: list[BaseException] = []
@@ -214,6 +219,9 @@ def backup_database(
                     # run of this date start: it must not find a half-replaced object.
                     date_lock.check()
                     version_id = writer.commit()
+                    context_record = sc.store_context(
+                        vault, day, context_of_server, level=level, retain_until=retain_until
+                    )
                 except BaseException:
                     writer.abort()
                     if proc.poll() is None:
@@ -248,6 +256,8 @@ def backup_database(
                 object_version_id=version_id,
                 compression_level=level,
                 encryption_context=context,
+                server_major=major,
+                server_context=context_record,
             )
             pause_point("manifest")
             date_lock.check()
@@ -257,4 +267,5 @@ def backup_database(
             )
             # The old version was kept only until the new backup was recorded.
             vault.store.prune_versions(vault.object_key(day), version_id)
+            vault.store.prune_versions(context_record.object_key, context_record.object_version_id)
             return manifest

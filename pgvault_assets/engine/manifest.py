@@ -3,6 +3,9 @@
 A backup exists if and only if its manifest exists, and the manifest is written last, so an
 interrupted run never shows as a backup. Parsing validates every field, because a manifest is
 read back from storage that an attacker or a fault may have changed.
+
+Fields added after version 1 are optional (`server_major`, `server_context`): a manifest
+written before them parses as it always did, and its backup restores as it always did.
 """
 
 from __future__ import annotations
@@ -13,16 +16,37 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 
 from pgvault_assets.engine.clock import aware
-from pgvault_assets.engine.names import OBJECT_NAME, manifest_key
+from pgvault_assets.engine.names import OBJECT_NAME, SERVER_CONTEXT_NAME, manifest_key
 from pgvault_assets.errors import IntegrityError
 
 FORMAT_VERSION = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# What a server context holds of the roles' password hashes, and why.
+PASSWORDS_INCLUDED = "included"
+PASSWORDS_UNREADABLE = "unreadable"  # the backup role may not read pg_authid (managed servers)
+PASSWORDS_EXCLUDED = "excluded"  # BACKUP_ROLE_PASSWORDS=exclude
+PASSWORD_MODES = (PASSWORDS_INCLUDED, PASSWORDS_UNREADABLE, PASSWORDS_EXCLUDED)
 
 
 def encryption_context(environment: str, day: date) -> dict[str, str]:
     """Bound into every encrypted backup: a backup of one day or environment can't pose as another."""
     return {"purpose": "backup", "environment": environment, "date": day.isoformat()}
+
+
+def server_context_encryption_context(environment: str, day: date) -> dict[str, str]:
+    """The dump's context with its own purpose: neither object can pose as the other."""
+    return {"purpose": "server_context", "environment": environment, "date": day.isoformat()}
+
+
+@dataclass(frozen=True)
+class ServerContextRecord:
+    """The stored server context (roles, database properties, extensions) beside the dump."""
+
+    object_key: str
+    sha256: str
+    size_bytes: int
+    passwords: str
+    object_version_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +71,8 @@ class Manifest:
     compression_level: int = 2
     format_version: int = FORMAT_VERSION
     encryption_context: dict[str, str] = field(default_factory=dict)
+    server_major: int | None = None
+    server_context: ServerContextRecord | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -106,6 +132,10 @@ class Manifest:
                 encryption_context={
                     str(k): str(v) for k, v in _dict(data, "encryption_context").items()
                 },
+                server_major=_int(data, "server_major")
+                if data.get("server_major") is not None
+                else None,
+                server_context=_server_context(data),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(
@@ -139,7 +169,34 @@ class Manifest:
                 )
         if manifest.encryption_context != encryption_context(manifest.environment, manifest.date):
             raise IntegrityError(f"{where} has an unexpected encryption context")
+        context = manifest.server_context
+        if context is not None:
+            expected_context = manifest.object_key.rsplit("/", 1)[0] + "/" + SERVER_CONTEXT_NAME
+            if context.object_key != expected_context:
+                raise IntegrityError(
+                    f"{where} points at {context.object_key!r} for the server context, not "
+                    f"{expected_context!r}; do not restore this backup"
+                )
+            if not _SHA256.match(context.sha256) or context.passwords not in PASSWORD_MODES:
+                raise IntegrityError(
+                    f"{where} has an invalid server context record; do not restore this backup"
+                )
         return manifest
+
+
+def _server_context(data: dict) -> ServerContextRecord | None:
+    if data.get("server_context") is None:
+        return None
+    record = _dict(data, "server_context")
+    return ServerContextRecord(
+        object_key=_str(record, "object_key"),
+        sha256=_str(record, "sha256"),
+        size_bytes=_int(record, "size_bytes"),
+        passwords=_str(record, "passwords"),
+        object_version_id=_str(record, "object_version_id")
+        if record.get("object_version_id") is not None
+        else None,
+    )
 
 
 def _str(data: dict, name: str) -> str:

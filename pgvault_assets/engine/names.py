@@ -5,6 +5,7 @@ Databases a restore creates beside its target are named here too.
 Layout of one environment's folder in the store::
 
     {environment}/{YYYY-MM-DD}/db_backup.sql.gz.enc     the encrypted dump
+    {environment}/{YYYY-MM-DD}/server_context.sql.gz.enc  roles, database properties, extensions
     {environment}/{YYYY-MM-DD}/manifest.json            written last: the backup exists
     {environment}/{YYYY-MM-DD}/restore_verified.json    the last restore proof
 """
@@ -14,11 +15,12 @@ from __future__ import annotations
 from datetime import date
 
 OBJECT_NAME = "db_backup.sql.gz.enc"
+SERVER_CONTEXT_NAME = "server_context.sql.gz.enc"
 MANIFEST_NAME = "manifest.json"
 RESTORE_VERIFIED_NAME = "restore_verified.json"
 MAX_IDENTIFIER = 63  # PostgreSQL's limit on a name, in bytes
 # Files that belong to one day's backup, beside its manifest.
-BACKUP_FILES = (OBJECT_NAME, RESTORE_VERIFIED_NAME)
+BACKUP_FILES = (OBJECT_NAME, SERVER_CONTEXT_NAME, RESTORE_VERIFIED_NAME)
 
 
 def day_folder(environment: str, day: date) -> str:
@@ -27,6 +29,10 @@ def day_folder(environment: str, day: date) -> str:
 
 def object_key(environment: str, day: date) -> str:
     return f"{day_folder(environment, day)}/{OBJECT_NAME}"
+
+
+def server_context_key(environment: str, day: date) -> str:
+    return f"{day_folder(environment, day)}/{SERVER_CONTEXT_NAME}"
 
 
 def manifest_key(environment: str, day: date) -> str:

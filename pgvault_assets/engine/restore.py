@@ -26,6 +26,7 @@ from psycopg import sql
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine import authorization as auth
+from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import database_beside
@@ -307,7 +308,13 @@ def restore_backup(
     now: Clock = utcnow,
     progress: Progress | None = None,
 ) -> RestoreResult:
-    """Restore the backup of `day` into `target_url`'s database by a checked swap."""
+    """Restore the backup of `day` into `target_url`'s database by a checked swap.
+
+    With the backup's server context, the server needs nothing beforehand: what it lacks is
+    checked (major version, extensions, locale, the restoring role's privileges) before any
+    byte of the dump reaches it, missing roles are created, and the database gets the
+    source's properties. Roles created for a restore that fails are dropped again.
+    """
     stages: dict[str, float] = {}
     target = target_url.dbname
     maintenance_url = target_url.with_dbname("postgres")
@@ -322,24 +329,37 @@ def restore_backup(
         keep_as = database_beside(target, "pre_restore", stamp)
         started = time.perf_counter()
         manifest = verify_backup(vault, day, full=full_verify).manifest
+        context = sc.read_context(vault, manifest)
         stages["verify"] = round(time.perf_counter() - started, 3)
         major, _ = server_version(maintenance)
+        if manifest.server_major is not None:
+            note = sc.major_version_note(manifest.server_major, major)
+            if note is not None:
+                log.warning("%s", note)
         psql, _ = check_tool_fits_server("psql", major)
-        maintenance.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch))
-        )
+        plan = _check_server(maintenance, context) if context is not None else None
+        created: list[str] = []
         try:
+            _create_scratch(maintenance, scratch, context)
+            if context is not None and plan is not None:
+                _create_roles(maintenance, plan, created)
+                _run(maintenance, context.database.create_statements(scratch)[1:])
+                _run(maintenance, context.database.grant_statements(scratch))
             started = time.perf_counter()
             _feed_psql(vault, manifest, target_url.with_dbname(scratch), psql, progress)
             stages["restore"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
             with connect(target_url.with_dbname(scratch)) as restored:
+                restored.execute("ANALYZE")
                 problems = _compare_counts(manifest.table_rows, table_row_counts(restored))
             if problems:
                 raise RestoreFailed(
                     "restored row counts differ from the backup's manifest: "
                     + "; ".join(problems[:5])
                 )
+            if context is not None:
+                # Only now: a statement_timeout or read-only default must not cut the load short.
+                _run(maintenance, context.database.setting_statements(scratch))
             stages["check"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
             had_target = database_exists(maintenance, target)
@@ -347,8 +367,75 @@ def restore_backup(
             stages["swap"] = round(time.perf_counter() - started, 3)
         except BaseException:
             _drop_scratch(maintenance, maintenance_url, scratch)
+            _drop_roles(maintenance, maintenance_url, created)
             raise
     return RestoreResult(manifest, target, keep_as if had_target else None, stages, abandoned)
+
+
+def _check_server(maintenance: psycopg.Connection, context: sc.ServerContext) -> sc.RolePlan:
+    """Everything the server must offer the backup, checked before anything is created."""
+    for note in sc.refuse_missing_extensions(maintenance, context):
+        log.warning("%s", note)
+    plan = sc.plan_roles(maintenance, context)
+    sc.refuse_missing_privileges(maintenance, plan)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    return plan
+
+
+def _run(maintenance: psycopg.Connection, statements: list[str]) -> None:
+    for statement in statements:
+        maintenance.execute(statement)
+
+
+# How a server refuses a database's locale: an OS locale or ICU it lacks.
+_LOCALE_REFUSAL = re.compile(r"locale|collation|ICU", re.I)
+
+
+def _create_scratch(
+    maintenance: psycopg.Connection, scratch: str, context: sc.ServerContext | None
+) -> None:
+    """The empty database the dump goes into, with the source's encoding and locale: a
+    locale this server lacks is refused here, before any role is created."""
+    if context is None:
+        maintenance.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch))
+        )
+        return
+    db = context.database
+    try:
+        maintenance.execute(db.create_statements(scratch)[0])
+    except psycopg.Error as exc:
+        if exc.sqlstate is None or not _LOCALE_REFUSAL.search(str(exc)):
+            raise
+        locale = db.icu_locale if db.locale_provider == "icu" else db.collate
+        raise RestoreFailed(
+            f"this server cannot create a database with the backup's locale {locale!r} "
+            f"({' '.join(str(exc).split())}); generate that locale on the server's machine "
+            "(e.g. locale-gen, then restart PostgreSQL) and run the restore again; nothing "
+            "was changed"
+        ) from None
+
+
+def _create_roles(maintenance: psycopg.Connection, plan: sc.RolePlan, created: list[str]) -> None:
+    """Create the missing roles, noting each in `created` at once, so a failure drops them."""
+    for role in plan.missing:
+        statements = role.statements()
+        maintenance.execute(statements[0])
+        created.append(role.name)
+        _run(maintenance, statements[1:])
+        log.info("created role %s, which the backup needs", role.name)
+    _run(maintenance, [membership.statement() for membership in plan.memberships])
+
+
+def _drop_roles(maintenance: psycopg.Connection, url: DatabaseUrl, created: list[str]) -> None:
+    """Drop the roles a failed restore created (after its scratch database, which they own)."""
+    for name in reversed(created):
+        try:
+            maintenance.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error, PgvaultError), connect(url) as fresh:
+                fresh.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str]:

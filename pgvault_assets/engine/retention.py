@@ -15,7 +15,11 @@ from datetime import date, datetime, timedelta
 
 from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, retention_lock_name
+from pgvault_assets.engine.names import (
+    RESTORE_VERIFIED_NAME,
+    SERVER_CONTEXT_NAME,
+    retention_lock_name,
+)
 from pgvault_assets.engine.policy import Tier, retention_days, tiers_of
 from pgvault_assets.engine.store import HeldLock
 from pgvault_assets.engine.testpoints import pause_point
@@ -175,7 +179,11 @@ def delete_expired(vault: Vault, plan: RetentionPlan, lock: HeldLock | None = No
             deleted.append(decision.manifest_key)
         pause_point("cleanup-object")
         folder = decision.manifest_key.rsplit("/", 1)[0]
-        for key in (decision.object_key, f"{folder}/{RESTORE_VERIFIED_NAME}"):
+        for key in (
+            decision.object_key,
+            f"{folder}/{SERVER_CONTEXT_NAME}",
+            f"{folder}/{RESTORE_VERIFIED_NAME}",
+        ):
             if vault.store.delete(key):
                 deleted.append(key)
     return deleted

@@ -18,7 +18,7 @@ import pytest
 
 from pgvault_assets.engine.backup import backup_database
 from pgvault_assets.engine.manifest import Manifest, encryption_context
-from pgvault_assets.engine.names import manifest_key, object_key
+from pgvault_assets.engine.names import manifest_key, object_key, server_context_key
 from pgvault_assets.engine.postgres import DatabaseUnavailable
 from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.errors import (
@@ -98,18 +98,27 @@ def test_flipped_byte_with_a_matching_lying_manifest_fails_authentication(
 def test_backup_of_another_day_is_refused_by_its_encryption_context(
     local_env, awkward_database, make_database
 ):
-    """Copying day D's object and manifest to another date is caught: the context names D."""
+    """Copying day D's objects and manifest to another date is caught: the context names D."""
     manifest = back_up(awkward_database)
+    assert manifest.server_context is not None
     other = DAY - timedelta(days=3)
     store = local_env / "store"
     _object_path(store, other).parent.mkdir(parents=True)
     _object_path(store, other).write_bytes(_object_path(store).read_bytes())
+    (store / server_context_key("test", other)).write_bytes(
+        (store / manifest.server_context.object_key).read_bytes()
+    )
     forged = replace(
         manifest,
         date=other,
         object_key=object_key("test", other),
         encryption_context=encryption_context("test", other),
-        object_version_id=None,  # the copy is a plain file there, with no kept version
+        object_version_id=None,  # the copies are plain files there, with no kept version
+        server_context=replace(
+            manifest.server_context,
+            object_key=server_context_key("test", other),
+            object_version_id=None,
+        ),
     )
     (store / manifest_key("test", other)).write_bytes(forged.to_json())
     target = marked(make_database("staging"))

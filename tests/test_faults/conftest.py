@@ -1,8 +1,8 @@
-"""Fixtures that cause faults for real: a network proxy that cuts or stalls S3 traffic, a
-private PostgreSQL cluster that can be restarted, and pgvault run as a killable subprocess.
+"""Fixtures that cause faults for real: a network proxy that cuts or stalls S3 traffic and
+pgvault run as a killable subprocess.
 
 The shared test server on 127.0.0.1:5432 is never restarted: other suites use it at the same
-time. Restart tests get a cluster of their own, started by the engine as restore proofs are.
+time. Restart tests use the private cluster of tests/conftest.py (`private_postgres`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgvault_assets.engine.cluster import Cluster, start_cluster
 from tests.conftest import AwsEnv
 from tests.test_faults.proxy import FaultyProxy
 
@@ -65,46 +64,6 @@ def faulty_proxy(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
         yield proxy
     finally:
         proxy.stop()
-
-
-# --------------------------------------------------------------------------------------------
-# A private PostgreSQL cluster
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PrivateCluster:
-    """A throwaway cluster from the engine's `start_cluster`, the one way pgvault starts one."""
-
-    cluster: Cluster
-
-    @property
-    def server_url(self) -> str:
-        return self.cluster.url.secret.rsplit("/", 1)[0]
-
-    def url(self, dbname: str) -> str:
-        return self.cluster.url.with_dbname(dbname).secret
-
-    def restart(self) -> None:
-        """What an operator's `systemctl restart` does: fast shutdown, every session ended."""
-        result = self.cluster.pg_ctl(
-            "-m", "fast", "-l", str(self.cluster.base / "log"), "-w", "restart"
-        )
-        assert result.returncode == 0, result.stderr
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.url(name)
-
-
-@pytest.fixture(scope="session")
-def private_postgres() -> Iterator[PrivateCluster]:
-    with start_cluster() as cluster:
-        yield PrivateCluster(cluster)
 
 
 # --------------------------------------------------------------------------------------------

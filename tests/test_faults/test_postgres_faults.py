@@ -18,9 +18,9 @@ from pgvault_assets.engine.backup import backup_database
 from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.errors import BackupFailed, PgvaultError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
-from tests.conftest import MAINTENANCE_URL
+from tests.conftest import MAINTENANCE_URL, PrivateCluster
 from tests.test_engine.helpers import DAY, NOW, back_up, marked, marker_intact, vault
-from tests.test_faults.conftest import PrivateCluster, fill, wait_for
+from tests.test_faults.conftest import fill, wait_for
 
 ROWS = 150_000
 MIB = 1024 * 1024
