@@ -31,6 +31,7 @@ from pgvault_assets.defs.backup import BACKUP_KEY, make_database_backup
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.names import server_context_key
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.store import s3 as s3_store
 from pgvault_assets.engine.vault import Vault
@@ -165,6 +166,7 @@ def test_a_dump_whose_backend_is_terminated_is_retried_and_the_second_attempt_is
     assert {o.key for o in vault.store.list(f"test/{yesterday.isoformat()}/")} == {
         vault.manifest_key(yesterday),
         vault.object_key(yesterday),
+        server_context_key("test", yesterday),
     }
     assert not list((local_env / "store").rglob(".*partial*"))
     assert _checkin_statuses(alerts_captured) == ["in_progress", "in_progress", "ok"]
