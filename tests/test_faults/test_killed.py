@@ -217,6 +217,7 @@ def test_cleanup_killed_midway_lists_no_backup_without_its_object_and_the_next_r
             date=day,
             object_key=object_key("test", day),
             encryption_context=encryption_context("test", day),
+            server_context=None,  # an older backup, taken before server contexts
         )
         aws_env.s3.put_object(Bucket=aws_env.bucket, Key=forged.object_key, Body=b"old backup")
         aws_env.s3.put_object(
