@@ -154,6 +154,7 @@ class Settings:
     s3_read_timeout_seconds: int = 60
     restore_verify_schedule: str = "daily"
     role_passwords: str = "include"
+    lock_wait_seconds: int = 120
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
     restore_check_database_url: DatabaseUrl | None = None
@@ -346,6 +347,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         s3_read_timeout_seconds=_int(env, "BACKUP_S3_READ_TIMEOUT_SECONDS", 60, 1, 3600),
         restore_verify_schedule=verify_schedule,
         role_passwords=role_passwords,
+        lock_wait_seconds=_int(env, "BACKUP_LOCK_WAIT_SECONDS", 120, 1, 86400),
         recovery=recovery_section(env),
         platform=platform_section(env),
     )

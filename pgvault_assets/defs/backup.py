@@ -219,6 +219,7 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
                 day,
                 level=settings.compression_level,
                 role_passwords=settings.role_passwords == "include",
+                lock_wait_seconds=settings.lock_wait_seconds,
             )
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries

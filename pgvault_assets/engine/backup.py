@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import subprocess
 import threading
 from collections import deque
@@ -25,6 +26,7 @@ from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
     connect,
     connection_loss_raises,
+    lock_holders,
     server_version,
     table_row_counts,
     tool_env,
@@ -35,6 +37,7 @@ from pgvault_assets.errors import BackupFailed, ConfigError, StoreError
 from pgvault_assets.settings import DatabaseUrl
 
 log = logging.getLogger(__name__)
+DEFAULT_LOCK_WAIT_SECONDS = 120
 # Retention cleanup is short; a backup ready to commit waits this long for it to finish.
 RETENTION_WAIT_SECONDS = 15 * 60
 
@@ -56,6 +59,19 @@ def check_backup_date(day: date, now: datetime) -> None:
 def _tail_reader(stream, lines: deque[str]) -> None:
     for raw in iter(stream.readline, b""):
         lines.append(raw.decode(errors="replace").rstrip())
+
+
+def _dump_failure(lines: Iterable[str], code: int, url: DatabaseUrl, lock_wait: int) -> str:
+    """pg_dump's reason; for a lock it waited out, which table and who held it."""
+    lines = list(lines)
+    waited = re.search(r"LOCK TABLE (\S+) IN ACCESS SHARE MODE", " ".join(lines))
+    if waited and any(("statement timeout" in line or "lock timeout" in line) for line in lines):
+        table = waited.group(1)
+        return (
+            f"pg_dump waited {lock_wait} s for a lock on {table} and gave up, held by "
+            f"{lock_holders(url, table)} (BACKUP_LOCK_WAIT_SECONDS); the retry comes later"
+        )
+    return f"pg_dump failed ({pg_dump_reason(lines, code)})"
 
 
 def pg_dump_reason(lines: Iterable[str], code: int) -> str:
@@ -109,6 +125,7 @@ def backup_database(
     progress: Progress | None = None,
     enforce_date: bool = True,
     role_passwords: bool = True,
+    lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS,
 ) -> Manifest:
     """Back up `url` as the backup of `day`; return the manifest once it is written.
 
@@ -166,7 +183,15 @@ def backup_database(
                 errors: deque[str] = deque(maxlen=20)
                 try:
                     proc = subprocess.Popen(
-                        [pg_dump, "--no-password", "--format=plain", f"--snapshot={snapshot}"],
+                        [
+                            pg_dump,
+                            "--no-password",
+                            "--format=plain",
+                            f"--snapshot={snapshot}",
+                            # Never queue behind a migration's lock: every application query
+                            # would then queue behind the dump. Give up, and retry later.
+                            f"--lock-wait-timeout={lock_wait_seconds * 1000}",
+                        ],
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
                         env=tool_env(url),
@@ -199,8 +224,8 @@ def backup_database(
                     stderr_thread.join(5)
                     if code != 0:
                         raise BackupFailed(
-                            f"pg_dump failed ({pg_dump_reason(errors, code)}); "
-                            "no backup was recorded, the previous one is intact"
+                            _dump_failure(errors, code, url, lock_wait_seconds)
+                            + "; no backup was recorded, the previous one is intact"
                         )
                     counter.join()
                     if count_errors:
@@ -208,6 +233,9 @@ def backup_database(
                             f"counting rows in the dump's snapshot failed ({count_errors[0]}); "
                             "no backup was recorded, the previous one is intact"
                         )
+                    # The dump is read: end its snapshot before waiting for any lock of ours,
+                    # so production's vacuum is not held back meanwhile.
+                    conn.rollback()
                     # From the object's commit to its manifest, retention must not delete this date.
                     retention_lock = committing.enter_context(
                         vault.store.lock(

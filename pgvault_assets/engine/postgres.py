@@ -96,6 +96,12 @@ def connection_loss_raises(error: type[PgvaultError], during: str, outcome: str)
         ) from None
 
 
+# pgvault's own sessions set what they need instead of inheriting the role's or database's
+# defaults: a 30 s statement_timeout set for the application must not fail every backup whose
+# row counts take longer, nor an idle-in-transaction limit end the snapshot a dump reads.
+SESSION_OPTIONS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+
+
 @contextlib.contextmanager
 def connect(
     url: DatabaseUrl, *, autocommit: bool = True, keepalive: bool = False
@@ -105,6 +111,7 @@ def connect(
             url.secret,
             autocommit=autocommit,
             connect_timeout=10,
+            options=SESSION_OPTIONS,
             **(KEEPALIVES if keepalive else {}),
         )
     except psycopg.OperationalError as exc:
@@ -232,3 +239,26 @@ def previous_databases(url: DatabaseUrl) -> list[str]:
             (prefix,),
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def lock_holders(url: DatabaseUrl, relation: str) -> str:
+    """Who holds a lock on `relation` now, for the line that says why a dump gave up."""
+    try:
+        with connect(url) as conn:
+            rows = conn.execute(
+                """
+                SELECT DISTINCT l.pid, l.mode, coalesce(nullif(a.application_name, ''), '?'),
+                       a.state, left(regexp_replace(a.query, '\\s+', ' ', 'g'), 80)
+                FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                WHERE l.granted AND l.relation = to_regclass(%s) AND l.pid <> pg_backend_pid()
+                """,
+                (relation,),
+            ).fetchall()
+    except (psycopg.Error, PgvaultError):
+        return "a session pgvault could not look up"
+    if not rows:
+        return "a session that has let go since"
+    return "; ".join(
+        f"PID {pid} ({application}, {state}) holding {mode}: {query}"
+        for pid, mode, application, state, query in rows
+    )
