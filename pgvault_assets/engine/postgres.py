@@ -86,14 +86,54 @@ KEEPALIVES = {
 
 @contextlib.contextmanager
 def connection_loss_raises(error: type[PgvaultError], during: str, outcome: str) -> Iterator[None]:
-    """A restarted server or a terminated session ends `during` with one line, not a trace."""
+    """A PostgreSQL error ends `during` with one line that says what happened and what to do,
+    not a trace: a lost connection, a permission, a missing object, a lock or statement
+    timeout and a full disk each read differently."""
     try:
         yield
     except psycopg.Error as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise error(
-            f"the database connection failed during {during} ({reason}); {outcome}"
-        ) from None
+        raise error(f"{describe_failure(exc, during)} ({reason}); {outcome}") from None
+
+
+# SQLSTATE classes and codes, and what an operator does about each.
+_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("08", "57P01", "57P02", "57P03"),
+        "the database connection was lost during {during}: "
+        "the server restarted or ended the session; a retry goes on once it is back",
+    ),
+    (
+        ("42501",),
+        "PostgreSQL denied a permission during {during}: grant the URL's role what the "
+        "message names",
+    ),
+    (
+        ("42P01", "42704", "42883", "3D000", "3F000"),
+        "an object {during} needs does not exist: "
+        "check the URL's database and what the message names",
+    ),
+    (
+        ("55P03", "57014", "40P01"),
+        "a lock or statement timeout ended {during}: another session "
+        "held what it needed; a retry later goes through",
+    ),
+    (("53100",), "the database server's disk is full during {during}: free space on it"),
+    (
+        ("53",),
+        "the database server ran out of resources during {during}: check its memory "
+        "and connection limit",
+    ),
+)
+
+
+def describe_failure(exc: psycopg.Error, during: str) -> str:
+    """What kind of failure `exc` is, from its SQLSTATE (no SQLSTATE: the link itself)."""
+    code = exc.sqlstate or ("08" if isinstance(exc, psycopg.OperationalError) else "")
+    for prefixes, text in _FAILURES:
+        if code.startswith(prefixes):
+            return text.format(during=during)
+    return f"PostgreSQL refused {during}"
 
 
 # pgvault's own sessions set what they need instead of inheriting the role's or database's
