@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The first command a newcomer runs: set everything up, back up a real database on the
-# embedded default (local store and key file under .pgvault/), and open Dagster's UI on it.
+# embedded default (local store, key file and Dagster instance in pgvault's home,
+# ~/.local/share/pgvault unless PGVAULT_HOME says otherwise), and open Dagster's UI on it.
 #   bash quickstart.sh            set up, back up, start the UI on http://127.0.0.1:3000
 #   bash quickstart.sh --no-ui    set up and back up only
 set -euo pipefail
@@ -8,8 +9,10 @@ cd "$(dirname "$0")"
 
 bash scripts/setup.sh
 
-mkdir -p .pgvault/dagster_home
-export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.pgvault/dagster_home}"
+# The same fixed place every later pgvault command uses, from whatever directory it runs.
+home="$(.venv/bin/python -c 'from pgvault_assets.settings import pgvault_home; print(pgvault_home())')"
+export DAGSTER_HOME="${DAGSTER_HOME:-$home/dagster_home}"
+mkdir -p "$DAGSTER_HOME"
 touch "$DAGSTER_HOME/dagster.yaml"
 if [ -z "${DATABASE_URL:-}" ]; then
   .venv/bin/pgvault demo-database

@@ -270,10 +270,22 @@ def platform_section(env: Mapping[str, str] | None = None) -> PlatformSettings:
     )
 
 
-def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+def pgvault_home(env: Mapping[str, str] | None = None) -> Path:
+    """Where the embedded default keeps its key, store and Dagster instance: one fixed place,
+    whatever the current directory, so a command run from elsewhere never starts a second
+    store with a new key. `PGVAULT_HOME`, else `$XDG_DATA_HOME/pgvault`, else
+    `~/.local/share/pgvault`."""
+    env = os.environ if env is None else env
+    if home := _optional(env, "PGVAULT_HOME"):
+        return Path(home).expanduser().absolute()
+    data = _optional(env, "XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(data).expanduser().absolute() / "pgvault"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read pgvault's settings from the environment; raise `ConfigError` on any bad value."""
     env = os.environ if env is None else env
-    base = (cwd or Path.cwd()) / ".pgvault"
+    base = pgvault_home(env)
 
     environment = env.get("ENVIRONMENT_NAME", "").strip() or "development"
     if not ENVIRONMENT_NAME_PATTERN.match(environment):

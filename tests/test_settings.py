@@ -12,11 +12,11 @@ from pgvault_assets.settings import DatabaseUrl, load_settings
 
 
 def test_embedded_default_needs_no_settings(tmp_path):
-    settings = load_settings({}, cwd=tmp_path)
+    settings = load_settings({"XDG_DATA_HOME": str(tmp_path)})
     assert not settings.uses_s3
     assert settings.environment == "development"
-    assert settings.local_dir == tmp_path / ".pgvault" / "store"
-    assert settings.local_key_file == tmp_path / ".pgvault" / "backup.key"
+    assert settings.local_dir == tmp_path / "pgvault" / "store"
+    assert settings.local_key_file == tmp_path / "pgvault" / "backup.key"
     assert (
         settings.retention.daily_days,
         settings.retention.weekly_days,
@@ -31,7 +31,6 @@ def test_retention_days_come_from_the_environment(tmp_path):
             "BACKUP_RETENTION_DAYS_WEEKLY": "28",
             "BACKUP_RETENTION_DAYS_MONTHLY": "730",
         },
-        cwd=tmp_path,
     )
     assert (
         settings.retention.daily_days,
@@ -63,17 +62,16 @@ def test_retention_days_come_from_the_environment(tmp_path):
 )
 def test_bad_values_are_refused_naming_the_variable(tmp_path, env, variable):
     with pytest.raises(ConfigError) as caught:
-        load_settings(env, cwd=tmp_path)
+        load_settings(env)
     assert variable in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_restore_proofs_use_restore_check_database_url_or_none_never_database_url(tmp_path):
     production = {"DATABASE_URL": "postgresql://app@prod/app"}
-    assert load_settings(production, cwd=tmp_path).restore_check_database_url is None
+    assert load_settings(production).restore_check_database_url is None
     configured = load_settings(
         {**production, "RESTORE_CHECK_DATABASE_URL": "postgresql://u:pw@proof:5433/postgres"},
-        cwd=tmp_path,
     ).restore_check_database_url
     assert configured is not None and str(configured) == "postgresql://u@proof:5433/postgres"
 
@@ -114,3 +112,17 @@ def test_any_database_url_is_parsed_or_refused_in_one_line(text):
         assert "DATABASE_URL" in str(exc) and "\n" not in str(exc)
         return
     assert url.dbname
+
+
+def test_the_key_and_store_are_the_same_wherever_pgvault_runs_from(tmp_path, monkeypatch):
+    env = {"HOME": str(tmp_path / "home")}
+    monkeypatch.setenv("HOME", env["HOME"])
+    monkeypatch.chdir(tmp_path)
+    here = load_settings(env)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    there = load_settings(env)
+    assert (here.local_key_file, here.local_dir) == (there.local_key_file, there.local_dir)
+    assert here.local_key_file == tmp_path / "home" / ".local" / "share" / "pgvault" / "backup.key"
+    pinned = load_settings({**env, "PGVAULT_HOME": str(tmp_path / "pinned")})
+    assert pinned.local_dir == tmp_path / "pinned" / "store"

@@ -8,14 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
 from pgvault_assets.cli.console import console, errors
 from pgvault_assets.defs.instance_storage import instance_storage_check
+from pgvault_assets.engine.crypto import LocalKeyProvider
 from pgvault_assets.engine.doctor import failed, run_checks
 from pgvault_assets.engine.storage_setup import init_storage
+from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
 _VERDICT = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
@@ -37,6 +40,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="enable S3 Object Lock, so backups cannot be deleted before their tier expires",
     )
     sub.set_defaults(handler=init_storage_command)
+
+    sub = commands.add_parser(
+        "key-fingerprint",
+        help="print the local key's fingerprint; with --file, check a copy of it against it",
+    )
+    sub.add_argument(
+        "--file", type=Path, default=None, help="a copy of the key file, e.g. from your safe"
+    )
+    sub.set_defaults(handler=key_fingerprint_command)
 
     sub = commands.add_parser(
         "doctor", help="check the deployment end to end; exit 1 when something is wrong"
@@ -87,4 +99,30 @@ def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     console.print("everything pgvault needs is in place")
+    return 0
+
+
+def key_fingerprint_command(args: argparse.Namespace, settings: Settings) -> int:
+    """A copy of the key is worth only what it decrypts: compare fingerprints (a hash that
+    reveals nothing of the key) before the day the copy is needed."""
+    if settings.uses_s3:
+        raise ConfigError(
+            f"backups are encrypted under the KMS key {settings.kms_key_id}, not a key file: "
+            "there is no copy to check"
+        )
+    live = LocalKeyProvider(settings.local_key_file)
+    if not live.path.exists():
+        raise ConfigError(
+            f"there is no key file at {live.path} yet; the first backup creates it "
+            "(or point BACKUP_LOCAL_KEY_FILE at yours)"
+        )
+    console.print(f"{live.path}: {live.fingerprint()}")
+    if args.file is None:
+        return 0
+    copy = LocalKeyProvider(args.file.expanduser().absolute())
+    console.print(f"{copy.path}: {copy.fingerprint()}")
+    if copy.fingerprint() != live.fingerprint():
+        errors.print(f"error: {copy.path} is not a copy of {live.path}; it would decrypt nothing")
+        return 1
+    console.print("the copy matches the live key")
     return 0

@@ -35,12 +35,10 @@ from pgvault_assets.engine.report import (
 )
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed
-from pgvault_assets.settings import Settings, load_settings
+from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, ExecuteInProcessResult
-
-DEFAULT_DAGSTER_HOME = Path(".pgvault") / "dagster_home"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,10 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def dagster_home() -> Path:
-    """`DAGSTER_HOME` when set, else the embedded instance the quickstart's `dagster dev` uses."""
+    """`DAGSTER_HOME` when set, else the embedded instance the quickstart's `dagster dev` uses,
+    in pgvault's fixed home (not the current directory)."""
     if os.environ.get("DAGSTER_HOME"):
         return Path(os.environ["DAGSTER_HOME"])
-    home = (Path.cwd() / DEFAULT_DAGSTER_HOME).absolute()
+    home = pgvault_home() / "dagster_home"
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     return home
 

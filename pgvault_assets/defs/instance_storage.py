@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pgvault_assets.engine.doctor import Check, Status
 from pgvault_assets.redact import redact
+from pgvault_assets.settings import pgvault_home
 
 
 def instance_storage_check() -> Check:
@@ -21,7 +22,8 @@ def instance_storage_check() -> Check:
             name,
             Status.WARN,
             "DAGSTER_HOME is not set: the CLI uses the embedded SQLite instance in "
-            ".pgvault/dagster_home; set DAGSTER_HOME (with dagster.yaml) for a deployment",
+            f"{pgvault_home() / 'dagster_home'}; set DAGSTER_HOME (with dagster.yaml) for a "
+            "deployment",
         )
     if not Path(home).is_dir():
         return Check(

@@ -113,7 +113,7 @@ def key_check(vault: Vault, today: date) -> Check:
     name = "encryption key"
     local = vault.local_key
     if local is not None and not local.path.exists():
-        if vault.list_manifests():
+        if vault.backup_dates():
             return Check(
                 name,
                 Status.FAIL,
@@ -142,7 +142,9 @@ def key_check(vault: Vault, today: date) -> Check:
         if opened != _PROBE or dict(header.encryption_context).get("purpose") != "backup":
             return Check(name, Status.FAIL, f"{keys.key_id} returned a different message")
         where = (
-            f"local key file {local.path}" if isinstance(keys, LocalKeyProvider) else keys.key_id
+            f"local key file {local.path} (fingerprint {keys.fingerprint()})"
+            if isinstance(keys, LocalKeyProvider)
+            else keys.key_id
         )
         return Check(name, Status.OK, f"{where} encrypts and decrypts with purpose=backup")
 

@@ -68,6 +68,13 @@ class Vault:
                 f"{self.environment} has neither a KMS key nor a local key file to encrypt with; "
                 "set BACKUP_KMS_KEY_ID or BACKUP_LOCAL_KEY_FILE"
             )
+        if not self.local_key.path.exists() and (backed_up := self.backup_dates()):
+            raise KeyUnavailable(
+                f"there is no key file at {self.local_key.path}, yet {self.store.location} "
+                f"holds {len(backed_up)} backups of {self.environment} made with one: put that "
+                "key back there (check a copy first with: pgvault key-fingerprint --file COPY) "
+                "or point BACKUP_LOCAL_KEY_FILE at it; a new key could not read them"
+            )
         self.local_key.ensure()
         return self.local_key
 

@@ -31,11 +31,11 @@ def test_without_dagster_home_backups_land_in_the_embedded_instance_under_pgvaul
     backup_env, yesterday, tmp_path, monkeypatch
 ):
     monkeypatch.delenv("DAGSTER_HOME")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PGVAULT_HOME", str(tmp_path / "pgvault"))
 
     manifest = materialize_backup(yesterday)
 
-    home = tmp_path / ".pgvault" / "dagster_home"
+    home = tmp_path / "pgvault" / "dagster_home"
     with DagsterInstance.from_config(str(home)) as instance:
         event = instance.get_latest_materialization_event(BACKUP)
     assert event is not None
