@@ -52,7 +52,6 @@ _PGVAULT_VARIABLES = (
     "BACKUP_OBJECT_LOCK_MODE",
     "BACKUP_ROLE_PASSWORDS",
     "BACKUP_LOCK_WAIT_SECONDS",
-    "PGVAULT_HOME",
     "ALERT_WEBHOOK_URL",
     "SENTRY_DSN",
 )
@@ -199,6 +198,12 @@ def private_postgres() -> Iterator[PrivateCluster]:
 # --------------------------------------------------------------------------------------------
 # Environments
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def pgvault_home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the machine's own pgvault home (~/.local/share/pgvault)."""
+    monkeypatch.setenv("PGVAULT_HOME", str(tmp_path / "pgvault-home"))
 
 
 @pytest.fixture
