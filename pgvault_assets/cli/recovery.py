@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-from datetime import timedelta
 from pathlib import Path
 
 from rich.table import Table
@@ -19,7 +18,7 @@ from pgvault_assets.cli.console import console, human_bytes, progress
 from pgvault_assets.engine import audit, restore, rows
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.drill import run_drill, store_report
+from pgvault_assets.engine.drill import run_configured_drill, store_report
 from pgvault_assets.engine.rows import request_scope
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
@@ -290,18 +289,8 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 
-    recovery = settings.recovery
-    objective = (
-        timedelta(hours=args.rto_hours) if args.rto_hours else recovery.recovery_time_objective
-    )
     vault = Vault.from_settings(settings)
-    report = run_drill(
-        vault,
-        settings.restore_check_database_url,
-        production_url=settings.database_url,
-        queries_file=recovery.drill_queries_file,
-        recovery_time_objective=objective,
-    )
+    report = run_configured_drill(vault, settings, rto_hours=args.rto_hours)
     key = store_report(vault, report)
     console.print(report.to_markdown())
     console.print(

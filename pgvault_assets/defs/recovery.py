@@ -5,7 +5,7 @@ the work and keeps the gates (production needs a dual-authorized request here to
 here can skip it); this layer chooses when, reads the launchpad's config and carries metadata.
 """
 
-from datetime import date, timedelta
+from datetime import date
 from typing import Literal
 
 from dagster import (
@@ -34,7 +34,7 @@ from dagster import (
 from pgvault_assets.defs.backup import BACKUP_KEY, RESTORE_PROOF_POOL
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.drill import run_drill, store_report
+from pgvault_assets.engine.drill import run_configured_drill, store_report
 from pgvault_assets.engine.restore import RestoreResult, restore_production, restore_staging
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
@@ -76,18 +76,9 @@ def disaster_recovery_drill(
 ) -> MaterializeResult:
     try:
         settings = vault.settings()
-        recovery = settings.recovery
         store = vault.vault(settings)
-        report = run_drill(
-            store,
-            settings.restore_check_database_url,
-            production_url=settings.database_url,
-            queries_file=recovery.drill_queries_file,
-            recovery_time_objective=(
-                timedelta(hours=config.recovery_time_objective_hours)
-                if config.recovery_time_objective_hours
-                else recovery.recovery_time_objective
-            ),
+        report = run_configured_drill(
+            store, settings, rto_hours=config.recovery_time_objective_hours
         )
         key = store_report(store, report)
     except PgvaultError as exc:

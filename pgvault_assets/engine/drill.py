@@ -31,7 +31,7 @@ from pgvault_assets.engine.restore import restore_into_scratch, verify_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupNotFound, PgvaultError
 from pgvault_assets.redact import redact
-from pgvault_assets.settings import DatabaseUrl
+from pgvault_assets.settings import DatabaseUrl, Settings
 
 DEFAULT_RTO = timedelta(hours=4)
 Timer = Callable[[], float]
@@ -238,6 +238,23 @@ def database_bytes(url: DatabaseUrl) -> int:
     with connect(url) as conn:
         (size,) = one_row(conn, "SELECT pg_database_size(current_database())")
     return int(size)
+
+
+def run_configured_drill(
+    vault: Vault, settings: Settings, *, rto_hours: float | None = None
+) -> DrillReport:
+    """The drill as the settings configure it (the proof server, the drill's queries, the
+    recovery time objective unless `rto_hours` overrides it), from the CLI and Dagster alike."""
+    recovery = settings.recovery
+    return run_drill(
+        vault,
+        settings.restore_check_database_url,
+        production_url=settings.database_url,
+        queries_file=recovery.drill_queries_file,
+        recovery_time_objective=(
+            timedelta(hours=rto_hours) if rto_hours else recovery.recovery_time_objective
+        ),
+    )
 
 
 def run_drill(
