@@ -346,6 +346,8 @@ def test_the_retention_asset_reports_its_repairs_in_metadata_and_the_run_log(loc
     assert metadata["deleted_count"].value == len(metadata["deleted_keys"].value) // 2
 
 
+# Cleanup dates leftovers by their files' modification times, which the kernel's clock sets.
+@pytest.mark.external_clock
 def test_a_kept_version_no_manifest_pins_is_removed_once_stale_and_the_pinned_one_kept(
     local_env, awkward_database, capsys
 ) -> None:
