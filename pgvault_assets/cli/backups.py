@@ -75,7 +75,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
-
     rows = backup_rows(settings, days=args.days, now=utcnow())
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -101,7 +100,6 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
-
     vault = Vault.from_settings(settings)
     with progress(f"verifying {args.date}") as advance:
         result = verify_backup(vault, args.date, full=True, progress=advance)
@@ -113,7 +111,6 @@ def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-
     if args.target == "production":
         return restore_production_command(args, settings)
     url = settings.target_url(args.target)
@@ -140,7 +137,6 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-
     if args.target == "production":
         return rollback_production_command(args, settings)
     url = settings.target_url(args.target)
@@ -150,7 +146,6 @@ def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
-
     url = settings.target_url(args.database)
     vault = Vault.from_settings(settings)
     if args.date:
@@ -184,7 +179,6 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-
     url, created = create_demo_database(args.server, args.name)
     console.print(f"{'created' if created else 'found'} demo database {url}")
     return 0

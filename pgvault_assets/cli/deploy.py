@@ -57,7 +57,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
-
     setup = init_storage(settings, object_lock=args.object_lock)
     table = Table(title=f"storage for {settings.environment}")
     for column in ("what", "result", "detail"):
@@ -80,7 +79,6 @@ def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
-
     checks = run_checks(settings, today=datetime.now(UTC).date())
     checks.append(instance_storage_check())
     table = Table(title=f"pgvault doctor: {settings.environment}")

@@ -90,7 +90,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
-
     recovery = settings.recovery
     scope = None
     if args.kind == "recover-rows":
@@ -196,7 +195,6 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
-
     vault = Vault.from_settings(settings)
     url = settings.target_url(args.target)
     scratch_server = settings.staging_database_url or url
@@ -263,7 +261,6 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
-
     if args.source == args.target:
         raise ConfigError("--source and --target are the same database; compare two")
     source, target = settings.target_url(args.source), settings.target_url(args.target)
@@ -288,7 +285,6 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
-
     vault = Vault.from_settings(settings)
     report = run_configured_drill(vault, settings, rto_hours=args.rto_hours)
     key = store_report(vault, report)

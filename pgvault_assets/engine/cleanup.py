@@ -211,13 +211,7 @@ def run_cleanup(
         leftovers = (
             orphans
             + unfinished_writes(vault, now=now, leftover_age=leftover_age)
-            + [
-                leftover
-                for leftover in unpinned_versions(
-                    vault, manifests, now=now, leftover_age=leftover_age
-                )
-                if leftover.day not in unread
-            ]
+            + unpinned_versions(vault, manifests, now=now, leftover_age=leftover_age, unread=unread)
         )
         deleted = [] if dry_run else delete_expired(vault, plan, held)
         removed, not_yet = _remove_leftovers(vault, leftovers, held, dry_run=dry_run)
@@ -275,11 +269,13 @@ def unpinned_versions(
     *,
     now: datetime,
     leftover_age: timedelta = LEFTOVER_AGE,
+    unread: set[date] | frozenset[date] = frozenset(),
 ) -> list[Leftover]:
     """The versions the store keeps itself (the local `.versions/`) that no manifest pins,
     `leftover_age` old or more: a backup killed between keeping its version and its manifest
     leaves one, and so does one killed between its manifest and pruning the version it
-    replaced."""
+    replaced. Dates in `unread` have a manifest that cannot be read: what it pins is unknown,
+    so none of their versions is a leftover."""
     store = vault.store
     environment = vault.environment
     pinned = {(m.date, m.object_version_id) for m in manifests}
@@ -287,7 +283,7 @@ def unpinned_versions(
     found = []
     for kept in store.kept_versions(f"{environment}/"):
         day = date_folder(environment, kept.key)
-        if day is None or (day, kept.version_id) in pinned:
+        if day is None or day in unread or (day, kept.version_id) in pinned:
             continue
         if day not in backed_up and store.exists(kept.key):
             continue  # goes with its object, an orphan of its own

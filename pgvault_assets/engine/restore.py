@@ -550,10 +550,10 @@ def restore_into_scratch(
     scratch = server_url.with_dbname(name)
     lock = _scratch_lock(name)
     with connect(server_url.with_dbname("postgres"), keepalive=True) as holder:
-        # The lock lives as long as this idle session: no server timeout may end it.
-        for setting in ("idle_in_transaction_session_timeout", "idle_session_timeout"):
-            with contextlib.suppress(psycopg.Error):  # idle_session_timeout: PostgreSQL 14+
-                holder.execute(sql.SQL("SET {} = 0").format(sql.Identifier(setting)))
+        # The lock lives as long as this idle session: no server timeout may end it (connect()
+        # already lifts the idle-in-transaction one; idle_session_timeout is PostgreSQL 14+).
+        with contextlib.suppress(psycopg.Error):
+            holder.execute("SET idle_session_timeout = 0")
         holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))
         try:
             result = restore_backup(vault, day, scratch, now=now, progress=progress)
