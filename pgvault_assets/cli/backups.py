@@ -16,6 +16,7 @@ from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.demo import create_demo_database
 from pgvault_assets.engine.integrity import check_database_integrity
 from pgvault_assets.engine.restore import restore_staging, rollback_staging, verify_backup
+from pgvault_assets.engine.server_context import read_context
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings
 
@@ -54,7 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=_cmd_rollback)
 
     sub = commands.add_parser(
-        "check-database-integrity", help="row counts, sequences, foreign keys, indexes"
+        "check-database-integrity",
+        help="row counts, owners, grants, settings, roles, sequences, foreign keys, indexes",
     )
     sub.add_argument("--database", choices=("staging", "production"), required=True)
     sub.add_argument(
@@ -153,7 +155,10 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
     else:
         manifests = vault.list_manifests()
         manifest = manifests[-1] if manifests else None
-    results = check_database_integrity(url, manifest, install_amcheck=args.database == "staging")
+    context = read_context(vault, manifest) if manifest is not None else None
+    results = check_database_integrity(
+        url, manifest, context=context, install_amcheck=args.database == "staging"
+    )
     if args.database == "staging" and manifest is not None:
         failing = [r.name for r in results if not r.passed]
         record_integrity_check(

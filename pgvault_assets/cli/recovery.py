@@ -75,7 +75,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=cmd_recover_rows)
 
     sub = commands.add_parser(
-        "compare", help="row counts and checksums per table; exit 1 if any differ"
+        "compare",
+        help="row counts and checksums per table, owners, grants, settings and roles; "
+        "exit 1 if any differ",
     )
     sub.add_argument("--source", choices=("staging", "production"), required=True)
     sub.add_argument("--target", choices=("staging", "production"), required=True)
@@ -279,8 +281,16 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     if comparison.differing:
         names = ", ".join(t.table for t in comparison.differing)
         console.print(f"{len(comparison.differing)} tables differ: {names}")
+    for difference in comparison.sections:
+        console.print(
+            f"{difference.section} differ: {difference.describe(args.source, args.target)}"
+        )
+    if not comparison.equal:
         return 1
-    console.print(f"all {len(comparison.tables)} tables are equal")
+    console.print(
+        f"all {len(comparison.tables)} tables are equal"
+        + ("" if args.tables else ", and so are owners, grants, settings and roles")
+    )
     return 0
 
 

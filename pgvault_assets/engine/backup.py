@@ -9,13 +9,14 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import date, datetime
 
 import psycopg
 
 import pgvault_assets
 from pgvault_assets.engine import manifest as mf
-from pgvault_assets.engine import names
+from pgvault_assets.engine import names, shape
 from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
 from pgvault_assets.engine.immutability import backup_retain_until
@@ -165,7 +166,10 @@ def backup_database(
                 snapshot = row[0]
                 major, version = server_version(conn)
                 pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
-                context_of_server = sc.capture(conn, include_passwords=role_passwords)
+                context_of_server = replace(
+                    sc.capture(conn, include_passwords=role_passwords),
+                    objects=shape.read_objects(conn),
+                )
 
                 counts: dict[str, int] = {}
                 count_errors: list[BaseException] = []

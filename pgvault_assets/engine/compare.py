@@ -1,4 +1,6 @@
-"""Do two databases hold the same data? Per table: row count and a content checksum.
+"""Do two databases hold the same data? Per table: row count and a content checksum; for
+the whole database, also its owners, grants, policies, extensions, large objects (contents
+included), comments, settings and roles (engine/shape.py).
 
 The manual's "compare staging vs. production to confirm the fix". The checksum is a sum of
 per-row 128-bit hashes of each row's text form: it needs no primary key, no sort and no
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.engine import shape
 from pgvault_assets.engine.postgres import connect, one_row, user_tables
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl
@@ -51,6 +54,8 @@ class TableComparison:
 @dataclass(frozen=True)
 class Comparison:
     tables: tuple[TableComparison, ...]
+    # Only when the whole databases are compared (no tables named).
+    sections: tuple[shape.SectionDifference, ...] = ()
 
     @property
     def differing(self) -> tuple[TableComparison, ...]:
@@ -58,7 +63,7 @@ class Comparison:
 
     @property
     def equal(self) -> bool:
-        return not self.differing
+        return not self.differing and not self.sections
 
 
 def pin_output_formats(conn: psycopg.Connection) -> None:
@@ -83,8 +88,11 @@ def table_digest(conn: psycopg.Connection, schema: str, table: str) -> TableDige
     return TableDigest(f"{schema}.{table}", int(count), checksum)
 
 
-def table_digests(url: DatabaseUrl, tables: Iterable[str] | None = None) -> dict[str, TableDigest]:
-    """Digests of the user tables of `url` (or only `tables`, absent ones left out)."""
+def table_digests(
+    url: DatabaseUrl, tables: Iterable[str] | None = None
+) -> tuple[dict[str, TableDigest], shape.Shape | None]:
+    """Digests of the user tables of `url` (or only `tables`, absent ones left out), and,
+    when no tables are named, the database's shape, all in one snapshot."""
     wanted = {qualified(t) for t in tables} if tables else None
     digests = {}
     with connect(url, autocommit=False) as conn:
@@ -95,22 +103,27 @@ def table_digests(url: DatabaseUrl, tables: Iterable[str] | None = None) -> dict
             name = f"{schema}.{table}"
             if wanted is None or name in wanted:
                 digests[name] = table_digest(conn, schema, table)
+        whole = shape.read_shape(conn, contents=True) if wanted is None else None
         conn.rollback()
-    return digests
+    return digests, whole
 
 
 def compare_databases(
     source: DatabaseUrl, target: DatabaseUrl, tables: Iterable[str] | None = None
 ) -> Comparison:
-    """Compare every user table of both databases (or only `tables`), sorted by name."""
+    """Compare every user table of both databases, sorted by name, and the databases'
+    shapes; or only `tables`."""
     tables = list(tables or [])
-    left = table_digests(source, tables)
-    right = table_digests(target, tables)
+    left, left_shape = table_digests(source, tables)
+    right, right_shape = table_digests(target, tables)
     names = sorted(set(left) | set(right) | {qualified(t) for t in tables})
     if tables and not (set(left) | set(right)):
         raise ConfigError(
             f"none of the tables {', '.join(names)} exist in either database; name them as schema.table"
         )
+    sections = ()
+    if left_shape is not None and right_shape is not None:
+        sections = tuple(shape.differences(left_shape, right_shape))
     return Comparison(
-        tuple(TableComparison(name, left.get(name), right.get(name)) for name in names)
+        tuple(TableComparison(name, left.get(name), right.get(name)) for name in names), sections
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 
 from pgvault_assets.engine.store import private_dirs
-from pgvault_assets.errors import ConfigError, KeyUnavailable
+from pgvault_assets.errors import ConfigError, IntegrityError, KeyUnavailable
 
 # Key commitment without the ECDSA signature: every reader of a backup also holds the key, so
 # a signature would add cost to every byte and protect against no one extra; the manifest's
@@ -179,4 +180,11 @@ def key_provider_for_manifest(key_id: str, local: LocalKeyProvider | None) -> Ke
                 f"{local.path} holds key {local.fingerprint()}; point BACKUP_LOCAL_KEY_FILE at the right key"
             )
         return local
+    if not re.fullmatch(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+", key_id):
+        # What a backup records is a key ARN (an alias is resolved first); anything else is a
+        # damaged or forged manifest, and KMS would only fail on it less clearly.
+        raise IntegrityError(
+            f"the manifest names key {key_id!r}, neither a local key nor a KMS key ARN; "
+            "the manifest is damaged, do not restore this backup"
+        )
     return KmsKeyProvider(key_id)

@@ -28,6 +28,7 @@ from pgvault_assets.engine.cluster import major_of, proof_server
 from pgvault_assets.engine.integrity import CheckResult, check_database_integrity
 from pgvault_assets.engine.postgres import connect, one_row, user_tables
 from pgvault_assets.engine.restore import restore_into_scratch, verify_backup
+from pgvault_assets.engine.server_context import read_context
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupNotFound, PgvaultError
 from pgvault_assets.redact import redact
@@ -306,7 +307,14 @@ def run_drill(
                 )
             url, abandoned = scratch.url, scratch.abandoned
             with stage("integrity"):
-                checks = tuple(check_database_integrity(url, manifests[day], install_amcheck=True))
+                checks = tuple(
+                    check_database_integrity(
+                        url,
+                        manifests[day],
+                        context=read_context(vault, manifests[day]),
+                        install_amcheck=True,
+                    )
+                )
             with stage("queries"):
                 queries = run_queries(url, queries_file)
             drill_bytes = database_bytes(url)

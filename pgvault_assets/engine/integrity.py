@@ -1,7 +1,8 @@
 """Checks of a restored (or live) database: is it whole and consistent?
 
 Run after a restore to staging, before anyone trusts it: row counts against the backup's
-manifest, sequences that would hand out ids already taken, foreign keys pointing at nothing,
+manifest, the database's owners, grants, policies, extensions, large objects, comments,
+settings and roles against the backup's record of them, sequences that would hand out ids already taken, foreign keys pointing at nothing,
 and PostgreSQL's own index verification (pg_amcheck) where it is installed.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.engine import shape
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.postgres import (
     connect,
@@ -22,6 +24,7 @@ from pgvault_assets.engine.postgres import (
     table_row_counts,
     tool_env,
 )
+from pgvault_assets.engine.server_context import ServerContext
 from pgvault_assets.settings import DatabaseUrl
 
 
@@ -53,6 +56,59 @@ def row_counts_match(conn: psycopg.Connection, manifest: Manifest) -> CheckResul
         True,
         f"{len(expected)} tables, {sum(expected.values())} rows, as in the {manifest.date} backup",
     )
+
+
+def shape_matches(
+    conn: psycopg.Connection, manifest: Manifest, context: ServerContext | None
+) -> list[CheckResult]:
+    """One check per section of the database's shape, against what the backup recorded."""
+    if context is None:
+        return [
+            CheckResult(
+                "owners, grants, settings, roles",
+                True,
+                f"the {manifest.date} backup predates pgvault recording them",
+                skipped=True,
+            )
+        ]
+    recorded = shape.recorded_shape(context)
+    here = shape.read_shape(conn)
+    found = {d.section: d for d in shape.differences(recorded, here)}
+    results = []
+    for section in shape.SECTIONS:
+        if section not in recorded:
+            results.append(
+                CheckResult(
+                    section,
+                    True,
+                    f"the {manifest.date} backup predates pgvault recording them",
+                    skipped=True,
+                )
+            )
+        elif section not in found:
+            results.append(
+                CheckResult(
+                    section,
+                    True,
+                    f"{len(recorded[section])} as in the {manifest.date} backup",
+                )
+            )
+        elif shape.only_versions_differ(found[section]):
+            results.append(
+                CheckResult(
+                    section,
+                    True,
+                    "other versions than in the backup: "
+                    + found[section].describe(f"{manifest.date} backup", "here"),
+                )
+            )
+        else:
+            results.append(
+                CheckResult(
+                    section, False, found[section].describe(f"{manifest.date} backup", "here")
+                )
+            )
+    return results
 
 
 def sequences_ahead_of_rows(conn: psycopg.Connection) -> CheckResult:
@@ -169,14 +225,20 @@ def indexes_verified(url: DatabaseUrl, major: int, *, install_amcheck: bool) -> 
 
 
 def check_database_integrity(
-    url: DatabaseUrl, manifest: Manifest | None, *, install_amcheck: bool = False
+    url: DatabaseUrl,
+    manifest: Manifest | None,
+    *,
+    context: ServerContext | None = None,
+    install_amcheck: bool = False,
 ) -> list[CheckResult]:
-    """Run every check; a failing check never stops the others."""
+    """Run every check; a failing check never stops the others. `context` is the backup's
+    server context, holding what the backup recorded besides its rows."""
     results = []
     with connect(url) as conn:
         major, _ = server_version(conn)
         if manifest is not None:
             results.append(row_counts_match(conn, manifest))
+            results.extend(shape_matches(conn, manifest, context))
         else:
             results.append(
                 CheckResult("row counts", True, "no backup to compare with", skipped=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgvault_assets.engine import audit
+from pgvault_assets.engine import audit, shape
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, utcnow
@@ -360,6 +360,7 @@ def restore_backup(
             if context is not None:
                 # Only now: a statement_timeout or read-only default must not cut the load short.
                 _run(maintenance, context.database.setting_statements(scratch))
+                _refuse_other_shape(context, target_url.with_dbname(scratch))
             stages["check"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
             had_target = database_exists(maintenance, target)
@@ -370,6 +371,30 @@ def restore_backup(
             _drop_roles(maintenance, maintenance_url, created)
             raise
     return RestoreResult(manifest, target, keep_as if had_target else None, stages, abandoned)
+
+
+# A restored copy must have these as the backup recorded them before it is swapped in.
+# Roles that existed already may differ (never altered, reported by the role plan), and an
+# extension may come at the new server's version (said by the extension check).
+_SECTIONS_THAT_MUST_MATCH = tuple(
+    section for section in shape.SECTIONS if section not in (shape.ROLES, shape.EXTENSIONS)
+)
+
+
+def _refuse_other_shape(context: sc.ServerContext, restored_url: DatabaseUrl) -> None:
+    """Compare the restored copy's owners, grants, policies, large objects, comments,
+    properties and settings with the backup's record of them."""
+    with connect(restored_url) as restored:
+        found = shape.differences(
+            shape.recorded_shape(context), shape.read_shape(restored), _SECTIONS_THAT_MUST_MATCH
+        )
+    if found:
+        raise RestoreFailed(
+            "the restored database differs from the backup in its "
+            + "; and in its ".join(
+                f"{d.section}: {d.describe('backup', 'restored')}" for d in found
+            )
+        )
 
 
 def _check_server(maintenance: psycopg.Connection, context: sc.ServerContext) -> sc.RolePlan:

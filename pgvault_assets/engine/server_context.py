@@ -184,6 +184,9 @@ class ServerContext:
     roles: tuple[Role, ...] = ()
     memberships: tuple[Membership, ...] = ()
     extensions: tuple[tuple[str, str], ...] = ()
+    # The database's owners, grants, policies, large objects and comments as lines (see
+    # engine/shape.py), to compare a restored copy with; empty in backups that predate them.
+    objects: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_sql(self) -> bytes:
         """The script: the facts as a JSON comment, then the statements psql runs."""
@@ -244,6 +247,10 @@ class ServerContext:
                 ),
                 memberships=tuple(Membership(**m) for m in data["memberships"]),
                 extensions=tuple((str(n), str(v)) for n, v in data["extensions"]),
+                objects={
+                    str(section): tuple(str(line) for line in lines)
+                    for section, lines in data.get("objects", {}).items()
+                },
             )
         except (ValueError, KeyError, TypeError):
             raise IntegrityError("the server context is malformed; do not restore it") from None

@@ -154,6 +154,19 @@ def test_malformed_manifest_is_refused(local_env, awkward_database, garbage):
         verify_backup(vault(), DAY)
 
 
+@pytest.mark.parametrize("key_id", ["loc`l:a84480bed7301540", "alias/backups", ""])
+def test_a_manifest_naming_no_key_a_backup_could_have_is_refused(
+    local_env, awkward_database, key_id
+):
+    """Found by the mutation fuzz: a damaged key id went to KMS and came back a traceback."""
+    manifest = back_up(awkward_database)
+    (local_env / "store" / manifest_key("test", DAY)).write_bytes(
+        replace(manifest, key_id=key_id).to_json()
+    )
+    with pytest.raises(IntegrityError, match="do not restore"):
+        verify_backup(vault(), DAY, full=True)
+
+
 def test_wrong_local_key_is_refused_with_its_fingerprint(local_env, awkward_database):
     back_up(awkward_database)
     key = local_env / "key" / "backup.key"
