@@ -37,6 +37,7 @@ from pgvault_assets.engine.postgres import (
     connection_loss_raises,
     database_exists,
     drop_database,
+    one_row,
     previous_databases,
     server_version,
     table_row_counts,
@@ -145,8 +146,8 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
     connection drops. Holding it, any `<target>_restore_<stamp>` database is a dead run's
     half-built scratch: it is dropped. A run killed inside the swap also leaves the target
     refusing connections; that is undone. Both are logged, so the operator sees the repair.
-    Scratch databases that dead row recoveries and drills left on this server go too; their
-    names are returned.
+    Scratch databases that dead row recoveries and drills left on this server go too (their
+    names are returned), and then the roles killed restores created for nothing.
     """
     claimed = maintenance.execute(
         "SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgvault-restore:{target}",)
@@ -175,7 +176,10 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
             sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(target))
         )
         log.warning("%s accepts connections again; a restore was interrupted in its swap", target)
-    return drop_abandoned_scratch(maintenance)
+    abandoned = drop_abandoned_scratch(maintenance)
+    # Last: a killed run's roles own its scratch database until that is dropped.
+    drop_abandoned_roles(maintenance)
+    return abandoned
 
 
 def _drop_scratch(maintenance: psycopg.Connection, url: DatabaseUrl, scratch: str) -> None:
@@ -339,10 +343,12 @@ def restore_backup(
         psql, _ = check_tool_fits_server("psql", major)
         plan = _check_server(maintenance, context) if context is not None else None
         created: list[str] = []
+        lent: list[str] = []
         try:
             _create_scratch(maintenance, scratch, context)
             if context is not None and plan is not None:
-                _create_roles(maintenance, plan, created)
+                _create_roles(maintenance, plan, scratch, created, lent)
+                pause_point("roles")
                 _run(maintenance, context.database.create_statements(scratch)[1:])
                 _run(maintenance, context.database.grant_statements(scratch))
             started = time.perf_counter()
@@ -364,12 +370,14 @@ def restore_backup(
             stages["check"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
             had_target = database_exists(maintenance, target)
+            _keep_roles(maintenance, created)
             swap_databases(maintenance, target, scratch, keep_as if had_target else None)
             stages["swap"] = round(time.perf_counter() - started, 3)
         except BaseException:
             _drop_scratch(maintenance, maintenance_url, scratch)
             _drop_roles(maintenance, maintenance_url, created)
             raise
+        _give_back(maintenance, lent)
     return RestoreResult(manifest, target, keep_as if had_target else None, stages, abandoned)
 
 
@@ -402,7 +410,10 @@ def _check_server(maintenance: psycopg.Connection, context: sc.ServerContext) ->
     for note in sc.refuse_missing_extensions(maintenance, context):
         log.warning("%s", note)
     plan = sc.plan_roles(maintenance, context)
-    sc.refuse_missing_privileges(maintenance, plan)
+    owners = {context.database.owner} | {
+        line.rsplit(" owned by ", 1)[1] for line in context.objects.get(shape.OWNERS, ())
+    }
+    sc.refuse_missing_privileges(maintenance, plan, owners)
     for warning in plan.warnings:
         log.warning("%s", warning)
     return plan
@@ -442,15 +453,67 @@ def _create_scratch(
         ) from None
 
 
-def _create_roles(maintenance: psycopg.Connection, plan: sc.RolePlan, created: list[str]) -> None:
-    """Create the missing roles, noting each in `created` at once, so a failure drops them."""
+# A role a restore creates carries this comment, naming the restore's scratch database, until
+# the restored copy is about to be swapped in: a run killed meanwhile leaves a role the next
+# restore on this server recognises as a leftover once that scratch database is gone.
+_CREATED_FOR = "pgvault: created for the restore into "
+
+
+def _create_roles(
+    maintenance: psycopg.Connection,
+    plan: sc.RolePlan,
+    scratch: str,
+    created: list[str],
+    lent: list[str],
+) -> None:
+    """Create the missing roles, noting each in `created` at once, so a failure drops them.
+
+    A restoring role that is not a superuser must be a member of a role to hand it
+    ownership (ALTER ... OWNER TO); it is made a member of each role it creates until the
+    restored copy is complete (`lent`), and no longer.
+    """
+    (superuser,) = one_row(
+        maintenance, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    )
     for role in plan.missing:
         statements = role.statements()
-        maintenance.execute(statements[0])
+        with maintenance.transaction():
+            maintenance.execute(statements[0])
+            maintenance.execute(
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                    sql.Identifier(role.name), sql.Literal(_CREATED_FOR + scratch)
+                )
+            )
+            _run(maintenance, statements[1:])
         created.append(role.name)
-        _run(maintenance, statements[1:])
         log.info("created role %s, which the backup needs", role.name)
+        if not superuser and not role.superuser:
+            maintenance.execute(
+                sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role.name))
+            )
+            lent.append(role.name)
     _run(maintenance, [membership.statement() for membership in plan.memberships])
+
+
+def _keep_roles(maintenance: psycopg.Connection, created: list[str]) -> None:
+    """The restored copy checked out: the roles made for it are the server's now, no longer
+    leftovers for a later run to drop."""
+    for name in created:
+        maintenance.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(sql.Identifier(name)))
+
+
+def _give_back(maintenance: psycopg.Connection, lent: list[str]) -> None:
+    """After the swap (renaming takes them): the restoring role leaves the roles it joined."""
+    for name in lent:
+        try:
+            maintenance.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            log.warning(
+                "the restoring role is still a member of %s (%s); REVOKE %s FROM it by hand",
+                name,
+                " ".join(str(exc).split()),
+                name,
+            )
 
 
 def _drop_roles(maintenance: psycopg.Connection, url: DatabaseUrl, created: list[str]) -> None:
@@ -461,6 +524,38 @@ def _drop_roles(maintenance: psycopg.Connection, url: DatabaseUrl, created: list
         except psycopg.Error:
             with contextlib.suppress(psycopg.Error, PgvaultError), connect(url) as fresh:
                 fresh.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def drop_abandoned_roles(maintenance: psycopg.Connection) -> tuple[str, ...]:
+    """Drop the roles that killed restores created on this server; return their names.
+
+    Such a role still names its restore's scratch database; once that database is gone, the
+    run is over (a live run's scratch exists before its first role does). A role that has
+    come to own or be granted something since cannot be dropped: it is left, and said.
+    """
+    dropped = []
+    for name, comment in maintenance.execute(
+        "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+        "WHERE starts_with(shobj_description(oid, 'pg_authid'), %s)",
+        (_CREATED_FOR,),
+    ).fetchall():
+        scratch = comment[len(_CREATED_FOR) :]
+        if database_exists(maintenance, scratch):
+            continue
+        try:
+            maintenance.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            log.warning(
+                "role %s was created by an interrupted restore into %s, but cannot be dropped "
+                "(%s); drop it by hand if nothing needs it",
+                name,
+                scratch,
+                " ".join(str(exc).split()),
+            )
+            continue
+        dropped.append(name)
+        log.warning("dropped role %s, created by an interrupted restore into %s", name, scratch)
+    return tuple(dropped)
 
 
 def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str]:

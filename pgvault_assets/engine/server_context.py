@@ -84,7 +84,11 @@ class Role:
         return " ".join(words)
 
     def statements(self) -> list[str]:
-        alter = f"ALTER ROLE {quote_ident(self.name)} WITH {self.attributes()}"
+        # A new role has none of these; saying NO... for them takes a superuser, which a
+        # restore onto a managed server does not have.
+        defaults = ("NOSUPERUSER", "NOREPLICATION", "NOBYPASSRLS")
+        words = " ".join(word for word in self.attributes().split() if word not in defaults)
+        alter = f"ALTER ROLE {quote_ident(self.name)} WITH {words}"
         if self.password is not None:
             alter += f" PASSWORD {quote_literal(self.password)}"
         if self.valid_until is not None:
@@ -622,8 +626,12 @@ def plan_roles(conn: psycopg.Connection, context: ServerContext) -> RolePlan:
     return RolePlan(tuple(missing), tuple(grants), tuple(warnings))
 
 
-def refuse_missing_privileges(conn: psycopg.Connection, plan: RolePlan) -> None:
-    """Say which privilege the restoring role lacks before anything is created."""
+def refuse_missing_privileges(
+    conn: psycopg.Connection, plan: RolePlan, owners: set[str] | frozenset[str] = frozenset()
+) -> None:
+    """Say which privilege the restoring role lacks before anything is created. `owners`
+    are the roles the backup's objects belong to: handing an object to a role takes
+    membership in it, which the restore grants itself only for the roles it creates."""
     user, superuser, createrole, createdb = one_row(
         conn,
         "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
@@ -641,6 +649,24 @@ def refuse_missing_privileges(conn: psycopg.Connection, plan: RolePlan) -> None:
             f"the restoring role {user} lacks CREATEROLE, which creating the backup's missing "
             f"roles ({', '.join(role.name for role in plan.missing)}) needs; ALTER ROLE "
             f"{user} CREATEROLE, create those roles first, or restore as a role that has it"
+        )
+    created = {role.name for role in plan.missing}
+    foreign = [
+        name
+        for (name,) in conn.execute(
+            # pg_database_owner is whoever owns the database, as the restore makes it.
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) "
+            "AND NOT starts_with(rolname, 'pg_') "
+            "AND NOT pg_has_role(current_user, oid, 'MEMBER') ORDER BY 1",
+            (sorted(owners - created),),
+        ).fetchall()
+    ]
+    if foreign:
+        roles = ", ".join(foreign)
+        raise RestoreFailed(
+            f"the restoring role {user} is not a member of {roles}, which own"
+            f"{'s' if len(foreign) == 1 else ''} objects in the backup and exist here already; "
+            f"GRANT {roles} TO {user}, or restore as a superuser"
         )
     elevated = [r.name for r in plan.missing if r.superuser or r.replication or r.bypassrls]
     if elevated:

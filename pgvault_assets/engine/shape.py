@@ -69,6 +69,9 @@ SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' ELSE '
        p.proowner, p.proacl, 'f'
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE {_USER_SCHEMA} AND {_NOT_EXTENSION.format(cls="'pg_proc'", oid="p.oid")}
+  -- a range type's constructors are part of the type (and owned by the bootstrap superuser)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend i WHERE i.classid = 'pg_proc'::regclass
+                  AND i.objid = p.oid AND i.deptype = 'i')
 UNION ALL
 SELECT 'type', format('%%I.%%I', n.nspname, t.typname), t.typowner, t.typacl, 'T'
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
