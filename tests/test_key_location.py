@@ -56,3 +56,13 @@ def test_key_fingerprint_before_any_backup_says_so_in_one_line(local_env, capsys
     assert main(["key-fingerprint"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: there is no key file at") and err.count("\n") == 1
+
+
+def test_key_fingerprint_of_a_copy_that_is_not_there_names_the_copy(local_env, tmp_path, capsys):
+    Vault.from_settings(load_settings()).encryption_keys()
+    assert main(["key-fingerprint", "--file", str(tmp_path / "usb" / "backup.key")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: there is no file at {tmp_path / 'usb' / 'backup.key'}; give --file the copy to check\n"
+    )

@@ -118,6 +118,8 @@ def key_fingerprint_command(args: argparse.Namespace, settings: Settings) -> int
     if args.file is None:
         return 0
     copy = LocalKeyProvider(args.file.expanduser().absolute())
+    if not copy.path.is_file():
+        raise ConfigError(f"there is no file at {copy.path}; give --file the copy to check")
     console.print(f"{copy.path}: {copy.fingerprint()}")
     if copy.fingerprint() != live.fingerprint():
         errors.print(f"error: {copy.path} is not a copy of {live.path}; it would decrypt nothing")
