@@ -4,6 +4,7 @@ production server of its own whose databases a test can watch while a proof runs
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -62,6 +63,17 @@ class Watched:
 def _databases(server_url: str) -> set[str]:
     with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
         return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+
+@pytest.fixture
+def own_tempdir(monkeypatch) -> Iterator[Path]:
+    """A temp directory of this test's own, so the throwaway clusters `watching` sees are
+    this test's, never those another suite on the machine starts meanwhile."""
+    path = Path(tempfile.mkdtemp(prefix="pgv-", dir="/tmp"))  # short: sockets live below
+    path.chmod(0o755)  # the clusters run as the postgres OS user
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _clusters() -> set[Path]:

@@ -27,7 +27,7 @@ def _prove(instance, day):
 
 
 def test_without_a_configured_server_the_proof_restores_onto_a_throwaway_cluster_only(
-    private_production, instance, yesterday
+    private_production, instance, yesterday, own_tempdir
 ):
     before = private_production.databases()
 
@@ -46,7 +46,7 @@ def test_without_a_configured_server_the_proof_restores_onto_a_throwaway_cluster
 
 
 def test_restore_check_database_url_is_the_server_the_proof_restores_onto(
-    private_production, make_database, instance, yesterday, monkeypatch
+    private_production, make_database, instance, yesterday, monkeypatch, own_tempdir
 ):
     configured = make_database("proof")
     monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", configured)
