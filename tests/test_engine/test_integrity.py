@@ -54,3 +54,18 @@ def test_orphaned_foreign_key_rows_are_found(make_database):
         )
     result = _results(url)["foreign keys"]
     assert not result.passed and "child has 1 rows" in result.detail
+
+
+def test_production_without_amcheck_skips_the_index_check_instead_of_failing_it(make_database):
+    """Production's integrity check never installs amcheck; pg_amcheck then has nothing to
+    check, which is a skip, not a failure."""
+    url = make_database("noamcheck")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    (result,) = [
+        r
+        for r in check_database_integrity(DatabaseUrl(url), None, install_amcheck=False)
+        if r.name == "indexes (pg_amcheck)"
+    ]
+    assert result.passed and result.skipped
+    assert result.detail == "the amcheck extension is not installed here"
