@@ -31,6 +31,8 @@ def test_the_production_instance_stores_runs_in_postgres(
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure is False
+        # A killed run's pool slots come back, or the backup pool's one slot is lost for good.
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
         result = materialize([retention_state], instance=instance, resources=resource_defs())
         assert result.success
         assert instance.get_run_by_id(result.run_id) is not None
