@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.markup import escape
 from rich.table import Table
 
 from pgvault_assets.cli.args import confirm, parse_date, positive_int
@@ -172,7 +173,7 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
         verdict = (
             "skipped" if result.skipped else ("[green]pass[/]" if result.passed else "[red]FAIL[/]")
         )
-        table.add_row(result.name, verdict, result.detail)
+        table.add_row(result.name, verdict, escape(result.detail))
     console.print(table)
     failed = [r.name for r in results if not r.passed]
     if failed:

@@ -11,11 +11,12 @@ import getpass
 import json
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from pgvault_assets.cli.args import confirm, parse_date
 from pgvault_assets.cli.console import console, human_bytes, progress
-from pgvault_assets.engine import audit, restore, rows
+from pgvault_assets.engine import audit, restore, rows, shape
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.drill import run_configured_drill, store_report
@@ -282,8 +283,10 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         names = ", ".join(t.table for t in comparison.differing)
         console.print(f"{len(comparison.differing)} tables differ: {names}")
     for difference in comparison.sections:
+        said = "differ" if shape.matters(difference) else "differ (a note, not a failure)"
         console.print(
-            f"{difference.section} differ: {difference.describe(args.source, args.target)}"
+            escape(f"{difference.section} {said}: ")
+            + escape(difference.describe(args.source, args.target))
         )
     if not comparison.equal:
         return 1

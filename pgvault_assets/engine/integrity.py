@@ -93,12 +93,12 @@ def shape_matches(
                     f"{len(recorded[section])} as in the {manifest.date} backup",
                 )
             )
-        elif shape.only_versions_differ(found[section]):
+        elif not shape.matters(found[section]):
             results.append(
                 CheckResult(
                     section,
                     True,
-                    "other versions than in the backup: "
+                    "as in the backup but for: "
                     + found[section].describe(f"{manifest.date} backup", "here"),
                 )
             )

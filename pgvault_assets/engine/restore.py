@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -147,7 +147,7 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
     half-built scratch: it is dropped. A run killed inside the swap also leaves the target
     refusing connections; that is undone. Both are logged, so the operator sees the repair.
     Scratch databases that dead row recoveries and drills left on this server go too (their
-    names are returned), and then the roles killed restores created for nothing.
+    names are returned), and then the roles the dead runs created for the databases dropped.
     """
     claimed = maintenance.execute(
         "SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgvault-restore:{target}",)
@@ -178,7 +178,7 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
         log.warning("%s accepts connections again; a restore was interrupted in its swap", target)
     abandoned = drop_abandoned_scratch(maintenance)
     # Last: a killed run's roles own its scratch database until that is dropped.
-    drop_abandoned_roles(maintenance)
+    drop_roles_created_for(maintenance, None, [*stale, *abandoned], leftovers=True)
     return abandoned
 
 
@@ -258,12 +258,17 @@ def _compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[st
 
 
 def swap_databases(
-    maintenance: psycopg.Connection, target: str, replacement: str, keep_as: str | None
+    maintenance: psycopg.Connection,
+    target: str,
+    replacement: str,
+    keep_as: str | None,
+    also: Sequence[sql.Composable] = (),
 ) -> None:
     """Put `replacement` in `target`'s place in one transaction; keep the old one as `keep_as`.
 
     New connections to the target are refused while its sessions are ended, so a client that
     reconnects at the wrong moment cannot block the rename; on failure they are allowed again.
+    `also` runs in the renames' transaction: what must happen exactly when the swap does.
     """
     exists = database_exists(maintenance, target)
     ident = sql.Identifier
@@ -289,6 +294,8 @@ def swap_databases(
                             ident(replacement), ident(target)
                         )
                     )
+                    for statement in also:
+                        maintenance.execute(statement)
                 break
             except psycopg.errors.ObjectInUse:
                 time.sleep(0.1)
@@ -311,13 +318,16 @@ def restore_backup(
     full_verify: bool = False,
     now: Clock = utcnow,
     progress: Progress | None = None,
+    throwaway: bool = False,
 ) -> RestoreResult:
     """Restore the backup of `day` into `target_url`'s database by a checked swap.
 
     With the backup's server context, the server needs nothing beforehand: what it lacks is
     checked (major version, extensions, locale, the restoring role's privileges) before any
     byte of the dump reaches it, missing roles are created, and the database gets the
-    source's properties. Roles created for a restore that fails are dropped again.
+    source's properties. Roles created for a restore that fails are dropped again; for a
+    `throwaway` target (a row recovery's or drill's scratch), they stay marked with its name
+    and go when it does (`drop_roles_created_for`).
     """
     stages: dict[str, float] = {}
     target = target_url.dbname
@@ -340,6 +350,9 @@ def restore_backup(
             note = sc.major_version_note(manifest.server_major, major)
             if note is not None:
                 log.warning("%s", note)
+        # A newer major grants and prints some things differently (PostgreSQL 17's MAINTAIN):
+        # there, the restored copy's differences from the record are said, not refused.
+        same_major = manifest.server_major in (None, major)
         psql, _ = check_tool_fits_server("psql", major)
         plan = _check_server(maintenance, context) if context is not None else None
         created: list[str] = []
@@ -351,6 +364,7 @@ def restore_backup(
                 pause_point("roles")
                 _run(maintenance, context.database.create_statements(scratch)[1:])
                 _run(maintenance, context.database.grant_statements(scratch))
+                _like_the_source(context, target_url.with_dbname(scratch))
             started = time.perf_counter()
             _feed_psql(vault, manifest, target_url.with_dbname(scratch), psql, progress)
             stages["restore"] = round(time.perf_counter() - started, 3)
@@ -366,18 +380,19 @@ def restore_backup(
             if context is not None:
                 # Only now: a statement_timeout or read-only default must not cut the load short.
                 _run(maintenance, context.database.setting_statements(scratch))
-                _refuse_other_shape(context, target_url.with_dbname(scratch))
+                _refuse_other_shape(context, target_url.with_dbname(scratch), refuse=same_major)
             stages["check"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
             had_target = database_exists(maintenance, target)
-            _keep_roles(maintenance, created)
-            swap_databases(maintenance, target, scratch, keep_as if had_target else None)
+            settle = _settle_roles(
+                maintenance, context, created, lent, target if throwaway else None
+            )
+            swap_databases(maintenance, target, scratch, keep_as if had_target else None, settle)
             stages["swap"] = round(time.perf_counter() - started, 3)
         except BaseException:
             _drop_scratch(maintenance, maintenance_url, scratch)
-            _drop_roles(maintenance, maintenance_url, created)
+            drop_roles_created_for(maintenance, maintenance_url, [scratch])
             raise
-        _give_back(maintenance, lent)
     return RestoreResult(manifest, target, keep_as if had_target else None, stages, abandoned)
 
 
@@ -389,20 +404,34 @@ _SECTIONS_THAT_MUST_MATCH = tuple(
 )
 
 
-def _refuse_other_shape(context: sc.ServerContext, restored_url: DatabaseUrl) -> None:
+def _refuse_other_shape(
+    context: sc.ServerContext, restored_url: DatabaseUrl, *, refuse: bool = True
+) -> None:
     """Compare the restored copy's owners, grants, policies, large objects, comments,
-    properties and settings with the backup's record of them."""
+    properties and settings with the backup's record of them; refuse it if they differ,
+    or only say so (`refuse` off)."""
     with connect(restored_url) as restored:
         found = shape.differences(
             shape.recorded_shape(context), shape.read_shape(restored), _SECTIONS_THAT_MUST_MATCH
         )
-    if found:
-        raise RestoreFailed(
-            "the restored database differs from the backup in its "
-            + "; and in its ".join(
-                f"{d.section}: {d.describe('backup', 'restored')}" for d in found
-            )
-        )
+    if not found:
+        return
+    what = "; and in its ".join(f"{d.section}: {d.describe('backup', 'restored')}" for d in found)
+    if refuse:
+        raise RestoreFailed(f"the restored database differs from the backup in its {what}")
+    log.warning(
+        "on this newer major, the restored database differs from the backup in its %s", what
+    )
+
+
+def _like_the_source(context: sc.ServerContext, scratch_url: DatabaseUrl) -> None:
+    """Make the new database's defaults the source's before the dump: a dump never drops the
+    `public` schema that every new database has, so a source without one gets none here."""
+    owners = context.objects.get(shape.OWNERS)
+    if owners is None or any(line.startswith("schema public owned by ") for line in owners):
+        return
+    with connect(scratch_url) as scratch:
+        scratch.execute("DROP SCHEMA IF EXISTS public")
 
 
 def _check_server(maintenance: psycopg.Connection, context: sc.ServerContext) -> sc.RolePlan:
@@ -495,66 +524,100 @@ def _create_roles(
     _run(maintenance, [membership.statement() for membership in plan.memberships])
 
 
-def _keep_roles(maintenance: psycopg.Connection, created: list[str]) -> None:
-    """The restored copy checked out: the roles made for it are the server's now, no longer
-    leftovers for a later run to drop."""
-    for name in created:
-        maintenance.execute(sql.SQL("COMMENT ON ROLE {} IS NULL").format(sql.Identifier(name)))
+def _settle_roles(
+    maintenance: psycopg.Connection,
+    context: sc.ServerContext | None,
+    created: list[str],
+    lent: list[str],
+    throwaway: str | None,
+) -> list[sql.Composable]:
+    """What the swap's transaction does to the roles, so that it happens exactly then.
 
-
-def _give_back(maintenance: psycopg.Connection, lent: list[str]) -> None:
-    """After the swap (renaming takes them): the restoring role leaves the roles it joined."""
-    for name in lent:
-        try:
-            maintenance.execute(sql.SQL("REVOKE {} FROM CURRENT_USER").format(sql.Identifier(name)))
-        except psycopg.Error as exc:
-            log.warning(
-                "the restoring role is still a member of %s (%s); REVOKE %s FROM it by hand",
-                name,
-                " ".join(str(exc).split()),
-                name,
-            )
-
-
-def _drop_roles(maintenance: psycopg.Connection, url: DatabaseUrl, created: list[str]) -> None:
-    """Drop the roles a failed restore created (after its scratch database, which they own)."""
-    for name in reversed(created):
-        try:
-            maintenance.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error, PgvaultError), connect(url) as fresh:
-                fresh.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def drop_abandoned_roles(maintenance: psycopg.Connection) -> tuple[str, ...]:
-    """Drop the roles that killed restores created on this server; return their names.
-
-    Such a role still names its restore's scratch database; once that database is gone, the
-    run is over (a live run's scratch exists before its first role does). A role that has
-    come to own or be granted something since cannot be dropped: it is left, and said.
+    The roles the backup needs are the server's from then on: no longer marked as a run's
+    leftovers (those of another, interrupted run included), or, for a throwaway target,
+    marked with its name so they go with it. The restoring role leaves the roles it joined.
     """
+    if context is None:
+        return []
+    names = [role.name for role in context.roles]
+    marked = {
+        name
+        for (name,) in maintenance.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) "
+            "AND starts_with(shobj_description(oid, 'pg_authid'), %s)",
+            (names, _CREATED_FOR),
+        ).fetchall()
+    }
+    statements: list[sql.Composable] = []
+    for name in names:
+        if throwaway is not None and name in created:
+            mark: sql.Composable = sql.Literal(_CREATED_FOR + throwaway)
+        elif name in marked:
+            mark = sql.SQL("NULL")
+        else:
+            continue
+        statements.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), mark))
+    statements += [
+        sql.SQL("REVOKE {} FROM CURRENT_USER").format(sql.Identifier(name)) for name in lent
+    ]
+    return statements
+
+
+def drop_roles_created_for(
+    maintenance: psycopg.Connection,
+    url: DatabaseUrl | None,
+    databases: Iterable[str],
+    *,
+    leftovers: bool = False,
+) -> tuple[str, ...]:
+    """Drop the roles a restore created for any of `databases`, which are gone (a failed or
+    killed restore's scratch, a throwaway target); return their names.
+
+    Only roles still marked for one of those databases: a role a later restore used (and so
+    unmarked) stays. One that has come to own something cannot be dropped: it stays, and is
+    said. Over a new connection if the given one died with the restore.
+    """
+    databases = list(databases)
+    if not databases:
+        return ()
+    try:
+        return _drop_marked(maintenance, databases, leftovers)
+    except psycopg.Error:
+        if url is None:
+            raise
+        with contextlib.suppress(psycopg.Error, PgvaultError), connect(url) as fresh:
+            return _drop_marked(fresh, databases, leftovers)
+    return ()
+
+
+def _drop_marked(
+    maintenance: psycopg.Connection, databases: list[str], leftovers: bool
+) -> tuple[str, ...]:
     dropped = []
     for name, comment in maintenance.execute(
         "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-        "WHERE starts_with(shobj_description(oid, 'pg_authid'), %s)",
-        (_CREATED_FOR,),
+        "WHERE shobj_description(oid, 'pg_authid') = ANY(%s) ORDER BY 1",
+        ([_CREATED_FOR + database for database in databases],),
     ).fetchall():
-        scratch = comment[len(_CREATED_FOR) :]
-        if database_exists(maintenance, scratch):
-            continue
+        database = comment[len(_CREATED_FOR) :]
         try:
             maintenance.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-        except psycopg.Error as exc:
+        except psycopg.errors.DependentObjectsStillExist as exc:
             log.warning(
-                "role %s was created by an interrupted restore into %s, but cannot be dropped "
+                "role %s was created by a restore into %s, which is gone, but cannot be dropped "
                 "(%s); drop it by hand if nothing needs it",
                 name,
-                scratch,
+                database,
                 " ".join(str(exc).split()),
             )
             continue
         dropped.append(name)
-        log.warning("dropped role %s, created by an interrupted restore into %s", name, scratch)
+        if leftovers:
+            log.warning(
+                "dropped role %s, created by an interrupted restore into %s", name, database
+            )
+        else:
+            log.info("dropped role %s, created for %s", name, database)
     return tuple(dropped)
 
 
@@ -676,12 +739,13 @@ def restore_into_scratch(
             holder.execute("SET idle_session_timeout = 0")
         holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))
         try:
-            result = restore_backup(vault, day, scratch, now=now, progress=progress)
+            result = restore_backup(vault, day, scratch, now=now, progress=progress, throwaway=True)
             _still_holding(holder, name)
             pause_point("scratch")
             yield Scratch(scratch, result.abandoned_scratch)
         finally:
             _drop_scratch(holder, server_url.with_dbname("postgres"), name)
+            drop_roles_created_for(holder, server_url.with_dbname("postgres"), [name])
             with contextlib.suppress(psycopg.Error):
                 holder.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
 

@@ -12,10 +12,12 @@ extension's business and are left out.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from pgvault_assets.engine import server_context as sc
 
@@ -104,7 +106,8 @@ SELECT 'large object ' || m.oid || ': ' || a.privilege_type
 FROM pg_largeobject_metadata m, aclexplode(coalesce(m.lomacl, acldefault('L', m.lomowner))) a
 UNION ALL
 SELECT 'default privileges of ' || pg_get_userbyid(d.defaclrole)
-       || coalesce(' in schema ' || format('%%I', n.nspname), '') || ' on '
+       || CASE WHEN n.oid IS NULL THEN '' ELSE ' in schema ' || quote_ident(n.nspname) END
+       || ' on '
        || d.defaclobjtype::text || ': ' || a.privilege_type
        || CASE WHEN a.is_grantable THEN ' (grantable)' ELSE '' END
        || ' to ' || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END
@@ -139,6 +142,9 @@ WHERE d.objoid >= 16384  -- PostgreSQL's own objects describe themselves
   AND d.classoid <> 'pg_extension'::regclass  -- the extension's, from its control file
   AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid
                   AND e.objid = d.objoid AND e.deptype = 'e')
+  -- a dump leaves out comments on constraints a child inherits
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE d.classoid = 'pg_constraint'::regclass
+                  AND c.oid = d.objoid AND NOT c.conislocal)
 """
 
 # Contents are read only when comparing two live databases: a backup never reads a large
@@ -174,7 +180,16 @@ def read_objects(conn: psycopg.Connection, *, contents: bool = False) -> Shape:
             COMMENTS: _lines(conn, _COMMENTS),
         }
     finally:
-        conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
+        # After an error the transaction refuses every statement: leave the error as it is.
+        if conn.info.transaction_status != TransactionStatus.INERROR:
+            conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
+
+
+def _setting(item: str) -> str:
+    """`name=value` as the name and a fingerprint of the value: settings may hold secrets
+    (an application's `app.jwt_secret`), and these lines reach logs and errors."""
+    name, _, value = item.partition("=")
+    return f"{name} (value {hashlib.sha256(value.encode()).hexdigest()[:12]})"
 
 
 def context_sections(context: sc.ServerContext) -> Shape:
@@ -195,8 +210,8 @@ def context_sections(context: sc.ServerContext) -> Shape:
             f"{g.privilege}{' (grantable)' if g.grantable else ''} to {g.grantee or 'PUBLIC'}"
             for g in acl
         ]
-    settings = [f"database: {item}" for item in db.settings] + [
-        f"role {role}: {item}" for role, items in db.role_settings for item in items
+    settings = [f"database: {_setting(item)}" for item in db.settings] + [
+        f"role {role}: {_setting(item)}" for role, items in db.role_settings for item in items
     ]
     roles = [f"{role.name}: {role.attributes()}" for role in context.roles] + [
         f"{m.member} member of {m.group}{' with admin option' if m.admin else ''}"
@@ -222,6 +237,11 @@ def recorded_shape(context: sc.ServerContext) -> Shape:
     return {**context.objects, **context_sections(context)}
 
 
+def _oneline(line: str, width: int = 160) -> str:
+    flat = " ".join(line.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 @dataclass(frozen=True)
 class SectionDifference:
     section: str
@@ -229,8 +249,11 @@ class SectionDifference:
     extra: tuple[str, ...]  # in the actual shape only
 
     def describe(self, expected: str, actual: str, limit: int = 3) -> str:
-        parts = [f"{line} ({expected} only)" for line in self.missing[:limit]]
-        parts += [f"{line} ({actual} only)" for line in self.extra[: max(0, limit - len(parts))]]
+        """The first lines that differ, on one line however the comments and policies read."""
+        parts = [f"{_oneline(line)} ({expected} only)" for line in self.missing[:limit]]
+        parts += [
+            f"{_oneline(line)} ({actual} only)" for line in self.extra[: max(0, limit - len(parts))]
+        ]
         more = len(self.missing) + len(self.extra) - len(parts)
         return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
@@ -242,6 +265,25 @@ def only_versions_differ(difference: SectionDifference) -> bool:
     return difference.section == EXTENSIONS and names == {
         line.rsplit(" ", 1)[0] for line in difference.extra
     }
+
+
+def _role_names(lines: Iterable[str]) -> set[str]:
+    return {line.split(": ", 1)[0] for line in lines if ": " in line}
+
+
+def matters(difference: SectionDifference) -> bool:
+    """Whether a difference fails a check, or is only said.
+
+    Said only: extensions at other versions (a new server's packages); roles that exist on
+    both sides with other attributes or memberships (a restore never alters an existing
+    role, and a restoring role that is not a superuser owns the extensions it created).
+    A role the database needs that is missing altogether matters.
+    """
+    if only_versions_differ(difference):
+        return False
+    if difference.section == ROLES:
+        return bool(_role_names(difference.missing) - _role_names(difference.extra))
+    return True
 
 
 def differences(
