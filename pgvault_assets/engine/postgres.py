@@ -137,8 +137,8 @@ def describe_failure(exc: psycopg.Error, during: str) -> str:
 
 
 # pgvault's own sessions set what they need instead of inheriting the role's or database's
-# defaults: a 30 s statement_timeout set for the application must not fail every backup whose
-# row counts take longer, nor an idle-in-transaction limit end the snapshot a dump reads.
+# defaults: a 30 s statement_timeout set for the application must not fail a long restore check,
+# nor an idle-in-transaction limit end the snapshot a dump reads.
 SESSION_OPTIONS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 
 
