@@ -38,7 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--date", type=parse_date, required=True)
     sub.add_argument("--target", choices=("staging", "production"), required=True)
     sub.add_argument(
-        "--verify", action="store_true", help="fully decrypt and authenticate before restoring"
+        "--verify",
+        action="store_true",
+        help="every restore now verifies the whole object in its single read; accepted for scripts",
     )
     sub.add_argument(
         "--skip-confirmation", action="store_true", help="do not ask to type the database name"

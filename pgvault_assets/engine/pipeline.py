@@ -265,9 +265,16 @@ class HashingReader:
         self._progress = progress
         self.digest = hashlib.sha256()
         self.size = 0
+        self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._source.read(size)
+        try:
+            chunk = self._source.read(size)
+        except BaseException as exc:
+            # The decryptor may report a failed download as a message that ends early:
+            # the download's own error is the one to raise.
+            self.failure = exc
+            raise
         self.digest.update(chunk)
         self.size += len(chunk)
         if self._progress and chunk:
