@@ -9,7 +9,11 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import confirm, parse_date, positive_int
 from pgvault_assets.cli.console import console, errors, human_bytes, progress
-from pgvault_assets.cli.recovery import restore_production_command, rollback_production_command
+from pgvault_assets.cli.recovery import (
+    kept_as,
+    restore_production_command,
+    rollback_production_command,
+)
 from pgvault_assets.engine.audit import operator, record_integrity_check
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import utcnow
@@ -130,7 +134,8 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     )
     if result.previous:
         console.print(
-            f"the replaced database is kept as {result.previous}; to undo: pgvault rollback-restore --target {args.target}"
+            f"the replaced database is {kept_as(result.previous, settings)}; "
+            f"to undo: pgvault rollback-restore --target {args.target}"
         )
     console.print(
         f"next: pgvault check-database-integrity --database {args.target} --date {args.date}"
@@ -143,7 +148,9 @@ def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         return rollback_production_command(args, settings)
     url = settings.target_url(args.target)
     restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
-    console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
+    console.print(
+        f"{url.dbname} is back to {restored}; the database it replaced is {kept_as(kept, settings)}"
+    )
     return 0
 
 

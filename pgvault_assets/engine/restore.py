@@ -30,7 +30,7 @@ from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.names import database_beside
+from pgvault_assets.engine.names import database_beside, restore_claim
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
@@ -150,7 +150,7 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
     names are returned.
     """
     claimed = maintenance.execute(
-        "SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgvault-restore:{target}",)
+        "SELECT pg_try_advisory_lock(hashtext(%s))", (restore_claim(target),)
     ).fetchone()
     if not claimed or not claimed[0]:
         raise LockBusy(
