@@ -158,7 +158,9 @@ class RetryAnnouncer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.announce()  # a retry recorded since the last look
+        # A retry recorded since the last look; never in the way of the run's own outcome.
+        with contextlib.suppress(Exception):
+            self.announce()
 
     def _watch(self) -> None:
         while not self._stop.wait(RETRY_POLL_SECONDS):
