@@ -198,7 +198,7 @@ def test_killed_swap_leaves_the_old_target_usable_again_after_the_next_run_fails
     key.write_bytes(key.read_bytes().replace(b'"size_bytes": ', b'"size_bytes": 1'))
 
     # Both the dump's and the server context's sizes were falsified: either is refused first.
-    with pytest.raises(Exception, match="manifest says|does not match its manifest"):
+    with pytest.raises(Exception, match=r"manifest says|does not match its manifest"):
         restore_backup(vault(), DAY, DatabaseUrl(target))
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT id FROM still_here").fetchone() == (42,)
