@@ -170,7 +170,8 @@ def backup_database(
                 # The tables the restore will count, named in the dump's own snapshot; their
                 # rows come from the dump's COPY blocks, so no table is read twice.
                 tables = [f"{schema}.{table}" for schema, table in user_tables(conn)]
-                rows = CopyRowCounter()
+                # pg_dump writes in the database's encoding, as this session reads it.
+                rows = CopyRowCounter(conn.info.encoding)
 
                 # Opened before pg_dump starts: a store that refuses leaves nothing running.
                 writer = vault.store.open_writer(

@@ -50,8 +50,10 @@ class CopyRowCounter:
     two C-level scans of the chunk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: str = "utf-8") -> None:
+        """`encoding`: the dump's (the database's), in which its table names are written."""
         self.counts: dict[str, int] = {}
+        self._encoding = encoding
         # The stream is read as if a newline came first, so a COPY on the first line is found.
         self._carry = b"\n"
         self._header: bytearray | None = None
@@ -101,7 +103,7 @@ class CopyRowCounter:
             return len(chunk)
         header += chunk[position:end]
         self._header = None
-        self._table = copy_table_name(header.decode("utf-8", errors="replace"))
+        self._table = copy_table_name(header.decode(self._encoding, errors="replace"))
         if self._table is not None:
             self.counts.setdefault(self._table, 0)
         # The header's own newline: an empty table's end line follows it directly.

@@ -15,6 +15,7 @@ from psycopg import sql
 from pgvault_assets.engine.copy_rows import CopyRowCounter
 from pgvault_assets.engine.postgres import find_tool, tool_env
 from pgvault_assets.settings import DatabaseUrl
+from tests.conftest import admin_connect
 from tests.test_engine.helpers import back_up
 
 # Names pg_dump must quote: spaces, capitals, a double quote, a dot, a keyword, non-ASCII.
@@ -144,3 +145,22 @@ def test_a_backup_reads_each_table_once(local_env, make_database):
         after = _seq_scans(conn)
     assert manifest.table_rows == {"public.a": 1000, "public.b": 10, "public.c": 0}
     assert {table: after[table] - before[table] for table in after} == {"a": 1, "b": 1, "c": 1}
+
+
+def test_table_names_are_read_in_the_databases_own_encoding(local_env, make_database):
+    url = make_database("latin1")
+    name = DatabaseUrl(url).dbname
+    with admin_connect() as admin:
+        admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'LATIN1' TEMPLATE template0 "
+                "LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name))
+        )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "café" (x int); INSERT INTO "café" VALUES (1), (2)')
+
+    manifest = back_up(url)
+
+    assert manifest.table_rows == {"public.café": 2}
