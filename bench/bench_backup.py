@@ -27,11 +27,16 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.engine.crypto import SDK, LocalKeyProvider
+from pgvault_assets.engine.names import object_key
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
 DEFAULT_DBNAME = "pgvault_bench"
-RESTORE_DBNAME = "pgvault_bench_restore"  # pgvault's staging target (plus its siblings)
-BASELINE_DBNAME = "pgvault_bench_baseline"  # target of gunzip | psql
+# pgvault's staging target (plus its siblings) and gunzip | psql's target: `<dbname>_restore`
+# and `<dbname>_baseline`, so two benchmarks on one server, each with its --dbname, never meet.
+RESTORE_SUFFIX = "_restore"
+BASELINE_SUFFIX = "_baseline"
 POLL_SECONDS = 0.05
 # Client tools whose memory is not pgvault's: the goal is about pgvault's own Python process.
 NOT_PGVAULT = {"pg_dump", "pg_restore", "psql", "pg_wrapper", "gzip", "gunzip", "sh", "bash"}
@@ -207,6 +212,15 @@ class Context:
     baseline_url: str
     gz_file: Path
     last_store: Path | None = None
+    stored_gz: Path | None = None
+
+    @property
+    def restore_name(self) -> str:
+        return self.args.dbname + RESTORE_SUFFIX
+
+    @property
+    def baseline_name(self) -> str:
+        return self.args.dbname + BASELINE_SUFFIX
 
     def pgvault_env(self, store: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in PGVAULT_VARIABLES}
@@ -255,7 +269,7 @@ def bare_dump(ctx: Context, series: Series, run: int) -> None:
 
 def pgvault_restore(ctx: Context, series: Series, run: int) -> None:
     assert ctx.last_store is not None, "no pgvault backup to restore"
-    ctx.server.recreate(RESTORE_DBNAME)  # a staging database exists; its swap-out is timed
+    ctx.server.recreate(ctx.restore_name)  # a staging database exists; its swap-out is timed
     command = [
         ctx.args.pgvault,
         "restore-from-backup",
@@ -271,9 +285,24 @@ def pgvault_restore(ctx: Context, series: Series, run: int) -> None:
     series.peak_rss.append(peak)
 
 
+def export_stored_gzip(ctx: Context) -> Path:
+    """The gzip stream pgvault stored, decrypted once and untimed: `gunzip | psql` then loads
+    the very dump pgvault restores, so the ratio compares the pipelines, not two dumps."""
+    assert ctx.last_store is not None, "no pgvault backup to export"
+    encrypted = ctx.last_store / object_key("bench", dt.date.fromisoformat(ctx.args.restore_date))
+    keys = LocalKeyProvider(ctx.work / "key" / "backup.key")
+    out = ctx.work / "stored.sql.gz"
+    with open(encrypted, "rb") as source, open(out, "wb") as sink:
+        decryptor = SDK.stream(mode="d", source=source, key_provider=keys.master_key_provider())
+        while chunk := decryptor.read(4 * 1024 * 1024):
+            sink.write(chunk)
+    return out
+
+
 def gunzip_psql(ctx: Context, series: Series, run: int) -> None:
-    ctx.server.recreate(BASELINE_DBNAME)  # outside the timing
-    gz, target = shlex.quote(str(ctx.gz_file)), shlex.quote(ctx.baseline_url)
+    ctx.server.recreate(ctx.baseline_name)  # outside the timing
+    dump = ctx.stored_gz or ctx.gz_file
+    gz, target = shlex.quote(str(dump)), shlex.quote(ctx.baseline_url)
     series.seconds.append(
         run_shell(f"gunzip -c {gz} | psql -X -q -v ON_ERROR_STOP=1 -d {target} > /dev/null")
     )
@@ -330,6 +359,7 @@ def report(results: dict[str, Series]) -> None:
     else:
         ratios["gzip pipeline / bare dump"] = results["gzip"].median / results["bare"].median
     if "restore" in results:
+        # On the same dump: gunzip | psql loads the gzip stream pgvault stored.
         ratios["restore / (gunzip | psql)"] = (
             results["restore"].median / results["gunzip_psql"].median
         )
@@ -390,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         server=server,
         work=work,
         source_url=f"{args.server}/{args.dbname}",
-        restore_url=f"{args.server}/{RESTORE_DBNAME}",
-        baseline_url=f"{args.server}/{BASELINE_DBNAME}",
+        restore_url=f"{args.server}/{args.dbname}{RESTORE_SUFFIX}",
+        baseline_url=f"{args.server}/{args.dbname}{BASELINE_SUFFIX}",
         gz_file=work / "dump.sql.gz",
     )
     results: dict[str, Series] = {}
@@ -415,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"restore: {args.runs} interleaved rounds", flush=True)
             restore_steps: list[tuple[Series, Step]] = []
             if not args.only_baselines:
+                ctx.stored_gz = export_stored_gzip(ctx)
                 restore_steps.append(
                     (series("restore", "pgvault restore --verify"), pgvault_restore)
                 )
@@ -424,11 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         report(results)
     finally:
         if args.keep:
-            print(f"kept {work} and databases {RESTORE_DBNAME}*, {BASELINE_DBNAME}*")
+            print(f"kept {work} and databases {ctx.restore_name}*, {ctx.baseline_name}*")
         else:
             shutil.rmtree(work, ignore_errors=True)
-            server.drop_family(RESTORE_DBNAME)
-            server.drop_family(BASELINE_DBNAME)
+            server.drop_family(ctx.restore_name)
+            server.drop_family(ctx.baseline_name)
         server.close()
     return 0
 

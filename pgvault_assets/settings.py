@@ -155,6 +155,8 @@ class Settings:
     restore_verify_schedule: str = "daily"
     role_passwords: str = "include"
     lock_wait_seconds: int = 120
+    restore_keep_previous_hours: int = 72
+    """How long a restore's `_pre_restore_` and a rollback's `_rolled_back_` database stay."""
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
     restore_check_database_url: DatabaseUrl | None = None
@@ -360,6 +362,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         restore_verify_schedule=verify_schedule,
         role_passwords=role_passwords,
         lock_wait_seconds=_int(env, "BACKUP_LOCK_WAIT_SECONDS", 120, 1, 86400),
+        restore_keep_previous_hours=_int(env, "RESTORE_KEEP_PREVIOUS_HOURS", 72, 1, 87600),
         recovery=recovery_section(env),
         platform=platform_section(env),
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -106,6 +108,14 @@ def test_tampered_backup_fails_verify_in_one_line(capsys, local_env, awkward_dat
     assert "do not restore" in one_line(err)
 
 
+def _says_kept_for_72_hours(out: str, label: str) -> None:
+    """The output names the kept database and the time the maintenance drops it after."""
+    match = re.search(rf"kept as (\S+_{label}_(\d{{14}})) until (.+) UTC", " ".join(out.split()))
+    assert match, out
+    stamp = datetime.strptime(match.group(2), "%Y%m%d%H%M%S")
+    assert match.group(3).startswith(f"{stamp + timedelta(hours=72):%Y-%m-%d %H:%M}")
+
+
 def test_restore_to_staging_check_and_roll_back(
     capsys, local_env, awkward_database, make_database, monkeypatch
 ):
@@ -120,13 +130,13 @@ def test_restore_to_staging_check_and_roll_back(
     )
     assert code == 0, err
     assert "rollback-restore --target staging" in out
-
-    code, out, err = run(capsys, "check-database-integrity", "--database", "staging")
+    _says_kept_for_72_hours(out, "pre_restore")
     assert code == 0, err
     assert "FAIL" not in out
 
     code, out, err = run(capsys, "rollback-restore", "--target", "staging")
     assert code == 0, err
+    _says_kept_for_72_hours(out, "rolled_back")
     with psycopg.connect(staging) as conn:
         assert conn.execute("SELECT to_regclass('before_restore') IS NOT NULL").fetchone() == (
             True,

@@ -10,7 +10,11 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import confirm, parse_date, positive_int
 from pgvault_assets.cli.console import console, errors, human_bytes, progress
-from pgvault_assets.cli.recovery import restore_production_command, rollback_production_command
+from pgvault_assets.cli.recovery import (
+    kept_as,
+    restore_production_command,
+    rollback_production_command,
+)
 from pgvault_assets.engine.audit import operator, record_integrity_check
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import utcnow
@@ -40,7 +44,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--date", type=parse_date, required=True)
     sub.add_argument("--target", choices=("staging", "production"), required=True)
     sub.add_argument(
-        "--verify", action="store_true", help="fully decrypt and authenticate before restoring"
+        "--verify",
+        action="store_true",
+        help="every restore now verifies the whole object in its single read; accepted for scripts",
     )
     sub.add_argument(
         "--skip-confirmation", action="store_true", help="do not ask to type the database name"
@@ -131,7 +137,8 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     )
     if result.previous:
         console.print(
-            f"the replaced database is kept as {result.previous}; to undo: pgvault rollback-restore --target {args.target}"
+            f"the replaced database is {kept_as(result.previous, settings)}; "
+            f"to undo: pgvault rollback-restore --target {args.target}"
         )
     console.print(
         f"next: pgvault check-database-integrity --database {args.target} --date {args.date}"
@@ -144,7 +151,9 @@ def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         return rollback_production_command(args, settings)
     url = settings.target_url(args.target)
     restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
-    console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
+    console.print(
+        f"{url.dbname} is back to {restored}; the database it replaced is {kept_as(kept, settings)}"
+    )
     return 0
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import threading
+import uuid
 import warnings
-from collections.abc import Iterator
-from datetime import date, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +38,7 @@ from pgvault_assets.engine.report import (
 )
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed
+from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
 if TYPE_CHECKING:
@@ -116,14 +120,92 @@ def dagster_previews_hidden() -> Iterator[None]:
         yield
 
 
+# Tags the CLI's run, so the thread that announces its retries can find it in the instance.
+INVOCATION_TAG = "pgvault/cli_invocation"
+RETRY_POLL_SECONDS = 0.5
+_EXCEPTION_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*: ")
+
+
+def retry_line(attempt: int, reason: str, failed_at: float, seconds_to_wait: float) -> str:
+    """`attempt N failed: <reason>; retrying at HH:MM:SS UTC (in S s)`, on one line."""
+    reason = _EXCEPTION_PREFIX.sub("", " ".join(redact(reason).split()))
+    at = datetime.fromtimestamp(failed_at + seconds_to_wait, UTC)
+    return (
+        f"attempt {attempt} failed: {reason}; "
+        f"retrying at {at:%H:%M:%S} UTC (in {seconds_to_wait:.0f} s)"
+    )
+
+
+class RetryAnnouncer:
+    """Say each failed attempt of the CLI's run and when the next one comes, as Dagster
+    records it: the in-process executor waits out its backoff in silence, minutes on end
+    against a server that is down, before the one error line at the end."""
+
+    def __init__(self, instance: DagsterInstance, token: str, say: Callable[[str], None]) -> None:
+        self._instance = instance
+        self._token = token
+        self._say = say
+        self._announced = 0
+        self._run_id: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="pgvault-retries", daemon=True)
+
+    def __enter__(self) -> RetryAnnouncer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        # A retry recorded since the last look; never in the way of the run's own outcome.
+        with contextlib.suppress(Exception):
+            self.announce()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(RETRY_POLL_SECONDS):
+            with contextlib.suppress(Exception):  # a busy instance is looked at next time
+                self.announce()
+
+    def announce(self) -> None:
+        from dagster import DagsterEventType, RunsFilter  # deferred: see the module docstring
+
+        with self._lock:
+            if self._run_id is None:
+                runs = self._instance.get_runs(
+                    filters=RunsFilter(tags={INVOCATION_TAG: self._token}), limit=1
+                )
+                if not runs:
+                    return
+                self._run_id = runs[0].run_id
+            retries = self._instance.all_logs(
+                self._run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY
+            )
+            for entry in retries[self._announced :]:
+                self._announced += 1
+                event = entry.get_dagster_event()
+                data = event.event_specific_data
+                error = data.error.cause or data.error
+                self._say(
+                    retry_line(
+                        self._announced, error.message, entry.timestamp, data.seconds_to_wait or 0
+                    )
+                )
+
+
 def materialize_backup(
-    day: date, *, instance: DagsterInstance | None = None, prove_restorable: bool = False
+    day: date,
+    *,
+    instance: DagsterInstance | None = None,
+    prove_restorable: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Run partition `day` of the backup asset with its checks; return the new manifest.
 
     The asset's own checks (checksum against the manifest, duration, size) always run. The
     full decrypt and the throwaway restore re-read and re-load the whole backup, so an
     operator's backup runs them only when asked; the daily schedule always runs them.
+    With `say`, each failed attempt that Dagster retries is said as it happens.
     """
     with dagster_previews_hidden():
         # Deferred on purpose (see the module docstring), and inside the block because
@@ -135,7 +217,8 @@ def materialize_backup(
         from pgvault_assets.defs.restorable import restorable
 
         check_backup_date(day, utcnow())
-        with open_instance(instance) as active:
+        token = uuid.uuid4().hex
+        with open_instance(instance) as active, RetryAnnouncer(active, token, say or _silent):
             result = materialize(
                 [database_backup, decrypts_fully, restorable]
                 if prove_restorable
@@ -144,7 +227,7 @@ def materialize_backup(
                 resources=resource_defs(),
                 partition_key=day.isoformat(),
                 raise_on_error=False,
-                tags={"pgvault/launched_by": "cli"},
+                tags={"pgvault/launched_by": "cli", INVOCATION_TAG: token},
                 # The run's full event log is in the UI; the terminal gets pgvault's own lines
                 # (Dagster's ERROR events carry stack traces, and the failure is reported below).
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
@@ -155,6 +238,10 @@ def materialize_backup(
             f"see run {result.run_id[:8]} in the Dagster UI"
         )
     return Vault.from_settings(load_settings()).read_manifest(day)
+
+
+def _silent(line: str) -> None:
+    """No one to tell: a caller that reports the result only."""
 
 
 def _first_failure(result: ExecuteInProcessResult) -> str:
@@ -174,7 +261,11 @@ def _first_failure(result: ExecuteInProcessResult) -> str:
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
     day = args.date or latest_complete_day(utcnow())
     console.print(f"backing up {settings.require_database()} as {day.isoformat()} …")
-    manifest = materialize_backup(day, prove_restorable=args.prove_restorable)
+    manifest = materialize_backup(
+        day,
+        prove_restorable=args.prove_restorable,
+        say=lambda line: console.print(line, markup=False),
+    )
     console.print(
         f"backup {manifest.date.isoformat()} stored: {format_bytes(manifest.size_bytes)} "
         f"({manifest.compression_ratio:.1f}x smaller than the dump), "

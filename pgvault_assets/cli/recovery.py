@@ -20,6 +20,7 @@ from pgvault_assets.engine import audit, restore, rows, shape
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.drill import run_configured_drill, store_report
+from pgvault_assets.engine.kept_databases import kept_until
 from pgvault_assets.engine.rows import request_scope
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
@@ -338,11 +339,19 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
     )
     if result.previous:
         console.print(
-            f"the replaced database is kept as {result.previous}; to undo: "
+            f"the replaced database is {kept_as(result.previous, settings)}; to undo: "
             "pgvault request-restore --kind rollback --target production --reason TEXT, two approvals, "
             "then pgvault rollback-restore --target production --request ID"
         )
     return 0
+
+
+def kept_as(name: str, settings: Settings) -> str:
+    """`kept as <name> until <time> UTC`: how long the way back stays, as the maintenance
+    will count it (from the time in the name)."""
+    until = kept_until(name, settings.restore_keep_previous_hours)
+    when = f" until {until:%Y-%m-%d %H:%M} UTC (RESTORE_KEEP_PREVIOUS_HOURS)" if until else ""
+    return f"kept as {name}{when}"
 
 
 def rollback_production_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -359,5 +368,7 @@ def rollback_production_command(args: argparse.Namespace, settings: Settings) ->
         url,
         settings.recovery.require_approvers_file(),
     )
-    console.print(f"{url.dbname} is back to {restored}; the database it replaced is kept as {kept}")
+    console.print(
+        f"{url.dbname} is back to {restored}; the database it replaced is {kept_as(kept, settings)}"
+    )
     return 0

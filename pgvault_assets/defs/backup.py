@@ -5,8 +5,10 @@ can be dumped (a dump taken later would hold later data under D's name), so mate
 older partition fails at once without touching the database; backfills re-run the checks.
 """
 
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import date
 
 from dagster import (
@@ -28,24 +30,28 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
+    RunRequest,
+    ScheduleEvaluationContext,
     asset,
     asset_check,
-    build_schedule_from_partitioned_job,
     define_asset_job,
+    schedule,
 )
 
-from pgvault_assets.alerts import CheckinStatus, Notifier
+from pgvault_assets.alerts import BACKUP_CRON, CheckinStatus, Notifier
 from pgvault_assets.defs.history import REFUSED_METADATA_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
-from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.run_budget import MAX_RUNTIME_TAG, RunBudget, run_budget
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
-from pgvault_assets.settings import PlatformSettings, platform_section
+from pgvault_assets.settings import PlatformSettings, load_settings, platform_section
 
+log = logging.getLogger(__name__)
 BACKUP_KEY = AssetKey("database_backup")
 BACKUP_POOL = "pgvault_backup"
 # The restorable check and the drill: one full restore at a time, whatever launched them.
@@ -210,7 +216,8 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
         store = vault.vault(settings)
         notifier = alerts.notifier(settings)
         checkin_id = _checkin_id(context.run_id)
-        notifier.checkin("in_progress", check_in_id=checkin_id)
+        budget = recent_run_budget(lambda: store)
+        notifier.checkin("in_progress", check_in_id=checkin_id, **_monitor_times(budget))
         started = time.monotonic()
         try:
             manifest = backup_database(
@@ -224,15 +231,15 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
             if final:
-                _close_checkin(notifier, checkin_id, "error", started)
+                _close_checkin(notifier, checkin_id, "error", started, budget)
             raise Failure(description=str(exc), allow_retries=not final) from None
         except BaseException:
             if context.retry_number >= config.max_retries:
-                _close_checkin(notifier, checkin_id, "error", started)
+                _close_checkin(notifier, checkin_id, "error", started, budget)
             raise
         history = store.list_manifests()
         checksum = checksum_result(store, day)
-        _close_checkin(notifier, checkin_id, "ok" if checksum.passed else "error", started)
+        _close_checkin(notifier, checkin_id, "ok" if checksum.passed else "error", started, budget)
         return MaterializeResult(
             metadata=backup_metadata(manifest, store.store.location),
             check_results=[
@@ -248,13 +255,34 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
 database_backup = make_database_backup()
 
 
+def recent_run_budget(open_vault: Callable[[], Vault]) -> RunBudget:
+    """The run's time limits from the recent backups; the defaults when the store cannot say,
+    since no watcher's margin is worth a backup that does not start."""
+    try:
+        return run_budget(open_vault().list_manifests())
+    except Exception as exc:
+        log.warning(
+            "recent backup durations unreadable (%s); default run limits apply",
+            " ".join(str(exc).split()) or type(exc).__name__,
+        )
+        return RunBudget()
+
+
+def _monitor_times(budget: RunBudget) -> dict[str, int]:
+    return {
+        "checkin_margin_minutes": budget.sentry_checkin_margin_minutes,
+        "max_runtime_minutes": budget.sentry_max_runtime_minutes,
+    }
+
+
 def _close_checkin(
-    notifier: Notifier, checkin_id: str, status: CheckinStatus, started: float
+    notifier: Notifier, checkin_id: str, status: CheckinStatus, started: float, budget: RunBudget
 ) -> None:
     notifier.checkin(
         status,
         check_in_id=checkin_id,
         duration_seconds=round(time.monotonic() - started, 3),
+        **_monitor_times(budget),
     )
 
 
@@ -295,14 +323,28 @@ backup_checks_job = define_asset_job(
     description="Re-run the stored-backup checks on existing partitions; backfill it over past days.",
 )
 
-daily_backup_schedule = build_schedule_from_partitioned_job(
-    daily_backup_job,
+
+@schedule(
+    job=daily_backup_job,
     name="daily_backup_schedule",
-    hour_of_day=2,
-    minute_of_hour=0,
+    cron_schedule=BACKUP_CRON,
+    execution_timezone="UTC",
     default_status=DefaultScheduleStatus.RUNNING,
-    description="02:00 UTC: back up the day that just ended.",
+    description=(
+        "02:00 UTC: back up the day that just ended, with a run time limit of three times "
+        "the longest of the last 7 backups (at least dagster.yaml's)."
+    ),
 )
+def daily_backup_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    moment = context.scheduled_execution_time or utcnow()
+    day = latest_complete_day(moment)
+    budget = recent_run_budget(lambda: Vault.from_settings(load_settings()))
+    return daily_backup_job.run_request_for_partition(
+        partition_key=day.isoformat(),
+        run_key=day.isoformat(),
+        tags={MAX_RUNTIME_TAG: str(budget.max_runtime_seconds)},
+    )
+
 
 defs = Definitions(
     assets=[database_backup],

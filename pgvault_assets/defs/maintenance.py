@@ -1,7 +1,9 @@
-"""Monday 03:00 UTC: retention, then the weekly health report.
+"""Monday 03:00 UTC: retention, the weekly health report, and the databases restores kept.
 
-Both are derived from the backups, so they are assets downstream of them: the UI shows what
-was kept, deleted and repaired, and the report, beside the backups they describe.
+Retention and the report are derived from the backups, so they are assets downstream of them:
+the UI shows what was kept, deleted and repaired, and the report, beside the backups they
+describe. The databases restores and rollbacks kept beside their targets are dropped once
+older than RESTORE_KEEP_PREVIOUS_HOURS, so a few restores never fill a server's disk.
 """
 
 from datetime import timedelta
@@ -28,11 +30,13 @@ from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.kept_databases import drop_expired_kept_databases
 from pgvault_assets.engine.report import health_figures, render_weekly_report
 from pgvault_assets.errors import PgvaultError
 
 RETENTION_KEY = AssetKey("retention_state")
 REPORT_KEY = AssetKey("weekly_health_report")
+KEPT_DATABASES_KEY = AssetKey("kept_databases")
 
 
 @asset(
@@ -69,6 +73,39 @@ def retention_state(context: AssetExecutionContext, vault: VaultResource) -> Mat
             "repaired": MetadataValue.json([repair.to_dict() for repair in result.repairs]),
             "repaired_count": MetadataValue.int(result.repaired_count),
             "leftovers_kept": MetadataValue.json(list(result.kept_leftovers)),
+        }
+    )
+
+
+@asset(
+    key=KEPT_DATABASES_KEY,
+    group_name="backups",
+    description=(
+        "The databases restores (`<db>_pre_restore_<time>`) and rollbacks "
+        "(`<db>_rolled_back_<time>`) kept beside staging and production: each is dropped once "
+        "older than RESTORE_KEEP_PREVIOUS_HOURS by the time in its name, audited; newer ones stay."
+    ),
+)
+def kept_databases(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
+    try:
+        settings = vault.settings()
+        targets = [
+            url for url in (settings.staging_database_url, settings.database_url) if url is not None
+        ]
+        result = drop_expired_kept_databases(
+            vault.vault(settings), targets, settings.restore_keep_previous_hours, now=utcnow
+        )
+    except PgvaultError as exc:  # one line in the UI, not a traceback
+        raise Failure(description=str(exc)) from None
+    for line in result.skipped:
+        context.log.warning(f"left for next week: {line}")
+    return MaterializeResult(
+        metadata={
+            "keep_previous_hours": MetadataValue.int(settings.restore_keep_previous_hours),
+            "dropped_count": MetadataValue.int(len(result.dropped)),
+            "dropped": MetadataValue.json([kept.to_dict() for kept in result.dropped]),
+            "kept": MetadataValue.json([kept.to_dict() for kept in result.kept]),
+            "skipped": MetadataValue.json(list(result.skipped)),
         }
     )
 
@@ -127,8 +164,11 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
 
 weekly_maintenance_job = define_asset_job(
     "weekly_maintenance_job",
-    selection=AssetSelection.assets(RETENTION_KEY, REPORT_KEY),
-    description="Apply retention, then write the weekly health report.",
+    selection=AssetSelection.assets(RETENTION_KEY, REPORT_KEY, KEPT_DATABASES_KEY),
+    description=(
+        "Apply retention, then write the weekly health report; drop the databases restores "
+        "kept beyond RESTORE_KEEP_PREVIOUS_HOURS."
+    ),
 )
 
 weekly_maintenance_schedule = ScheduleDefinition(
@@ -141,7 +181,7 @@ weekly_maintenance_schedule = ScheduleDefinition(
 )
 
 defs = Definitions(
-    assets=[retention_state, weekly_health_report],
+    assets=[retention_state, weekly_health_report, kept_databases],
     jobs=[weekly_maintenance_job],
     schedules=[weekly_maintenance_schedule],
 )

@@ -35,6 +35,7 @@ STAGING_RESTORE = "staging-restore"
 STAGING_ROLLBACK = "staging-rollback"
 ROW_RECOVERY = "row-recovery"
 INTEGRITY_CHECK = "integrity-check"
+KEPT_DATABASE_DROPPED = "kept-database-dropped"
 log = logging.getLogger(__name__)
 
 

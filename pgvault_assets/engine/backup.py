@@ -19,6 +19,7 @@ from pgvault_assets.engine import manifest as mf
 from pgvault_assets.engine import names, shape
 from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
+from pgvault_assets.engine.copy_rows import CopyRowCounter
 from pgvault_assets.engine.immutability import backup_retain_until
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import backup_lock_name, retention_lock_name
@@ -29,8 +30,8 @@ from pgvault_assets.engine.postgres import (
     connection_loss_raises,
     lock_holders,
     server_version,
-    table_row_counts,
     tool_env,
+    user_tables,
 )
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
@@ -170,15 +171,11 @@ def backup_database(
                     sc.capture(conn, include_passwords=role_passwords),
                     objects=shape.read_objects(conn),
                 )
-
-                counts: dict[str, int] = {}
-                count_errors: list[BaseException] = []
-
-                def count_rows() -> None:
-                    try:
-                        counts.update(table_row_counts(conn))
-                    except BaseException as exc:
-                        count_errors.append(exc)
+                # The tables the restore will count, named in the dump's own snapshot; their
+                # rows come from the dump's COPY blocks, so no table is read twice.
+                tables = [f"{schema}.{table}" for schema, table in user_tables(conn)]
+                # pg_dump writes in the database's encoding, as this session reads it.
+                rows = CopyRowCounter(conn.info.encoding)
 
                 # Opened before pg_dump starts: a store that refuses leaves nothing running.
                 writer = vault.store.open_writer(
@@ -216,13 +213,9 @@ def backup_database(
                     target=_tail_reader, args=(dump_errors, errors), daemon=True
                 )
                 stderr_thread.start()
-                counter = threading.Thread(
-                    target=count_rows, name="pgvault-row-counts", daemon=True
-                )
-                counter.start()
                 try:
                     result = encrypt_stream(
-                        dump, writer, keys, context, level=level, progress=progress
+                        dump, writer, keys, context, level=level, progress=progress, rows=rows
                     )
                     code = proc.wait()
                     stderr_thread.join(5)
@@ -231,12 +224,7 @@ def backup_database(
                             _dump_failure(errors, code, url, lock_wait_seconds)
                             + "; no backup was recorded, the previous one is intact"
                         )
-                    counter.join()
-                    if count_errors:
-                        raise BackupFailed(
-                            f"counting rows in the dump's snapshot failed ({count_errors[0]}); "
-                            "no backup was recorded, the previous one is intact"
-                        )
+                    counts = {table: rows.counts.get(table, 0) for table in tables}
                     # The dump is read: end its snapshot before waiting for any lock of ours,
                     # so production's vacuum is not held back meanwhile.
                     conn.rollback()
@@ -259,10 +247,6 @@ def backup_database(
                     if proc.poll() is None:
                         proc.kill()
                     proc.wait()
-                    # The row count shares the connection about to close: stop it first.
-                    with contextlib.suppress(Exception):
-                        conn.cancel()
-                    counter.join(10)
                     raise
             finished_at = now()
             manifest = Manifest(
@@ -283,6 +267,7 @@ def backup_database(
                 pg_dump_version=pg_dump_version,
                 database=url.dbname,
                 table_rows=counts,
+                rows_exclude_children=True,
                 key_id=keys.key_id,
                 pgvault_version=pgvault_assets.__version__,
                 object_version_id=version_id,

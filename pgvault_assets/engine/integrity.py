@@ -37,7 +37,7 @@ class CheckResult:
 
 
 def row_counts_match(conn: psycopg.Connection, manifest: Manifest) -> CheckResult:
-    actual = table_row_counts(conn)
+    actual = table_row_counts(conn, own_rows=manifest.rows_exclude_children)
     expected = manifest.table_rows
     differing = [
         f"{table} ({expected.get(table, 'absent')} in backup, {actual.get(table, 'absent')} here)"

@@ -4,8 +4,9 @@ A backup exists if and only if its manifest exists, and the manifest is written 
 interrupted run never shows as a backup. Parsing validates every field, because a manifest is
 read back from storage that an attacker or a fault may have changed.
 
-Fields added after version 1 are optional (`server_major`, `server_context`): a manifest
-written before them parses as it always did, and its backup restores as it always did.
+Fields added after version 1 are optional (`server_major`, `server_context`,
+`rows_exclude_children`): a manifest written before them parses as it always did, and its
+backup restores as it always did.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class Manifest:
     encryption_context: dict[str, str] = field(default_factory=dict)
     server_major: int | None = None
     server_context: ServerContextRecord | None = None
+    # Counts taken from the dump's COPY blocks hold each table's own rows; older backups
+    # counted a parent table's inheritance children with it.
+    rows_exclude_children: bool = False
 
     @property
     def duration_seconds(self) -> float:
@@ -136,6 +140,7 @@ class Manifest:
                 if data.get("server_major") is not None
                 else None,
                 server_context=_server_context(data),
+                rows_exclude_children=data.get("rows_exclude_children") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(

@@ -50,6 +50,12 @@ def database_beside(target: str, label: str, stamp: str) -> str:
     return target.encode()[: MAX_IDENTIFIER - len(suffix)].decode(errors="ignore") + suffix
 
 
+def restore_claim(target: str) -> str:
+    """The advisory lock that claims `target` on its server: one restore, rollback or
+    cleanup of the databases kept beside it at a time."""
+    return f"pgvault-restore:{target}"
+
+
 def retention_lock_name(environment: str) -> str:
     """The lock retention cleanup holds while deleting; a backup commits only outside it."""
     return f"{environment}-retention"

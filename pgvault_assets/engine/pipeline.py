@@ -21,6 +21,7 @@ from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 from cryptography.exceptions import InvalidTag
 from isal import isal_zlib
 
+from pgvault_assets.engine.copy_rows import CopyRowCounter
 from pgvault_assets.engine.crypto import ALGORITHM, FRAME_LENGTH, SDK, KeyProvider
 from pgvault_assets.engine.store import ObjectWriter
 from pgvault_assets.errors import IntegrityError, KeyUnavailable
@@ -111,8 +112,15 @@ def _get(source: Chunks, stop: threading.Event) -> bytes | BaseException | None:
             return source.get(timeout=0.1)
 
 
-def _read_into(source: BinaryIO, out: Chunks, clock: StageClock, stop: threading.Event) -> None:
-    """Drain pg_dump's pipe as fast as it writes, so the dump never waits on compression."""
+def _read_into(
+    source: BinaryIO,
+    out: Chunks,
+    clock: StageClock,
+    rows: CopyRowCounter | None,
+    stop: threading.Event,
+) -> None:
+    """Drain pg_dump's pipe as fast as it writes, so the dump never waits on compression;
+    rows are counted here, where the thread mostly waits on the pipe anyway."""
     try:
         while True:
             started = time.perf_counter()
@@ -120,6 +128,10 @@ def _read_into(source: BinaryIO, out: Chunks, clock: StageClock, stop: threading
             clock.add("dump", started)
             if not chunk:
                 break
+            if rows is not None:
+                started = time.perf_counter()
+                rows.feed(chunk)
+                clock.add("count_rows", started)
             _put(out, chunk, stop)
         _put(out, None, stop)
     except _Stopped:
@@ -171,8 +183,12 @@ def encrypt_stream(
     *,
     level: int = 2,
     progress: Progress | None = None,
+    rows: CopyRowCounter | None = None,
 ) -> PipelineResult:
-    """Compress, encrypt, hash and write `source` until its end; the writer is not committed."""
+    """Compress, encrypt, hash and write `source` until its end; the writer is not committed.
+
+    With `rows`, the plain-SQL dump's COPY blocks are counted on the way through.
+    """
     clock = StageClock()
     raw: Chunks = queue.Queue(QUEUE_DEPTH)
     compressed: Chunks = queue.Queue(QUEUE_DEPTH)
@@ -180,7 +196,10 @@ def encrypt_stream(
     stop = threading.Event()
     threads = [
         threading.Thread(
-            target=_read_into, args=(source, raw, clock, stop), name="pgvault-read", daemon=True
+            target=_read_into,
+            args=(source, raw, clock, rows, stop),
+            name="pgvault-read",
+            daemon=True,
         ),
         threading.Thread(
             target=_compress_into,
@@ -246,9 +265,16 @@ class HashingReader:
         self._progress = progress
         self.digest = hashlib.sha256()
         self.size = 0
+        self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._source.read(size)
+        try:
+            chunk = self._source.read(size)
+        except BaseException as exc:
+            # The decryptor may report a failed download as a message that ends early:
+            # the download's own error is the one to raise.
+            self.failure = exc
+            raise
         self.digest.update(chunk)
         self.size += len(chunk)
         if self._progress and chunk:

@@ -137,8 +137,8 @@ def describe_failure(exc: psycopg.Error, during: str) -> str:
 
 
 # pgvault's own sessions set what they need instead of inheriting the role's or database's
-# defaults: a 30 s statement_timeout set for the application must not fail every backup whose
-# row counts take longer, nor an idle-in-transaction limit end the snapshot a dump reads.
+# defaults: a 30 s statement_timeout set for the application must not fail a long restore check,
+# nor an idle-in-transaction limit end the snapshot a dump reads.
 SESSION_OPTIONS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 
 
@@ -239,11 +239,14 @@ def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return [(schema, table) for schema, table in rows]
 
 
-def table_row_counts(conn: psycopg.Connection) -> dict[str, int]:
+def table_row_counts(conn: psycopg.Connection, *, own_rows: bool = True) -> dict[str, int]:
+    """Rows per user table: each table's own (`own_rows`, as a dump's COPY holds them), or
+    with its inheritance children's, as backups before dump-stream counts recorded them."""
     counts = {}
+    only = sql.SQL("ONLY " if own_rows else "")
     for schema, table in user_tables(conn):
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-            sql.Identifier(schema), sql.Identifier(table)
+        query = sql.SQL("SELECT count(*) FROM {}{}.{}").format(
+            only, sql.Identifier(schema), sql.Identifier(table)
         )
         row = conn.execute(query).fetchone()
         counts[f"{schema}.{table}"] = int(row[0]) if row else 0

@@ -1,9 +1,10 @@
 """Verify a backup, restore it beside its target, check it, and swap it in.
 
-Nothing reaches a database before the stored object's SHA-256 matches its manifest. The
-restore goes into a fresh database; only when it is complete and its row counts match the
-manifest is it renamed into place, the old database kept for rollback. Any failure before
-the swap drops the half-built database and leaves the target exactly as it was.
+The object is read once: its SHA-256 is computed while its authenticated frames restore into
+a fresh database beside the target. Only when the whole object matched its manifest, its last
+frame authenticated, and the restored row counts match the manifest is it renamed into place,
+the old database kept for rollback. Any failure before the swap drops the half-built database
+and leaves the target exactly as it was: nothing reaches the target unverified.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.names import database_beside
+from pgvault_assets.engine.names import database_beside, restore_claim
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
@@ -150,7 +151,7 @@ def _guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ..
     names are returned), and then the roles the dead runs created for the databases dropped.
     """
     claimed = maintenance.execute(
-        "SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgvault-restore:{target}",)
+        "SELECT pg_try_advisory_lock(hashtext(%s))", (restore_claim(target),)
     ).fetchone()
     if not claimed or not claimed[0]:
         raise LockBusy(
@@ -195,9 +196,23 @@ def _connection_loss_keeps(target: str) -> contextlib.AbstractContextManager[Non
     return connection_loss_raises(RestoreFailed, "the restore", f"{target} was left as it was")
 
 
+def _psql_reason(errors: deque[str], code: int) -> str:
+    reason = next((e for e in errors if "ERROR" in e or "FATAL" in e), None) or (
+        errors[-1] if errors else f"exit status {code}"
+    )
+    return reason.removeprefix("psql:")
+
+
 def _feed_psql(
     vault: Vault, manifest: Manifest, url: DatabaseUrl, psql: str, progress: Progress | None
 ) -> None:
+    """Verify and restore in one read of the object: SHA-256 over the ciphertext while only
+    authenticated frames, gunzipped, reach psql in the side database.
+
+    The caller swaps only after this returns, that is after the whole object's SHA-256 and
+    size matched the manifest and the final frame authenticated; anything else raises and the
+    side database is dropped. psql stopping on an error ends the download at once.
+    """
     errors: deque[str] = deque(maxlen=20)
     proc = subprocess.Popen(
         [psql, "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"],
@@ -223,23 +238,41 @@ def _feed_psql(
         ) as raw:
             reader = HashingReader(raw, progress)
             keys = vault.decryption_keys(manifest)
+            plain = 0
+            plaintext = decrypt_stream(reader, keys, manifest.encryption_context)
             try:
-                for chunk in decrypt_stream(reader, keys, manifest.encryption_context):
-                    proc.stdin.write(chunk)
+                with contextlib.closing(plaintext):
+                    for chunk in plaintext:
+                        proc.stdin.write(chunk)
+                        plain += len(chunk)
             except BrokenPipeError:
-                pass
+                # psql has stopped: its reason is the news, not the rest of the object.
+                code = proc.wait()
+                collector.join(5)
+                raise RestoreFailed(
+                    f"psql failed while restoring ({_psql_reason(errors, code)})"
+                ) from None
+            except IntegrityError:
+                proc.kill()
+                if reader.failure is not None:
+                    raise reader.failure from None
+                # A replaced or truncated object is named as such, as verify-backup names it.
+                reader.drain()
+                _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+                raise
             reader.drain()
-            # The object was checked before; check again what was actually restored.
-            _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+        _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+        if plain != manifest.dump_size_bytes:
+            raise IntegrityError(
+                f"backup {manifest.date} decrypts to {plain} bytes, not the "
+                f"{manifest.dump_size_bytes} its manifest records; do not restore it"
+            )
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
         code = proc.wait()
         collector.join(5)
         if code != 0:
-            reason = next((e for e in errors if "ERROR" in e or "FATAL" in e), None) or (
-                errors[-1] if errors else f"exit status {code}"
-            )
-            raise RestoreFailed(f"psql failed while restoring ({reason.removeprefix('psql:')})")
+            raise RestoreFailed(f"psql failed while restoring ({_psql_reason(errors, code)})")
     except BaseException:
         if proc.poll() is None:
             proc.kill()
@@ -322,6 +355,10 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore the backup of `day` into `target_url`'s database by a checked swap.
 
+    The object is read once: verified (SHA-256, every frame authenticated) while it restores
+    beside the target, and swapped in only once all of it proved intact, so every restore
+    verifies fully; `full_verify` is accepted for callers that ask for it explicitly.
+
     With the backup's server context, the server needs nothing beforehand: what it lacks is
     checked (major version, extensions, locale, the restoring role's privileges) before any
     byte of the dump reaches it, missing roles are created, and the database gets the
@@ -341,10 +378,8 @@ def restore_backup(
         stamp = _free_stamp(maintenance, target, ("restore", "pre_restore"), now())
         scratch = database_beside(target, "restore", stamp)
         keep_as = database_beside(target, "pre_restore", stamp)
-        started = time.perf_counter()
-        manifest = verify_backup(vault, day, full=full_verify).manifest
+        manifest = vault.read_manifest(day)
         context = sc.read_context(vault, manifest)
-        stages["verify"] = round(time.perf_counter() - started, 3)
         major, _ = server_version(maintenance)
         if manifest.server_major is not None:
             note = sc.major_version_note(manifest.server_major, major)
@@ -371,7 +406,10 @@ def restore_backup(
             started = time.perf_counter()
             with connect(target_url.with_dbname(scratch)) as restored:
                 restored.execute("ANALYZE")
-                problems = _compare_counts(manifest.table_rows, table_row_counts(restored))
+                problems = _compare_counts(
+                    manifest.table_rows,
+                    table_row_counts(restored, own_rows=manifest.rows_exclude_children),
+                )
             if problems:
                 raise RestoreFailed(
                     "restored row counts differ from the backup's manifest: "

@@ -255,3 +255,24 @@ def test_every_check_of_a_backup_is_recorded_under_its_day(backup_env, instance,
             AssetCheckKey(BACKUP_KEY, name), limit=10
         )
         assert [(r.partition, r.status.value) for r in records] == [(day, "SUCCEEDED")], name
+
+
+def test_the_check_in_monitor_of_a_large_database_allows_three_times_its_longest_backup(
+    backup_env, instance, yesterday, alerts_captured
+):
+    vault = Vault.from_settings(load_settings())
+    for days_ago in range(1, 8):
+        day = yesterday - timedelta(days=days_ago)
+        write_backup(vault, fake_manifest("test", day, duration_seconds=5 * 3600))
+
+    result = materialize(
+        [database_backup],
+        instance=instance,
+        resources=resource_defs(),
+        partition_key=yesterday.isoformat(),
+    )
+
+    assert result.success
+    configs = [c["monitor_config"] for c in alerts_captured.checkins()]
+    assert [c["status"] for c in alerts_captured.checkins()] == ["in_progress", "ok"]
+    assert all(c["max_runtime"] == 3 * 5 * 60 and c["checkin_margin"] == 5 * 60 for c in configs)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from dagster import AssetKey, DagsterInstance
 
 from pgvault_assets.cli import main
-from pgvault_assets.cli.platform import materialize_backup
+from pgvault_assets.cli.platform import materialize_backup, retry_line
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.policy import Tier, tiers_of
 from pgvault_assets.engine.vault import Vault
@@ -103,3 +103,18 @@ def test_status_exits_non_zero_when_backups_are_stale(local_env, capsys):
     write_history(vault, today - timedelta(days=20), today - timedelta(days=5))
     assert main(["status"]) == 1
     assert "no backup has succeeded in the last 36 h" in capsys.readouterr().out
+
+
+def test_a_retry_line_is_one_line_with_the_next_attempts_time_and_no_secret():
+    failed_at = datetime(2025, 3, 1, 2, 0, 0, tzinfo=UTC).timestamp()
+    reason = (
+        "dagster._core.definitions.events.Failure: cannot connect to\n"
+        "postgresql://app:hunter2@db.internal/app (refused)"
+    )
+
+    line = retry_line(1, reason, failed_at, 110.4)
+
+    assert line == (
+        "attempt 1 failed: cannot connect to postgresql://app:[redacted]@db.internal/app "
+        "(refused); retrying at 02:01:50 UTC (in 110 s)"
+    )

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from dagster import materialize
+from psycopg import sql
 
-from pgvault_assets.defs.maintenance import retention_state, weekly_health_report
+from pgvault_assets.defs import maintenance
+from pgvault_assets.defs.maintenance import kept_databases, retention_state, weekly_health_report
 from pgvault_assets.defs.resources import resource_defs
+from pgvault_assets.engine import audit
 from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.names import database_beside
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.settings import load_settings
+from pgvault_assets.settings import DatabaseUrl, load_settings
 from test_defs.backup_history import write_history
+from tests.conftest import admin_connect
 
 
 def test_the_monday_run_applies_retention_then_writes_the_report_to_the_store(local_env, instance):
@@ -54,3 +59,33 @@ def test_retention_deletes_nothing_while_backups_are_stale(local_env, instance):
     assert "36 h" in retention.metadata["blocked_reason"].value
     assert retention.metadata["deleted_keys"].value == []
     assert len(vault.list_manifests()) == 196
+
+
+def test_the_monday_run_drops_databases_kept_beyond_the_bound_and_lists_them(
+    local_env, instance, make_database, monkeypatch
+):
+    now = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)
+    staging = DatabaseUrl(make_database("staging"))
+    monkeypatch.setenv("STAGING_DATABASE_URL", staging.secret)
+    monkeypatch.setenv("RESTORE_KEEP_PREVIOUS_HOURS", "24")
+    monkeypatch.setattr(maintenance, "utcnow", lambda: now)
+    old, recent = (
+        database_beside(staging.dbname, label, (now - age).strftime("%Y%m%d%H%M%S"))
+        for label, age in (
+            ("pre_restore", timedelta(hours=25)),
+            ("rolled_back", timedelta(hours=23)),
+        )
+    )
+    with admin_connect() as conn:
+        for name in (old, recent):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    result = materialize([kept_databases], instance=instance, resources=resource_defs())
+
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("kept_databases")
+    assert [d["database"] for d in materialization.metadata["dropped"].value] == [old]
+    assert [k["database"] for k in materialization.metadata["kept"].value] == [recent]
+    assert materialization.metadata["keep_previous_hours"].value == 24
+    (record,) = audit.audit_records(Vault.from_settings(load_settings()), "maintenance")
+    assert record.body["database"] == old

@@ -9,6 +9,8 @@ resets connections, Sentry check-ins over HTTP) is the real thing.
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -27,6 +29,8 @@ from dagster import (
     materialize,
 )
 
+from pgvault_assets.cli import main
+from pgvault_assets.defs import backup as defs_backup
 from pgvault_assets.defs.backup import BACKUP_KEY, make_database_backup
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.resources import resource_defs
@@ -50,6 +54,7 @@ ROWS = 100_000  # about 4 MB stored: its upload crosses the proxy's 1 MiB cut
 MIB = 1024 * 1024
 BOTO_RETRIES = 1  # botocore's own retries of a request (its `max_attempts` excludes the first)
 CUTS_PER_ATTEMPT = BOTO_RETRIES + 1  # what it takes for one step attempt to see the error
+SECRET = "s3cret-pw"
 
 
 @pytest.fixture
@@ -248,3 +253,31 @@ def test_a_database_that_refuses_for_good_fails_at_once_without_retrying(
     assert 'database "pgvault_test_absent" does not exist' in description
     assert "retrying will not help" in description and "\n" not in description
     assert _checkin_statuses(alerts_captured) == ["in_progress", "error"]
+
+
+def test_cli_backup_says_each_failed_attempt_and_when_the_next_comes(
+    local_env, monkeypatch, capsys
+) -> None:
+    """A server that refuses connections: each retried attempt is one line as it fails, with
+    the time of the next; the last one's failure is the one error line, with no trace."""
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{SECRET}@127.0.0.1:{port}/app")
+    monkeypatch.setattr(defs_backup, "database_backup", retrying_backup)
+
+    code = main(["backup"])
+
+    out, err = capsys.readouterr()
+    assert code != 0
+    said = [line for line in out.splitlines() if line.startswith("attempt ")]
+    assert len(said) == MAX_RETRIES
+    for attempt, line in enumerate(said, start=1):
+        assert re.fullmatch(
+            rf"attempt {attempt} failed: cannot connect to postgresql://app@127\.0\.0\.1:{port}/app"
+            r" \(.*\); .*; retrying at \d\d:\d\d:\d\d UTC \(in \d+ s\)",
+            line,
+        ), line
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "failed: cannot connect to" in error
+    assert "Traceback" not in out + err and SECRET not in out + err

@@ -155,3 +155,19 @@ def test_the_daily_schedule_backs_up_the_day_before_at_two_utc():
     ) as schedule_context:
         (request,) = schedule.evaluate_tick(schedule_context).run_requests
     assert request.partition_key == "2025-06-09"
+
+
+def test_the_daily_schedule_gives_a_large_databases_run_three_times_its_longest_backup(
+    local_env,
+):
+    vault = Vault.from_settings(load_settings())
+    write_history(vault, date(2025, 6, 1), date(2025, 6, 8), duration_seconds=5 * 3600)
+    schedule = defs.get_repository_def().get_schedule_def("daily_backup_schedule")
+
+    with build_schedule_context(
+        scheduled_execution_time=datetime(2025, 6, 10, 2, 0, tzinfo=UTC)
+    ) as schedule_context:
+        (request,) = schedule.evaluate_tick(schedule_context).run_requests
+
+    assert request.partition_key == "2025-06-09"
+    assert request.tags["dagster/max_runtime"] == str(3 * 5 * 3600)
