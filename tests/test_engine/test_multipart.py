@@ -9,9 +9,11 @@ import pytest
 
 from pgvault_assets.engine.store import multipart
 from pgvault_assets.engine.store.multipart import (
+    LARGEST_PART,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    capacity,
     first_part_size,
     part_size,
 )
@@ -22,17 +24,24 @@ MiB = 1024 * 1024
 TiB = 1024**4
 
 
-def test_ten_thousand_parts_hold_more_than_s3s_largest_object():
+def test_ten_thousand_parts_hold_more_than_s3s_largest_object_in_parts_of_at_most_a_gib():
     assert part_size(1) == MIN_PART_SIZE == 8 * MiB
     assert sum(part_size(n) for n in range(1, MAX_PARTS + 1)) > 5 * TiB
-    assert max(part_size(n) for n in range(1, MAX_PARTS + 1)) <= MAX_PART_SIZE
+    # Memory is about three parts: the cap, not S3's 5 GiB per part, bounds it.
+    assert max(part_size(n) for n in range(1, MAX_PARTS + 1)) == LARGEST_PART == 1024**3
+    assert LARGEST_PART < MAX_PART_SIZE
 
 
-def test_small_backups_keep_small_parts_and_large_ones_start_large():
-    assert first_part_size(None) == first_part_size(2 * 1024**3) == MIN_PART_SIZE
-    big = first_part_size(100 * 1024**3)  # the previous backup was 100 GiB
-    assert big == 256 * MiB  # its twice fits in the first thousand parts
-    assert 1000 * big >= 2 * 100 * 1024**3
+def test_parts_stay_small_until_the_backup_is_large():
+    assert first_part_size(None) == first_part_size(100 * 1024**3) == MIN_PART_SIZE
+    uploaded, number = 0, 0
+    while uploaded < 100 * 1024**3:  # a 100 GiB backup's parts grow to 128 MiB, no more
+        number += 1
+        uploaded += part_size(number)
+    assert part_size(number) == 128 * MiB
+    # The previous backup was 4 TiB: parts start larger, so twice that would still fit.
+    big = first_part_size(4 * TiB)
+    assert big > MIN_PART_SIZE and capacity(big) >= 8 * TiB
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 aborted upload leaves no trace (an unfinished one is listed by `S3Store.pending_uploads`).
 
 S3 allows 10,000 parts of at most 5 GiB and objects of at most 5 TiB. Fixed 8 MiB parts
-would stop at 78 GiB, so part sizes double every 1,000 parts: 10,000 parts then hold more
-than 5 TiB, while a small backup keeps small parts. A backup that expects to be large (from
-the previous one's size) starts with larger parts. Memory stays at about three parts: the
-one being filled and at most two uploading.
+would stop at 78 GiB, so part sizes double every 500 parts up to 1 GiB: 10,000 parts then
+hold about 7 TiB, more than S3's largest object, while a small backup keeps small parts.
+Memory stays at about three parts (the one being filled and at most two uploading), so the
+1 GiB cap, not S3's 5 GiB, bounds it: 3 GiB at most, reached only past about 500 GiB.
 """
 
 from __future__ import annotations
@@ -24,21 +24,30 @@ from pgvault_assets.errors import StoreError
 
 MIN_PART_SIZE = 8 * 1024 * 1024  # above S3's 5 MiB floor for every part but the last
 MAX_PART_SIZE = 5 * 1024**3  # S3's ceiling for one part
+LARGEST_PART = 1024**3  # pgvault's own ceiling: what bounds a backup's memory
 MAX_PARTS = 10_000  # S3's ceiling for one upload
-PARTS_PER_SIZE = 1_000  # parts uploaded at one size before the size doubles
+PARTS_PER_SIZE = 500  # parts uploaded at one size before the size doubles
 
 
 def part_size(number: int, first: int = MIN_PART_SIZE) -> int:
     """The size of part `number` (from 1) of an upload whose first parts are `first` bytes."""
-    return min(MAX_PART_SIZE, first << ((number - 1) // PARTS_PER_SIZE))
+    return min(LARGEST_PART, first << ((number - 1) // PARTS_PER_SIZE))
+
+
+def capacity(first: int) -> int:
+    """The most an upload whose first parts are `first` bytes can hold in S3's part limit."""
+    total, size = 0, first
+    for start in range(0, MAX_PARTS, PARTS_PER_SIZE):
+        total += min(size, LARGEST_PART) * min(PARTS_PER_SIZE, MAX_PARTS - start)
+        size *= 2
+    return total
 
 
 def first_part_size(expected_bytes: int | None) -> int:
-    """Parts large enough from the start that an object twice `expected_bytes` (the previous
-    backup's size) fits in the first sizes' parts, so growth is a margin, not the plan."""
+    """The smallest first part whose plan holds twice `expected_bytes` (the previous backup's
+    size): growth past the previous size is then a margin, not a gamble."""
     size = MIN_PART_SIZE
-    wanted = 2 * (expected_bytes or 0) // PARTS_PER_SIZE
-    while size < wanted and size < MAX_PART_SIZE:
+    while capacity(size) < 2 * (expected_bytes or 0) and size < LARGEST_PART:
         size *= 2
     return size
 
