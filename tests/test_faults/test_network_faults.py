@@ -103,6 +103,8 @@ def test_download_cut_every_time_fails_in_one_line_and_restores_nothing(
         restore_backup(vault(), DAY, DatabaseUrl(target))
 
     assert "\n" not in str(caught.value)
-    assert faulty_proxy.broken == 3  # the first read and two resumptions
+    # The first read and at least two resumptions: a resumption that got some bytes before
+    # its cut counts as progress, so how many cuts it takes depends on where they fall.
+    assert faulty_proxy.broken >= 3
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT to_regclass('public.t')").fetchone() == (None,)
