@@ -33,6 +33,7 @@ from pgvault_assets.redact import redact
 
 STAGING_RESTORE = "staging-restore"
 STAGING_ROLLBACK = "staging-rollback"
+STAGING_RESTORE_TO_TIME = "staging-restore-to-time"
 ROW_RECOVERY = "row-recovery"
 INTEGRITY_CHECK = "integrity-check"
 log = logging.getLogger(__name__)
@@ -177,8 +178,8 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
     Walks the staging records in order, tracking which backup staging holds: a pass counts
     only while staging still holds the backup of `day` with `sha256` (a later restore of
     another backup makes an earlier pass irrelevant to what staging holds now, not untrue).
-    A rollback swaps in a database the trail cannot name: until the next restore, staging
-    holds no known backup, and a failed restore or rollback changed nothing.
+    A rollback, or a recovery to a point in time, swaps in a database the trail cannot name
+    as a dated backup: until the next restore, staging holds no known backup, and a failed restore or rollback changed nothing.
     """
     holding: tuple[object, object] | None = None
     wanted = (day.isoformat(), sha256)
@@ -188,7 +189,7 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
             continue
         if record.record == STAGING_RESTORE:
             holding = backup
-        elif record.record == STAGING_ROLLBACK:
+        elif record.record in (STAGING_ROLLBACK, STAGING_RESTORE_TO_TIME):
             holding = None
         elif (
             record.record == INTEGRITY_CHECK
