@@ -105,7 +105,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     status = pitr_status(settings)
     window, archiver = status.window, status.archiver
-    if window.earliest and window.latest:
+    if window is not None and window.earliest and window.latest:
         console.print(
             f"recoverable window: {window.earliest:%Y-%m-%d %H:%M:%S}Z .. "
             f"{window.latest:%Y-%m-%d %H:%M:%S}Z ({len(window.backups)} base backups)"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -24,6 +25,8 @@ from pgvault_assets.cli import main
 from pgvault_assets.engine.cluster import Cluster, start_cluster
 from pgvault_assets.engine.pitr.config import server_settings_lines
 from pgvault_assets.settings import load_settings
+from tests.conftest import AwsEnv
+from tests.test_pitr.tls import tls_proxy, write_localhost_certificate
 
 WAIT_SECONDS = 120
 
@@ -134,3 +137,25 @@ def pitr_server(archiving_server: ArchivingServer) -> ArchivingServer:
     assert pgvault("pitr", "init") == 0
     assert pgvault("pitr", "backup", "--type", "full") == 0
     return archiving_server
+
+
+@dataclass(frozen=True)
+class S3Repository:
+    aws: AwsEnv
+    ca_file: Path
+
+
+@pytest.fixture
+def s3_repository(
+    aws_env: AwsEnv, archiving_server: ArchivingServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[S3Repository]:
+    """pgvault's backups in moto's S3, and pgBackRest reaching it through a TLS front."""
+    cert_file, key_file = write_localhost_certificate(archiving_server.pitr_dir.parent)
+    upstream = urlsplit(aws_env.endpoint)
+    with tls_proxy(
+        (upstream.hostname or "127.0.0.1", upstream.port or 80), cert_file, key_file
+    ) as port:
+        monkeypatch.setenv("PITR_S3_ENDPOINT", f"localhost:{port}")
+        monkeypatch.setenv("PITR_S3_URI_STYLE", "path")
+        monkeypatch.setenv("PITR_S3_CA_FILE", str(cert_file))
+        yield S3Repository(aws_env, cert_file)

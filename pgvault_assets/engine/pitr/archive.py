@@ -204,7 +204,10 @@ def take_base_backup(
 
 @dataclass(frozen=True)
 class PitrStatus:
-    window: Window
+    """The repository's side (None when it cannot be read) and the server's."""
+
+    window: Window | None
+    repository_problem: str | None
     archiver: ArchiverState
     archive_command_expected: str
 
@@ -228,16 +231,24 @@ class PitrStatus:
                 f"the newest archived WAL is {int(lag.total_seconds() // 60)} minutes old "
                 f"(bound {int(max_lag.total_seconds() // 60)}) while WAL waits to be archived"
             )
-        found += [f"the WAL archive has a gap: {gap}" for gap in self.window.gaps]
-        if not self.window.backups:
-            found.append("there is no base backup yet; run pgvault pitr backup --type full")
+        if self.repository_problem is not None:
+            found.append(f"the repository cannot be read: {self.repository_problem}")
+        if self.window is not None:
+            found += [f"the WAL archive has a gap: {gap}" for gap in self.window.gaps]
+            if not self.window.backups:
+                found.append("there is no base backup yet; run pgvault pitr backup --type full")
         return found
 
 
 def pitr_status(settings: Settings) -> PitrStatus:
+    """Both sides, each read even when the other cannot be: an unreachable repository is
+    exactly when the server's failing archiver must still be seen."""
     tool = tool_for(settings)
+    window, problem = None, None
+    try:
+        window = read_window(tool)
+    except PitrFailed as exc:
+        problem = str(exc)
     return PitrStatus(
-        read_window(tool),
-        read_archiver(settings.require_database()),
-        pc.archive_command(settings),
+        window, problem, read_archiver(settings.require_database()), pc.archive_command(settings)
     )

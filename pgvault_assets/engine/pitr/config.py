@@ -137,6 +137,9 @@ def render_config(settings: Settings, server: Server, passphrase: str) -> str:
         *_repository_lines(settings),
         f"repo1-cipher-type={CIPHER_TYPE}",
         f"repo1-cipher-pass={passphrase}",
+        # Small files bundled into few objects: a base backup is hundreds of S3 requests, not
+        # one per file of the data directory.
+        "repo1-bundle=y",
         "repo1-retention-full-type=time",
         f"repo1-retention-full={pitr.retention_days}",
         f"io-timeout={pitr.io_timeout_seconds}",
