@@ -119,7 +119,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         f"lag {'none' if lag is None else f'{int(lag.total_seconds())} s'}"
     )
     problems = status.problems(settings.pitr.max_lag)
-    for problem in problems:
+    for _, problem in problems:
         console.print(f"problem: {problem}", markup=False)
     return 1 if problems else 0
 

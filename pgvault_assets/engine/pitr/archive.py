@@ -211,32 +211,56 @@ class PitrStatus:
     archiver: ArchiverState
     archive_command_expected: str
 
-    def problems(self, max_lag: timedelta) -> list[str]:
-        """What an operator must hear about: each one line."""
+    def problems(self, max_lag: timedelta) -> list[tuple[str, str]]:
+        """What an operator must hear about, as (kind, one line): the kind names the
+        episode an alert belongs to, so each is alerted once while it lasts."""
         found = []
-        if not self.archiver.archives_with(self.archive_command_expected):
+        archiver = self.archiver
+        if not archiver.archives_with(self.archive_command_expected):
             found.append(
-                "the server does not archive with pgvault's archive_command; add the lines "
-                "pgvault pitr init prints and restart PostgreSQL"
+                (
+                    "pitr_not_archiving",
+                    "the server does not archive with pgvault's archive_command; add the lines "
+                    "pgvault pitr init prints and restart PostgreSQL",
+                )
             )
-        if self.archiver.failing:
+        if archiver.failing:
             found.append(
-                f"WAL archiving is failing (last failure {self.archiver.last_failed_wal} at "
-                f"{self.archiver.last_failed_at:%Y-%m-%d %H:%M:%S}Z, {self.archiver.ready_count} "
-                f"segment(s) waiting); see {LOG_HINT}"
+                (
+                    "pitr_archive_failing",
+                    f"WAL archiving is failing (last failure {archiver.last_failed_wal} at "
+                    f"{archiver.last_failed_at:%Y-%m-%d %H:%M:%S}Z, {archiver.ready_count} "
+                    f"segment(s) waiting); see {LOG_HINT}",
+                )
             )
-        lag = self.archiver.lag
+        lag = archiver.lag
         if lag is not None and lag > max_lag:
             found.append(
-                f"the newest archived WAL is {int(lag.total_seconds() // 60)} minutes old "
-                f"(bound {int(max_lag.total_seconds() // 60)}) while WAL waits to be archived"
+                (
+                    "pitr_archive_lag",
+                    f"the newest archived WAL is {int(lag.total_seconds() // 60)} minutes old "
+                    f"(bound {int(max_lag.total_seconds() // 60)}) while WAL waits to be archived",
+                )
             )
         if self.repository_problem is not None:
-            found.append(f"the repository cannot be read: {self.repository_problem}")
+            found.append(
+                (
+                    "pitr_repository_unreadable",
+                    f"the repository cannot be read: {self.repository_problem}",
+                )
+            )
         if self.window is not None:
-            found += [f"the WAL archive has a gap: {gap}" for gap in self.window.gaps]
+            found += [
+                ("pitr_archive_gap", f"the WAL archive has a gap: {gap}")
+                for gap in self.window.gaps
+            ]
             if not self.window.backups:
-                found.append("there is no base backup yet; run pgvault pitr backup --type full")
+                found.append(
+                    (
+                        "pitr_no_base_backup",
+                        "there is no base backup yet; run pgvault pitr backup --type full",
+                    )
+                )
         return found
 
 
