@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from pgvault_assets.engine.cluster import start_cluster
+from pgvault_assets.engine.doctor import Status, pitr_check
 from pgvault_assets.engine.pitr.archive import pitr_status, tool_for
 from pgvault_assets.engine.pitr.config import archive_command, server_settings_lines
 from pgvault_assets.engine.pitr.passphrase import stored_passphrase
@@ -58,6 +59,7 @@ def test_status_shows_the_window_and_no_problem_when_archiving_is_healthy(
     out = capsys.readouterr().out
     assert "recoverable window:" in out
     assert "problem" not in out
+    assert pitr_check(load_settings()).status is Status.OK
 
 
 def test_a_deleted_wal_segment_is_detected_as_a_gap_and_recovery_past_it_refused(
@@ -82,6 +84,8 @@ def test_a_deleted_wal_segment_is_detected_as_a_gap_and_recovery_past_it_refused
     assert [(gap.missing, gap.after < deleted.name < gap.before) for gap in gaps] == [(1, True)]
     kinds = [kind for kind, _ in pitr_status(settings).problems(settings.pitr.max_lag)]
     assert kinds == ["pitr_archive_gap"]
+    doctor = pitr_check(settings)
+    assert doctor.status is Status.FAIL and "gap" in doctor.detail
     capsys.readouterr()
     assert pgvault("pitr", "status") == 1
     assert "the WAL archive has a gap: 1 WAL segment(s) missing" in capsys.readouterr().out
