@@ -6,9 +6,8 @@ A thin shell over `engine.pitr` and `engine.restore`: parse, call, print.
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
-from pgvault_assets.cli.args import Parser
+from pgvault_assets.cli.args import Parser, confirm, parse_time
 from pgvault_assets.cli.console import console, human_bytes
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.pitr.archive import (
@@ -18,7 +17,7 @@ from pgvault_assets.engine.pitr.archive import (
     take_base_backup,
     tool_for,
 )
-from pgvault_assets.engine.restore import restore_staging_to_time
+from pgvault_assets.engine.restore import restore_production_to_time, restore_staging_to_time
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
@@ -30,20 +29,6 @@ examples:
   pgvault pitr status                     the recoverable window, the archive's lag and health
   pgvault restore-to-time --time 2026-11-30T09:15:00Z --target staging
 """
-
-
-def parse_time(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text[:40]!r} is not a time; use ISO 8601 with a zone, like 2026-11-30T09:15:00Z"
-        ) from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{text[:40]!r} has no time zone; add Z (UTC) or an offset like +01:00"
-        )
-    return value.astimezone(UTC)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -74,6 +59,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("--time", type=parse_time, required=True, help="ISO 8601, with a zone")
     sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    sub.add_argument(
+        "--skip-confirmation", action="store_true", help="do not ask to type the database name"
+    )
     sub.set_defaults(handler=cmd_restore_to_time)
 
 
@@ -125,29 +114,41 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
-    if args.target == "production":
-        raise ConfigError(
-            "restore-to-time into production is not available yet (it needs a dual-authorized "
-            "request pinned to the time and base backup); recover into staging and compare"
-        )
     source = settings.require_database()
     url = settings.target_url(args.target)
-    result = restore_staging_to_time(
-        Vault.from_settings(settings),
-        tool_for(settings),
-        args.time,
-        url,
-        source=source,
-        actor=audit.operator(),
-    )
+    vault = Vault.from_settings(settings)
+    if args.target == "production":
+        if not args.request:
+            raise ConfigError(
+                "recovering production to a time needs an approved request: pgvault "
+                "request-restore --kind restore-to-time --time T --target production --reason "
+                "TEXT, two approvals, then --request ID (after the same recovery into staging)"
+            )
+        result = restore_production_to_time(
+            vault,
+            tool_for(settings),
+            args.request,
+            args.time,
+            url,
+            settings.recovery.require_approvers_file(),
+            source=source,
+            confirm=None if args.skip_confirmation else confirm,
+        )
+    else:
+        result = restore_staging_to_time(
+            vault, tool_for(settings), args.time, url, source=source, actor=audit.operator()
+        )
     console.print(
         f"recovered to {args.time:%Y-%m-%d %H:%M:%S.%f}Z from base backup {result.base_backup} "
         f"(recovery stopped at {result.stopped_at}; replay {result.replay_seconds:.1f} s) and "
-        f"swapped into {url.dbname}"
+        f"swapped into {url.dbname} on {args.target}"
     )
     if result.copy.previous:
-        console.print(
-            f"previous {url.dbname} kept as {result.copy.previous}; undo with: "
+        undo = (
             f"pgvault rollback-restore --target {args.target}"
+            if args.target == "staging"
+            else "pgvault request-restore --kind rollback --target production --reason TEXT, "
+            "two approvals, then pgvault rollback-restore --target production --request ID"
         )
+        console.print(f"previous {url.dbname} kept as {result.copy.previous}; undo with: {undo}")
     return 0

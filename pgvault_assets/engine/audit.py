@@ -198,3 +198,17 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
         ):
             return True
     return False
+
+
+def staging_recovered_to(vault: Vault, time: str, base_backup: str) -> bool:
+    """Does staging hold, by the trail, a recovery to `time` from `base_backup`? The last
+    successful staging restore of any kind decides: a later one replaced it."""
+    holding: tuple[object, object] | None = None
+    for record in audit_records(vault, "staging"):
+        if record.body.get("succeeded") is False:
+            continue
+        if record.record == STAGING_RESTORE_TO_TIME:
+            holding = (record.body.get("time"), record.body.get("base_backup"))
+        elif record.record in (STAGING_RESTORE, STAGING_ROLLBACK):
+            holding = None
+    return holding == (time, base_backup)

@@ -32,7 +32,7 @@ from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import database_beside
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
-from pgvault_assets.engine.pitr.recover import recover_to_time, target_text
+from pgvault_assets.engine.pitr.recover import recover_to_time
 from pgvault_assets.engine.pitr.runner import PgBackRest
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
@@ -714,7 +714,7 @@ def restore_staging_to_time(
 ) -> TimeRestoreResult:
     """Recover a throwaway cluster to `target_time`, then copy `source`'s database from it
     into staging by the checked swap, and record it, failed or not."""
-    body = {"time": target_text(target_time), "database": url.dbname}
+    body = {"time": time_key(target_time), "database": url.dbname}
     with audit.staging_operation(
         vault, audit.STAGING_RESTORE_TO_TIME, body, actor=actor, now=now
     ) as learned:
@@ -735,6 +735,66 @@ def restore_staging_to_time(
             recovered.stopped_at,
             recovered.replay_seconds,
         )
+
+
+def time_key(target_time: datetime) -> str:
+    """How a recovery's time is written in the audit trail and in a request: UTC ISO 8601."""
+    return target_time.astimezone(UTC).isoformat()
+
+
+def restore_production_to_time(
+    vault: Vault,
+    tool: PgBackRest,
+    request_id: str,
+    target_time: datetime,
+    target_url: DatabaseUrl,
+    approvers_file: Path,
+    *,
+    source: DatabaseUrl,
+    cluster_root: Path | None = None,
+    now: Clock = utcnow,
+    confirm: Callable[[str], None] | None = None,
+) -> TimeRestoreResult:
+    """Recover production to the time a dual-authorized `restore-to-time` request names, from
+    the base backup it pins, once staging holds that same recovery; with the safe swap."""
+    pinned = auth.authorize_pinned_time(
+        vault, request_id, approvers_file, database=target_url.dbname, now=now
+    )
+    if pinned.time != time_key(target_time):
+        raise auth.AuthorizationRefused(
+            f"request {request_id} approved recovering to {pinned.time}, not "
+            f"{time_key(target_time)}; nothing was restored"
+        )
+    if confirm is not None:
+        confirm(target_url.dbname)
+
+    def recover() -> TimeRestoreResult:
+        with recover_to_time(
+            tool,
+            target_time,
+            superuser=source_user(source),
+            root=cluster_root,
+            base_backup=pinned.base_backup,
+        ) as recovered:
+            copied = copy_database(recovered.database(source.dbname), target_url, now=now)
+        return TimeRestoreResult(
+            copied,
+            target_time,
+            recovered.backup_label,
+            recovered.stopped_at,
+            recovered.replay_seconds,
+        )
+
+    return auth.run_authorized(
+        vault,
+        pinned.authorization,
+        recover,
+        lambda result: (
+            f"recovered to {pinned.time} from {result.base_backup}; previous kept as "
+            f"{result.copy.previous}"
+        ),
+        now=now,
+    )
 
 
 def source_user(url: DatabaseUrl) -> str:

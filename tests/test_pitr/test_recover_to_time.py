@@ -85,14 +85,6 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     assert one_error_line(capsys).startswith("error:")
 
 
-def test_production_is_refused_in_one_line_for_now(
-    archiving_server: ArchivingServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = pgvault("restore-to-time", "--time", "2026-11-30T09:00:00Z", "--target", "production")
-    assert code == 2
-    assert "dual-authorized" in one_error_line(capsys)
-
-
 def test_before_pitr_init_every_command_says_to_run_it(
     archiving_server: ArchivingServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

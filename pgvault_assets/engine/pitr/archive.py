@@ -202,6 +202,17 @@ def take_base_backup(
     return made[-1]
 
 
+def base_backup_for(settings: Settings, at: datetime) -> BaseBackup:
+    """The base backup a recovery to `at` starts from, which a production request pins."""
+    backup = read_window(tool_for(settings)).backup_for(at)
+    if backup is None:
+        raise ConfigError(
+            f"no base backup ended before {at:%Y-%m-%d %H:%M:%S}Z; pick a time inside the "
+            "window (pgvault pitr status)"
+        )
+    return backup
+
+
 @dataclass(frozen=True)
 class PitrStatus:
     """The repository's side (None when it cannot be read) and the server's."""

@@ -59,8 +59,13 @@ def target_text(target: datetime) -> str:
     return target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
-def _refuse_outside(window: Window, target: datetime) -> str:
+def _refuse_outside(window: Window, target: datetime, pinned: str | None = None) -> str:
     backup = window.backup_for(target)
+    if pinned is not None and (backup is None or backup.label != pinned):
+        raise PitrFailed(
+            f"base backup {pinned}, which was approved for {target_text(target)}, is no longer "
+            f"the one to recover from ({backup.label if backup else 'none is'}); nothing was changed"
+        )
     if backup is None:
         earliest = window.earliest
         raise RecoveryTargetNotReached(
@@ -137,14 +142,16 @@ def recover_to_time(
     source_major: int | None = None,
     root: Path | None = None,
     replay_timeout: float = DEFAULT_REPLAY_TIMEOUT_SECONDS,
+    base_backup: str | None = None,
 ) -> Iterator[Recovered]:
     """A throwaway cluster recovered to `target` and promoted; always stopped and removed.
 
     It archives nothing (`archive-mode=off`), so its new timeline never reaches the
-    repository; it listens on its private socket only.
+    repository; it listens on its private socket only. `base_backup` pins the backup an
+    approval named: a recovery from any other is refused.
     """
     window = read_window(tool)
-    label = _refuse_outside(window, target)
+    label = _refuse_outside(window, target, base_backup)
 
     def fill(data: Path) -> None:
         tool.run(
