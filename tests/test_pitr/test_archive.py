@@ -60,6 +60,8 @@ def test_status_shows_the_window_and_no_problem_when_archiving_is_healthy(
     assert "recoverable window:" in out
     assert "problem" not in out
     assert pitr_check(load_settings()).status is Status.OK
+    assert pgvault("list-backups") == 0
+    assert "point-in-time window: " in capsys.readouterr().out
 
 
 def test_a_deleted_wal_segment_is_detected_as_a_gap_and_recovery_past_it_refused(
