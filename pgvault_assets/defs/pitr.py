@@ -8,6 +8,8 @@ and the sensor skip, saying so, rather than failing every tick on a deployment w
 import json
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     Config,
@@ -22,14 +24,23 @@ from dagster import (
     SensorEvaluationContext,
     SkipReason,
     asset,
+    asset_check,
     define_asset_job,
     schedule,
     sensor,
 )
 
 from pgvault_assets.alerts import Alert
+from pgvault_assets.defs.backup import RESTORE_PROOF_POOL
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.pitr.archive import BACKUP_KINDS, pitr_status, take_base_backup
+from pgvault_assets.engine.cluster import one_proof_at_a_time
+from pgvault_assets.engine.pitr.archive import (
+    BACKUP_KINDS,
+    pitr_status,
+    take_base_backup,
+    tool_for,
+)
+from pgvault_assets.engine.pitr.recover import prove_restorable
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import Settings
 
@@ -71,6 +82,38 @@ def pitr_base_backup(
                 (backup.stopped_at - backup.started_at).total_seconds()
             ),
         }
+    )
+
+
+@asset_check(
+    asset=BASE_BACKUP_KEY,
+    name="pitr_restorable",
+    pool=RESTORE_PROOF_POOL,
+    description=(
+        "a base backup chosen at random, restored by pgBackRest into a throwaway cluster and "
+        "replayed through the whole archive after it; every table of the database read there. "
+        "replay_seconds is the measured RTO of a point-in-time recovery"
+    ),
+)
+def pitr_restorable(vault: VaultResource) -> AssetCheckResult:
+    settings = vault.settings()
+    try:
+        with one_proof_at_a_time():
+            proof = prove_restorable(tool_for(settings), settings.require_database())
+    except PgvaultError as exc:
+        return AssetCheckResult(
+            passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
+        )
+    return AssetCheckResult(
+        passed=True,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "base_backup": proof.base_backup,
+            "recovered_to": proof.recovered_to,
+            "replay_seconds": MetadataValue.float(proof.replay_seconds),
+            "tables": MetadataValue.int(len(proof.table_rows)),
+            "row_total": MetadataValue.int(sum(proof.table_rows.values())),
+        },
     )
 
 
@@ -174,6 +217,7 @@ def pitr_archive_sensor(
 
 defs = Definitions(
     assets=[pitr_base_backup],
+    asset_checks=[pitr_restorable],
     jobs=[pitr_base_backup_job],
     schedules=[pitr_full_backup_schedule, pitr_diff_backup_schedule],
     sensors=[pitr_archive_sensor],

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -32,7 +31,7 @@ from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import database_beside
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
-from pgvault_assets.engine.pitr.recover import recover_to_time
+from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
 from pgvault_assets.engine.pitr.runner import PgBackRest
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
@@ -795,11 +794,6 @@ def restore_production_to_time(
         ),
         now=now,
     )
-
-
-def source_user(url: DatabaseUrl) -> str:
-    """The role to read the recovered cluster as: the source URL's, which exists there."""
-    return unquote(urlsplit(url.secret).username or "postgres")
 
 
 def rollback_staging(

@@ -13,6 +13,7 @@ from pgvault_assets.defs.pitr import (
     pitr_archive_sensor,
     pitr_base_backup,
     pitr_diff_backup_schedule,
+    pitr_restorable,
 )
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.pitr.archive import ArchiverState, PitrStatus
@@ -95,11 +96,13 @@ def test_without_pitr_the_sensor_and_the_schedules_skip_saying_why(
     assert alerts_captured.posts("/hook") == []
 
 
-def test_the_base_backup_asset_and_a_gap_alerted_once(
+def test_the_base_backup_asset_its_restorable_proof_and_a_gap_alerted_once(
     pitr_server: ArchivingServer, instance, alerts_captured
 ) -> None:
+    pitr_server.sql("CREATE TABLE orders AS SELECT generate_series(1, 7) AS id")
+    pitr_server.switch_and_wait()
     result = materialize(
-        [pitr_base_backup],
+        [pitr_base_backup, pitr_restorable],
         instance=instance,
         resources=RESOURCES,
         run_config={"ops": {"pitr_base_backup": {"config": {"kind": "diff"}}}},
@@ -108,6 +111,10 @@ def test_the_base_backup_asset_and_a_gap_alerted_once(
     (materialization,) = result.asset_materializations_for_node("pitr_base_backup")
     assert materialization.metadata["type"].value == "diff"
     assert materialization.metadata["size_bytes"].value > 0
+    (proof,) = result.get_asset_check_evaluations()
+    assert proof.passed, proof.description
+    assert proof.metadata["row_total"].value == 7
+    assert proof.metadata["replay_seconds"].value > 0
 
     cursor = None
     context = build_sensor_context(instance=instance, cursor=cursor, resources=RESOURCES)

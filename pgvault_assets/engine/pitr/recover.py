@@ -11,19 +11,22 @@ recovery stopped.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 
 from pgvault_assets.engine.cluster import Cluster, restored_cluster, server_running
 from pgvault_assets.engine.pitr.runner import PgBackRest, PitrFailed
 from pgvault_assets.engine.pitr.window import Window, read_window, segment_index
-from pgvault_assets.errors import ConfigError
+from pgvault_assets.engine.postgres import connect, table_row_counts
+from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
 DEFAULT_REPLAY_TIMEOUT_SECONDS = 6 * 3600
@@ -32,6 +35,7 @@ _STOPPED = re.compile(
     r"recovery stopping (?:before|after) (?:commit|abort) of transaction \d+, time (.+)"
 )
 _FATAL = re.compile(r"(?:FATAL|PANIC):\s+(.*)")
+_LAST_COMMIT = re.compile(r"last completed transaction was at log time (.+)")
 
 
 class RecoveryTargetNotReached(PitrFailed):
@@ -43,7 +47,8 @@ class Recovered:
     """A cluster promoted at the target: where recovery stopped and how long replay took."""
 
     cluster: Cluster
-    target: datetime
+    target: datetime | None
+    """None: replayed to the end of the archive."""
     backup_label: str
     stopped_at: str
     replay_seconds: float
@@ -103,15 +108,15 @@ def _promoted(cluster: Cluster) -> bool:
     return row is not None and not row[0]
 
 
-def _wait_for_promotion(cluster: Cluster, target: datetime, timeout: float) -> str:
-    """Wait until the server is promoted or has stopped; return where recovery stopped."""
+def _wait_for_promotion(cluster: Cluster, what: str, timeout: float) -> str:
+    """Wait until the server is promoted or has stopped; return its log once promoted."""
     deadline = time.monotonic() + timeout
     while not _promoted(cluster):
         log = _log(cluster)
         if not server_running(cluster) and re.search(r"shut down|FATAL|PANIC", log):
             if _NOT_REACHED in log:
                 raise RecoveryTargetNotReached(
-                    f"{target_text(target)} is past the end of the WAL archive: recovery ended "
+                    f"{what} is past the end of the WAL archive: recovery ended "
                     "before reaching it; pick an earlier time (pgvault pitr status shows the window)"
                 )
             fatal = _FATAL.search(log)
@@ -120,17 +125,9 @@ def _wait_for_promotion(cluster: Cluster, target: datetime, timeout: float) -> s
                 + (fatal.group(1).strip() if fatal else "see its log")
             )
         if time.monotonic() > deadline:
-            raise PitrFailed(
-                f"recovery to {target_text(target)} did not finish within {timeout:g} s"
-            )
+            raise PitrFailed(f"recovery to {what} did not finish within {timeout:g} s")
         time.sleep(0.2)
-    stopped = _STOPPED.search(_log(cluster))
-    if stopped is None:
-        raise PitrFailed(
-            f"the server was promoted without saying where recovery stopped; {target_text(target)} "
-            "may not have been reached, so nothing is used from it"
-        )
-    return stopped.group(1).strip()
+    return _log(cluster)
 
 
 @contextlib.contextmanager
@@ -168,5 +165,95 @@ def recover_to_time(
     with restored_cluster(
         fill, superuser=superuser, source_major=source_major or window.major, root=root
     ) as cluster:
-        stopped_at = _wait_for_promotion(cluster, target, replay_timeout)
-        yield Recovered(cluster, target, label, stopped_at, round(time.perf_counter() - started, 3))
+        log = _wait_for_promotion(cluster, target_text(target), replay_timeout)
+        stopped = _STOPPED.search(log)
+        if stopped is None:
+            raise PitrFailed(
+                f"the server was promoted without saying where recovery stopped; "
+                f"{target_text(target)} may not have been reached, so nothing is used from it"
+            )
+        yield Recovered(
+            cluster,
+            target,
+            label,
+            stopped.group(1).strip(),
+            round(time.perf_counter() - started, 3),
+        )
+
+
+@contextlib.contextmanager
+def recover_to_end(
+    tool: PgBackRest,
+    base_backup: str,
+    *,
+    superuser: str,
+    root: Path | None = None,
+    replay_timeout: float = DEFAULT_REPLAY_TIMEOUT_SECONDS,
+) -> Iterator[Recovered]:
+    """A throwaway cluster restored from `base_backup` and replayed through every archived
+    segment after it: the proof that this backup and the WAL chain from it recover. (A time
+    target needs a commit after it in the archive, which an idle database may not have.)"""
+    window = read_window(tool)
+    if base_backup not in {b.label for b in window.backups}:
+        raise PitrFailed(f"base backup {base_backup} is not in the repository")
+
+    def fill(data: Path) -> None:
+        tool.run(
+            "restore",
+            f"--pg1-path={data}",
+            f"--set={base_backup}",
+            "--type=default",
+            "--archive-mode=off",
+        )
+
+    started = time.perf_counter()
+    with restored_cluster(
+        fill, superuser=superuser, source_major=window.major, root=root
+    ) as cluster:
+        log = _wait_for_promotion(cluster, "the end of the archive", replay_timeout)
+        last = _LAST_COMMIT.search(log)
+        yield Recovered(
+            cluster,
+            None,
+            base_backup,
+            last.group(1).strip() if last else "the end of the archive",
+            round(time.perf_counter() - started, 3),
+        )
+
+
+def source_user(url: DatabaseUrl) -> str:
+    """The role to read a recovered cluster as: the source URL's, which exists there."""
+    return unquote(urlsplit(url.secret).username or "postgres")
+
+
+@dataclass(frozen=True)
+class RestorableProof:
+    base_backup: str
+    recovered_to: str
+    replay_seconds: float
+    table_rows: dict[str, int]
+
+
+def prove_restorable(
+    tool: PgBackRest,
+    source: DatabaseUrl,
+    *,
+    choose: Callable[[Sequence[str]], str] = random.choice,
+    root: Path | None = None,
+) -> RestorableProof:
+    """Recover a base backup chosen by `choose` (at random, by default) through the whole
+    archive after it into a throwaway cluster, and read every table of `source`'s database
+    there: the measured RTO of a point-in-time recovery is its replay time."""
+    labels = [b.label for b in read_window(tool).backups]
+    if not labels:
+        raise PitrFailed("there is no base backup to prove; run pgvault pitr backup --type full")
+    label = choose(labels)
+    with recover_to_end(
+        tool, label, superuser=unquote(urlsplit(source.secret).username or "postgres"), root=root
+    ) as recovered:
+        try:
+            with connect(recovered.database(source.dbname)) as conn:
+                rows = table_row_counts(conn)
+        except PgvaultError as exc:
+            raise PitrFailed(f"the recovered {source.dbname} cannot be read: {exc}") from None
+    return RestorableProof(label, recovered.stopped_at, recovered.replay_seconds, rows)
