@@ -43,7 +43,7 @@ class PgBackRest:
     password: str | None = field(default=None, repr=False)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PGBACKREST_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}  # PGBACKREST_* too
         if self.password:
             env["PGPASSWORD"] = self.password
         return env
