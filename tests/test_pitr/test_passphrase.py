@@ -7,7 +7,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from dagster import DagsterInstance, build_sensor_context, materialize
 
+from pgvault_assets.defs.pitr import pitr_archive_sensor, pitr_base_backup, pitr_restorable
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine import names
 from pgvault_assets.engine.pitr.passphrase import passphrase_context, stored_passphrase
 from pgvault_assets.engine.vault import Vault
@@ -19,9 +22,10 @@ def files_under(*roots: Path) -> list[Path]:
     return [path for root in roots for path in root.rglob("*") if path.is_file()]
 
 
-def test_the_passphrase_is_in_no_output_log_or_stored_object(
+def test_the_passphrase_is_in_no_output_log_event_or_stored_object(
     pitr_server: ArchivingServer,
     local_env: Path,
+    instance: DagsterInstance,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -35,6 +39,16 @@ def test_the_passphrase_is_in_no_output_log_or_stored_object(
     pgvault("pitr", "status")
     assert pgvault("restore-to-time", "--time", target.isoformat(), "--target", "staging") == 0
     pgvault("restore-to-time", "--time", "2000-01-01T00:00:00Z", "--target", "staging")
+    resources = {"vault": VaultResource(), "alerts": AlertsResource()}
+    result = materialize(
+        [pitr_base_backup, pitr_restorable], instance=instance, resources=resources
+    )
+    assert result.success
+    context = build_sensor_context(instance=instance, resources=resources)
+    pitr_archive_sensor.evaluate_tick(context)
+    events = "\n".join(
+        str(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)
+    )
     settings = load_settings()
     passphrase = stored_passphrase(Vault.from_settings(settings))
     forms = {passphrase, base64.b64encode(passphrase.encode()).decode(), passphrase.encode().hex()}
@@ -47,11 +61,13 @@ def test_the_passphrase_is_in_no_output_log_or_stored_object(
         "stderr": captured.err,
         "log records": caplog.text,
         "server log": (pitr_server.cluster.base / "log").read_text(errors="replace"),
+        "Dagster events": events,
         **{str(path): path.read_bytes().decode(errors="replace") for path in written},
     }
     leaks = [where for where, text in texts.items() if any(form in text for form in forms)]
     assert leaks == []
     assert any(name.endswith("-backup.log") for name in texts)  # pgBackRest's logs were read
+    assert "pitr_base_backup" in events
     assert passphrase in config.read_text()
 
 
