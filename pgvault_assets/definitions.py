@@ -2,7 +2,7 @@
 
 from dagster import Definitions
 
-from pgvault_assets.defs import alerting, backup, maintenance, recovery, restorable
+from pgvault_assets.defs import alerting, backup, maintenance, pitr, recovery, restorable
 from pgvault_assets.defs.resources import resource_defs
 
 defs = Definitions.merge(
@@ -11,5 +11,6 @@ defs = Definitions.merge(
     maintenance.defs,
     alerting.defs,
     recovery.defs,
+    pitr.defs,
     Definitions(resources=resource_defs()),
 )

@@ -136,6 +136,36 @@ class PlatformSettings:
     retry_delay_seconds: float = 60.0
 
 
+PITR_URI_STYLES = ("host", "path")
+
+
+@dataclass(frozen=True)
+class PitrSettings:
+    """Point-in-time recovery by pgBackRest: where its configuration, local repository, locks
+    and logs live (a folder the `postgres` OS user can reach), how stale the WAL archive may
+    grow, and how S3 is reached when the backups are in S3."""
+
+    directory: Path
+    max_lag_minutes: int = 15
+    retention_days: int = 7
+    archive_push_timeout_seconds: int = 60
+    io_timeout_seconds: int = 10
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_uri_style: str = "host"
+    s3_ca_file: Path | None = None
+    s3_access_key: str | None = field(default=None, repr=False)
+    s3_secret_key: str | None = field(default=None, repr=False)
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "pgbackrest.conf"
+
+    @property
+    def max_lag(self) -> timedelta:
+        return timedelta(minutes=self.max_lag_minutes)
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: str
@@ -159,6 +189,7 @@ class Settings:
     """How long a restore's `_pre_restore_` and a rollback's `_rolled_back_` database stay."""
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     platform: PlatformSettings = field(default_factory=PlatformSettings)
+    pitr: PitrSettings = field(default_factory=lambda: PitrSettings(pgvault_home() / "pitr"))
     restore_check_database_url: DatabaseUrl | None = None
     """Where restore proofs (the restorable check, the drill) restore; unset, a throwaway
     cluster pgvault starts itself. Never the backed-up server unless this names it."""
@@ -249,6 +280,35 @@ def recovery_section(env: Mapping[str, str]) -> RecoverySettings:
         approvers_file=_path(env, "RESTORE_APPROVERS_FILE"),
         request_ttl=ttl,
         drill_queries_file=queries,
+    )
+
+
+def pitr_section(env: Mapping[str, str], home: Path) -> PitrSettings:
+    uri_style = (_optional(env, "PITR_S3_URI_STYLE") or "host").lower()
+    if uri_style not in PITR_URI_STYLES:
+        raise ConfigError(f"PITR_S3_URI_STYLE must be host or path (got {uri_style!r})")
+    ca_file = _path(env, "PITR_S3_CA_FILE")
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(f"PITR_S3_CA_FILE {ca_file} does not exist; point it at a PEM file")
+    endpoint = _optional(env, "PITR_S3_ENDPOINT")
+    if endpoint is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", endpoint):
+        raise ConfigError(
+            f"PITR_S3_ENDPOINT must be a host name with an optional :port, no scheme (got {endpoint!r})"
+        )
+    return PitrSettings(
+        directory=_path(env, "PITR_DIR") or home / "pitr",
+        max_lag_minutes=_int(env, "PITR_MAX_LAG_MINUTES", 15, 1, 10080),
+        retention_days=_int(env, "PITR_RETENTION_DAYS", 7, 1, 9999),
+        archive_push_timeout_seconds=_int(env, "PITR_ARCHIVE_PUSH_TIMEOUT_SECONDS", 60, 5, 3600),
+        io_timeout_seconds=_int(env, "PITR_IO_TIMEOUT_SECONDS", 10, 1, 3600),
+        s3_endpoint=endpoint,
+        s3_region=_optional(env, "AWS_REGION")
+        or _optional(env, "AWS_DEFAULT_REGION")
+        or "us-east-1",
+        s3_uri_style=uri_style,
+        s3_ca_file=ca_file,
+        s3_access_key=_optional(env, "AWS_ACCESS_KEY_ID"),
+        s3_secret_key=_optional(env, "AWS_SECRET_ACCESS_KEY"),
     )
 
 
@@ -365,4 +425,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         restore_keep_previous_hours=_int(env, "RESTORE_KEEP_PREVIOUS_HOURS", 72, 1, 87600),
         recovery=recovery_section(env),
         platform=platform_section(env),
+        pitr=pitr_section(env, base),
     )

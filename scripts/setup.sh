@@ -7,6 +7,10 @@ bash scripts/ensure-postgres.sh
 if ! command -v ssh-keygen >/dev/null; then
   apt-get update -qq && apt-get install -y -qq openssh-client >/dev/null
 fi
+# Point-in-time recovery orchestrates pgBackRest (Debian's package) for WAL archiving.
+if ! command -v pgbackrest >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 
 from pgvault_assets.cli.console import errors
 from pgvault_assets.errors import ConfigError
@@ -23,6 +23,21 @@ def parse_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def parse_time(text: str) -> datetime:
+    """A point in time with its zone (a time without one is ambiguous by hours), in UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a time; use ISO 8601 with a zone, like 2026-11-30T09:15:00Z"
+        ) from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} has no time zone; add Z (UTC) or an offset like +01:00"
+        )
+    return value.astimezone(UTC)
 
 
 MAX_DAYS = 36500  # a hundred years: any more is a typo, and overflows a date

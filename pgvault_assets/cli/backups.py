@@ -20,9 +20,12 @@ from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.demo import create_demo_database
 from pgvault_assets.engine.integrity import check_database_integrity
+from pgvault_assets.engine.pitr.archive import tool_for
+from pgvault_assets.engine.pitr.window import read_window
 from pgvault_assets.engine.restore import restore_staging, rollback_staging, verify_backup
 from pgvault_assets.engine.server_context import read_context
 from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import Settings
 
 
@@ -83,6 +86,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=_cmd_demo)
 
 
+def _print_recoverable_window(settings: Settings) -> None:
+    """Where point-in-time recovery is set up, the times it can reach, after the dumps."""
+    if not settings.pitr.config_file.exists():
+        return
+    try:
+        window = read_window(tool_for(settings))
+    except PgvaultError as exc:
+        console.print(f"point-in-time window: unknown ({exc})", markup=False)
+        return
+    if window.earliest is None or window.latest is None:
+        console.print("point-in-time window: none yet (no base backup)")
+        return
+    gaps = f", {len(window.gaps)} gap(s): pgvault pitr status" if window.gaps else ""
+    console.print(
+        f"point-in-time window: {window.earliest:%Y-%m-%d %H:%M:%S}Z .. "
+        f"{window.latest:%Y-%m-%d %H:%M:%S}Z ({len(window.backups)} base backups{gaps})"
+    )
+
+
 def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
     rows = backup_rows(settings, days=args.days, now=utcnow())
     if args.json:
@@ -90,6 +112,7 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not rows:
         console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
+        _print_recoverable_window(settings)
         return 0
     table = Table(title=f"backups of {settings.environment}")
     for column in ("date", "tier", "size", "age", "duration", "sha256", "restore-verified"):
@@ -105,6 +128,7 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
             row["restore_verified_at"] or "-",
         )
     console.print(table)
+    _print_recoverable_window(settings)
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pgvault_assets.cli import backups, deploy, platform, recovery
+from pgvault_assets.cli import backups, deploy, pitr, platform, recovery
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import errors, print_warnings
 from pgvault_assets.errors import PgvaultError
@@ -23,6 +23,7 @@ examples:
   pgvault restore-from-backup --date 2025-11-06 --target staging --verify
   pgvault check-database-integrity --database staging
   pgvault rollback-restore --target staging       put back the database a restore replaced
+  pgvault restore-to-time --time 2026-11-30T09:15:00Z --target staging   point-in-time recovery
 """
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     recovery.register(commands)
     deploy.register(commands)
     backups.register(commands)
+    pitr.register(commands)
 
     return parser
 

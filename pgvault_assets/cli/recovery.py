@@ -14,13 +14,14 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from pgvault_assets.cli.args import confirm, parse_date
+from pgvault_assets.cli.args import confirm, parse_date, parse_time
 from pgvault_assets.cli.console import console, human_bytes, progress
 from pgvault_assets.engine import audit, restore, rows, shape
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.drill import run_configured_drill, store_report
 from pgvault_assets.engine.kept_databases import kept_until
+from pgvault_assets.engine.pitr.archive import base_backup_for
 from pgvault_assets.engine.rows import request_scope
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
@@ -45,6 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("--kind", choices=auth.KINDS, default="restore")
     sub.add_argument("--date", type=parse_date, default=None, help="the backup (not for rollback)")
+    sub.add_argument(
+        "--time", type=parse_time, default=None, help="restore-to-time: the point in time"
+    )
     sub.add_argument("--target", choices=("production",), required=True)
     sub.add_argument("--reason", required=True, help="why production must change")
     sub.add_argument("--requester", default=None, help="your name (default: the login name)")
@@ -100,6 +104,13 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
         if not args.table:
             raise ConfigError("a recover-rows request needs --table SCHEMA.TABLE")
         scope = request_scope(args.table, args.where, args.with_dependents)
+    if args.kind == "restore-to-time":
+        if args.time is None:
+            raise ConfigError("a restore-to-time request needs --time, like 2026-11-30T09:15:00Z")
+        scope = {
+            "time": restore.time_key(args.time),
+            "base_backup": base_backup_for(settings, args.time).label,
+        }
     request = auth.create_request(
         Vault.from_settings(settings),
         kind=args.kind,
@@ -163,6 +174,11 @@ def _describe(record: audit.AuditRecord) -> tuple[str, str]:
         return "", (
             f"{inserted}{body.get('table')} from {body.get('date')} into {body.get('database')}"
             f"{by}{outcome}"
+        )
+    if record.record == audit.STAGING_RESTORE_TO_TIME:
+        return "", (
+            f"{body.get('database')} recovered to {body.get('time')} from base backup "
+            f"{body.get('base_backup')}{by}{outcome}"
         )
     if record.record == "approval":
         return str(body.get("request_id")), f"{body.get('principal')} ({body.get('fingerprint')})"

@@ -32,6 +32,9 @@ SETTINGS_VARIABLES = (
     "BACKUP_COMPRESSION_LEVEL",
     "BACKUP_STORAGE_BUDGET_BYTES",
     "RESTORE_VERIFY_SCHEDULE",
+    "PITR_DIR",
+    "PITR_MAX_LAG_MINUTES",
+    "PITR_RETENTION_DAYS",
 )
 ALERT_VARIABLES = ("SENTRY_DSN", "ALERT_WEBHOOK_URL")
 
@@ -57,6 +60,9 @@ class VaultResource(ConfigurableResource):
     backup_compression_level: str | None = None
     backup_storage_budget_bytes: str | None = None
     restore_verify_schedule: str | None = None
+    pitr_dir: str | None = None
+    pitr_max_lag_minutes: str | None = None
+    pitr_retention_days: str | None = None
 
     def environ(self) -> dict[str, str]:
         env = dict(os.environ)

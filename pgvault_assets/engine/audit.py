@@ -33,6 +33,7 @@ from pgvault_assets.redact import redact
 
 STAGING_RESTORE = "staging-restore"
 STAGING_ROLLBACK = "staging-rollback"
+STAGING_RESTORE_TO_TIME = "staging-restore-to-time"
 ROW_RECOVERY = "row-recovery"
 INTEGRITY_CHECK = "integrity-check"
 KEPT_DATABASE_DROPPED = "kept-database-dropped"
@@ -178,8 +179,8 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
     Walks the staging records in order, tracking which backup staging holds: a pass counts
     only while staging still holds the backup of `day` with `sha256` (a later restore of
     another backup makes an earlier pass irrelevant to what staging holds now, not untrue).
-    A rollback swaps in a database the trail cannot name: until the next restore, staging
-    holds no known backup, and a failed restore or rollback changed nothing.
+    A rollback, or a recovery to a point in time, swaps in a database the trail cannot name
+    as a dated backup: until the next restore, staging holds no known backup, and a failed restore or rollback changed nothing.
     """
     holding: tuple[object, object] | None = None
     wanted = (day.isoformat(), sha256)
@@ -189,7 +190,7 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
             continue
         if record.record == STAGING_RESTORE:
             holding = backup
-        elif record.record == STAGING_ROLLBACK:
+        elif record.record in (STAGING_ROLLBACK, STAGING_RESTORE_TO_TIME):
             holding = None
         elif (
             record.record == INTEGRITY_CHECK
@@ -198,3 +199,17 @@ def staging_verified(vault: Vault, day: date, sha256: str) -> bool:
         ):
             return True
     return False
+
+
+def staging_recovered_to(vault: Vault, time: str, base_backup: str) -> bool:
+    """Does staging hold, by the trail, a recovery to `time` from `base_backup`? The last
+    successful staging restore of any kind decides: a later one replaced it."""
+    holding: tuple[object, object] | None = None
+    for record in audit_records(vault, "staging"):
+        if record.body.get("succeeded") is False:
+            continue
+        if record.record == STAGING_RESTORE_TO_TIME:
+            holding = (record.body.get("time"), record.body.get("base_backup"))
+        elif record.record in (STAGING_RESTORE, STAGING_ROLLBACK):
+            holding = None
+    return holding == (time, base_backup)

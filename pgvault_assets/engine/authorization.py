@@ -31,7 +31,7 @@ from pgvault_assets.redact import redact
 from pgvault_assets.settings import DatabaseUrl
 
 NAMESPACE = "pgvault-restore"
-KINDS = ("restore", "recover-rows", "rollback")
+KINDS = ("restore", "recover-rows", "rollback", "restore-to-time")
 REQUIRED_APPROVERS = 2
 _REQUEST_ID = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
 _FINGERPRINT = re.compile(r"key (SHA256:[A-Za-z0-9+/=]+)")
@@ -109,6 +109,10 @@ class RestoreRequest:
             "restore": f"restore the {self.date} backup (sha256 {str(self.sha256)[:12]}…)",
             "recover-rows": f"recover rows of {self.scope.get('table')} from the {self.date} backup",
             "rollback": f"swap {self.scope.get('swap_in')} back in",
+            "restore-to-time": (
+                f"recover to {self.scope.get('time')} from base backup "
+                f"{self.scope.get('base_backup')}"
+            ),
         }[self.kind]
         return f"{what} into {self.database} ({self.target}, {self.environment})"
 
@@ -172,6 +176,11 @@ def create_request(
             )
         scope["swap_in"] = kept[0]
         day = None
+    elif kind == "restore-to-time":
+        if not scope.get("time") or not scope.get("base_backup"):
+            raise ConfigError("a restore-to-time request needs --time")
+        day = None
+        require_staging_recovered_first(vault, scope["time"], scope["base_backup"])
     else:
         if day is None:
             raise ConfigError(f"a {kind} request needs --date")
@@ -213,6 +222,41 @@ def require_staging_first(vault: Vault, day: date, sha256: str) -> None:
             f"integrity check in the audit trail; run: pgvault restore-from-backup --date {day} "
             f"--target staging, then pgvault check-database-integrity --database staging --date {day}"
         )
+
+
+def require_staging_recovered_first(vault: Vault, time: str, base_backup: str) -> None:
+    """The same rule for a point in time: staging recovered to exactly this time, from exactly
+    this base backup, and still holds it."""
+    if not audit.staging_recovered_to(vault, time, base_backup):
+        raise AuthorizationRefused(
+            f"staging does not hold a recovery to {time} from base backup {base_backup} by the "
+            f"audit trail; run: pgvault restore-to-time --time {time.replace(' ', 'T')} --target staging"
+        )
+
+
+@dataclass(frozen=True)
+class PinnedTime:
+    """An authorization whose request names a time and base backup staging still holds."""
+
+    authorization: Authorization
+    time: str
+    base_backup: str
+
+
+def authorize_pinned_time(
+    vault: Vault, request_id: str, approvers_file: Path, *, database: str, now: Clock = utcnow
+) -> PinnedTime:
+    authorization = authorize(
+        vault, request_id, approvers_file, kind="restore-to-time", database=database, now=now
+    )
+    scope = authorization.request.scope
+    time, base_backup = scope.get("time"), scope.get("base_backup")
+    if not time or not base_backup:
+        raise AuthorizationRefused(
+            f"request {request_id} names no time and base backup; create a new request"
+        )
+    require_staging_recovered_first(vault, time, base_backup)
+    return PinnedTime(authorization, time, base_backup)
 
 
 @dataclass(frozen=True)

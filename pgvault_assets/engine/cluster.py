@@ -28,9 +28,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
@@ -321,6 +322,89 @@ def throwaway_cluster(
     """The URL of a running private cluster's `postgres` database, removed afterwards."""
     with start_cluster(source_major=source_major, durable=durable, root=root) as cluster:
         yield cluster.url
+
+
+# A physically restored cluster listens on nothing but its private socket, trusts only that
+# socket, archives nothing and logs to the file pg_ctl names, whatever its own configuration
+# (restored with it, or absent: Debian keeps postgresql.conf outside the data directory) says.
+RESTORED_PORT = 5432
+_RESTORED_OPTIONS = (
+    "-c listen_addresses=''",
+    "-c archive_mode=off",
+    "-c logging_collector=off",
+    "-c log_destination=stderr",
+    "-c ssl=off",
+    "-c hot_standby=on",
+    "-c fsync=off",
+    "-c synchronous_commit=off",
+)
+
+
+def _as_owner(path: Path) -> None:
+    if _owner_prefix():
+        shutil.chown(path, OS_USER, OS_USER)
+
+
+@contextlib.contextmanager
+def restored_cluster(
+    fill: Callable[[Path], None],
+    *,
+    superuser: str,
+    source_major: int | None = None,
+    root: Path | None = None,
+) -> Iterator[Cluster]:
+    """Start a server on a data directory `fill` writes (a physical restore); always stop and
+    remove it. It is started, not waited for: a recovery may replay for a long time, and its
+    caller knows what it waits for (promotion). Connections come through its socket only, as
+    `superuser` without a password."""
+    root = Path(tempfile.gettempdir()) if root is None else root
+    remove_leftover_clusters(root)
+    bindir = server_bindir(source_major)
+    with _claimed_directory(root) as base:
+        data = base / "data"
+        data.mkdir(mode=0o700)
+        _as_owner(data)
+        fill(data)
+        hba = base / "pg_hba.conf"
+        hba.write_text("local all all trust\n")
+        _as_owner(hba)
+        config = data / "postgresql.conf"
+        if not config.exists():
+            config.touch(mode=0o600)
+            _as_owner(config)
+        options = [
+            f"-p {RESTORED_PORT}",
+            f"-k {shlex.quote(str(base))}",
+            f"-c hba_file={shlex.quote(str(hba))}",
+            *_RESTORED_OPTIONS,
+        ]
+        result = _run_as_owner(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "log"),
+                "-o",
+                " ".join(options),
+                "-W",
+                "start",
+            ]
+        )
+        if result.returncode != 0:
+            raise ClusterFailed(
+                f"the restored cluster did not start ({_last_line(result.stderr)}); see {base / 'log'}"
+            )
+        host = quote(str(base), safe="")
+        url = DatabaseUrl(
+            f"postgresql://{quote(superuser, safe='')}@/postgres?host={host}&port={RESTORED_PORT}"
+        )
+        yield Cluster(base, bindir, RESTORED_PORT, url)
+
+
+def server_running(cluster: Cluster) -> bool:
+    """Whether the cluster's postmaster is alive (pg_ctl status, which needs no connection)."""
+    return cluster.pg_ctl("status").returncode == 0
 
 
 def _open_shared(path: Path) -> int:

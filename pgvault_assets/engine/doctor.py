@@ -29,6 +29,7 @@ from pgvault_assets.engine.crypto import (
     LocalKeyProvider,
     key_provider_for_manifest,
 )
+from pgvault_assets.engine.pitr.archive import pitr_status
 from pgvault_assets.engine.postgres import check_tool_fits_server, connect, server_version
 from pgvault_assets.engine.store import Store
 from pgvault_assets.engine.vault import Vault
@@ -290,6 +291,22 @@ def sentry_check(dsn: str | None) -> Check:
     )
 
 
+def pitr_check(settings: Settings) -> Check:
+    """WAL archiving, where `pgvault pitr init` set it up: the first problem pitr status has."""
+    name = "WAL archiving"
+
+    def run() -> Check:
+        problems = pitr_status(settings).problems(settings.pitr.max_lag)
+        if problems:
+            more = (
+                f" (and {len(problems) - 1} more: pgvault pitr status)" if len(problems) > 1 else ""
+            )
+            return Check(name, Status.FAIL, redact(problems[0][1]) + more)
+        return Check(name, Status.OK, f"archiving to stanza {settings.environment}, no lag or gap")
+
+    return _guarded(name, run)
+
+
 def run_checks(settings: Settings, *, today: date) -> list[Check]:
     """Every engine-level check of the deployment, in the order a backup meets them."""
     vault = Vault.from_settings(settings)
@@ -301,4 +318,6 @@ def run_checks(settings: Settings, *, today: date) -> list[Check]:
         checks.append(local_store_check(settings))
     checks.append(round_trip_check(vault))
     checks.append(sentry_check(settings.sentry_dsn))
+    if settings.pitr.config_file.exists():
+        checks.append(pitr_check(settings))
     return checks

@@ -8,6 +8,10 @@ Layout of one environment's folder in the store::
     {environment}/{YYYY-MM-DD}/server_context.sql.gz.enc  roles, database properties, extensions
     {environment}/{YYYY-MM-DD}/manifest.json            written last: the backup exists
     {environment}/{YYYY-MM-DD}/restore_verified.json    the last restore proof
+    {environment}/pitr/cipher-passphrase.enc            pgBackRest's repository passphrase, sealed
+
+pgBackRest's own repository, in S3, sits beside the environments under `pgbackrest/`, so the
+environment's listing never walks every archived WAL segment.
 """
 
 from __future__ import annotations
@@ -64,3 +68,13 @@ def retention_lock_name(environment: str) -> str:
 def backup_lock_name(environment: str, day: date) -> str:
     """The lock a backup of `day` holds from its start to its manifest."""
     return f"{environment}-backup-{day.isoformat()}"
+
+
+def pitr_passphrase_key(environment: str) -> str:
+    """The sealed passphrase of the environment's pgBackRest repository."""
+    return f"{environment}/pitr/cipher-passphrase.enc"
+
+
+def pitr_s3_repo_path(environment: str) -> str:
+    """The environment's pgBackRest repository in the backup bucket."""
+    return f"/pgbackrest/{environment}"

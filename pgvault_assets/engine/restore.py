@@ -32,6 +32,8 @@ from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import database_beside, restore_claim
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
+from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
+from pgvault_assets.engine.pitr.runner import PgBackRest
 from pgvault_assets.engine.postgres import (
     check_tool_fits_server,
     connect,
@@ -472,6 +474,101 @@ def _like_the_source(context: sc.ServerContext, scratch_url: DatabaseUrl) -> Non
         scratch.execute("DROP SCHEMA IF EXISTS public")
 
 
+@dataclass(frozen=True)
+class CopyResult:
+    """A database copied from another server into `target` by the checked swap."""
+
+    target: str
+    previous: str | None
+    table_rows: dict[str, int]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _copy_with_pg_dump(source: DatabaseUrl, scratch: DatabaseUrl, major: int) -> None:
+    """pg_dump of `source` piped into psql on `scratch`; the first error stops both."""
+    pg_dump, _ = check_tool_fits_server("pg_dump", major)
+    psql, _ = check_tool_fits_server("psql", major)
+    dump = subprocess.Popen(
+        [pg_dump, "--no-password", "--no-owner", "--no-privileges", "--format=plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tool_env(source),
+    )
+    load = subprocess.run(
+        [psql, "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"],
+        stdin=dump.stdout,
+        capture_output=True,
+        env=tool_env(scratch),
+        check=False,
+    )
+    if dump.stdout is not None:
+        dump.stdout.close()
+    if load.returncode != 0 and dump.poll() is None:
+        dump.kill()
+    dump_errors = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
+    code = dump.wait()
+    if code != 0:
+        raise RestoreFailed(
+            f"pg_dump of the recovered database failed ({_first_error(dump_errors)})"
+        )
+    if load.returncode != 0:
+        reason = _first_error(load.stderr.decode(errors="replace"))
+        raise RestoreFailed(f"psql failed while loading the recovered database ({reason})")
+
+
+def _first_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = next((line for line in lines if "ERROR" in line or "FATAL" in line), None)
+    return (found or (lines[-1] if lines else "no message")).removeprefix("psql:")
+
+
+def copy_database(
+    source: DatabaseUrl, target_url: DatabaseUrl, *, now: Clock = utcnow
+) -> CopyResult:
+    """Copy `source` (a recovered cluster's database) into `target_url` by the checked swap.
+
+    The copy goes into a scratch database beside the target; only when its row counts equal
+    the source's is it renamed into place, the old target kept for rollback, exactly as a
+    restore from a dump. Objects are owned by the restoring role (the copy carries no owners
+    or grants: the recovered cluster's roles need not exist on the target's server).
+    """
+    stages: dict[str, float] = {}
+    target = target_url.dbname
+    maintenance_url = target_url.with_dbname("postgres")
+    with (
+        _connection_loss_keeps(target),
+        connect(maintenance_url) as maintenance,
+        connect(source) as origin,
+    ):
+        _guard_target(maintenance, target)
+        stamp = _free_stamp(maintenance, target, ("restore", "pre_restore"), now())
+        scratch = database_beside(target, "restore", stamp)
+        keep_as = database_beside(target, "pre_restore", stamp)
+        major, _ = server_version(maintenance)
+        expected = table_row_counts(origin)
+        try:
+            _create_scratch(maintenance, scratch, None)
+            started = time.perf_counter()
+            _copy_with_pg_dump(source, target_url.with_dbname(scratch), major)
+            stages["restore"] = round(time.perf_counter() - started, 3)
+            with connect(target_url.with_dbname(scratch)) as restored:
+                restored.execute("ANALYZE")
+                problems = _compare_counts(expected, table_row_counts(restored))
+            if problems:
+                raise RestoreFailed(
+                    "copied row counts differ from the recovered database: "
+                    + "; ".join(problems[:5])
+                )
+            started = time.perf_counter()
+            had_target = database_exists(maintenance, target)
+            swap_databases(maintenance, target, scratch, keep_as if had_target else None)
+            stages["swap"] = round(time.perf_counter() - started, 3)
+        except BaseException:
+            _drop_scratch(maintenance, maintenance_url, scratch)
+            raise
+    return CopyResult(target, keep_as if had_target else None, expected, stages)
+
+
 def _check_server(maintenance: psycopg.Connection, context: sc.ServerContext) -> sc.RolePlan:
     """Everything the server must offer the backup, checked before anything is created."""
     for note in sc.refuse_missing_extensions(maintenance, context):
@@ -813,6 +910,112 @@ def restore_staging(
         )
         learned["sha256"] = result.manifest.sha256  # what was restored, even if re-run meanwhile
         return result
+
+
+@dataclass(frozen=True)
+class TimeRestoreResult:
+    copy: CopyResult
+    target_time: datetime
+    base_backup: str
+    stopped_at: str
+    replay_seconds: float
+
+
+def restore_staging_to_time(
+    vault: Vault,
+    tool: PgBackRest,
+    target_time: datetime,
+    url: DatabaseUrl,
+    *,
+    source: DatabaseUrl,
+    actor: str,
+    source_major: int | None = None,
+    cluster_root: Path | None = None,
+    now: Clock = utcnow,
+) -> TimeRestoreResult:
+    """Recover a throwaway cluster to `target_time`, then copy `source`'s database from it
+    into staging by the checked swap, and record it, failed or not."""
+    body = {"time": time_key(target_time), "database": url.dbname}
+    with audit.staging_operation(
+        vault, audit.STAGING_RESTORE_TO_TIME, body, actor=actor, now=now
+    ) as learned:
+        with recover_to_time(
+            tool,
+            target_time,
+            superuser=source_user(source),
+            source_major=source_major,
+            root=cluster_root,
+        ) as recovered:
+            learned.update(base_backup=recovered.backup_label, stopped_at=recovered.stopped_at)
+            copied = copy_database(recovered.database(source.dbname), url, now=now)
+        learned["previous"] = copied.previous
+        return TimeRestoreResult(
+            copied,
+            target_time,
+            recovered.backup_label,
+            recovered.stopped_at,
+            recovered.replay_seconds,
+        )
+
+
+def time_key(target_time: datetime) -> str:
+    """How a recovery's time is written in the audit trail and in a request: UTC ISO 8601."""
+    return target_time.astimezone(UTC).isoformat()
+
+
+def restore_production_to_time(
+    vault: Vault,
+    tool: PgBackRest,
+    request_id: str,
+    target_time: datetime,
+    target_url: DatabaseUrl,
+    approvers_file: Path,
+    *,
+    source: DatabaseUrl,
+    cluster_root: Path | None = None,
+    now: Clock = utcnow,
+    confirm: Callable[[str], None] | None = None,
+) -> TimeRestoreResult:
+    """Recover production to the time a dual-authorized `restore-to-time` request names, from
+    the base backup it pins, once staging holds that same recovery; with the safe swap."""
+    pinned = auth.authorize_pinned_time(
+        vault, request_id, approvers_file, database=target_url.dbname, now=now
+    )
+    if pinned.time != time_key(target_time):
+        raise auth.AuthorizationRefused(
+            f"request {request_id} approved recovering to {pinned.time}, not "
+            f"{time_key(target_time)}; nothing was restored"
+        )
+    if confirm is not None:
+        confirm(target_url.dbname)
+
+    def recover() -> TimeRestoreResult:
+        with recover_to_time(
+            tool,
+            target_time,
+            superuser=source_user(source),
+            root=cluster_root,
+            base_backup=pinned.base_backup,
+        ) as recovered:
+            copied = copy_database(recovered.database(source.dbname), target_url, now=now)
+        return TimeRestoreResult(
+            copied,
+            target_time,
+            recovered.backup_label,
+            recovered.stopped_at,
+            recovered.replay_seconds,
+        )
+
+    return auth.run_authorized(
+        vault,
+        pinned.authorization,
+        recover,
+        lambda result: (
+            f"recovered to {pinned.time} from {result.base_backup}; previous kept as "
+            f"{result.copy.previous}"
+        ),
+        now=now,
+    )
 
 
 def rollback_staging(

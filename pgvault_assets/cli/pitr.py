@@ -1,0 +1,154 @@
+"""Point-in-time recovery: set up WAL archiving, see the window, recover to a time.
+
+A thin shell over `engine.pitr` and `engine.restore`: parse, call, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pgvault_assets.cli.args import Parser, confirm, parse_time
+from pgvault_assets.cli.console import console, human_bytes
+from pgvault_assets.engine import audit
+from pgvault_assets.engine.pitr.archive import (
+    BACKUP_KINDS,
+    init_pitr,
+    pitr_status,
+    take_base_backup,
+    tool_for,
+)
+from pgvault_assets.engine.restore import restore_production_to_time, restore_staging_to_time
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import ConfigError
+from pgvault_assets.settings import Settings
+
+EXAMPLES = """\
+examples:
+  pgvault pitr init                       configure pgBackRest, create the stanza, print the lines to add
+  pgvault pitr backup --type full         a base backup (the Dagster schedule takes them weekly/daily)
+  pgvault pitr status                     the recoverable window, the archive's lag and health
+  pgvault restore-to-time --time 2026-11-30T09:15:00Z --target staging
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    group = commands.add_parser(
+        "pitr",
+        help="point-in-time recovery by pgBackRest: init, status, backup",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = group.add_subparsers(
+        dest="pitr_command", metavar="VERB", parser_class=Parser, required=True
+    )
+    verbs.add_parser(
+        "init", help="write pgBackRest's configuration, create the stanza, check archiving"
+    ).set_defaults(handler=cmd_init)
+    verbs.add_parser(
+        "status", help="the recoverable window, archive lag, archiver state, gaps"
+    ).set_defaults(handler=cmd_status)
+    sub = verbs.add_parser("backup", help="take a base backup now")
+    sub.add_argument("--type", dest="kind", choices=BACKUP_KINDS, default="full")
+    sub.set_defaults(handler=cmd_backup)
+
+    sub = commands.add_parser(
+        "restore-to-time",
+        help="recover to a point in time, then swap it into the target like a restore",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.add_argument("--time", type=parse_time, required=True, help="ISO 8601, with a zone")
+    sub.add_argument("--target", choices=("staging", "production"), required=True)
+    sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    sub.add_argument(
+        "--skip-confirmation", action="store_true", help="do not ask to type the database name"
+    )
+    sub.set_defaults(handler=cmd_restore_to_time)
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    result = init_pitr(settings, Vault.from_settings(settings))
+    console.print(f"pgBackRest configuration: {result.config_file} (stanza {result.stanza})")
+    if result.archiving:
+        console.print("archiving is on and pgBackRest's check passed")
+        return 0
+    console.print("add these lines to postgresql.conf, then restart PostgreSQL:", markup=False)
+    for line in result.server_lines:
+        console.print(f"  {line}", markup=False)
+    console.print(
+        "archive_mode takes effect only at a restart; afterwards run pgvault pitr init again "
+        "to check archiving, then pgvault pitr backup --type full"
+    )
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    backup = take_base_backup(settings, args.kind, annotations={"pgvault": "cli"})
+    console.print(
+        f"{backup.kind} base backup {backup.label}: WAL {backup.wal_start}..{backup.wal_stop}, "
+        f"{human_bytes(backup.size_bytes)} ({human_bytes(backup.repository_size_bytes)} stored)"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = pitr_status(settings)
+    window, archiver = status.window, status.archiver
+    if window is not None and window.earliest and window.latest:
+        console.print(
+            f"recoverable window: {window.earliest:%Y-%m-%d %H:%M:%S}Z .. "
+            f"{window.latest:%Y-%m-%d %H:%M:%S}Z ({len(window.backups)} base backups)"
+        )
+    else:
+        console.print("recoverable window: none yet (no base backup)")
+    lag = archiver.lag
+    console.print(
+        f"archiver: {archiver.archived_count} archived, {archiver.failed_count} failed, "
+        f"last {archiver.last_archived_wal or 'none'}, {archiver.ready_count} waiting, "
+        f"lag {'none' if lag is None else f'{int(lag.total_seconds())} s'}"
+    )
+    problems = status.problems(settings.pitr.max_lag)
+    for _, problem in problems:
+        console.print(f"problem: {problem}", markup=False)
+    return 1 if problems else 0
+
+
+def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
+    source = settings.require_database()
+    url = settings.target_url(args.target)
+    vault = Vault.from_settings(settings)
+    if args.target == "production":
+        if not args.request:
+            raise ConfigError(
+                "recovering production to a time needs an approved request: pgvault "
+                "request-restore --kind restore-to-time --time T --target production --reason "
+                "TEXT, two approvals, then --request ID (after the same recovery into staging)"
+            )
+        result = restore_production_to_time(
+            vault,
+            tool_for(settings),
+            args.request,
+            args.time,
+            url,
+            settings.recovery.require_approvers_file(),
+            source=source,
+            confirm=None if args.skip_confirmation else confirm,
+        )
+    else:
+        result = restore_staging_to_time(
+            vault, tool_for(settings), args.time, url, source=source, actor=audit.operator()
+        )
+    console.print(
+        f"recovered to {args.time:%Y-%m-%d %H:%M:%S.%f}Z from base backup {result.base_backup} "
+        f"(recovery stopped at {result.stopped_at}; replay {result.replay_seconds:.1f} s) and "
+        f"swapped into {url.dbname} on {args.target}"
+    )
+    if result.copy.previous:
+        undo = (
+            f"pgvault rollback-restore --target {args.target}"
+            if args.target == "staging"
+            else "pgvault request-restore --kind rollback --target production --reason TEXT, "
+            "two approvals, then pgvault rollback-restore --target production --request ID"
+        )
+        console.print(f"previous {url.dbname} kept as {result.copy.previous}; undo with: {undo}")
+    return 0
