@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pgvault_assets.cli.args import parse_date
+from pgvault_assets.cli.args import add_database_option, parse_date
 from pgvault_assets.cli.console import console
 from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.fleet import load_fleet
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     format_bytes,
@@ -34,7 +35,7 @@ from pgvault_assets.engine.report import (
     health_warnings,
 )
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import BackupFailed
+from pgvault_assets.errors import BackupFailed, ConfigError
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also decrypt it fully and restore it onto a throwaway cluster (as the daily job does)",
     )
+    add_database_option(sub)
     sub.set_defaults(handler=backup_command)
 
     sub = subparsers.add_parser(
@@ -65,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="show what would be kept, deleted and repaired; change nothing",
     )
+    add_database_option(sub)
     sub.set_defaults(handler=cleanup_command)
 
     sub = subparsers.add_parser(
@@ -117,14 +120,20 @@ def dagster_previews_hidden() -> Iterator[None]:
 
 
 def materialize_backup(
-    day: date, *, instance: DagsterInstance | None = None, prove_restorable: bool = False
+    day: date,
+    *,
+    instance: DagsterInstance | None = None,
+    prove_restorable: bool = False,
+    settings: Settings | None = None,
 ) -> Manifest:
     """Run partition `day` of the backup asset with its checks; return the new manifest.
 
     The asset's own checks (checksum against the manifest, duration, size) always run. The
     full decrypt and the throwaway restore re-read and re-load the whole backup, so an
     operator's backup runs them only when asked; the daily schedule always runs them.
+    `settings` pinned to a fleet database (main.py) back up that database's asset.
     """
+    settings = settings or load_settings()
     with dagster_previews_hidden():
         # Deferred on purpose (see the module docstring), and inside the block because
         # loading the checks' definitions is what warns.
@@ -135,11 +144,23 @@ def materialize_backup(
         from pgvault_assets.defs.restorable import restorable
 
         check_backup_date(day, utcnow())
+        if settings.database is not None:
+            from pgvault_assets.defs.fleet import backup_asset
+
+            if prove_restorable:
+                raise ConfigError(
+                    "--prove-restorable is for the single database of DATABASE_URL; "
+                    "verify a fleet database's backup with pgvault verify-backup --database NAME"
+                )
+            fleet = load_fleet(settings.platform.fleet_file)
+            assets = [backup_asset(fleet, settings.database)]
+        elif prove_restorable:
+            assets = [database_backup, decrypts_fully, restorable]
+        else:
+            assets = [database_backup]
         with open_instance(instance) as active:
             result = materialize(
-                [database_backup, decrypts_fully, restorable]
-                if prove_restorable
-                else [database_backup],
+                assets,
                 instance=active,
                 resources=resource_defs(),
                 partition_key=day.isoformat(),
@@ -154,7 +175,7 @@ def materialize_backup(
             f"backup of {day.isoformat()} failed: {_first_failure(result)}; "
             f"see run {result.run_id[:8]} in the Dagster UI"
         )
-    return Vault.from_settings(load_settings()).read_manifest(day)
+    return Vault.from_settings(settings).read_manifest(day)
 
 
 def _first_failure(result: ExecuteInProcessResult) -> str:
@@ -174,7 +195,7 @@ def _first_failure(result: ExecuteInProcessResult) -> str:
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
     day = args.date or latest_complete_day(utcnow())
     console.print(f"backing up {settings.require_database()} as {day.isoformat()} …")
-    manifest = materialize_backup(day, prove_restorable=args.prove_restorable)
+    manifest = materialize_backup(day, prove_restorable=args.prove_restorable, settings=settings)
     console.print(
         f"backup {manifest.date.isoformat()} stored: {format_bytes(manifest.size_bytes)} "
         f"({manifest.compression_ratio:.1f}x smaller than the dump), "

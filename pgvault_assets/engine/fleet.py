@@ -218,9 +218,9 @@ def parse_fleet(text: str, source: Path) -> Fleet:
     return fleet
 
 
-def load_fleet(settings: Settings) -> Fleet:
-    """The fleet of `settings`: its fleet file's, or `DATABASE_URL` alone without one."""
-    path = settings.platform.fleet_file
+def load_fleet(path: Path | None) -> Fleet:
+    """The fleet of the fleet file at `path` (`PGVAULT_FLEET_FILE`), or `DATABASE_URL` alone
+    without one."""
     if path is None:
         return single_fleet()
     try:
@@ -248,7 +248,7 @@ def pin_database(settings: Settings, env: Mapping[str, str], name: str | None) -
     """`settings` for the fleet database `name` (or the only one): its URLs, read from the
     variables its server names, its retention and its namespace. Without a fleet file, the
     settings as they are (and `name` must be None)."""
-    fleet = load_fleet(settings)
+    fleet = load_fleet(settings.platform.fleet_file)
     database = fleet.choose(name)
     if not fleet.from_file:
         return settings

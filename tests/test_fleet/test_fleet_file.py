@@ -115,14 +115,14 @@ def test_a_url_in_the_file_is_refused_without_being_repeated():
 def test_a_missing_fleet_file_is_named(tmp_path):
     settings = load_settings({"PGVAULT_FLEET_FILE": str(tmp_path / "nowhere.yaml")})
     with pytest.raises(ConfigError, match=r"^PGVAULT_FLEET_FILE .*nowhere.yaml does not exist"):
-        load_fleet(settings)
+        load_fleet(settings.platform.fleet_file)
 
 
 def test_without_a_fleet_file_database_url_is_a_fleet_of_one():
     env = {"DATABASE_URL": "postgresql://u@h/app", "ENVIRONMENT_NAME": "prod"}
     settings = load_settings(env)
 
-    assert not load_fleet(settings).from_file
+    assert not load_fleet(settings.platform.fleet_file).from_file
     assert pin_database(settings, env, None) == settings
     with pytest.raises(ConfigError, match="needs a fleet file"):
         pin_database(settings, env, "app")
