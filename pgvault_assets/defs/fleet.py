@@ -22,6 +22,7 @@ from dagster import (
     ScheduleDefinition,
     ScheduleEvaluationContext,
     define_asset_job,
+    in_process_executor,
 )
 
 from pgvault_assets.defs.backup import (
@@ -87,6 +88,8 @@ def fleet_definitions(
         FLEET_JOB_NAME,
         selection=AssetSelection.assets(*(fleet_backup_key(d.name) for d in fleet.databases)),
         partitions_def=BACKUP_PARTITIONS,
+        # One step per run: running it in the run worker saves a process per backup.
+        executor_def=in_process_executor,
         description="Back up one database's day; its schedule starts one run per database.",
     )
     schedules = []

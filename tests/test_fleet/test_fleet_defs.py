@@ -177,6 +177,7 @@ def test_apply_limits_sets_every_server_pool_on_the_instance(
 
     assert "pool pgvault/server/main: limit 3" in capsys.readouterr().out
     with DagsterInstance.get() as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         storage = instance.event_log_storage
         assert storage.get_concurrency_info("pgvault/server/main").slot_count == 3
         assert storage.get_concurrency_info("pgvault/server/small").slot_count == 1
