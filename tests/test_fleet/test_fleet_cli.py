@@ -15,7 +15,7 @@ from tests.test_fleet.helpers import write_fleet
 
 @pytest.fixture
 def fleet_of_two(local_env, make_database, monkeypatch) -> dict[str, str]:
-    """Databases alpha and beta on one server, staging on the same server; their URLs."""
+    """Databases alpha and beta on one server, each with a table naming it; their URLs."""
     urls = {name: make_database(name) for name in ("alpha", "beta")}
     for name, url in urls.items():
         with psycopg.connect(url, autocommit=True) as conn:
@@ -55,9 +55,7 @@ def test_an_unknown_database_is_one_line_naming_the_choices(fleet_of_two, capsys
     assert "no database named 'gamma'; choose one of: alpha, beta" in _one_line_error(capsys)
 
 
-def test_backup_list_verify_and_restore_work_on_the_named_database(
-    fleet_of_two, make_database, capsys, monkeypatch
-):
+def test_backup_list_and_verify_work_on_the_named_database_alone(fleet_of_two, capsys):
     day = latest_complete_day(utcnow()).isoformat()
     assert main(["backup", "--database", "alpha"]) == 0
     capsys.readouterr()
@@ -76,6 +74,7 @@ def test_backup_list_verify_and_restore_work_on_the_named_database(
 def test_restore_to_staging_takes_the_database_and_its_server_staging(
     fleet_of_two, private_postgres, local_env, monkeypatch, capsys
 ):
+    """Each server's staging target is `staging_url_env`'s server, with the database's name."""
     write_fleet(
         local_env,
         monkeypatch,
