@@ -1,8 +1,7 @@
 """`pgvault fleet`: the fleet file's databases, and their servers' pool limits on the instance.
 
 The limits are set explicitly, one per server: with only `concurrency.pools.default_limit`,
-the first dequeue pass of an instance that has not seen a pool yet ignores the limit. Dagster
-is imported where it is used, as in platform.py.
+the first dequeue pass of an instance that has not seen a pool yet ignores the limit.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import console
-from pgvault_assets.engine.fleet import Fleet, load_fleet
+from pgvault_assets.cli.platform import open_instance
+from pgvault_assets.engine.fleet import Fleet, load_fleet, pool_name
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
@@ -43,8 +43,6 @@ def _fleet_file(settings: Settings) -> Fleet:
 
 
 def show_command(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.defs.backup import server_pool  # deferred: it imports Dagster
-
     fleet = _fleet_file(settings)
     table = Table(title=f"fleet of {settings.environment} ({fleet.source})")
     for column in ("database", "dbname", "server", "pool", "limit", "hour (UTC)"):
@@ -55,7 +53,7 @@ def show_command(args: argparse.Namespace, settings: Settings) -> int:
             database.name,
             database.dbname,
             server.name,
-            server_pool(server.name),
+            pool_name(server.name),
             str(server.max_concurrent_backups),
             f"{database.schedule_hour:02d}:00",
         )
@@ -64,10 +62,7 @@ def show_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def apply_limits_command(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.cli.platform import open_instance
-    from pgvault_assets.defs.fleet import pool_limits  # deferred: it imports Dagster
-
-    limits = pool_limits(_fleet_file(settings))
+    limits = _fleet_file(settings).pool_limits()
     with open_instance() as instance:
         storage = instance.event_log_storage
         if not storage.supports_global_concurrency_limits:

@@ -39,7 +39,7 @@ from pgvault_assets.defs.history import REFUSED_METADATA_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import FleetDatabase
+from pgvault_assets.engine.fleet import FleetDatabase, pool_name
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
@@ -149,11 +149,6 @@ def fleet_backup_key(database: str) -> AssetKey:
     return AssetKey(["backup", database])
 
 
-def server_pool(server: str) -> str:
-    """The pool of one server's backups: its limit is the server's `max_concurrent_backups`."""
-    return f"pgvault/server/{server}"
-
-
 def make_database_backup(
     config: PlatformSettings = CONFIG, database: FleetDatabase | None = None
 ) -> AssetsDefinition:
@@ -178,7 +173,7 @@ def make_database_backup(
             backoff=Backoff.EXPONENTIAL,
             jitter=Jitter.PLUS_MINUS,
         ),
-        pool=BACKUP_POOL if database is None else server_pool(database.server),
+        pool=BACKUP_POOL if database is None else pool_name(database.server),
         group_name="backups" if database is None else database.server,
         kinds={"postgres"},
         # Each check carries the asset's partitions (a Dagster preview feature): without them

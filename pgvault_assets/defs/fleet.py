@@ -8,12 +8,14 @@ of every database would hold a server's slots for the length of the slowest dump
 `<database>|<day>` so a tick evaluated twice starts nothing twice.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
     AssetsDefinition,
     AssetSelection,
     DefaultScheduleStatus,
@@ -21,6 +23,7 @@ from dagster import (
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
+    asset_check,
     define_asset_job,
     in_process_executor,
 )
@@ -28,12 +31,15 @@ from dagster import (
 from pgvault_assets.defs.backup import (
     BACKUP_PARTITIONS,
     CONFIG,
+    DECRYPTS_FULLY,
     fleet_backup_key,
     make_database_backup,
-    server_pool,
 )
+from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.clock import latest_complete_day
 from pgvault_assets.engine.fleet import Fleet, FleetDatabase, load_fleet
+from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import PlatformSettings
 
 FLEET_JOB_NAME = "fleet_backup_job"
@@ -77,6 +83,35 @@ def _requests_for(
     return evaluate
 
 
+def make_decrypts_fully(database: FleetDatabase) -> AssetChecksDefinition:
+    """The database's full decrypt check, run by its scheduled run after the backup."""
+
+    @asset_check(
+        asset=fleet_backup_key(database.name),
+        name=DECRYPTS_FULLY,
+        partitions_def=BACKUP_PARTITIONS,
+        description="the whole backup decrypts and authenticates with its key and context",
+    )
+    def decrypts_fully(
+        context: AssetCheckExecutionContext, vault: VaultResource
+    ) -> AssetCheckResult:
+        day = date.fromisoformat(context.partition_key)
+        try:
+            pinned = vault.vault(vault.settings(database.name))
+            verified = verify_backup(pinned, day, full=True)
+        except PgvaultError as exc:
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
+            )
+        return AssetCheckResult(
+            passed=True,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"dump_size_bytes": verified.dump_size_bytes or 0},
+        )
+
+    return decrypts_fully
+
+
 def fleet_definitions(
     fleet: Fleet,
     config: PlatformSettings = CONFIG,
@@ -106,17 +141,17 @@ def fleet_definitions(
                 description=f"{hour:02d}:00 UTC: one backup run per database due at this hour.",
             )
         )
-    return Definitions(assets=assets, jobs=[job], schedules=schedules)
+    return Definitions(
+        assets=assets,
+        asset_checks=[make_decrypts_fully(database) for database in fleet.databases],
+        jobs=[job],
+        schedules=schedules,
+    )
 
 
 def backup_asset(fleet: Fleet, name: str) -> AssetsDefinition:
     """The backup asset of the fleet database `name` (for `pgvault backup --database`)."""
     return make_database_backup(CONFIG, fleet.choose(name))
-
-
-def pool_limits(fleet: Fleet) -> dict[str, int]:
-    """Each server's pool and its limit, as `pgvault fleet apply-limits` sets them."""
-    return {server_pool(s.name): s.max_concurrent_backups for s in fleet.servers}
 
 
 FLEET = load_fleet(CONFIG.fleet_file)

@@ -71,6 +71,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def pool_name(server: str) -> str:
+    """The Dagster pool of one server's backups, whose limit is its `max_concurrent_backups`."""
+    return f"pgvault/server/{server}"
+
+
 class Server(_Model):
     """One PostgreSQL server: where its URL comes from and how many dumps it bears at once."""
 
@@ -120,6 +125,10 @@ class Fleet(_Model):
 
     def on_server(self, name: str) -> tuple[FleetDatabase, ...]:
         return tuple(database for database in self.databases if database.server == name)
+
+    def pool_limits(self) -> dict[str, int]:
+        """Each server's pool and its limit, as `pgvault fleet apply-limits` sets them."""
+        return {pool_name(s.name): s.max_concurrent_backups for s in self.servers}
 
     def choose(self, name: str | None) -> FleetDatabase:
         """The database `name`, or the only one; a one-line error naming the choices else."""

@@ -102,3 +102,10 @@ def test_restore_to_staging_takes_the_database_and_its_server_staging(
                 [fleet_of_two["beta"].rsplit("/", 1)[1]],
             ).fetchall():
                 conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_fleet_show_lists_each_database_with_its_server_pool_and_limit(fleet_of_two, capsys):
+    assert main(["fleet", "show"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("pgvault/server/main") == 2 and "alpha" in out and "beta" in out
+    assert err == ""

@@ -9,10 +9,17 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_context, materialize
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    build_schedule_context,
+    materialize,
+)
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.fleet import backup_asset, fleet_definitions
+from pgvault_assets.defs.fleet import backup_asset, fleet_definitions, make_decrypts_fully
 from pgvault_assets.defs.resources import VaultResource, resource_defs
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import load_fleet, parse_fleet
@@ -55,6 +62,7 @@ def test_each_database_is_an_asset_in_its_server_pool_and_group():
         "duration_within_average",
         "size_not_shrunk",
     }
+    assert defs.get_asset_checks_def(AssetCheckKey(billing.key, "decrypts_fully")) is not None
     assert set(defs.resolve_all_asset_keys()) == {
         AssetKey(["backup", name]) for name in ("billing", "orders", "wiki")
     }
@@ -143,17 +151,15 @@ def test_a_fleet_database_materializes_under_its_own_prefix(local_env, make_data
 
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
-            [backup_asset(fleet, "alpha")],
+            [backup_asset(fleet, "alpha"), make_decrypts_fully(fleet.choose("alpha"))],
             instance=instance,
             resources=resource_defs(),
             partition_key=day.isoformat(),
         )
 
     assert result.success
-    (check,) = [
-        c for c in result.get_asset_check_evaluations() if c.check_name == "checksum_matches"
-    ]
-    assert check.passed
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["checksum_matches"] and checks["decrypts_fully"]
     assert (local_env / "store" / "test" / "alpha" / day.isoformat() / "manifest.json").exists()
     assert not (local_env / "store" / "test" / day.isoformat()).exists()
 

@@ -40,6 +40,7 @@ LOCATION = Path(__file__).with_name("fleet_location.py")
 # server -> (databases, limit); "big" is the biggest server.
 SERVERS = {"big": (4, 3), "mid": (3, 2), "small": (2, 2)}
 SCHEDULE = "fleet_backup_schedule_02"
+EVERY_CHECK = ("checksum_matches", "decrypts_fully", "duration_within_average", "size_not_shrunk")
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 DEADLINE = timedelta(minutes=8)
 
@@ -169,9 +170,12 @@ def _peak_concurrent_steps(instance: DagsterInstance, runs: list[Any]) -> dict[s
     edges: dict[str, list[tuple[float, int]]] = {server: [] for server in SERVERS}
     for run in runs:
         server = run.tags["pgvault/server"]
+        backup_step = f"backup__{run.tags['pgvault/database']}".replace("-", "_")
         for entry in instance.all_logs(
             run.run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}
         ):
+            if entry.step_key != backup_step:
+                continue
             started = entry.dagster_event.event_type == DagsterEventType.STEP_START
             # At one instant an end sorts before a start: a slot freed, then taken again.
             edges[server].append((entry.timestamp, 1 if started else -1))
@@ -212,6 +216,14 @@ def test_one_tick_backs_up_every_database_within_each_server_limit(
             )
             peaks = _peak_concurrent_steps(instance, runs)
             failures = _failures(instance, runs)
+            checks = {
+                (run.tags["pgvault/database"], entry.dagster_event.event_specific_data.check_name)
+                for run in runs
+                for entry in instance.all_logs(
+                    run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+                )
+                if entry.dagster_event.event_specific_data.passed
+            }
 
     assert not failures, failures
     assert sorted(run.tags["pgvault/database"] for run in runs) == sorted(fleet)
@@ -220,6 +232,7 @@ def test_one_tick_backs_up_every_database_within_each_server_limit(
     for server, (_count, limit) in SERVERS.items():
         assert peaks[server] <= limit, peaks
     assert peaks["big"] == SERVERS["big"][1], peaks
+    assert checks == {(name, check) for name in fleet for check in EVERY_CHECK}
 
     settings = load_settings()
     for name in fleet:
@@ -246,9 +259,13 @@ def _failures(instance: DagsterInstance, runs: list[Any]) -> list[str]:
 
 def _finished_runs(instance: DagsterInstance, count: int) -> list[Any] | None:
     runs = instance.get_runs(filters=RunsFilter(tags={"dagster/schedule_name": SCHEDULE}))
-    if len(runs) > count:
+    if len(runs) > count:  # a run retried: its first attempt's worker died
         described = sorted((r.tags.get("pgvault/database"), r.status.value) for r in runs)
-        pytest.fail(f"one tick started {len(runs)} runs for {count}: {described}", pytrace=False)
+        pytest.fail(
+            f"one tick started {len(runs)} runs for {count}: {described}; "
+            f"{_failures(instance, runs)}",
+            pytrace=False,
+        )
     if len(runs) == count and all(run.status in TERMINAL for run in runs):
         return runs
     return None
