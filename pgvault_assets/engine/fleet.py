@@ -123,9 +123,6 @@ class Fleet(_Model):
     def server(self, name: str) -> Server:
         return next(server for server in self.servers if server.name == name)
 
-    def on_server(self, name: str) -> tuple[FleetDatabase, ...]:
-        return tuple(database for database in self.databases if database.server == name)
-
     def pool_limits(self) -> dict[str, int]:
         """Each server's pool and its limit, as `pgvault fleet apply-limits` sets them."""
         return {pool_name(s.name): s.max_concurrent_backups for s in self.servers}

@@ -55,7 +55,6 @@ def test_fleet_file_declares_servers_and_databases():
     assert billing.max_runtime_seconds == 7200
     assert fleet.choose("analytics").schedule_hour == 2
     assert fleet.server("reports").max_concurrent_backups == 1
-    assert [d.name for d in fleet.on_server("main")] == ["billing"]
 
 
 @pytest.mark.parametrize(
