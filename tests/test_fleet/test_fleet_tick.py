@@ -143,11 +143,12 @@ def started_daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
             yield process
         finally:
             os.killpg(process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            # A code server with a run in flight outlives the daemon: end the whole group.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait()
 
 
 def _waiting_dumps(fleet: dict[str, tuple[str, str]]) -> dict[str, int]:
