@@ -1,16 +1,22 @@
-"""The Dagster code location: every module under `defs/` merged, with the resources."""
+"""The Dagster code location: every module under `defs/` merged, with the resources.
+
+With a fleet file (`PGVAULT_FLEET_FILE`) the location is the fleet's backups instead of the
+single database's definitions."""
 
 from dagster import Definitions
 
-from pgvault_assets.defs import alerting, backup, maintenance, pitr, recovery, restorable
+from pgvault_assets.defs import alerting, backup, fleet, maintenance, pitr, recovery, restorable
 from pgvault_assets.defs.resources import resource_defs
 
-defs = Definitions.merge(
+single_database = (
     backup.defs,
     restorable.defs,
     maintenance.defs,
     alerting.defs,
     recovery.defs,
     pitr.defs,
+)
+defs = Definitions.merge(
+    *(single_database if fleet.defs is None else (fleet.defs,)),
     Definitions(resources=resource_defs()),
 )

@@ -134,6 +134,9 @@ class PlatformSettings:
     start_date: date = DEFAULT_START_DATE
     max_retries: int = 3
     retry_delay_seconds: float = 60.0
+    fleet_file: Path | None = None
+    """`PGVAULT_FLEET_FILE`: the databases to back up (engine/fleet.py); unset, `DATABASE_URL`
+    alone, under the environment's own prefix, as a fleet of one."""
 
 
 PITR_URI_STYLES = ("host", "path")
@@ -193,6 +196,10 @@ class Settings:
     restore_check_database_url: DatabaseUrl | None = None
     """Where restore proofs (the restorable check, the drill) restore; unset, a throwaway
     cluster pgvault starts itself. Never the backed-up server unless this names it."""
+    database: str | None = None
+    """The fleet database these settings are pinned to (engine/fleet.py `pin_database`), whose
+    objects, locks and audit records live under `{environment}/{database}`; None for the
+    single database of `DATABASE_URL`, under `{environment}` as ever."""
 
     @property
     def restore_verify_weekly(self) -> bool:
@@ -329,6 +336,7 @@ def platform_section(env: Mapping[str, str] | None = None) -> PlatformSettings:
         start_date=start,
         max_retries=int(retries),
         retry_delay_seconds=_number(env, "BACKUP_RETRY_DELAY_SECONDS", 60, 3600),
+        fleet_file=_path(env, "PGVAULT_FLEET_FILE"),
     )
 
 

@@ -18,6 +18,17 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def add_database_option(command: argparse.ArgumentParser) -> None:
+    """`--database NAME`: the fleet database a command works on (main.py pins the settings)."""
+    command.add_argument(
+        "--database",
+        dest="fleet_database",
+        metavar="NAME",
+        default=None,
+        help="the database of the fleet file (PGVAULT_FLEET_FILE); required when it has several",
+    )
+
+
 def parse_date(text: str) -> date:
     try:
         return date.fromisoformat(text)

@@ -8,7 +8,7 @@ import json
 from rich.markup import escape
 from rich.table import Table
 
-from pgvault_assets.cli.args import confirm, parse_date, positive_int
+from pgvault_assets.cli.args import add_database_option, confirm, parse_date, positive_int
 from pgvault_assets.cli.console import console, errors, human_bytes, progress
 from pgvault_assets.cli.recovery import (
     kept_as,
@@ -33,12 +33,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser("list-backups", help="list complete backups, newest first")
     sub.add_argument("--days", type=positive_int, default=None, help="only the last N days")
     sub.add_argument("--json", action="store_true", help="print a JSON array")
+    add_database_option(sub)
     sub.set_defaults(handler=_cmd_list_backups)
 
     sub = commands.add_parser(
         "verify-backup", help="checksum and authenticated decrypt, nothing restored"
     )
     sub.add_argument("--date", type=parse_date, required=True)
+    add_database_option(sub)
     sub.set_defaults(handler=_cmd_verify_backup)
 
     sub = commands.add_parser(
@@ -55,6 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--skip-confirmation", action="store_true", help="do not ask to type the database name"
     )
     sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    add_database_option(sub)
     sub.set_defaults(handler=_cmd_restore)
 
     sub = commands.add_parser(
@@ -62,6 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("--target", choices=("staging", "production"), required=True)
     sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    add_database_option(sub)
     sub.set_defaults(handler=_cmd_rollback)
 
     sub = commands.add_parser(

@@ -7,10 +7,12 @@ status; a traceback only with --debug.
 from __future__ import annotations
 
 import argparse
+import os
 
-from pgvault_assets.cli import backups, deploy, pitr, platform, recovery
+from pgvault_assets.cli import backups, deploy, fleet, pitr, platform, recovery
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import errors, print_warnings
+from pgvault_assets.engine.fleet import pin_database
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import load_settings
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.register(commands)
     backups.register(commands)
     pitr.register(commands)
+    fleet.register(commands)
 
     return parser
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print_warnings()
     try:
         settings = load_settings()
+        if hasattr(args, "fleet_database"):
+            settings = pin_database(settings, os.environ, args.fleet_database)
         return int(args.handler(args, settings))
     except PgvaultError as exc:
         if args.debug:

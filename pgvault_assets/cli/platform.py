@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pgvault_assets.cli.args import parse_date
+from pgvault_assets.cli.args import add_database_option, parse_date
 from pgvault_assets.cli.console import console
 from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.fleet import load_fleet
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     format_bytes,
@@ -37,7 +38,7 @@ from pgvault_assets.engine.report import (
     health_warnings,
 )
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import BackupFailed
+from pgvault_assets.errors import BackupFailed, ConfigError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also decrypt it fully and restore it onto a throwaway cluster (as the daily job does)",
     )
+    add_database_option(sub)
     sub.set_defaults(handler=backup_command)
 
     sub = subparsers.add_parser(
@@ -69,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="show what would be kept, deleted and repaired; change nothing",
     )
+    add_database_option(sub)
     sub.set_defaults(handler=cleanup_command)
 
     sub = subparsers.add_parser(
@@ -199,6 +202,7 @@ def materialize_backup(
     instance: DagsterInstance | None = None,
     prove_restorable: bool = False,
     say: Callable[[str], None] | None = None,
+    settings: Settings | None = None,
 ) -> Manifest:
     """Run partition `day` of the backup asset with its checks; return the new manifest.
 
@@ -206,7 +210,9 @@ def materialize_backup(
     full decrypt and the throwaway restore re-read and re-load the whole backup, so an
     operator's backup runs them only when asked; the daily schedule always runs them.
     With `say`, each failed attempt that Dagster retries is said as it happens.
+    `settings` pinned to a fleet database (main.py) back up that database's asset.
     """
+    settings = settings or load_settings()
     with dagster_previews_hidden():
         # Deferred on purpose (see the module docstring), and inside the block because
         # loading the checks' definitions is what warns.
@@ -217,12 +223,24 @@ def materialize_backup(
         from pgvault_assets.defs.restorable import restorable
 
         check_backup_date(day, utcnow())
+        if settings.database is not None:
+            from pgvault_assets.defs.fleet import backup_asset
+
+            if prove_restorable:
+                raise ConfigError(
+                    "--prove-restorable is for the single database of DATABASE_URL; "
+                    "verify a fleet database's backup with pgvault verify-backup --database NAME"
+                )
+            fleet = load_fleet(settings.platform.fleet_file)
+            assets = [backup_asset(fleet, settings.database)]
+        elif prove_restorable:
+            assets = [database_backup, decrypts_fully, restorable]
+        else:
+            assets = [database_backup]
         token = uuid.uuid4().hex
         with open_instance(instance) as active, RetryAnnouncer(active, token, say or _silent):
             result = materialize(
-                [database_backup, decrypts_fully, restorable]
-                if prove_restorable
-                else [database_backup],
+                assets,
                 instance=active,
                 resources=resource_defs(),
                 partition_key=day.isoformat(),
@@ -237,7 +255,7 @@ def materialize_backup(
             f"backup of {day.isoformat()} failed: {_first_failure(result)}; "
             f"see run {result.run_id[:8]} in the Dagster UI"
         )
-    return Vault.from_settings(load_settings()).read_manifest(day)
+    return Vault.from_settings(settings).read_manifest(day)
 
 
 def _silent(line: str) -> None:
@@ -265,6 +283,7 @@ def backup_command(args: argparse.Namespace, settings: Settings) -> int:
         day,
         prove_restorable=args.prove_restorable,
         say=lambda line: console.print(line, markup=False),
+        settings=settings,
     )
     console.print(
         f"backup {manifest.date.isoformat()} stored: {format_bytes(manifest.size_bytes)} "

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from pgvault_assets.cli.args import confirm, parse_date, parse_time
+from pgvault_assets.cli.args import add_database_option, confirm, parse_date, parse_time
 from pgvault_assets.cli.console import console, human_bytes, progress
 from pgvault_assets.engine import audit, restore, rows, shape
 from pgvault_assets.engine import authorization as auth
@@ -55,16 +55,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--table", default=None, help="recover-rows: SCHEMA.TABLE")
     sub.add_argument("--where", default=None, help="recover-rows: the approved predicate")
     sub.add_argument("--with-dependents", action="store_true", help="recover-rows: with parents")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_request_restore)
 
     sub = commands.add_parser("approve-restore", help="sign a request with your SSH key")
     sub.add_argument("request_id", metavar="ID")
     sub.add_argument("--key", type=Path, required=True, help="your SSH private key")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_approve_restore)
 
     sub = commands.add_parser("audit", help="show the audit trail: requests, approvals, executions")
     sub.add_argument("--request", default=None, help="only the records of this request")
     sub.add_argument("--json", action="store_true", help="print a JSON array")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_audit)
 
     sub = commands.add_parser(
@@ -78,6 +81,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--apply", action="store_true", help="insert the rows (one transaction)")
     sub.add_argument("--request", default=None, help="production --apply: the approved request")
     sub.add_argument("--skip-confirmation", action="store_true")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_recover_rows)
 
     sub = commands.add_parser(
@@ -88,12 +92,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--source", choices=("staging", "production"), required=True)
     sub.add_argument("--target", choices=("staging", "production"), required=True)
     sub.add_argument("--tables", nargs="+", default=None, metavar="SCHEMA.TABLE")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_compare)
 
     sub = commands.add_parser(
         "drill", help="the disaster-recovery drill: restore last month's backup, check, time it"
     )
     sub.add_argument("--rto-hours", type=float, default=None, help="objective (default 4)")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_drill)
 
 

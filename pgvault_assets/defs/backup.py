@@ -43,6 +43,7 @@ from pgvault_assets.defs.history import REFUSED_METADATA_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.fleet import FleetDatabase, pool_name
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
@@ -150,15 +151,25 @@ def _checkin_id(run_id: str) -> str:
     return uuid.uuid5(CHECKIN_NAMESPACE, run_id).hex
 
 
-def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
+def fleet_backup_key(database: str) -> AssetKey:
+    return AssetKey(["backup", database])
+
+
+def make_database_backup(
+    config: PlatformSettings = CONFIG, database: FleetDatabase | None = None
+) -> AssetsDefinition:
     """The backup asset retrying as `config` says; tests build one whose retries come at once.
 
     The policy and the asset's own last-attempt test read the same `max_retries`, so the
     Sentry check-in is closed as an error only by the attempt Dagster will not retry.
+    Without `database`, the asset of `DATABASE_URL`; with one, that fleet database's asset,
+    in its server's pool and group.
     """
+    key = BACKUP_KEY if database is None else fleet_backup_key(database.name)
+    pinned = None if database is None else database.name
 
     @asset(
-        key=BACKUP_KEY,
+        key=key,
         # No backfill_policy: without one, Dagster backfills each partition in its own run,
         # which is what a dump of one day needs.
         partitions_def=BACKUP_PARTITIONS,
@@ -168,33 +179,37 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
             backoff=Backoff.EXPONENTIAL,
             jitter=Jitter.PLUS_MINUS,
         ),
-        pool=BACKUP_POOL,
-        group_name="backups",
+        pool=BACKUP_POOL if database is None else pool_name(database.server),
+        group_name="backups" if database is None else database.server,
         kinds={"postgres"},
         # Each check carries the asset's partitions (a Dagster preview feature): without them
         # the day's results are recorded under no partition and the day's checks stay pending.
         check_specs=[
             AssetCheckSpec(
                 CHECKSUM_MATCHES,
-                asset=BACKUP_KEY,
+                asset=key,
                 partitions_def=BACKUP_PARTITIONS,
                 blocking=True,
                 description="the stored object's SHA-256 equals its manifest's",
             ),
             AssetCheckSpec(
                 DURATION_WITHIN_AVERAGE,
-                asset=BACKUP_KEY,
+                asset=key,
                 partitions_def=BACKUP_PARTITIONS,
                 description="the backup took at most twice the 30-day average",
             ),
             AssetCheckSpec(
                 SIZE_NOT_SHRUNK,
-                asset=BACKUP_KEY,
+                asset=key,
                 partitions_def=BACKUP_PARTITIONS,
                 description="the dump is at least half the previous backup's",
             ),
         ],
-        description="pg_dump of DATABASE_URL for the partition's day, compressed, encrypted, stored.",
+        description=(
+            "pg_dump of "
+            + ("DATABASE_URL" if database is None else f"{database.dbname} on {database.server}")
+            + " for the partition's day, compressed, encrypted, stored."
+        ),
     )
     def database_backup(
         context: AssetExecutionContext, vault: VaultResource, alerts: AlertsResource
@@ -209,7 +224,7 @@ def make_database_backup(config: PlatformSettings = CONFIG) -> AssetsDefinition:
                 allow_retries=False,
             ) from None
         try:
-            settings = vault.settings()
+            settings = vault.settings(pinned)
             url = settings.require_database()
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None

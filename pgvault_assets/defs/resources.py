@@ -14,6 +14,7 @@ from typing import Any
 from dagster import ConfigurableResource, EnvVar
 
 from pgvault_assets.alerts import Notifier
+from pgvault_assets.engine.fleet import pin_database
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings, load_settings
 
@@ -72,8 +73,11 @@ class VaultResource(ConfigurableResource):
                 env[name] = value
         return env
 
-    def settings(self) -> Settings:
-        return load_settings(self.environ())
+    def settings(self, database: str | None = None) -> Settings:
+        """The settings, pinned to the fleet database `database` when one is named."""
+        env = self.environ()
+        settings = load_settings(env)
+        return settings if database is None else pin_database(settings, env, database)
 
     def vault(self, settings: Settings | None = None) -> Vault:
         """The vault of `settings` when the caller has read them already (once per run)."""

@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 
 from pgvault_assets.engine.clock import aware
-from pgvault_assets.engine.names import OBJECT_NAME, SERVER_CONTEXT_NAME, manifest_key
+from pgvault_assets.engine.names import (
+    OBJECT_NAME,
+    SERVER_CONTEXT_NAME,
+    manifest_key,
+    split_namespace,
+)
 from pgvault_assets.errors import IntegrityError
 
 FORMAT_VERSION = 1
@@ -29,14 +34,23 @@ PASSWORDS_EXCLUDED = "excluded"  # BACKUP_ROLE_PASSWORDS=exclude
 PASSWORD_MODES = (PASSWORDS_INCLUDED, PASSWORDS_UNREADABLE, PASSWORDS_EXCLUDED)
 
 
+def _context(purpose: str, namespace: str, day: date) -> dict[str, str]:
+    environment, database = split_namespace(namespace)
+    context = {"purpose": purpose, "environment": environment, "date": day.isoformat()}
+    if database is not None:
+        context["database"] = database
+    return context
+
+
 def encryption_context(environment: str, day: date) -> dict[str, str]:
-    """Bound into every encrypted backup: a backup of one day or environment can't pose as another."""
-    return {"purpose": "backup", "environment": environment, "date": day.isoformat()}
+    """Bound into every encrypted backup: a backup of one day, environment or fleet database
+    (`environment` is a namespace, names.py) can't pose as another."""
+    return _context("backup", environment, day)
 
 
 def server_context_encryption_context(environment: str, day: date) -> dict[str, str]:
     """The dump's context with its own purpose: neither object can pose as the other."""
-    return {"purpose": "server_context", "environment": environment, "date": day.isoformat()}
+    return _context("server_context", environment, day)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ Layout of one environment's folder in the store::
 
 pgBackRest's own repository, in S3, sits beside the environments under `pgbackrest/`, so the
 environment's listing never walks every archived WAL segment.
+
+A database of a fleet file has the same layout under `{environment}/{database}` (its
+namespace), and its locks are named after the namespace too: no key or lock is shared.
 """
 
 from __future__ import annotations
@@ -25,6 +28,24 @@ RESTORE_VERIFIED_NAME = "restore_verified.json"
 MAX_IDENTIFIER = 63  # PostgreSQL's limit on a name, in bytes
 # Files that belong to one day's backup, beside its manifest.
 BACKUP_FILES = (OBJECT_NAME, SERVER_CONTEXT_NAME, RESTORE_VERIFIED_NAME)
+
+
+def namespace(environment: str, database: str | None) -> str:
+    """Where one database's objects live: the environment itself for the single database of
+    `DATABASE_URL` (the manual's layout), `{environment}/{database}` for a fleet database."""
+    return environment if database is None else f"{environment}/{database}"
+
+
+def split_namespace(namespace: str) -> tuple[str, str | None]:
+    """The environment and the fleet database (None for the single database) of a namespace."""
+    environment, _, database = namespace.partition("/")
+    return environment, database or None
+
+
+def _lock_stem(namespace: str) -> str:
+    # Lock names are file names in the local store: '.' never occurs in an environment or a
+    # database name, so `{environment}.{database}` is as unique as the namespace.
+    return namespace.replace("/", ".")
 
 
 def day_folder(environment: str, day: date) -> str:
@@ -62,12 +83,12 @@ def restore_claim(target: str) -> str:
 
 def retention_lock_name(environment: str) -> str:
     """The lock retention cleanup holds while deleting; a backup commits only outside it."""
-    return f"{environment}-retention"
+    return f"{_lock_stem(environment)}-retention"
 
 
 def backup_lock_name(environment: str, day: date) -> str:
     """The lock a backup of `day` holds from its start to its manifest."""
-    return f"{environment}-backup-{day.isoformat()}"
+    return f"{_lock_stem(environment)}-backup-{day.isoformat()}"
 
 
 def pitr_passphrase_key(environment: str) -> str:

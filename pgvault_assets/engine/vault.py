@@ -33,6 +33,7 @@ class UnreadableRecord:
 @dataclass
 class Vault:
     environment: str
+    """The namespace (names.py): the environment, or `{environment}/{database}` in a fleet."""
     store: Store
     local_key: LocalKeyProvider | None
     kms_key_id: str | None = None
@@ -42,16 +43,17 @@ class Vault:
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
         store = open_store(settings)
+        namespace = names.namespace(settings.environment, settings.database)
         if settings.uses_s3:
             return cls(
-                settings.environment,
+                namespace,
                 store,
                 None,
                 settings.kms_key_id,
                 retention=settings.retention,
             )
         return cls(
-            settings.environment,
+            namespace,
             store,
             LocalKeyProvider(settings.local_key_file),
             retention=settings.retention,

@@ -1,0 +1,159 @@
+"""The fleet on Dagster: one backup asset per database, one run per database per day.
+
+One asset per database (not a database x day partitioned asset) because a pool belongs to an
+asset: each backup is in its server's pool, `pgvault/server/<server>`, whose limit
+(`pgvault fleet apply-limits`) caps the dumps a server bears at once, whether a schedule, a
+backfill or the UI started them. The schedules request one run per database per day (one run
+of every database would hold a server's slots for the length of the slowest dump), keyed
+`<database>|<day>` so a tick evaluated twice starts nothing twice.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date, datetime
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetsDefinition,
+    AssetSelection,
+    DefaultScheduleStatus,
+    Definitions,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    asset_check,
+    define_asset_job,
+    in_process_executor,
+)
+
+from pgvault_assets.defs.backup import (
+    BACKUP_PARTITIONS,
+    CONFIG,
+    DECRYPTS_FULLY,
+    fleet_backup_key,
+    make_database_backup,
+)
+from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.engine.clock import latest_complete_day
+from pgvault_assets.engine.fleet import Fleet, FleetDatabase, load_fleet
+from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.errors import PgvaultError
+from pgvault_assets.settings import PlatformSettings
+
+FLEET_JOB_NAME = "fleet_backup_job"
+DATABASE_TAG = "pgvault/database"
+SERVER_TAG = "pgvault/server"
+MAX_RUNTIME_TAG = "dagster/max_runtime"  # run monitoring fails a run older than this
+
+
+def daily_cron(hour: int) -> str:
+    return f"0 {hour} * * *"
+
+
+def run_tags(database: FleetDatabase) -> dict[str, str]:
+    """What a run carries: whose backup it is, how long it may take, how big its worker is."""
+    tags = {**database.run_tags, DATABASE_TAG: database.name, SERVER_TAG: database.server}
+    if database.max_runtime_seconds is not None:
+        tags[MAX_RUNTIME_TAG] = str(database.max_runtime_seconds)
+    return tags
+
+
+def fleet_run_requests(databases: Sequence[FleetDatabase], scheduled: datetime) -> list[RunRequest]:
+    """One run per database for the latest day complete at the tick's scheduled time."""
+    day = latest_complete_day(scheduled).isoformat()
+    return [
+        RunRequest(
+            run_key=f"{database.name}|{day}",
+            partition_key=day,
+            asset_selection=[fleet_backup_key(database.name)],
+            tags=run_tags(database),
+        )
+        for database in databases
+    ]
+
+
+def _requests_for(
+    due: tuple[FleetDatabase, ...],
+) -> Callable[[ScheduleEvaluationContext], Iterator[RunRequest]]:
+    def evaluate(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
+        yield from fleet_run_requests(due, context.scheduled_execution_time)
+
+    return evaluate
+
+
+def make_decrypts_fully(database: FleetDatabase) -> AssetChecksDefinition:
+    """The database's full decrypt check, run by its scheduled run after the backup."""
+
+    @asset_check(
+        asset=fleet_backup_key(database.name),
+        name=DECRYPTS_FULLY,
+        partitions_def=BACKUP_PARTITIONS,
+        description="the whole backup decrypts and authenticates with its key and context",
+    )
+    def decrypts_fully(
+        context: AssetCheckExecutionContext, vault: VaultResource
+    ) -> AssetCheckResult:
+        day = date.fromisoformat(context.partition_key)
+        try:
+            pinned = vault.vault(vault.settings(database.name))
+            verified = verify_backup(pinned, day, full=True)
+        except PgvaultError as exc:
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
+            )
+        return AssetCheckResult(
+            passed=True,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"dump_size_bytes": verified.dump_size_bytes or 0},
+        )
+
+    return decrypts_fully
+
+
+def fleet_definitions(
+    fleet: Fleet,
+    config: PlatformSettings = CONFIG,
+    cron_for_hour: Callable[[int], str] = daily_cron,
+) -> Definitions:
+    """The fleet's assets, their job and a schedule per backup hour (`schedule_hour`)."""
+    assets = [make_database_backup(config, database) for database in fleet.databases]
+    job = define_asset_job(
+        FLEET_JOB_NAME,
+        selection=AssetSelection.assets(*(fleet_backup_key(d.name) for d in fleet.databases)),
+        partitions_def=BACKUP_PARTITIONS,
+        # One step per run: running it in the run worker saves a process per backup.
+        executor_def=in_process_executor,
+        description="Back up one database's day; its schedule starts one run per database.",
+    )
+    schedules = []
+    for hour in sorted({database.schedule_hour for database in fleet.databases}):
+        due = tuple(database for database in fleet.databases if database.schedule_hour == hour)
+        schedules.append(
+            ScheduleDefinition(
+                name=f"fleet_backup_schedule_{hour:02d}",
+                cron_schedule=cron_for_hour(hour),
+                execution_timezone="UTC",
+                job=job,
+                execution_fn=_requests_for(due),
+                default_status=DefaultScheduleStatus.RUNNING,
+                description=f"{hour:02d}:00 UTC: one backup run per database due at this hour.",
+            )
+        )
+    return Definitions(
+        assets=assets,
+        asset_checks=[make_decrypts_fully(database) for database in fleet.databases],
+        jobs=[job],
+        schedules=schedules,
+    )
+
+
+def backup_asset(fleet: Fleet, name: str) -> AssetsDefinition:
+    """The backup asset of the fleet database `name` (for `pgvault backup --database`)."""
+    return make_database_backup(CONFIG, fleet.choose(name))
+
+
+FLEET = load_fleet(CONFIG.fleet_file)
+# None without a fleet file: the definitions are then the single database's, as they were.
+defs = fleet_definitions(FLEET) if FLEET.from_file else None

@@ -1,0 +1,277 @@
+"""The fleet file: the servers and databases pgvault backs up, read and validated once.
+
+Without a fleet file (`PGVAULT_FLEET_FILE` unset) the fleet is the one database of
+`DATABASE_URL`, stored under the environment's own prefix exactly as before. With one, each
+database lives under `{environment}/{database}` (names.py) and a command works on one
+database at a time: `pin_database` turns the environment's settings into that database's.
+
+A server's URL is read from the environment variable the file names, never from the file,
+and only when a command or a run needs it: the file can be committed and shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from pgvault_assets.errors import ConfigError
+from pgvault_assets.settings import DatabaseUrl, RetentionPolicy, Settings
+
+DEFAULT_SCHEDULE_HOUR = 2
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Folders an environment keeps beside its databases' (audit, reports, drills, the doctor's
+# probes): a database of one of these names would share them.
+RESERVED_NAMES = frozenset({"audit", "reports", "drills", "doctor"})
+SINGLE = "default"
+
+
+def _name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{value!r} is not a name: use lowercase letters, digits, '-' or '_' (at most 63), "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _database_name(value: str) -> str:
+    _name(value)
+    if value in RESERVED_NAMES:
+        raise ValueError(f"{value!r} is reserved for the environment's own folder")
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return value
+    raise ValueError(f"{value!r} looks like a date, which would pose as a backup's folder")
+
+
+def _variable(value: str) -> str:
+    if not VARIABLE_PATTERN.match(value):
+        raise ValueError(
+            "is not an environment variable name: name the variable that holds the URL, "
+            "never the URL itself"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+DatabaseName = Annotated[str, AfterValidator(_database_name)]
+Variable = Annotated[str, AfterValidator(_variable)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def pool_name(server: str) -> str:
+    """The Dagster pool of one server's backups, whose limit is its `max_concurrent_backups`."""
+    return f"pgvault/server/{server}"
+
+
+class Server(_Model):
+    """One PostgreSQL server: where its URL comes from and how many dumps it bears at once."""
+
+    name: Name
+    url_env: Variable
+    max_concurrent_backups: int = Field(default=1, ge=1, le=1000)
+    staging_url_env: Variable | None = None
+
+
+class RetentionOverride(_Model):
+    daily_days: int | None = Field(default=None, ge=1, le=36500)
+    weekly_days: int | None = Field(default=None, ge=1, le=36500)
+    monthly_days: int | None = Field(default=None, ge=1, le=36500)
+
+    def applied_to(self, policy: RetentionPolicy) -> RetentionPolicy:
+        return dataclasses.replace(
+            policy, **{k: v for k, v in self.model_dump().items() if v is not None}
+        )
+
+
+class FleetDatabase(_Model):
+    """One database: its server, its name there, when and how its backup run goes."""
+
+    name: DatabaseName
+    server: Name
+    dbname: str = Field(min_length=1, max_length=63)
+    schedule_hour: int = Field(default=DEFAULT_SCHEDULE_HOUR, ge=0, le=23)
+    retention: RetentionOverride | None = None
+    run_tags: dict[str, str] = Field(default_factory=dict)
+    """Tags each backup run carries, e.g. `ecs/cpu` and `ecs/memory` for the EcsRunLauncher."""
+    max_runtime_seconds: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
+    """The longest a backup run may take before run monitoring fails it."""
+
+
+class Fleet(_Model):
+    servers: tuple[Server, ...] = Field(min_length=1)
+    databases: tuple[FleetDatabase, ...] = Field(min_length=1)
+    source: Path | None = None
+    """The fleet file; None for the fleet of one from `DATABASE_URL`."""
+
+    @property
+    def from_file(self) -> bool:
+        return self.source is not None
+
+    def server(self, name: str) -> Server:
+        return next(server for server in self.servers if server.name == name)
+
+    def pool_limits(self) -> dict[str, int]:
+        """Each server's pool and its limit, as `pgvault fleet apply-limits` sets them."""
+        return {pool_name(s.name): s.max_concurrent_backups for s in self.servers}
+
+    def choose(self, name: str | None) -> FleetDatabase:
+        """The database `name`, or the only one; a one-line error naming the choices else."""
+        names = ", ".join(database.name for database in self.databases)
+        if name is None:
+            if len(self.databases) == 1:
+                return self.databases[0]
+            raise ConfigError(
+                f"the fleet file {self.source} has {len(self.databases)} databases; "
+                f"pass --database with one of: {names}"
+            )
+        if not self.from_file:
+            raise ConfigError(
+                f"--database {name!r} needs a fleet file; set PGVAULT_FLEET_FILE, "
+                "or leave --database out to back up DATABASE_URL"
+            )
+        for database in self.databases:
+            if database.name == name:
+                return database
+        raise ConfigError(
+            f"the fleet file {self.source} has no database named {name!r}; choose one of: {names}"
+        )
+
+
+def single_fleet() -> Fleet:
+    """`DATABASE_URL` as a fleet of one, its objects under the environment's own prefix."""
+    return Fleet(
+        servers=(
+            Server(name=SINGLE, url_env="DATABASE_URL", staging_url_env="STAGING_DATABASE_URL"),
+        ),
+        databases=(FleetDatabase(name=SINGLE, server=SINGLE, dbname=SINGLE),),
+    )
+
+
+def _where(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "is required"
+    elif first["type"] == "extra_forbidden":
+        message = "is not a field pgvault knows"
+    where = _where(tuple(first["loc"]))
+    return f"{where}: {message}" if where else message
+
+
+def _cross_check(fleet: Fleet) -> str | None:
+    """What a field-by-field validation cannot see: names that must be unique or must exist."""
+    servers: dict[str, int] = {}
+    for i, server in enumerate(fleet.servers):
+        if server.name in servers:
+            return f"servers[{i}].name: {server.name!r} is already servers[{servers[server.name]}]"
+        servers[server.name] = i
+    databases: dict[str, int] = {}
+    targets: dict[tuple[str, str], int] = {}
+    for i, database in enumerate(fleet.databases):
+        if database.name in databases:
+            return f"databases[{i}].name: {database.name!r} is already databases[{databases[database.name]}]"
+        databases[database.name] = i
+        if database.server not in servers:
+            return f"databases[{i}].server: no server named {database.server!r}"
+        target = (database.server, database.dbname)
+        if target in targets:
+            return (
+                f"databases[{i}].dbname: {database.dbname!r} on {database.server!r} "
+                f"is already databases[{targets[target]}]"
+            )
+        targets[target] = i
+    return None
+
+
+def parse_fleet(text: str, source: Path) -> Fleet:
+    """The fleet in `text`; `ConfigError` with one line naming the first bad field else."""
+    where = f"fleet file {source}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "unreadable"
+        raise ConfigError(f"{where}: not valid YAML{line}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with servers: and databases:")
+    try:
+        fleet = Fleet.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_first_error(exc)}") from None
+    if problem := _cross_check(fleet):
+        raise ConfigError(f"{where}: {problem}")
+    return fleet
+
+
+def load_fleet(path: Path | None) -> Fleet:
+    """The fleet of the fleet file at `path` (`PGVAULT_FLEET_FILE`), or `DATABASE_URL` alone
+    without one."""
+    if path is None:
+        return single_fleet()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"PGVAULT_FLEET_FILE {path} does not exist; point it at the fleet's YAML file"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"fleet file {path} cannot be read: {exc}") from None
+    return parse_fleet(text, path)
+
+
+def _url(env: Mapping[str, str], variable: str, server: Server, dbname: str) -> DatabaseUrl:
+    raw = env.get(variable, "").strip()
+    if not raw:
+        raise ConfigError(
+            f"{variable} is not set; the fleet file names it for server {server.name!r}: "
+            "set it to that server's postgresql:// URL"
+        )
+    return DatabaseUrl.parse(raw, variable).with_dbname(dbname)
+
+
+def pin_database(settings: Settings, env: Mapping[str, str], name: str | None) -> Settings:
+    """`settings` for the fleet database `name` (or the only one): its URLs, read from the
+    variables its server names, its retention and its namespace. Without a fleet file, the
+    settings as they are (and `name` must be None)."""
+    fleet = load_fleet(settings.platform.fleet_file)
+    database = fleet.choose(name)
+    if not fleet.from_file:
+        return settings
+    server = fleet.server(database.server)
+    staging = (
+        _url(env, server.staging_url_env, server, database.dbname)
+        if server.staging_url_env
+        else None
+    )
+    return dataclasses.replace(
+        settings,
+        database=database.name,
+        database_url=_url(env, server.url_env, server, database.dbname),
+        staging_database_url=staging,
+        retention=(
+            database.retention.applied_to(settings.retention)
+            if database.retention
+            else settings.retention
+        ),
+    )
