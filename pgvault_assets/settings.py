@@ -407,6 +407,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     local_dir = Path(_optional(env, "BACKUP_LOCAL_DIR") or base / "store")
     key_file = Path(_optional(env, "BACKUP_LOCAL_KEY_FILE") or base / "backup.key")
 
+    retention = RetentionPolicy(
+        daily_days=_int(env, "BACKUP_RETENTION_DAYS_DAILY", 30, 1, 36500),
+        weekly_days=_int(env, "BACKUP_RETENTION_DAYS_WEEKLY", 90, 1, 36500),
+        monthly_days=_int(env, "BACKUP_RETENTION_DAYS_MONTHLY", 365, 1, 36500),
+    )
+    pitr = pitr_section(env, base)
+    if pitr.retention_days > retention.daily_days:
+        # The window is a finer view of the days the daily dumps cover, never a longer one.
+        raise ConfigError(
+            f"PITR_RETENTION_DAYS ({pitr.retention_days}) is longer than "
+            f"BACKUP_RETENTION_DAYS_DAILY ({retention.daily_days}); keep the point-in-time "
+            "window inside the daily tier"
+        )
     return Settings(
         environment=environment,
         database_url=url("DATABASE_URL"),
@@ -416,11 +429,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kms_key_id=kms_key_id,
         local_dir=local_dir.expanduser().absolute(),
         local_key_file=key_file.expanduser().absolute(),
-        retention=RetentionPolicy(
-            daily_days=_int(env, "BACKUP_RETENTION_DAYS_DAILY", 30, 1, 36500),
-            weekly_days=_int(env, "BACKUP_RETENTION_DAYS_WEEKLY", 90, 1, 36500),
-            monthly_days=_int(env, "BACKUP_RETENTION_DAYS_MONTHLY", 365, 1, 36500),
-        ),
+        retention=retention,
         compression_level=_int(env, "BACKUP_COMPRESSION_LEVEL", 2, 0, 3),
         sentry_dsn=_optional(env, "SENTRY_DSN"),
         storage_budget_bytes=budget,
@@ -433,5 +442,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         restore_keep_previous_hours=_int(env, "RESTORE_KEEP_PREVIOUS_HOURS", 72, 1, 87600),
         recovery=recovery_section(env),
         platform=platform_section(env),
-        pitr=pitr_section(env, base),
+        pitr=pitr,
     )

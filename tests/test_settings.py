@@ -126,3 +126,14 @@ def test_the_key_and_store_are_the_same_wherever_pgvault_runs_from(tmp_path, mon
     assert here.local_key_file == tmp_path / "home" / ".local" / "share" / "pgvault" / "backup.key"
     pinned = load_settings({**env, "PGVAULT_HOME": str(tmp_path / "pinned")})
     assert pinned.local_dir == tmp_path / "pinned" / "store"
+
+
+def test_the_point_in_time_window_stays_inside_the_daily_tier(tmp_path):
+    base = {"XDG_DATA_HOME": str(tmp_path), "BACKUP_RETENTION_DAYS_DAILY": "7"}
+    assert load_settings({**base, "PITR_RETENTION_DAYS": "7"}).pitr.retention_days == 7
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**base, "PITR_RETENTION_DAYS": "8"})
+    assert str(refused.value) == (
+        "PITR_RETENTION_DAYS (8) is longer than BACKUP_RETENTION_DAYS_DAILY (7); keep the "
+        "point-in-time window inside the daily tier"
+    )

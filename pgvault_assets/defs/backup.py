@@ -308,9 +308,13 @@ def _close_checkin(
     description="the whole backup decrypts and authenticates with its key and context",
 )
 def decrypts_fully(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
-    day = date.fromisoformat(context.partition_key)
+    return decrypts_fully_result(vault.vault(), date.fromisoformat(context.partition_key))
+
+
+def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:
+    """The whole backup of `day` read, authenticated and checked against its manifest."""
     try:
-        verified = verify_backup(vault.vault(), day, full=True)
+        verified = verify_backup(vault, day, full=True)
     except PgvaultError as exc:
         return AssetCheckResult(
             passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)

@@ -32,13 +32,13 @@ from pgvault_assets.defs.backup import (
     BACKUP_PARTITIONS,
     CONFIG,
     DECRYPTS_FULLY,
+    decrypts_fully_result,
     fleet_backup_key,
     make_database_backup,
 )
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.clock import latest_complete_day
 from pgvault_assets.engine.fleet import Fleet, FleetDatabase, load_fleet
-from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import PlatformSettings
 
@@ -95,19 +95,13 @@ def make_decrypts_fully(database: FleetDatabase) -> AssetChecksDefinition:
     def decrypts_fully(
         context: AssetCheckExecutionContext, vault: VaultResource
     ) -> AssetCheckResult:
-        day = date.fromisoformat(context.partition_key)
         try:
             pinned = vault.vault(vault.settings(database.name))
-            verified = verify_backup(pinned, day, full=True)
         except PgvaultError as exc:
             return AssetCheckResult(
                 passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
             )
-        return AssetCheckResult(
-            passed=True,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={"dump_size_bytes": verified.dump_size_bytes or 0},
-        )
+        return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
 
     return decrypts_fully
 
