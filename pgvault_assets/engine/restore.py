@@ -198,11 +198,11 @@ def _connection_loss_keeps(target: str) -> contextlib.AbstractContextManager[Non
     return connection_loss_raises(RestoreFailed, "the restore", f"{target} was left as it was")
 
 
-def _psql_reason(errors: deque[str], code: int) -> str:
-    reason = next((e for e in errors if "ERROR" in e or "FATAL" in e), None) or (
-        errors[-1] if errors else f"exit status {code}"
-    )
-    return reason.removeprefix("psql:")
+def _psql_reason(lines: Iterable[str], fallback: str) -> str:
+    """A tool's reason: its first ERROR or FATAL line, else its last line, else `fallback`."""
+    said = [line.strip() for line in lines if line.strip()]
+    reason = next((line for line in said if "ERROR" in line or "FATAL" in line), None)
+    return (reason or (said[-1] if said else fallback)).removeprefix("psql:")
 
 
 def _feed_psql(
@@ -252,7 +252,7 @@ def _feed_psql(
                 code = proc.wait()
                 collector.join(5)
                 raise RestoreFailed(
-                    f"psql failed while restoring ({_psql_reason(errors, code)})"
+                    f"psql failed while restoring ({_psql_reason(errors, f'exit status {code}')})"
                 ) from None
             except IntegrityError:
                 proc.kill()
@@ -274,7 +274,9 @@ def _feed_psql(
         code = proc.wait()
         collector.join(5)
         if code != 0:
-            raise RestoreFailed(f"psql failed while restoring ({_psql_reason(errors, code)})")
+            raise RestoreFailed(
+                f"psql failed while restoring ({_psql_reason(errors, f'exit status {code}')})"
+            )
     except BaseException:
         if proc.poll() is None:
             proc.kill()
@@ -509,17 +511,11 @@ def _copy_with_pg_dump(source: DatabaseUrl, scratch: DatabaseUrl, major: int) ->
     code = dump.wait()
     if code != 0:
         raise RestoreFailed(
-            f"pg_dump of the recovered database failed ({_first_error(dump_errors)})"
+            f"pg_dump of the recovered database failed ({_psql_reason(dump_errors.splitlines(), 'no message')})"
         )
     if load.returncode != 0:
-        reason = _first_error(load.stderr.decode(errors="replace"))
+        reason = _psql_reason(load.stderr.decode(errors="replace").splitlines(), "no message")
         raise RestoreFailed(f"psql failed while loading the recovered database ({reason})")
-
-
-def _first_error(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    found = next((line for line in lines if "ERROR" in line or "FATAL" in line), None)
-    return (found or (lines[-1] if lines else "no message")).removeprefix("psql:")
 
 
 def copy_database(
