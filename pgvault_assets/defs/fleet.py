@@ -54,7 +54,8 @@ def daily_cron(hour: int) -> str:
 
 def run_tags(database: FleetDatabase) -> dict[str, str]:
     """What a run carries: whose backup it is, how long it may take, how big its worker is."""
-    tags = {**database.run_tags, DATABASE_TAG: database.name, SERVER_TAG: database.server}
+    size = database.run_size.tags() if database.run_size else {}
+    tags = {**database.run_tags, **size, DATABASE_TAG: database.name, SERVER_TAG: database.server}
     if database.max_runtime_seconds is not None:
         tags[MAX_RUNTIME_TAG] = str(database.max_runtime_seconds)
     return tags

@@ -12,6 +12,7 @@ and only when a command or a run needs it: the file can be committed and shown.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from datetime import date
@@ -96,6 +97,31 @@ class RetentionOverride(_Model):
         )
 
 
+class RunSize(_Model):
+    """The worker of one backup run, for launchers that start one per run (a task, a pod).
+
+    One size in the file, the tags of both launchers on the run: each reads its own."""
+
+    cpu: float = Field(gt=0, le=16)
+    """vCPUs."""
+    memory_mib: int = Field(ge=256, le=120 * 1024)
+
+    def tags(self) -> dict[str, str]:
+        """`ecs/cpu` and `ecs/memory` for the EcsRunLauncher (CPU units, MiB) and the
+        `dagster-k8s/config` container resources for the K8sRunLauncher (memory limited to
+        its request, so a run is never killed for memory it was promised)."""
+        memory = f"{self.memory_mib}Mi"
+        resources = {
+            "requests": {"cpu": f"{round(self.cpu * 1000)}m", "memory": memory},
+            "limits": {"memory": memory},
+        }
+        return {
+            "ecs/cpu": str(round(self.cpu * 1024)),
+            "ecs/memory": str(self.memory_mib),
+            "dagster-k8s/config": json.dumps({"container_config": {"resources": resources}}),
+        }
+
+
 class FleetDatabase(_Model):
     """One database: its server, its name there, when and how its backup run goes."""
 
@@ -104,8 +130,10 @@ class FleetDatabase(_Model):
     dbname: str = Field(min_length=1, max_length=63)
     schedule_hour: int = Field(default=DEFAULT_SCHEDULE_HOUR, ge=0, le=23)
     retention: RetentionOverride | None = None
+    run_size: RunSize | None = None
+    """The run worker's CPU and memory; without it, the launcher's default size."""
     run_tags: dict[str, str] = Field(default_factory=dict)
-    """Tags each backup run carries, e.g. `ecs/cpu` and `ecs/memory` for the EcsRunLauncher."""
+    """More tags each backup run carries (a launcher's own, a team's)."""
     max_runtime_seconds: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
     """The longest a backup run may take before run monitoring fails it."""
 
@@ -193,6 +221,10 @@ def _cross_check(fleet: Fleet) -> str | None:
         databases[database.name] = i
         if database.server not in servers:
             return f"databases[{i}].server: no server named {database.server!r}"
+        if database.run_size and (
+            both := sorted(database.run_size.tags().keys() & database.run_tags)
+        ):
+            return f"databases[{i}].run_tags: {both[0]!r} is set by run_size; keep one of the two"
         target = (database.server, database.dbname)
         if target in targets:
             return (
