@@ -98,18 +98,22 @@ def init_sentry(settings: Settings) -> bool:
     return True
 
 
-def monitor_slug(environment: str) -> str:
-    return f"pgvault-backup-{environment}"
+def monitor_slug(environment: str, database: str | None = None) -> str:
+    """The environment's monitor; a fleet database's own, so one database's missed backup is
+    not hidden by the others' check-ins."""
+    return f"pgvault-backup-{environment}" + (f"-{database}" if database else "")
 
 
 def monitor_config(
     *,
     checkin_margin_minutes: int = CHECKIN_MARGIN_MINUTES,
     max_runtime_minutes: int = MAX_RUNTIME_MINUTES,
+    backup_hour: int = 2,
 ) -> dict[str, Any]:
-    """The daily 02:00 UTC backup, with room for retries before Sentry calls it missed."""
+    """The daily backup (02:00 UTC, or a fleet database's hour), with room for retries before
+    Sentry calls it missed."""
     return {
-        "schedule": {"type": "crontab", "value": BACKUP_CRON},
+        "schedule": {"type": "crontab", "value": f"0 {backup_hour} * * *"},
         "timezone": "UTC",
         "checkin_margin": checkin_margin_minutes,
         "max_runtime": max_runtime_minutes,
@@ -138,6 +142,9 @@ class Notifier:
     webhook_url: str | None = field(default=None, repr=False)
     secrets: list[str] = field(default_factory=list, repr=False)
     post: Post = post_json
+    database: str | None = None
+    """The fleet database alerted about: tagged, in the fingerprint and the webhook's text."""
+    backup_hour: int = 2
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Notifier:
@@ -146,7 +153,13 @@ class Notifier:
             init_sentry(settings),
             settings.alert_webhook_url,
             known_secrets(settings),
+            database=settings.database,
+            backup_hour=settings.backup_hour,
         )
+
+    @property
+    def _where(self) -> str:
+        return f"{self.environment}/{self.database}" if self.database else self.environment
 
     def send(self, alert: Alert) -> None:
         if self.sentry_enabled:
@@ -158,9 +171,14 @@ class Notifier:
         with sentry_sdk.new_scope() as scope:
             scope.set_tag("alert", alert.kind)
             scope.set_tag("environment", self.environment)
+            if self.database:
+                scope.set_tag("database", self.database)
             for key, value in alert.tags.items():
                 scope.set_tag(key, value)
-            scope.fingerprint = ["pgvault", self.environment, alert.kind]
+            # One Sentry issue per kind of trouble, and per database in a fleet.
+            scope.fingerprint = ["pgvault", self.environment, alert.kind] + (
+                [self.database] if self.database else []
+            )
             sentry_sdk.capture_message(alert.message, level=alert.level)
         sentry_sdk.flush(timeout=5)
 
@@ -170,12 +188,14 @@ class Notifier:
         )
         message = scrub_text(alert.message, self.secrets)
         payload = {
-            "text": f"{icon} [{self.environment}] {alert.level.upper()} {alert.kind}: {message}",
+            "text": f"{icon} [{self._where}] {alert.level.upper()} {alert.kind}: {message}",
             "alert": alert.kind,
             "level": alert.level,
             "environment": self.environment,
             "tags": alert.tags,
         }
+        if self.database:
+            payload["database"] = self.database
         try:
             self.post(url, json.dumps(payload).encode())
         except Exception as exc:
@@ -200,13 +220,14 @@ class Notifier:
         if not self.sentry_enabled:
             return None
         sent = capture_checkin(
-            monitor_slug=monitor_slug(self.environment),
+            monitor_slug=monitor_slug(self.environment, self.database),
             check_in_id=check_in_id,
             status=status,
             duration=duration_seconds,
             monitor_config=monitor_config(
                 checkin_margin_minutes=checkin_margin_minutes,
                 max_runtime_minutes=max_runtime_minutes,
+                backup_hour=self.backup_hour,
             ),
         )
         sentry_sdk.flush(timeout=5)

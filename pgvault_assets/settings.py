@@ -200,6 +200,8 @@ class Settings:
     """The fleet database these settings are pinned to (engine/fleet.py `pin_database`), whose
     objects, locks and audit records live under `{environment}/{database}`; None for the
     single database of `DATABASE_URL`, under `{environment}` as ever."""
+    backup_hour: int = 2
+    """The UTC hour the backup is scheduled: 02:00, or a fleet database's `schedule_hour`."""
 
     @property
     def restore_verify_weekly(self) -> bool:

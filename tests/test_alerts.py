@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +115,27 @@ def test_without_a_dsn_nothing_is_sent_and_check_ins_are_skipped(ingest, monkeyp
     notifier.send(Alert("backup_failed", "error", "failed"))
     assert notifier.checkin("in_progress") is None
     assert ingest.requests == []
+
+
+def test_a_fleet_databases_alerts_and_check_ins_are_its_own(ingest):
+    """Two databases failing alike are two Sentry issues, and each has its own cron monitor at
+    its own hour: one database's missed backup is not hidden by another's check-in."""
+    settings = load_settings()
+    billing = Notifier.from_settings(
+        dataclasses.replace(settings, database="billing", backup_hour=5)
+    )
+    wiki = Notifier.from_settings(dataclasses.replace(settings, database="wiki"))
+    billing.send(Alert("backup_failed", "fatal", "backup of 2026-03-14 failed"))
+    wiki.send(Alert("backup_failed", "fatal", "backup of 2026-03-14 failed"))
+    billing.checkin("in_progress")
+
+    first, second = ingest.events()
+    assert first["fingerprint"] == ["pgvault", "test", "backup_failed", "billing"]
+    assert second["fingerprint"] == ["pgvault", "test", "backup_failed", "wiki"]
+    assert (first["tags"]["database"], second["tags"]["database"]) == ("billing", "wiki")
+    first_post, _ = ingest.posts("/hook")
+    assert first_post["text"].startswith(":rotating_light: [test/billing] FATAL backup_failed")
+    assert first_post["database"] == "billing"
+    (started,) = ingest.checkins()
+    assert started["monitor_slug"] == "pgvault-backup-test-billing"
+    assert started["monitor_config"]["schedule"] == {"type": "crontab", "value": "0 5 * * *"}

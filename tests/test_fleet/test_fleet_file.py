@@ -138,7 +138,9 @@ def test_pinning_takes_the_database_from_its_server_variable(tmp_path):
         "postgresql://backup@staging.internal:5432/billing_prod"
     )
     assert billing.retention == RetentionPolicy(daily_days=7, weekly_days=60, monthly_days=365)
+    assert billing.backup_hour == 3  # its Sentry monitor expects it at its own hour
     analytics = pin_database(settings, ENV, "analytics")
+    assert analytics.backup_hour == 2
     assert analytics.staging_database_url is None
     assert analytics.retention == settings.retention
 
