@@ -91,6 +91,12 @@ def backup_lock_name(environment: str, day: date) -> str:
     return f"{_lock_stem(environment)}-backup-{day.isoformat()}"
 
 
+def fleet_report_key(environment: str, day: date) -> str:
+    """The weekly health report of every database of a fleet, beside the environment's own
+    folders (a database can't be named `reports`)."""
+    return f"{environment}/reports/{day.isoformat()}-fleet-health.md"
+
+
 def pitr_passphrase_key(environment: str) -> str:
     """The sealed passphrase of the environment's pgBackRest repository."""
     return f"{environment}/pitr/cipher-passphrase.enc"
