@@ -9,6 +9,7 @@ Layout of one environment's folder in the store::
     {environment}/{YYYY-MM-DD}/manifest.json            written last: the backup exists
     {environment}/{YYYY-MM-DD}/restore_verified.json    the last restore proof
     {environment}/pitr/cipher-passphrase.enc            pgBackRest's repository passphrase, sealed
+    {environment}/reports/{YYYY-MM-DD}-fleet-health.md  a fleet's weekly health report
 
 pgBackRest's own repository, in S3, sits beside the environments under `pgbackrest/`, so the
 environment's listing never walks every archived WAL segment.
