@@ -91,8 +91,8 @@ def for_each_database(
         except PgvaultError as exc:
             outcome.failed[name] = redact(" ".join(str(exc).split()))
         except Exception as exc:  # one database's surprise must not cost the others their week
+            # Its message only, redacted: a traceback's frames may hold a server's URL.
             outcome.failed[name] = redact(f"unexpected {type(exc).__name__}: {exc}")
-            context.log.exception(f"{name}: unexpected failure")
         if name in outcome.failed:
             context.log.error(f"{name}: {outcome.failed[name]}")
     return outcome
