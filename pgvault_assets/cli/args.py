@@ -7,7 +7,9 @@ import sys
 from datetime import UTC, date, datetime
 
 from pgvault_assets.cli.console import errors
+from pgvault_assets.engine.fleet import load_fleet
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.settings import Settings
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,6 +29,21 @@ def add_database_option(command: argparse.ArgumentParser) -> None:
         default=None,
         help="the database of the fleet file (PGVAULT_FLEET_FILE); required when it has several",
     )
+
+
+def add_every_database_option(command: argparse.ArgumentParser) -> None:
+    """`--database NAME` for a command that, without it, shows every database of the fleet."""
+    add_database_option(command)
+    command.set_defaults(every_database=True)
+
+
+def shows_every_database(args: argparse.Namespace, settings: Settings) -> bool:
+    """Does this command go over every database itself? Only a command that declares it,
+    without --database, on a fleet file of several databases; its handler then gets the
+    settings unpinned (a fleet file, `settings.database` None) and pins each database."""
+    if not getattr(args, "every_database", False) or args.fleet_database is not None:
+        return False
+    return len(load_fleet(settings.platform.fleet_file).databases) > 1
 
 
 def parse_date(text: str) -> date:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from rich.markup import escape
 from rich.table import Table
 
-from pgvault_assets.cli.args import add_database_option, confirm, parse_date, positive_int
+from pgvault_assets.cli.args import (
+    add_database_option,
+    add_every_database_option,
+    confirm,
+    parse_date,
+    positive_int,
+)
 from pgvault_assets.cli.console import console, errors, human_bytes, progress
 from pgvault_assets.cli.recovery import (
     kept_as,
@@ -19,6 +26,7 @@ from pgvault_assets.engine.audit import operator, record_integrity_check
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.demo import create_demo_database
+from pgvault_assets.engine.fleet import each_database_apart
 from pgvault_assets.engine.integrity import check_database_integrity
 from pgvault_assets.engine.pitr.archive import tool_for
 from pgvault_assets.engine.pitr.window import read_window
@@ -26,6 +34,7 @@ from pgvault_assets.engine.restore import restore_staging, rollback_staging, ver
 from pgvault_assets.engine.server_context import read_context
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings
 
 
@@ -33,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser("list-backups", help="list complete backups, newest first")
     sub.add_argument("--days", type=positive_int, default=None, help="only the last N days")
     sub.add_argument("--json", action="store_true", help="print a JSON array")
-    add_database_option(sub)
+    add_every_database_option(sub)
     sub.set_defaults(handler=_cmd_list_backups)
 
     sub = commands.add_parser(
@@ -110,6 +119,8 @@ def _print_recoverable_window(settings: Settings) -> None:
 
 
 def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.platform.fleet_file is not None and settings.database is None:
+        return _list_every_database(args, settings)
     rows = backup_rows(settings, days=args.days, now=utcnow())
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -134,6 +145,52 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
     console.print(table)
     _print_recoverable_window(settings)
     return 0
+
+
+def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
+    """Every database's backups, a `database` column (and JSON field) saying whose; a
+    database that cannot be listed is one line on stderr, the others are still shown."""
+    now = utcnow()
+    rows: list[dict] = []
+    failed = 0
+    for name, pinned in each_database_apart(settings, os.environ):
+        try:
+            if isinstance(pinned, PgvaultError):
+                raise pinned
+            rows += [
+                {"database": name, **row} for row in backup_rows(pinned, days=args.days, now=now)
+            ]
+        except PgvaultError as exc:
+            failed += 1
+            errors.print(f"error: database {name}: {redact(str(exc))}", markup=False)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 1 if failed else 0
+    table = Table(title=f"backups of every database of {settings.environment}")
+    for column in (
+        "database",
+        "date",
+        "tier",
+        "size",
+        "age",
+        "duration",
+        "sha256",
+        "restore-verified",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["database"],
+            row["date"],
+            row["tier"],
+            human_bytes(row["size_bytes"]),
+            f"{row['age_hours'] / 24:.1f} d",
+            f"{row['duration_seconds']:.1f} s",
+            row["sha256"][:12],
+            row["restore_verified_at"] or "-",
+        )
+    console.print(table)
+    return 1 if failed else 0
 
 
 def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from pgvault_assets.cli import backups, deploy, fleet, pitr, platform, recovery
-from pgvault_assets.cli.args import Parser
+from pgvault_assets.cli.args import Parser, shows_every_database
 from pgvault_assets.cli.console import errors, print_warnings
 from pgvault_assets.engine.fleet import pin_database
 from pgvault_assets.errors import PgvaultError
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print_warnings()
     try:
         settings = load_settings()
-        if hasattr(args, "fleet_database"):
+        if hasattr(args, "fleet_database") and not shows_every_database(args, settings):
             settings = pin_database(settings, os.environ, args.fleet_database)
         return int(args.handler(args, settings))
     except PgvaultError as exc:

@@ -24,21 +24,23 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pgvault_assets.cli.args import add_database_option, parse_date
+from pgvault_assets.cli.args import add_database_option, add_every_database_option, parse_date
 from pgvault_assets.cli.console import console
 from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import load_fleet
+from pgvault_assets.engine.fleet import each_database_apart, load_fleet
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
+    STALE_AFTER,
+    HealthFigures,
     format_bytes,
     format_duration,
     health_figures,
     health_warnings,
 )
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import BackupFailed, ConfigError
+from pgvault_assets.errors import BackupFailed, ConfigError, PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
@@ -77,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = subparsers.add_parser(
         "status", help="the backup health dashboard: last success, success rate, duration, storage"
     )
+    add_every_database_option(sub)
     sub.set_defaults(handler=status_command)
 
 
@@ -334,27 +337,24 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.platform.fleet_file is not None and settings.database is None:
+        return fleet_status(settings)
     with dagster_previews_hidden():
         # Deferred on purpose: both import Dagster (see the module docstring).
-        from pgvault_assets.defs.backup import BACKUP_KEY
+        from pgvault_assets.defs.backup import BACKUP_KEY, fleet_backup_key
         from pgvault_assets.defs.history import failed_backup_runs
 
     vault = Vault.from_settings(settings)
     now = utcnow()
+    key = BACKUP_KEY if settings.database is None else fleet_backup_key(settings.database)
     with open_instance() as instance:
-        failures = failed_backup_runs(instance, BACKUP_KEY, now - timedelta(days=31))
+        failures = failed_backup_runs(instance, key, now - timedelta(days=31))
     figures = health_figures(vault.list_manifests(), failures, today=now.date())
-    table = Table(title=f"pgvault backup health: {settings.environment}", show_header=False)
+    table = Table(title=f"pgvault backup health: {vault.environment}", show_header=False)
     table.add_column("figure")
     table.add_column("value")
-    last = (
-        f"{figures.last_success_day.isoformat()} (finished {figures.last_success_at:%Y-%m-%d %H:%M} UTC, "
-        f"{(now - figures.last_success_at).total_seconds() / 3600:.0f} h ago)"
-        if figures.last_success_at and figures.last_success_day
-        else "never"
-    )
     rate = "-" if figures.success_rate is None else f"{figures.success_rate:.1%}"
-    table.add_row("last successful backup", last)
+    table.add_row("last successful backup", _last_success(figures, now))
     table.add_row(
         "success rate (30 days)",
         f"{rate} ({figures.success_count} ok, {figures.failure_count} failed)",
@@ -365,7 +365,74 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     warnings = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
     for _, message in warnings:
         console.print(f"warning: {message}")
-    stale = figures.last_success_at is None or now - figures.last_success_at > timedelta(hours=36)
+    stale = _stale(figures, now)
     if stale:
         console.print("critical: no backup has succeeded in the last 36 h")
     return 1 if stale or warnings else 0
+
+
+def _last_success(figures: HealthFigures, now: datetime) -> str:
+    if figures.last_success_at is None or figures.last_success_day is None:
+        return "never"
+    return (
+        f"{figures.last_success_day.isoformat()} (finished {figures.last_success_at:%Y-%m-%d %H:%M} UTC, "
+        f"{(now - figures.last_success_at).total_seconds() / 3600:.0f} h ago)"
+    )
+
+
+def _stale(figures: HealthFigures, now: datetime) -> bool:
+    return figures.last_success_at is None or now - figures.last_success_at > STALE_AFTER
+
+
+def fleet_status(settings: Settings) -> int:
+    """One row per database of the fleet, from one read of the run history; exit 1 when any
+    database is stale, warned about or cannot be read."""
+    with dagster_previews_hidden():
+        from pgvault_assets.defs.backup import fleet_backup_key
+        from pgvault_assets.defs.history import failed_runs_by_key
+
+    now = utcnow()
+    databases = each_database_apart(settings, os.environ)
+    keys = {name: fleet_backup_key(name) for name, _ in databases}
+    with open_instance() as instance:
+        failures = failed_runs_by_key(instance, keys.values(), now - timedelta(days=31))
+    table = Table(title=f"pgvault backup health: every database of {settings.environment}")
+    for column in ("database", "last successful backup", "success rate (30 days)"):
+        table.add_column(column)
+    for column in ("average duration (30 days)", "storage used", "state"):
+        table.add_column(column)
+    unhealthy = 0
+    storage = 0
+    for name, pinned in databases:
+        try:
+            if isinstance(pinned, PgvaultError):
+                raise pinned
+            manifests = Vault.from_settings(pinned).list_manifests()
+        except PgvaultError as exc:
+            unhealthy += 1
+            table.add_row(name, "-", "-", "-", "-", f"error: {redact(str(exc))}")
+            continue
+        figures = health_figures(manifests, failures[keys[name]], today=now.date())
+        storage += figures.storage_used_bytes
+        problems = [message for _, message in health_warnings(figures, storage_budget_bytes=None)]
+        if _stale(figures, now):
+            problems.insert(0, "critical: no backup has succeeded in the last 36 h")
+        unhealthy += bool(problems)
+        rate = "-" if figures.success_rate is None else f"{figures.success_rate:.1%}"
+        table.add_row(
+            name,
+            _last_success(figures, now),
+            f"{rate} ({figures.success_count} ok, {figures.failure_count} failed)",
+            format_duration(figures.average_duration_seconds),
+            format_bytes(figures.storage_used_bytes),
+            "; ".join(problems) or "ok",
+        )
+    console.print(table)
+    budget = settings.storage_budget_bytes
+    if budget is not None and storage > budget:
+        console.print(
+            f"warning: the fleet's backups use {format_bytes(storage)}, over the budget of "
+            f"{format_bytes(budget)} (BACKUP_STORAGE_BUDGET_BYTES); review retention or raise it"
+        )
+        unhealthy += 1
+    return 1 if unhealthy else 0

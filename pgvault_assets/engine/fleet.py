@@ -322,3 +322,21 @@ def each_database(settings: Settings, env: Mapping[str, str]) -> list[tuple[str,
     return [
         (database.name, pin_database(settings, env, database.name)) for database in fleet.databases
     ]
+
+
+def each_database_apart(
+    settings: Settings, env: Mapping[str, str]
+) -> list[tuple[str, Settings | ConfigError]]:
+    """`each_database`, but a database whose settings cannot be made (its server's variable
+    unset) comes with its error instead of stopping the others: fleet-wide work (retention,
+    the report, status) reports that database and goes on with the rest."""
+    fleet = load_fleet(settings.platform.fleet_file)
+    if not fleet.from_file:
+        return [(SINGLE, settings)]
+    found: list[tuple[str, Settings | ConfigError]] = []
+    for database in fleet.databases:
+        try:
+            found.append((database.name, pin_database(settings, env, database.name)))
+        except ConfigError as exc:
+            found.append((database.name, exc))
+    return found

@@ -9,6 +9,7 @@ Layout of one environment's folder in the store::
     {environment}/{YYYY-MM-DD}/manifest.json            written last: the backup exists
     {environment}/{YYYY-MM-DD}/restore_verified.json    the last restore proof
     {environment}/pitr/cipher-passphrase.enc            pgBackRest's repository passphrase, sealed
+    {environment}/reports/{YYYY-MM-DD}-fleet-health.md  a fleet's weekly health report
 
 pgBackRest's own repository, in S3, sits beside the environments under `pgbackrest/`, so the
 environment's listing never walks every archived WAL segment.
@@ -89,6 +90,12 @@ def retention_lock_name(environment: str) -> str:
 def backup_lock_name(environment: str, day: date) -> str:
     """The lock a backup of `day` holds from its start to its manifest."""
     return f"{_lock_stem(environment)}-backup-{day.isoformat()}"
+
+
+def fleet_report_key(environment: str, day: date) -> str:
+    """The weekly health report of every database of a fleet, beside the environment's own
+    folders (a database can't be named `reports`)."""
+    return f"{environment}/reports/{day.isoformat()}-fleet-health.md"
 
 
 def pitr_passphrase_key(environment: str) -> str:

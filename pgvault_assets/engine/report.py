@@ -16,6 +16,8 @@ from pgvault_assets.engine.manifest import Manifest
 SUCCESS_RATE_FLOOR = 0.95
 DURATION_FACTOR = 2.0
 SHRINK_FLOOR = 0.5
+# The manual's critical condition: no backup has succeeded for this long.
+STALE_AFTER = timedelta(hours=36)
 
 
 @dataclass(frozen=True)
@@ -190,4 +192,98 @@ def render_weekly_report(
         ]
     else:
         lines.append(f"No failures in the last {month.window_days} days.")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class DatabaseHealth:
+    """One fleet database's figures for the week and 30 days, or why they could not be read."""
+
+    name: str
+    week: HealthFigures | None = None
+    month: HealthFigures | None = None
+    error: str | None = None
+
+
+def database_health(
+    name: str, manifests: list[Manifest], failures: list[FailedRun], *, today: date
+) -> DatabaseHealth:
+    return DatabaseHealth(
+        name,
+        week=health_figures(manifests, failures, today=today, window_days=7),
+        month=health_figures(manifests, failures, today=today, window_days=30),
+    )
+
+
+def attention_lines(
+    health: DatabaseHealth, *, now: datetime, stale_after: timedelta = STALE_AFTER
+) -> list[str]:
+    """Why one database needs an operator this week; none when it does not."""
+    if health.error is not None or health.week is None or health.month is None:
+        return [f"could not be read: {health.error}"]
+    lines = []
+    last = health.month.last_success_at
+    if last is None:
+        lines.append("no backup has ever succeeded")
+    elif now - last > stale_after:
+        hours = stale_after.total_seconds() / 3600
+        lines.append(
+            f"no backup has succeeded in the last {hours:.0f} h (last {last:%Y-%m-%d %H:%M} UTC)"
+        )
+    lines += [message for _, message in health_warnings(health.month, storage_budget_bytes=None)]
+    lines += [
+        f"failed on {failure.day.isoformat()}: {' '.join(failure.reason.split())}"
+        for failure in health.week.failures
+    ]
+    return lines
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "/")
+
+
+def render_fleet_report(
+    environment: str,
+    databases: list[DatabaseHealth],
+    *,
+    generated_at: datetime,
+    storage_budget_bytes: int | None = None,
+) -> str:
+    """The Monday report of a fleet as markdown: one row per database, then what needs
+    attention, so a fleet of hundreds is read from its exceptions, not its rows."""
+    lines = [
+        f"# pgvault fleet backup health: {environment}",
+        "",
+        f"Generated {generated_at:%Y-%m-%d %H:%M} UTC for {len(databases)} databases.",
+        "",
+        "| database | last backup | backups (7 days) | failed runs (7 days) "
+        "| success rate (30 days) | average duration (30 days) | storage used |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    total = 0
+    for health in databases:
+        week, month = health.week, health.month
+        if week is None or month is None:
+            lines.append(f"| {health.name} | unknown | - | - | - | - | - |")
+            continue
+        total += month.storage_used_bytes
+        last = month.last_success_day.isoformat() if month.last_success_day else "never"
+        lines.append(
+            f"| {health.name} | {last} | {week.backups_created} | {week.failure_count} "
+            f"| {_rate(month)} | {format_duration(month.average_duration_seconds)} "
+            f"| {format_bytes(month.storage_used_bytes)} |"
+        )
+    lines += ["", f"Storage used by the fleet: {format_bytes(total)}.", ""]
+    attention = [
+        f"- **{health.name}**: {_cell(line)}"
+        for health in databases
+        for line in attention_lines(health, now=generated_at)
+    ]
+    if storage_budget_bytes is not None and total > storage_budget_bytes:
+        attention.append(
+            f"- the fleet's backups use {format_bytes(total)}, over the budget of "
+            f"{format_bytes(storage_budget_bytes)} (BACKUP_STORAGE_BUDGET_BYTES)"
+        )
+    lines += ["## Needs attention", ""]
+    lines += attention or ["Nothing: every database backed up on time, without failures."]
     return "\n".join(lines) + "\n"

@@ -39,7 +39,7 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["list-backups"],
+        ["cleanup"],
         ["verify-backup", "--date", "2026-03-14"],
         ["restore-from-backup", "--date", "2026-03-14", "--target", "staging"],
         ["backup"],

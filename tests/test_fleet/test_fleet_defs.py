@@ -123,7 +123,7 @@ def test_the_code_location_is_the_fleet_with_a_fleet_file_and_unchanged_without(
 ):
     single = _definitions_in_a_fresh_process(dict(os.environ))
     assert "'database_backup'" in single and "'daily_backup_schedule'" in single
-    assert "backup/" not in single
+    assert "backup/" not in single and "fleet" not in single
 
     write_fleet(
         local_env,
@@ -133,8 +133,9 @@ def test_the_code_location_is_the_fleet_with_a_fleet_file_and_unchanged_without(
     )
     fleet = _definitions_in_a_fresh_process(dict(os.environ))
     assert fleet.splitlines() == [
-        "['backup/alpha', 'backup/beta']",
-        "['fleet_backup_schedule_02']",
+        "['backup/alpha', 'backup/beta', 'fleet/kept_databases', 'fleet/retention_state', "
+        "'fleet/weekly_health_report']",
+        "['fleet_backup_schedule_02', 'fleet_maintenance_schedule']",
     ]
 
 
