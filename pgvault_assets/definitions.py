@@ -1,11 +1,20 @@
 """The Dagster code location: every module under `defs/` merged, with the resources.
 
-With a fleet file (`PGVAULT_FLEET_FILE`) the location is the fleet's backups instead of the
-single database's definitions."""
+With a fleet file (`PGVAULT_FLEET_FILE`) the location is the fleet's backups and its alert
+sensor instead of the single database's definitions."""
 
 from dagster import Definitions
 
-from pgvault_assets.defs import alerting, backup, fleet, maintenance, pitr, recovery, restorable
+from pgvault_assets.defs import (
+    alerting,
+    backup,
+    fleet,
+    fleet_alerting,
+    maintenance,
+    pitr,
+    recovery,
+    restorable,
+)
 from pgvault_assets.defs.resources import resource_defs
 
 single_database = (
@@ -16,7 +25,8 @@ single_database = (
     recovery.defs,
     pitr.defs,
 )
+fleet_wide = tuple(d for d in (fleet.defs, fleet_alerting.defs) if d is not None)
 defs = Definitions.merge(
-    *(single_database if fleet.defs is None else (fleet.defs,)),
+    *(fleet_wide or single_database),
     Definitions(resources=resource_defs()),
 )
