@@ -195,6 +195,11 @@ def test_each_database_has_its_own_stale_episode_and_resolved_notice(
 
     assert said.endswith("stale: beta")
     assert _sent(alerts_captured)[2:] == [("backup_stale_resolved", "alpha", "info")]
+    stale = [e for e in alerts_captured.events() if e["tags"]["alert"] == "backup_stale"]
+    assert [e["fingerprint"] for e in stale] == [
+        ["pgvault", "test", "backup_stale", "alpha"],
+        ["pgvault", "test", "backup_stale", "beta"],
+    ]
     texts = [post["text"] for post in alerts_captured.posts("/hook")]
     assert "alpha: no backup has succeeded for more than 36 h" in texts[0]
     assert "beta: no backup has succeeded" in texts[1]
