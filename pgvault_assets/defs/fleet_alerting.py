@@ -40,7 +40,7 @@ from dagster import (
 from pgvault_assets.alerts import Alert, Notifier
 from pgvault_assets.defs.alerting import FRESH, STALE, STALE_AFTER, staleness_step
 from pgvault_assets.defs.backup import CHECKSUM_MATCHES, fleet_backup_key
-from pgvault_assets.defs.fleet import FLEET
+from pgvault_assets.defs.fleet import FLEET, schedule_name
 from pgvault_assets.defs.history import PARTITION_TAG, failure_reason, run_events
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
@@ -252,13 +252,15 @@ class FleetAlertTick:
     def __init__(
         self,
         instance: DagsterInstance,
-        names: Sequence[str],
+        schedules: dict[str, str],
         channels: Channels,
         now: datetime,
     ) -> None:
+        """`schedules`: each database's name and the schedule that backs it up, in file order."""
         self.instance = instance
-        self.names = tuple(names)
-        self.fleet_keys = {fleet_backup_key(name): name for name in names}
+        self.schedules = schedules
+        self.names = tuple(schedules)
+        self.fleet_keys = {fleet_backup_key(name): name for name in self.names}
         self.channels = channels
         self.now = now
         self.runs_read = 0
@@ -375,14 +377,18 @@ class FleetAlertTick:
         seen, so a database just added to the file is not stale before its first run."""
         if state.newest is None and self.now - state.since <= STALE_AFTER:
             return dataclasses.replace(state, stale=False)
-        alert, episode = staleness_step(state.newest, STALE if state.stale else FRESH, self.now)
+        alert, episode = staleness_step(
+            state.newest, STALE if state.stale else FRESH, self.now, self.schedules[name]
+        )
         if alert is not None:
             self.channels.send(name, alert)
         return dataclasses.replace(state, stale=episode == STALE)
 
 
 def make_fleet_alert_sensor(fleet: Fleet, clock: Clock = utcnow) -> SensorDefinition:
-    names = tuple(database.name for database in fleet.databases)
+    schedules = {
+        database.name: schedule_name(database.schedule_hour) for database in fleet.databases
+    }
 
     @sensor(
         name=SENSOR_NAME,
@@ -397,7 +403,7 @@ def make_fleet_alert_sensor(fleet: Fleet, clock: Clock = utcnow) -> SensorDefini
         context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
     ) -> SkipReason:
         channels = Channels(vault, alerts)
-        tick = FleetAlertTick(context.instance, names, channels, clock())
+        tick = FleetAlertTick(context.instance, schedules, channels, clock())
         cursor = tick.run(FleetCursor.parse(context.cursor))
         context.update_cursor(cursor.dump())
         stale = sorted(name for name, state in cursor.databases.items() if state.stale)

@@ -202,6 +202,7 @@ def test_each_database_has_its_own_stale_episode_and_resolved_notice(
     ]
     texts = [post["text"] for post in alerts_captured.posts("/hook")]
     assert "alpha: no backup has succeeded for more than 36 h" in texts[0]
+    assert "check the fleet_backup_schedule_02 and the last backup run" in texts[0]
     assert "beta: no backup has succeeded" in texts[1]
 
 
