@@ -1,9 +1,10 @@
 """Alerts to Sentry and a Slack-compatible webhook; Sentry cron check-ins for the daily backup.
 
-Every alert kind has its own Sentry fingerprint, so a week of identical failures is one
-issue with seven events, not seven issues. The check-in monitor has the backup's schedule,
-so Sentry notices a missed backup even when Dagster itself is down. Every event passes
-through `scrub_event`, which removes the secrets pgvault knows of and anything shaped like one.
+Every alert kind (of each fleet database) has its own Sentry fingerprint, so a week of
+identical failures is one issue with seven events, not seven issues. The check-in monitor has
+the backup's schedule, so Sentry notices a missed backup even when Dagster itself is down.
+Every event passes through `scrub_event`, which removes the secrets pgvault knows of and
+anything shaped like one.
 """
 
 from __future__ import annotations
@@ -176,8 +177,9 @@ class Notifier:
             for key, value in alert.tags.items():
                 scope.set_tag(key, value)
             # One Sentry issue per kind of trouble, and per database in a fleet.
+            database = self.database or alert.tags.get("database")
             scope.fingerprint = ["pgvault", self.environment, alert.kind] + (
-                [self.database] if self.database else []
+                [database] if database else []
             )
             sentry_sdk.capture_message(alert.message, level=alert.level)
         sentry_sdk.flush(timeout=5)

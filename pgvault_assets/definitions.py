@@ -1,7 +1,7 @@
 """The Dagster code location: every module under `defs/` merged, with the resources.
 
-With a fleet file (`PGVAULT_FLEET_FILE`) the location is the fleet's backups and its weekly
-maintenance instead of the single database's definitions."""
+With a fleet file (`PGVAULT_FLEET_FILE`) the location is the fleet's backups, its weekly
+maintenance and its alert sensor instead of the single database's definitions."""
 
 from dagster import Definitions
 
@@ -9,6 +9,7 @@ from pgvault_assets.defs import (
     alerting,
     backup,
     fleet,
+    fleet_alerting,
     fleet_maintenance,
     maintenance,
     pitr,
@@ -25,7 +26,10 @@ single_database = (
     recovery.defs,
     pitr.defs,
 )
+fleet_wide = tuple(
+    d for d in (fleet.defs, fleet_maintenance.defs, fleet_alerting.defs) if d is not None
+)
 defs = Definitions.merge(
-    *(single_database if fleet.defs is None else (fleet.defs, fleet_maintenance.defs)),
+    *(fleet_wide or single_database),
     Definitions(resources=resource_defs()),
 )

@@ -57,9 +57,13 @@ FRESH = "fresh"
 
 
 def staleness_step(
-    newest_finished_at: datetime | None, cursor: str | None, now: datetime
+    newest_finished_at: datetime | None,
+    cursor: str | None,
+    now: datetime,
+    schedule: str = "daily_backup_schedule",
 ) -> tuple[Alert | None, str]:
-    """One tick of the stale-episode state machine: alert on entering, notice on leaving."""
+    """One tick of the stale-episode state machine: alert on entering, notice on leaving;
+    `schedule` is the one to look at."""
     if newest_finished_at is None or now - newest_finished_at > STALE_AFTER:
         if cursor == STALE:
             return None, STALE
@@ -74,7 +78,7 @@ def staleness_step(
                 "backup_stale",
                 "fatal",
                 f"no backup has succeeded for more than 36 h ({since}); "
-                "check the daily_backup_schedule and the last backup run",
+                f"check the {schedule} and the last backup run",
             ),
             STALE,
         )

@@ -52,6 +52,10 @@ def daily_cron(hour: int) -> str:
     return f"0 {hour} * * *"
 
 
+def schedule_name(hour: int) -> str:
+    return f"fleet_backup_schedule_{hour:02d}"
+
+
 def run_tags(database: FleetDatabase) -> dict[str, str]:
     """What a run carries: whose backup it is, how long it may take, how big its worker is."""
     size = database.run_size.tags() if database.run_size else {}
@@ -127,7 +131,7 @@ def fleet_definitions(
         due = tuple(database for database in fleet.databases if database.schedule_hour == hour)
         schedules.append(
             ScheduleDefinition(
-                name=f"fleet_backup_schedule_{hour:02d}",
+                name=schedule_name(hour),
                 cron_schedule=cron_for_hour(hour),
                 execution_timezone="UTC",
                 job=job,

@@ -43,9 +43,12 @@ def backup_keys_of_run(
 
 
 def run_events(
-    instance: DagsterInstance, run_id: str, event_type: DagsterEventType
+    instance: DagsterInstance,
+    run_id: str,
+    event_type: DagsterEventType | set[DagsterEventType],
 ) -> list[DagsterEvent]:
-    """The Dagster events of `event_type` in run `run_id`, oldest first.
+    """The Dagster events of `event_type` (one type or a set, read at once) in run `run_id`,
+    oldest first.
 
     `DagsterInstance.all_logs` is not marked public in Dagster 1.13 (it is neither private nor
     deprecated), and no public method reads one run's events: `fetch_materializations`,

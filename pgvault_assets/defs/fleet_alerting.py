@@ -1,0 +1,419 @@
+"""Alerts across the fleet from one sensor: failed backups, failed checks, stale databases,
+health and unreadable records, each alert naming its database.
+
+Why a plain sensor over `DagsterInstance.fetch_run_status_changes` rather than
+`@run_failure_sensor`/`@run_status_sensor`: those keep a cursor of their own, one per status,
+and hand over one run at a time, while staleness needs state of ours beside the event position
+(each database's newest backup and its episode) and failed warning checks sit in *successful*
+runs. So one cursor holds the position in the run-end events (failures and successes) and each
+database's state; a tick reads the run-end events after that position, each new run's events
+once, and nothing else: no query per asset or check, no store listing. Each database's
+manifests are read when it is first seen and in the hourly health pass only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    Definitions,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+from pgvault_assets.alerts import Alert, Notifier
+from pgvault_assets.defs.alerting import FRESH, STALE, STALE_AFTER, staleness_step
+from pgvault_assets.defs.backup import CHECKSUM_MATCHES, fleet_backup_key
+from pgvault_assets.defs.fleet import FLEET, schedule_name
+from pgvault_assets.defs.history import PARTITION_TAG, failure_reason, run_events
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.clock import Clock, utcnow
+from pgvault_assets.engine.fleet import Fleet
+from pgvault_assets.engine.report import FailedRun, health_figures, health_warnings
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import PgvaultError
+from pgvault_assets.settings import Settings
+
+SENSOR_NAME = "fleet_alert_sensor"
+RUN_END_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
+RUNS_PER_TICK = 200  # per run-end event type; a longer backlog is read over the next ticks
+HEALTH_EVERY = timedelta(hours=1)
+HEALTH_WINDOW = timedelta(days=31)
+UNREADABLE_KEPT = 100  # per database: the cursor stays bounded by the fleet's size
+BACKUP_EVENTS = {
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_CHECK_EVALUATION,
+}
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What the sensor remembers of one database between ticks."""
+
+    newest: datetime | None
+    """The newest backup's finish: from its manifests, then from each run that materialized."""
+    since: datetime
+    """When the sensor first saw the database: one without any backup is stale 36 h later."""
+    stale: bool = False
+    warnings: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+
+    def seen_backup(self, finished: datetime) -> DatabaseState:
+        newest = finished if self.newest is None else max(self.newest, finished)
+        return dataclasses.replace(self, newest=newest)
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class FleetCursor:
+    runs: dict[str, str] = field(default_factory=dict)
+    """Per run-end event type, the event log position read up to (Dagster's own cursor)."""
+    databases: dict[str, DatabaseState] = field(default_factory=dict)
+    health_at: datetime | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> FleetCursor:
+        """The cursor `dump` wrote; a missing or foreign one starts afresh, as a first tick."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            databases = {
+                name: DatabaseState(
+                    newest=_time(state["newest"]),
+                    since=datetime.fromisoformat(state["since"]),
+                    stale=bool(state["stale"]),
+                    warnings=tuple(state["warnings"]),
+                    unreadable=tuple(state["unreadable"]),
+                )
+                for name, state in data["databases"].items()
+            }
+            return cls(dict(data["runs"]), databases, _time(data["health_at"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "runs": self.runs,
+                "health_at": self.health_at.isoformat() if self.health_at else None,
+                "databases": {
+                    name: {
+                        "newest": state.newest.isoformat() if state.newest else None,
+                        "since": state.since.isoformat(),
+                        "stale": state.stale,
+                        "warnings": list(state.warnings),
+                        "unreadable": list(state.unreadable),
+                    }
+                    for name, state in self.databases.items()
+                },
+            },
+            sort_keys=True,
+        )
+
+
+class Channels:
+    """Each database's pinned settings, vault and notifier, made at most once per tick.
+
+    A database whose settings cannot be pinned (its server's variable unset) still gets its
+    alerts, through the environment's own settings: its backups fail with the same error."""
+
+    def __init__(self, vault: VaultResource, alerts: AlertsResource) -> None:
+        self._vault = vault
+        self._alerts = alerts
+        self._settings: dict[str, Settings | None] = {}
+        self._notifiers: dict[str, Notifier] = {}
+        self.sent = 0
+
+    def settings(self, name: str) -> Settings | None:
+        if name not in self._settings:
+            try:
+                self._settings[name] = self._vault.settings(name)
+            except PgvaultError:
+                self._settings[name] = None
+        return self._settings[name]
+
+    def vault(self, name: str) -> Vault | None:
+        settings = self.settings(name)
+        return None if settings is None else self._vault.vault(settings)
+
+    def send(self, name: str, alert: Alert) -> None:
+        if name not in self._notifiers:
+            settings = self.settings(name) or self._vault.settings()
+            self._notifiers[name] = self._alerts.notifier(settings)
+        self._notifiers[name].send(
+            Alert(
+                alert.kind,
+                alert.level,
+                f"{name}: {alert.message}",
+                {**alert.tags, "database": name},
+            )
+        )
+        self.sent += 1
+
+
+def failed_check_alert(evaluation: AssetCheckEvaluation, day: str) -> Alert | None:
+    """A failed check as an alert: critical for an ERROR check, a warning for a WARN one."""
+    if evaluation.passed:
+        return None
+    name = evaluation.check_name
+    return Alert(
+        "checksum_mismatch" if name == CHECKSUM_MATCHES else name,
+        "fatal" if evaluation.severity == AssetCheckSeverity.ERROR else "warning",
+        f"check {name} failed for the backup of {day}: "
+        f"{evaluation.description or 'see the check in Dagster'}",
+        {"partition": day, "check": name},
+    )
+
+
+def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
+    return Alert(
+        "upload_failing" if reason.startswith("S3 ") else "backup_failed",
+        "fatal",
+        f"backup of {day} failed after all retries: {reason}",
+        {"partition": day, "run_id": run_id},
+    )
+
+
+def _names_in(keys: Iterable[AssetKey | None], fleet_keys: dict[AssetKey, str]) -> list[str]:
+    return sorted({fleet_keys[key] for key in keys if key in fleet_keys})
+
+
+def _may_concern(run: DagsterRun, fleet_keys: dict[AssetKey, str]) -> bool:
+    """Whether `run` may have touched a fleet backup; a run without a selection (a whole job,
+    which Dagster records as no selection or an empty one) may have."""
+    if not run.asset_selection and not run.asset_check_selection:
+        return True
+    checked = {check.asset_key for check in run.asset_check_selection or ()}
+    return bool(_names_in((*(run.asset_selection or ()), *checked), fleet_keys))
+
+
+def _backups_of(
+    run: DagsterRun, events: Sequence[DagsterEvent], fleet_keys: dict[AssetKey, str]
+) -> list[str]:
+    """The databases whose backup `run` set out to take, by its selection or its plan."""
+    if run.asset_selection:
+        return _names_in(run.asset_selection, fleet_keys)
+    planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    return _names_in((e.asset_key for e in events if e.event_type == planned), fleet_keys)
+
+
+def failed_backup_runs_by_database(
+    instance: DagsterInstance, fleet_keys: dict[AssetKey, str], since: datetime
+) -> dict[str, list[FailedRun]]:
+    """Each database's failed backup runs since `since`, from one query of failed runs."""
+    records = instance.get_run_records(
+        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE], created_after=since)
+    )
+    failures: dict[str, list[FailedRun]] = {}
+    for run in (record.dagster_run for record in records):
+        try:
+            day = date.fromisoformat(run.tags.get(PARTITION_TAG, ""))
+        except ValueError:
+            continue
+        if not _may_concern(run, fleet_keys):
+            continue
+        planned = (
+            []
+            if run.asset_selection
+            else run_events(instance, run.run_id, DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        )
+        names = _backups_of(run, planned, fleet_keys)
+        reason = failure_reason(instance, run.run_id) if names else None
+        if reason is not None:
+            for name in names:
+                failures.setdefault(name, []).append(FailedRun(day, reason))
+    return failures
+
+
+class FleetAlertTick:
+    """One evaluation of the fleet alert sensor, from one cursor to the next."""
+
+    def __init__(
+        self,
+        instance: DagsterInstance,
+        schedules: dict[str, str],
+        channels: Channels,
+        now: datetime,
+    ) -> None:
+        """`schedules`: each database's name and the schedule that backs it up, in file order."""
+        self.instance = instance
+        self.schedules = schedules
+        self.names = tuple(schedules)
+        self.fleet_keys = {fleet_backup_key(name): name for name in self.names}
+        self.channels = channels
+        self.now = now
+        self.runs_read = 0
+
+    def run(self, cursor: FleetCursor) -> FleetCursor:
+        states = {name: cursor.databases[name] for name in self.names if name in cursor.databases}
+        new = [name for name in self.names if name not in states]
+        for name in new:
+            states[name] = DatabaseState(newest=None, since=self.now)
+        positions = self.read_finished_runs(cursor.runs, states)
+        due = cursor.health_at is None or self.now - cursor.health_at >= HEALTH_EVERY
+        self.health_pass(self.names if due else new, states)
+        for name in self.names:
+            states[name] = self.staleness(name, states[name])
+        return FleetCursor(positions, states, self.now if due else cursor.health_at)
+
+    def read_finished_runs(
+        self, positions: dict[str, str], states: dict[str, DatabaseState]
+    ) -> dict[str, str]:
+        """Alerts for the runs that ended since `positions`; the positions after them.
+
+        A first tick starts at the log's end: a sensor turned on alerts what happens from then
+        on, as Dagster's own run-status sensors do."""
+        moved = {}
+        for event_type in RUN_END_EVENTS:
+            position = positions.get(event_type.value)
+            if position is None:
+                newest = self.instance.fetch_run_status_changes(event_type, limit=1)
+                moved[event_type.value] = newest.cursor
+                continue
+            result = self.instance.fetch_run_status_changes(
+                event_type, limit=RUNS_PER_TICK, cursor=position, ascending=True
+            )
+            moved[event_type.value] = result.cursor
+            ended = {record.run_id: record.timestamp for record in result.records}
+            if not ended:
+                continue
+            runs = self.instance.get_runs(filters=RunsFilter(run_ids=list(ended)))
+            self.runs_read += len(runs)
+            for run in sorted(runs, key=lambda r: ended[r.run_id]):
+                ended_at = datetime.fromtimestamp(ended[run.run_id], UTC)
+                self.finished_run(run, event_type == DagsterEventType.RUN_FAILURE, ended_at, states)
+        return moved
+
+    def finished_run(
+        self, run: DagsterRun, failed: bool, ended_at: datetime, states: dict[str, DatabaseState]
+    ) -> None:
+        if not _may_concern(run, self.fleet_keys):
+            return
+        events = run_events(self.instance, run.run_id, BACKUP_EVENTS)
+        day = run.tags.get(PARTITION_TAG, "?")
+        names = _backups_of(run, events, self.fleet_keys) if failed else []
+        # None: a refused backfill, which attempted nothing and broke nothing.
+        reason = failure_reason(self.instance, run.run_id) if names else None
+        if reason is not None:
+            for name in names:
+                self.channels.send(name, failed_run_alert(reason, day, run.run_id))
+        for event in events:
+            data = event.event_specific_data
+            if isinstance(data, AssetCheckEvaluation):
+                name = self.fleet_keys.get(data.asset_key)
+                alert = failed_check_alert(data, data.partition or day) if name else None
+                if name and alert:
+                    tags = {**alert.tags, "run_id": run.run_id}
+                    self.channels.send(name, dataclasses.replace(alert, tags=tags))
+            elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                name = self.fleet_keys.get(event.asset_key) if event.asset_key else None
+                if name:
+                    # The run's end, seconds after the backup's own finish: close enough for 36 h.
+                    states[name] = states[name].seen_backup(ended_at)
+
+    def health_pass(self, names: Sequence[str], states: dict[str, DatabaseState]) -> None:
+        """Each database's manifests read once: its newest backup, its health warnings and its
+        unreadable records, each alerted once per episode."""
+        if not names:
+            return
+        failures = failed_backup_runs_by_database(
+            self.instance, self.fleet_keys, self.now - HEALTH_WINDOW
+        )
+        for name in names:
+            vault = self.channels.vault(name)
+            settings = self.channels.settings(name)
+            if vault is None or settings is None:
+                continue
+            manifests, unreadable = vault.scan_manifests()
+            state = states[name]
+            for manifest in manifests:
+                state = state.seen_backup(manifest.finished_at)
+            figures = health_figures(manifests, failures.get(name, []), today=self.now.date())
+            active = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
+            for kind, message in active:
+                if kind not in state.warnings:
+                    self.channels.send(name, Alert(kind, "warning", message))
+            for record in unreadable:
+                if record.key not in state.unreadable:
+                    self.channels.send(
+                        name,
+                        Alert(
+                            "manifest_unreadable",
+                            "warning",
+                            f"the backup of {record.day.isoformat()} is skipped, its manifest "
+                            f"cannot be read: {record.reason}",
+                            {"date": record.day.isoformat()},
+                        ),
+                    )
+            states[name] = dataclasses.replace(
+                state,
+                warnings=tuple(sorted(kind for kind, _ in active)),
+                unreadable=tuple(sorted(r.key for r in unreadable)[:UNREADABLE_KEPT]),
+            )
+
+    def staleness(self, name: str, state: DatabaseState) -> DatabaseState:
+        """`staleness_step` per database; one never backed up counts from when it was first
+        seen, so a database just added to the file is not stale before its first run."""
+        if state.newest is None and self.now - state.since <= STALE_AFTER:
+            return dataclasses.replace(state, stale=False)
+        alert, episode = staleness_step(
+            state.newest, STALE if state.stale else FRESH, self.now, self.schedules[name]
+        )
+        if alert is not None:
+            self.channels.send(name, alert)
+        return dataclasses.replace(state, stale=episode == STALE)
+
+
+def make_fleet_alert_sensor(fleet: Fleet, clock: Clock = utcnow) -> SensorDefinition:
+    schedules = {
+        database.name: schedule_name(database.schedule_hour) for database in fleet.databases
+    }
+
+    @sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Per database: failed backups and checks from the run-end events since the last "
+            "tick, stale backups (36 h), and hourly health and unreadable records."
+        ),
+    )
+    def fleet_alert_sensor(
+        context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
+    ) -> SkipReason:
+        channels = Channels(vault, alerts)
+        tick = FleetAlertTick(context.instance, schedules, channels, clock())
+        cursor = tick.run(FleetCursor.parse(context.cursor))
+        context.update_cursor(cursor.dump())
+        stale = sorted(name for name, state in cursor.databases.items() if state.stale)
+        return SkipReason(
+            f"{tick.runs_read} finished runs read, {channels.sent} alerts sent; "
+            f"stale: {', '.join(stale) or 'none'}"
+        )
+
+    return fleet_alert_sensor
+
+
+# None without a fleet file: the single database's sensors (alerting.py) are the location's.
+defs = Definitions(sensors=[make_fleet_alert_sensor(FLEET)]) if FLEET.from_file else None
