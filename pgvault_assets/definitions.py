@@ -26,10 +26,11 @@ single_database = (
     recovery.defs,
     pitr.defs,
 )
+# Without a fleet file the location is the single database's, exactly as it always was.
 fleet_wide = tuple(
     d for d in (fleet.defs, fleet_maintenance.defs, fleet_alerting.defs) if d is not None
 )
 defs = Definitions.merge(
-    *(fleet_wide or single_database),
+    *(single_database if fleet.defs is None else fleet_wide),
     Definitions(resources=resource_defs()),
 )
