@@ -45,7 +45,7 @@ from pgvault_assets.defs.history import PARTITION_TAG, failure_reason, run_event
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.fleet import Fleet
-from pgvault_assets.engine.report import FailedRun, health_figures, health_warnings
+from pgvault_assets.engine.report import FailedRun, format_bytes, health_figures, health_warnings
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import Settings
@@ -90,6 +90,8 @@ class FleetCursor:
     """Per run-end event type, the event log position read up to (Dagster's own cursor)."""
     databases: dict[str, DatabaseState] = field(default_factory=dict)
     health_at: datetime | None = None
+    over_budget: bool = False
+    """The fleet's backups were over BACKUP_STORAGE_BUDGET_BYTES at the last health pass."""
 
     @classmethod
     def parse(cls, text: str | None) -> FleetCursor:
@@ -108,7 +110,12 @@ class FleetCursor:
                 )
                 for name, state in data["databases"].items()
             }
-            return cls(dict(data["runs"]), databases, _time(data["health_at"]))
+            return cls(
+                dict(data["runs"]),
+                databases,
+                _time(data["health_at"]),
+                bool(data.get("over_budget", False)),
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
 
@@ -117,6 +124,7 @@ class FleetCursor:
             {
                 "runs": self.runs,
                 "health_at": self.health_at.isoformat() if self.health_at else None,
+                "over_budget": self.over_budget,
                 "databases": {
                     name: {
                         "newest": state.newest.isoformat() if state.newest else None,
@@ -153,6 +161,9 @@ class Channels:
                 self._settings[name] = None
         return self._settings[name]
 
+    def environment(self) -> Settings:
+        return self._vault.settings()
+
     def vault(self, name: str) -> Vault | None:
         settings = self.settings(name)
         return None if settings is None else self._vault.vault(settings)
@@ -169,6 +180,11 @@ class Channels:
                 {**alert.tags, "database": name},
             )
         )
+        self.sent += 1
+
+    def send_fleet(self, alert: Alert) -> None:
+        """An alert about the fleet as a whole, with the environment's own settings."""
+        self._alerts.notifier(self._vault.settings()).send(alert)
         self.sent += 1
 
 
@@ -272,10 +288,29 @@ class FleetAlertTick:
             states[name] = DatabaseState(newest=None, since=self.now)
         positions = self.read_finished_runs(cursor.runs, states)
         due = cursor.health_at is None or self.now - cursor.health_at >= HEALTH_EVERY
-        self.health_pass(self.names if due else new, states)
+        storage = self.health_pass(self.names if due else new, states)
+        over_budget = self.budget(storage, cursor.over_budget) if due else cursor.over_budget
         for name in self.names:
             states[name] = self.staleness(name, states[name])
-        return FleetCursor(positions, states, self.now if due else cursor.health_at)
+        return FleetCursor(positions, states, self.now if due else cursor.health_at, over_budget)
+
+    def budget(self, storage: int, was_over: bool) -> bool:
+        """BACKUP_STORAGE_BUDGET_BYTES is the environment's (one bucket for the fleet): the
+        fleet's total is compared with it, alerted once per episode, as status and the
+        weekly report do."""
+        budget = self.channels.environment().storage_budget_bytes
+        over = budget is not None and storage > budget
+        if over and not was_over:
+            self.channels.send_fleet(
+                Alert(
+                    "storage_over_budget",
+                    "warning",
+                    f"the fleet's backups use {format_bytes(storage)}, over the budget of "
+                    f"{format_bytes(budget)} (BACKUP_STORAGE_BUDGET_BYTES); review retention "
+                    "or raise the budget",
+                )
+            )
+        return over
 
     def read_finished_runs(
         self, positions: dict[str, str], states: dict[str, DatabaseState]
@@ -332,11 +367,12 @@ class FleetAlertTick:
                     # The run's end, seconds after the backup's own finish: close enough for 36 h.
                     states[name] = states[name].seen_backup(ended_at)
 
-    def health_pass(self, names: Sequence[str], states: dict[str, DatabaseState]) -> None:
+    def health_pass(self, names: Sequence[str], states: dict[str, DatabaseState]) -> int:
         """Each database's manifests read once: its newest backup, its health warnings and its
-        unreadable records, each alerted once per episode."""
+        unreadable records, each alerted once per episode. Returns the storage they use."""
+        storage = 0
         if not names:
-            return
+            return storage
         failures = failed_backup_runs_by_database(
             self.instance, self.fleet_keys, self.now - HEALTH_WINDOW
         )
@@ -350,7 +386,8 @@ class FleetAlertTick:
             for manifest in manifests:
                 state = state.seen_backup(manifest.finished_at)
             figures = health_figures(manifests, failures.get(name, []), today=self.now.date())
-            active = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
+            storage += figures.storage_used_bytes
+            active = health_warnings(figures, storage_budget_bytes=None)
             for kind, message in active:
                 if kind not in state.warnings:
                     self.channels.send(name, Alert(kind, "warning", message))
@@ -371,6 +408,7 @@ class FleetAlertTick:
                 warnings=tuple(sorted(kind for kind, _ in active)),
                 unreadable=tuple(sorted(r.key for r in unreadable)[:UNREADABLE_KEPT]),
             )
+        return storage
 
     def staleness(self, name: str, state: DatabaseState) -> DatabaseState:
         """`staleness_step` per database; one never backed up counts from when it was first

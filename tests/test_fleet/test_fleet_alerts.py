@@ -229,7 +229,7 @@ def test_a_database_added_to_the_file_is_seeded_and_one_removed_is_dropped(
     assert _sent(alerts_captured)[1:] == [("backup_stale", "alpha", "fatal")]
 
 
-def test_health_and_unreadable_records_warn_per_database_once_an_hour_at_most(
+def test_health_warns_per_database_and_storage_for_the_fleet_once_an_hour_at_most(
     local_env, monkeypatch, instance, alerts_captured
 ):
     fleet = _fleet(local_env, monkeypatch, {"alpha": "alpha", "beta": "beta"})
@@ -237,14 +237,15 @@ def test_health_and_unreadable_records_warn_per_database_once_an_hour_at_most(
     write_history(_vault("beta"), date(2025, 5, 30), date(2025, 5, 31), size_bytes=1000)
     beta_manifest = _vault("beta").manifest_key(date(2025, 5, 30))
     _vault("beta").store.put_bytes(beta_manifest, b"{not json")
-    monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "20000")
+    # alpha alone (31 kB) is within the budget; the fleet's 32 kB is not.
+    monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "31500")
     clock = FakeClock(datetime(2025, 6, 1, 3, tzinfo=UTC))
     sensor = make_fleet_alert_sensor(fleet, clock)
 
     cursor, _ = _tick(sensor, instance, None)
     assert sorted(_sent(alerts_captured)) == [
         ("manifest_unreadable", "beta", "warning"),
-        ("storage_over_budget", "alpha", "warning"),
+        ("storage_over_budget", "?", "warning"),  # the fleet's, no database's
     ]
 
     alpha_manifest = _vault("alpha").manifest_key(date(2025, 5, 31))
@@ -262,10 +263,11 @@ def test_health_and_unreadable_records_warn_per_database_once_an_hour_at_most(
     monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "10000000")
     clock.now += timedelta(hours=1)
     cursor, _ = _tick(sensor, instance, cursor)
-    monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "20000")
+    # alpha's unreadable record no longer counts: 30 kB of its own, 31 kB for the fleet.
+    monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "30500")
     clock.now += timedelta(hours=1)
     _tick(sensor, instance, cursor)
-    assert _sent(alerts_captured)[3:] == [("storage_over_budget", "alpha", "warning")]
+    assert _sent(alerts_captured)[3:] == [("storage_over_budget", "?", "warning")]
 
 
 def _sensors_in_a_fresh_process(env: dict[str, str]) -> list[str]:
