@@ -17,7 +17,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckEvaluation,
@@ -27,7 +27,6 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
-    DagsterRunStatus,
     DefaultSensorStatus,
     Definitions,
     RunsFilter,
@@ -41,11 +40,16 @@ from pgvault_assets.alerts import Alert, Notifier
 from pgvault_assets.defs.alerting import FRESH, STALE, STALE_AFTER, staleness_step
 from pgvault_assets.defs.backup import CHECKSUM_MATCHES, fleet_backup_key
 from pgvault_assets.defs.fleet import FLEET, schedule_name
-from pgvault_assets.defs.history import PARTITION_TAG, failure_reason, run_events
+from pgvault_assets.defs.history import (
+    PARTITION_TAG,
+    failed_runs_by_key,
+    failure_reason,
+    run_events,
+)
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.fleet import Fleet
-from pgvault_assets.engine.report import FailedRun, format_bytes, health_figures, health_warnings
+from pgvault_assets.engine.report import format_bytes, health_figures, health_warnings
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import Settings
@@ -234,34 +238,6 @@ def _backups_of(
     return _names_in((e.asset_key for e in events if e.event_type == planned), fleet_keys)
 
 
-def failed_backup_runs_by_database(
-    instance: DagsterInstance, fleet_keys: dict[AssetKey, str], since: datetime
-) -> dict[str, list[FailedRun]]:
-    """Each database's failed backup runs since `since`, from one query of failed runs."""
-    records = instance.get_run_records(
-        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE], created_after=since)
-    )
-    failures: dict[str, list[FailedRun]] = {}
-    for run in (record.dagster_run for record in records):
-        try:
-            day = date.fromisoformat(run.tags.get(PARTITION_TAG, ""))
-        except ValueError:
-            continue
-        if not _may_concern(run, fleet_keys):
-            continue
-        planned = (
-            []
-            if run.asset_selection
-            else run_events(instance, run.run_id, DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
-        )
-        names = _backups_of(run, planned, fleet_keys)
-        reason = failure_reason(instance, run.run_id) if names else None
-        if reason is not None:
-            for name in names:
-                failures.setdefault(name, []).append(FailedRun(day, reason))
-    return failures
-
-
 class FleetAlertTick:
     """One evaluation of the fleet alert sensor, from one cursor to the next."""
 
@@ -373,9 +349,8 @@ class FleetAlertTick:
         storage = 0
         if not names:
             return storage
-        failures = failed_backup_runs_by_database(
-            self.instance, self.fleet_keys, self.now - HEALTH_WINDOW
-        )
+        by_key = failed_runs_by_key(self.instance, self.fleet_keys, self.now - HEALTH_WINDOW)
+        failures = {self.fleet_keys[key]: runs for key, runs in by_key.items()}
         for name in names:
             vault = self.channels.vault(name)
             settings = self.channels.settings(name)
