@@ -310,26 +310,15 @@ def pin_database(settings: Settings, env: Mapping[str, str], name: str | None) -
     )
 
 
-def each_database(settings: Settings, env: Mapping[str, str]) -> list[tuple[str, Settings]]:
-    """Every database of the fleet with its pinned settings, in the file's order; without a
-    fleet file, `DATABASE_URL`'s alone (named `default`), its settings as they are.
-
-    Fleet-wide work (retention, the report, status, the sensors) goes through this so that a
-    database is handled exactly as `--database NAME` would handle it."""
-    fleet = load_fleet(settings.platform.fleet_file)
-    if not fleet.from_file:
-        return [(SINGLE, settings)]
-    return [
-        (database.name, pin_database(settings, env, database.name)) for database in fleet.databases
-    ]
-
-
 def each_database_apart(
     settings: Settings, env: Mapping[str, str]
 ) -> list[tuple[str, Settings | ConfigError]]:
-    """`each_database`, but a database whose settings cannot be made (its server's variable
-    unset) comes with its error instead of stopping the others: fleet-wide work (retention,
-    the report, status) reports that database and goes on with the rest."""
+    """Every database of the fleet with the settings `--database NAME` would give it, in the
+    file's order; without a fleet file, `DATABASE_URL`'s alone (named `default`).
+
+    A database whose settings cannot be made (its server's variable unset) comes with its
+    error instead of stopping the others: fleet-wide work (retention, the report, status)
+    reports that database and goes on with the rest."""
     fleet = load_fleet(settings.platform.fleet_file)
     if not fleet.from_file:
         return [(SINGLE, settings)]
