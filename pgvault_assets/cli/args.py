@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 
 from pgvault_assets.cli.console import errors
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.settings import Settings
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,6 +28,53 @@ def add_database_option(command: argparse.ArgumentParser) -> None:
         default=None,
         help="the database of the fleet file (PGVAULT_FLEET_FILE); required when it has several",
     )
+
+
+TARGETS = ("staging", "production")
+
+
+class DatabaseOrTarget(argparse.Action):
+    """`--database` of check-database-integrity: a fleet database's name, or `staging` or
+    `production`, the manual's spelling of `--target` (no fleet database may take those names)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, "spelled_target" if values in TARGETS else "fleet_database", values)
+
+
+def database_and_target(settings: Settings, target: str) -> str:
+    """The integrity command's arguments for `target` of the database `settings` are pinned to."""
+    if settings.database is None:
+        return f"--database {target}"
+    return f"--database {settings.database} --target {target}"
+
+
+class EnvironmentWide(argparse.Action):
+    """`--database` on a command that serves every database at once: refused, saying why."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{parser.prog.split()[-1]} is environment-wide (one bucket and one key serve every "
+            "database of the fleet): drop --database"
+        )
+
+
+def add_environment_wide(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--database", action=EnvironmentWide)
 
 
 def parse_date(text: str) -> date:

@@ -19,6 +19,7 @@ from dagster import (
     instance_for_test,
 )
 
+from pgvault_assets.cli import main
 from pgvault_assets.defs.backup import RESTORE_PROOF_POOL
 from pgvault_assets.defs.fleet import fleet_definitions, fleet_run_requests
 from pgvault_assets.defs.resources import resource_defs
@@ -168,3 +169,10 @@ def test_a_weekly_restore_proof_restores_sunday_backups_only(fleet_of_two, insta
     assert sunday["alpha", "restorable"].metadata["restore_verified"].value is True
     assert set(restore_verified_dates(_vault("alpha"))) == {SUNDAY}
     assert set(restore_verified_dates(_vault("beta"))) == {SATURDAY, SUNDAY}
+
+
+def test_backup_prove_restorable_proves_the_named_database(fleet_of_two, capsys):
+    assert main(["backup", "--database", "beta", "--prove-restorable"]) == 0
+
+    assert set(restore_verified_dates(_vault("beta"))) == {latest_complete_day(utcnow())}
+    assert restore_verified_dates(_vault("alpha")) == {}
