@@ -19,7 +19,7 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet.helpers import write_fleet
-from tests.test_recovery.conftest import approvers  # noqa: F401  (a fixture)
+from tests.test_recovery.conftest import Approvers, allowed_signer_line, make_key
 from tests.test_recovery.helpers import run
 
 DAY = latest_complete_day(utcnow())
@@ -62,6 +62,21 @@ def fleet(local_env, make_database, private_postgres, monkeypatch):
                 "SELECT datname FROM pg_database WHERE datname ^@ %s", [url.rsplit("/", 1)[1]]
             ).fetchall():
                 conn.execute(f'DROP DATABASE "{staged}" WITH (FORCE)')
+
+
+@pytest.fixture
+def approvers(tmp_path, monkeypatch) -> Approvers:
+    """alice and bob in RESTORE_APPROVERS_FILE, each with a real SSH key."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    alice, bob, mallory = (make_key(folder, name) for name in ("alice", "bob", "mallory"))
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(
+        allowed_signer_line("alice@example.org", alice)
+        + allowed_signer_line("bob@example.org", bob)
+    )
+    monkeypatch.setenv("RESTORE_APPROVERS_FILE", str(allowed))
+    return Approvers(allowed, alice, bob, mallory)
 
 
 def _audit(capsys, name: str) -> list[dict]:
@@ -143,10 +158,7 @@ def test_the_doctor_of_a_fleet_database_checks_that_database(fleet, capsys):
 
 
 def test_a_request_for_one_database_cannot_restore_another_production(
-    fleet,
-    approvers,
-    local_env,
-    capsys,  # noqa: F811
+    fleet, approvers, local_env, capsys
 ):
     _stage(capsys, "alpha")
     code, out, err = run(
@@ -190,3 +202,16 @@ def test_a_request_for_one_database_cannot_restore_another_production(
         ).database
         == fleet["alpha"].rsplit("/", 1)[1]
     )
+
+
+def test_a_request_before_staging_names_the_database_in_the_steps_to_take(fleet, approvers, capsys):
+    code, _, err = run(
+        capsys,
+        *("request-restore", "--database", "beta", "--date", str(DAY)),
+        *("--target", "production", "--reason", "beta's orders corrupted"),
+    )
+
+    assert code != 0
+    line = _one_line(err)
+    assert f"pgvault restore-from-backup --database beta --date {DAY} --target staging" in line
+    assert "pgvault check-database-integrity --database beta --target staging" in line
