@@ -46,6 +46,53 @@ def shows_every_database(args: argparse.Namespace, settings: Settings) -> bool:
     return len(load_fleet(settings.platform.fleet_file).databases) > 1
 
 
+TARGETS = ("staging", "production")
+
+
+class DatabaseOrTarget(argparse.Action):
+    """`--database` of check-database-integrity: a fleet database's name, or `staging` or
+    `production`, the manual's spelling of `--target` (no fleet database may take those names)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, "spelled_target" if values in TARGETS else "fleet_database", values)
+
+
+def database_and_target(settings: Settings, target: str) -> str:
+    """The integrity command's arguments for `target` of the database `settings` are pinned to."""
+    if settings.database is None:
+        return f"--database {target}"
+    return f"--database {settings.database} --target {target}"
+
+
+class EnvironmentWide(argparse.Action):
+    """`--database` on a command that serves every database at once: refused, saying why."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{parser.prog.split()[-1]} is environment-wide (one bucket and one key serve every "
+            "database of the fleet): drop --database"
+        )
+
+
+def add_environment_wide(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--database", action=EnvironmentWide)
+
+
 def parse_date(text: str) -> date:
     try:
         return date.fromisoformat(text)

@@ -10,9 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgvault_assets.cli.args import (
+    TARGETS,
+    DatabaseOrTarget,
     add_database_option,
     add_every_database_option,
     confirm,
+    database_and_target,
     parse_date,
     positive_int,
 )
@@ -33,7 +36,7 @@ from pgvault_assets.engine.pitr.window import read_window
 from pgvault_assets.engine.restore import restore_staging, rollback_staging, verify_backup
 from pgvault_assets.engine.server_context import read_context
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import PgvaultError
+from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings
 
@@ -81,11 +84,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "check-database-integrity",
         help="row counts, owners, grants, settings, roles, sequences, foreign keys, indexes",
     )
-    sub.add_argument("--database", choices=("staging", "production"), required=True)
+    sub.add_argument("--target", choices=TARGETS, default=None, help="the database to check")
+    sub.add_argument(
+        "--database",
+        action=DatabaseOrTarget,
+        metavar="NAME",
+        help="the fleet database (required when the fleet file has several); "
+        "--database staging|production is --target's older spelling",
+    )
     sub.add_argument(
         "--date", type=parse_date, default=None, help="the backup to compare with (default: latest)"
     )
-    sub.set_defaults(handler=_cmd_integrity)
+    sub.set_defaults(handler=_cmd_integrity, fleet_database=None, spelled_target=None)
 
     sub = commands.add_parser(
         "demo-database", help="create the small demo database the quickstart backs up"
@@ -101,7 +111,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _print_recoverable_window(settings: Settings) -> None:
     """Where point-in-time recovery is set up, the times it can reach, after the dumps."""
-    if not settings.pitr.config_file.exists():
+    if not settings.pitr.config_file.exists() or settings.platform.fleet_file is not None:
         return
     try:
         window = read_window(tool_for(settings))
@@ -226,7 +236,8 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             f"to undo: pgvault rollback-restore --target {args.target}"
         )
     console.print(
-        f"next: pgvault check-database-integrity --database {args.target} --date {args.date}"
+        f"next: pgvault check-database-integrity {database_and_target(settings, args.target)} "
+        f"--date {args.date}"
     )
     return 0
 
@@ -242,8 +253,22 @@ def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _integrity_target(args: argparse.Namespace) -> str:
+    """`--target`, or the manual's `--database staging|production`; both only if they agree."""
+    if args.target and args.spelled_target and args.target != args.spelled_target:
+        raise ConfigError(
+            f"--database {args.spelled_target} and --target {args.target} name different "
+            "targets; pass one --target"
+        )
+    target = args.target or args.spelled_target
+    if target is None:
+        raise ConfigError("check-database-integrity needs --target staging or --target production")
+    return target
+
+
 def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
-    url = settings.target_url(args.database)
+    target = _integrity_target(args)
+    url = settings.target_url(target)
     vault = Vault.from_settings(settings)
     if args.date:
         manifest = vault.read_manifest(args.date)
@@ -252,14 +277,14 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
         manifest = manifests[-1] if manifests else None
     context = read_context(vault, manifest) if manifest is not None else None
     results = check_database_integrity(
-        url, manifest, context=context, install_amcheck=args.database == "staging"
+        url, manifest, context=context, install_amcheck=target == "staging"
     )
-    if args.database == "staging" and manifest is not None:
+    if target == "staging" and manifest is not None:
         failing = [r.name for r in results if not r.passed]
         record_integrity_check(
             vault, manifest, url.dbname, passed=not failing, failed_checks=failing
         )
-    table = Table(title=f"integrity of {url.dbname} ({args.database})")
+    table = Table(title=f"integrity of {url.dbname} ({target})")
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail")

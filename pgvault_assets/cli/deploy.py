@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from pgvault_assets.cli.args import add_database_option, add_environment_wide
 from pgvault_assets.cli.console import console, errors
 from pgvault_assets.defs.instance_storage import instance_storage_check
 from pgvault_assets.engine.crypto import LocalKeyProvider
@@ -21,6 +22,10 @@ from pgvault_assets.engine.storage_setup import init_storage
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
+ENVIRONMENT_WIDE = (
+    "Environment-wide: one bucket and one key serve every database of a fleet, so it takes "
+    "no --database."
+)
 _VERDICT = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
 
@@ -31,9 +36,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Create what is missing, idempotently: the KMS key with its alias and automatic "
             "rotation; the bucket with versioning, public access blocked and default SSE-KMS. "
-            "Run it with administrator rights; pgvault itself needs only the printed policy."
+            "Run it with administrator rights; pgvault itself needs only the printed policy. "
+            f"{ENVIRONMENT_WIDE}"
         ),
     )
+    add_environment_wide(sub)
     sub.add_argument(
         "--object-lock",
         action="store_true",
@@ -44,7 +51,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "key-fingerprint",
         help="print the local key's fingerprint; with --file, check a copy of it against it",
+        description=f"Print the local key's fingerprint. {ENVIRONMENT_WIDE}",
     )
+    add_environment_wide(sub)
     sub.add_argument(
         "--file", type=Path, default=None, help="a copy of the key file, e.g. from your safe"
     )
@@ -53,6 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "doctor", help="check the deployment end to end; exit 1 when something is wrong"
     )
+    add_database_option(sub)
     sub.set_defaults(handler=doctor_command)
 
 

@@ -14,6 +14,7 @@ from pgvault_assets.engine.pitr.archive import (
     BACKUP_KINDS,
     init_pitr,
     pitr_status,
+    require_single_cluster,
     take_base_backup,
     tool_for,
 )
@@ -31,10 +32,17 @@ examples:
 """
 
 
+PER_CLUSTER = (
+    "Point-in-time recovery is per cluster, set up from DATABASE_URL: refused with a fleet "
+    "file (PGVAULT_FLEET_FILE), so it takes no --database."
+)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser(
         "pitr",
         help="point-in-time recovery by pgBackRest: init, status, backup",
+        description=PER_CLUSTER,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -54,6 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser(
         "restore-to-time",
         help="recover to a point in time, then swap it into the target like a restore",
+        description=PER_CLUSTER,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -114,6 +123,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
+    require_single_cluster(settings)
     source = settings.require_database()
     url = settings.target_url(args.target)
     vault = Vault.from_settings(settings)

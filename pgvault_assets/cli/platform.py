@@ -40,7 +40,7 @@ from pgvault_assets.engine.report import (
     health_warnings,
 )
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import BackupFailed, ConfigError, PgvaultError
+from pgvault_assets.errors import BackupFailed, PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
@@ -227,15 +227,13 @@ def materialize_backup(
 
         check_backup_date(day, utcnow())
         if settings.database is not None:
-            from pgvault_assets.defs.fleet import backup_asset
+            from pgvault_assets.defs.fleet import backup_asset, make_decrypts_fully, make_restorable
 
-            if prove_restorable:
-                raise ConfigError(
-                    "--prove-restorable is for the single database of DATABASE_URL; "
-                    "verify a fleet database's backup with pgvault verify-backup --database NAME"
-                )
             fleet = load_fleet(settings.platform.fleet_file)
+            database = fleet.choose(settings.database)
             assets = [backup_asset(fleet, settings.database)]
+            if prove_restorable:
+                assets += [make_decrypts_fully(database), make_restorable(database)]
         elif prove_restorable:
             assets = [database_backup, decrypts_fully, restorable]
         else:

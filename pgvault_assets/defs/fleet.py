@@ -13,6 +13,7 @@ from datetime import date, datetime
 
 from dagster import (
     AssetCheckExecutionContext,
+    AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
@@ -32,17 +33,21 @@ from pgvault_assets.defs.backup import (
     BACKUP_PARTITIONS,
     CONFIG,
     DECRYPTS_FULLY,
+    RESTORABLE,
+    RESTORE_PROOF_POOL,
     decrypts_fully_result,
     fleet_backup_key,
     make_database_backup,
 )
 from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.defs.restorable import RESTORABLE_DESCRIPTION, restorable_result
 from pgvault_assets.engine.clock import latest_complete_day
 from pgvault_assets.engine.fleet import Fleet, FleetDatabase, load_fleet
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import PlatformSettings
 
 FLEET_JOB_NAME = "fleet_backup_job"
+FLEET_CHECKS_JOB_NAME = "fleet_backup_checks_job"
 DATABASE_TAG = "pgvault/database"
 SERVER_TAG = "pgvault/server"
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # run monitoring fails a run older than this
@@ -111,6 +116,40 @@ def make_decrypts_fully(database: FleetDatabase) -> AssetChecksDefinition:
     return decrypts_fully
 
 
+def make_restorable(database: FleetDatabase) -> AssetChecksDefinition:
+    """The database's restore proof, run by its scheduled run after the backup; daily or
+    weekly as its `restore_proof` says, one proof at a time across the fleet."""
+
+    @asset_check(
+        asset=fleet_backup_key(database.name),
+        name=RESTORABLE,
+        partitions_def=BACKUP_PARTITIONS,
+        pool=RESTORE_PROOF_POOL,
+        description=RESTORABLE_DESCRIPTION,
+    )
+    def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
+        try:
+            settings = vault.settings(database.name)
+        except PgvaultError as exc:
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
+            )
+        return restorable_result(
+            settings, vault.vault(settings), date.fromisoformat(context.partition_key)
+        )
+
+    return restorable
+
+
+def stored_backup_checks(fleet: Fleet) -> list[AssetChecksDefinition]:
+    """Each database's checks that read its stored backup (not the run's dump)."""
+    return [
+        check
+        for database in fleet.databases
+        for check in (make_decrypts_fully(database), make_restorable(database))
+    ]
+
+
 def fleet_definitions(
     fleet: Fleet,
     config: PlatformSettings = CONFIG,
@@ -140,10 +179,25 @@ def fleet_definitions(
                 description=f"{hour:02d}:00 UTC: one backup run per database due at this hour.",
             )
         )
+    checks_job = define_asset_job(
+        FLEET_CHECKS_JOB_NAME,
+        selection=AssetSelection.checks(
+            *(
+                AssetCheckKey(fleet_backup_key(database.name), name)
+                for database in fleet.databases
+                for name in (DECRYPTS_FULLY, RESTORABLE)
+            )
+        ),
+        partitions_def=BACKUP_PARTITIONS,
+        description=(
+            "Re-run every database's stored-backup checks on existing partitions; backfill it "
+            "over past days."
+        ),
+    )
     return Definitions(
         assets=assets,
-        asset_checks=[make_decrypts_fully(database) for database in fleet.databases],
-        jobs=[job],
+        asset_checks=stored_backup_checks(fleet),
+        jobs=[job, checks_job],
         schedules=schedules,
     )
 

@@ -18,32 +18,34 @@ from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.policy import SUNDAY
 from pgvault_assets.engine.restore_check import verify_restorable
+from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.settings import Settings
 
-
-@asset_check(
-    asset=BACKUP_KEY,
-    name=RESTORABLE,
-    partitions_def=BACKUP_PARTITIONS,
-    pool=RESTORE_PROOF_POOL,
-    description=(
-        "restored onto a throwaway PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), "
-        "never the backed-up one; every table's row count equals the manifest's, then dropped"
-    ),
+RESTORABLE_DESCRIPTION = (
+    "restored onto a throwaway PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), "
+    "never the backed-up one; every table's row count equals the manifest's, then dropped"
 )
-def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
-    day = date.fromisoformat(context.partition_key)
-    settings = vault.settings()
+
+
+def restorable_result(settings: Settings, vault: Vault, day: date) -> AssetCheckResult:
+    """The proof of `day`'s backup, or why there is none; shared by the single database's
+    check and each fleet database's, so both prove and report alike."""
     if settings.restore_verify_weekly and day.weekday() != SUNDAY:
+        weekly = (
+            "RESTORE_VERIFY_SCHEDULE=weekly"
+            if settings.database is None
+            else "a weekly restore_proof (the fleet file's, else RESTORE_VERIFY_SCHEDULE)"
+        )
         return AssetCheckResult(
             passed=True,
             severity=AssetCheckSeverity.WARN,
-            description="not restored: RESTORE_VERIFY_SCHEDULE=weekly proves Sunday backups only",
+            description=f"not restored: {weekly} proves Sunday backups only",
             metadata={"restore_verified": False},
         )
     server = settings.restore_check_database_url
     try:
-        proof = verify_restorable(vault.vault(settings), day, server)
+        proof = verify_restorable(vault, day, server)
     except PgvaultError as exc:
         return AssetCheckResult(
             passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
@@ -63,6 +65,20 @@ def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> Ass
                 else str(server.with_dbname(proof.database))
             ),
         },
+    )
+
+
+@asset_check(
+    asset=BACKUP_KEY,
+    name=RESTORABLE,
+    partitions_def=BACKUP_PARTITIONS,
+    pool=RESTORE_PROOF_POOL,
+    description=RESTORABLE_DESCRIPTION,
+)
+def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
+    settings = vault.settings()
+    return restorable_result(
+        settings, vault.vault(settings), date.fromisoformat(context.partition_key)
     )
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pgvault_assets.engine import audit
+from pgvault_assets.engine import audit, names
 from pgvault_assets.engine.clock import Clock, aware, utcnow
 from pgvault_assets.engine.postgres import previous_databases
 from pgvault_assets.engine.vault import Vault
@@ -217,10 +217,13 @@ def create_request(
 def require_staging_first(vault: Vault, day: date, sha256: str) -> None:
     """The manual's rule, enforced: production gets only what staging restored and checked."""
     if not audit.staging_verified(vault, day, sha256):
+        database = names.split_namespace(vault.environment)[1]
+        pinned = "" if database is None else f"--database {database} "
+        check = "--database staging" if database is None else f"{pinned}--target staging"
         raise AuthorizationRefused(
             f"the {day} backup (sha256 {sha256[:12]}…) has no staging restore followed by a passing "
-            f"integrity check in the audit trail; run: pgvault restore-from-backup --date {day} "
-            f"--target staging, then pgvault check-database-integrity --database staging --date {day}"
+            f"integrity check in the audit trail; run: pgvault restore-from-backup {pinned}--date {day} "
+            f"--target staging, then pgvault check-database-integrity {check} --date {day}"
         )
 
 

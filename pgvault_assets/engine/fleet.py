@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -29,8 +29,9 @@ DEFAULT_SCHEDULE_HOUR = 2
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Folders an environment keeps beside its databases' (audit, reports, drills, the doctor's
-# probes): a database of one of these names would share them.
-RESERVED_NAMES = frozenset({"audit", "reports", "drills", "doctor"})
+# probes): a database of one of these names would share them. `staging` and `production` are
+# the targets: `check-database-integrity --database staging` keeps meaning the target.
+RESERVED_NAMES = frozenset({"audit", "reports", "drills", "doctor", "staging", "production"})
 SINGLE = "default"
 
 
@@ -46,7 +47,9 @@ def _name(value: str) -> str:
 def _database_name(value: str) -> str:
     _name(value)
     if value in RESERVED_NAMES:
-        raise ValueError(f"{value!r} is reserved for the environment's own folder")
+        raise ValueError(
+            f"{value!r} is reserved for the environment's own folder or a target; choose another"
+        )
     try:
         date.fromisoformat(value)
     except ValueError:
@@ -136,6 +139,8 @@ class FleetDatabase(_Model):
     """More tags each backup run carries (a launcher's own, a team's)."""
     max_runtime_seconds: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
     """The longest a backup run may take before run monitoring fails it."""
+    restore_proof: Literal["daily", "weekly"] | None = None
+    """How often the restorable check restores the backup; None: RESTORE_VERIFY_SCHEDULE."""
 
 
 class Fleet(_Model):
@@ -307,6 +312,7 @@ def pin_database(settings: Settings, env: Mapping[str, str], name: str | None) -
             if database.retention
             else settings.retention
         ),
+        restore_verify_schedule=database.restore_proof or settings.restore_verify_schedule,
     )
 
 

@@ -26,6 +26,7 @@ databases:
     retention: {daily_days: 7}
     run_tags: {ecs/cpu: "1024", ecs/memory: "4096"}
     max_runtime_seconds: 7200
+    restore_proof: weekly
   - name: analytics
     server: reports
     dbname: analytics
@@ -91,6 +92,14 @@ def test_fleet_file_declares_servers_and_databases():
         (
             GOOD.replace("name: analytics", "name: audit"),
             "fleet file fleet.yaml: databases[1].name: 'audit' is reserved",
+        ),
+        (
+            GOOD.replace("name: analytics", "name: staging"),
+            "fleet file fleet.yaml: databases[1].name: 'staging' is reserved",
+        ),
+        (
+            GOOD.replace("restore_proof: weekly", "restore_proof: hourly"),
+            "fleet file fleet.yaml: databases[0].restore_proof: Input should be 'daily' or 'weekly'",
         ),
         ("servers: [", "fleet file fleet.yaml: not valid YAML at line 1"),
         ("- a list", "fleet file fleet.yaml: expected a mapping"),
@@ -158,3 +167,12 @@ def test_an_unset_server_variable_is_named_when_the_database_is_used(tmp_path):
     env = {k: v for k, v in ENV.items() if k != "REPORTS_URL"}
     with pytest.raises(ConfigError, match=r"^REPORTS_URL is not set; the fleet file names it"):
         pin_database(settings, env, "analytics")
+
+
+def test_restore_proof_is_per_database_and_defaults_to_restore_verify_schedule(tmp_path):
+    settings = fleet_settings(tmp_path, RESTORE_VERIFY_SCHEDULE="daily")
+
+    assert pin_database(settings, ENV, "billing").restore_verify_weekly
+    assert not pin_database(settings, ENV, "analytics").restore_verify_weekly
+    weekly = fleet_settings(tmp_path, RESTORE_VERIFY_SCHEDULE="weekly")
+    assert pin_database(weekly, ENV, "analytics").restore_verify_weekly

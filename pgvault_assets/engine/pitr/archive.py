@@ -34,8 +34,19 @@ SEGMENT_BYTES = 16 * 1024 * 1024
 LOG_HINT = "the server's log and pgBackRest's archive-push log in PITR_DIR/log"
 
 
+def require_single_cluster(settings: Settings) -> None:
+    """Point-in-time recovery archives one cluster, set up from `DATABASE_URL`: a fleet file
+    names many databases on many servers, none of them `DATABASE_URL`'s."""
+    if settings.platform.fleet_file is not None:
+        raise ConfigError(
+            "point-in-time recovery is per cluster, set up from DATABASE_URL, not for a fleet: "
+            "run pgvault pitr and restore-to-time with PGVAULT_FLEET_FILE unset"
+        )
+
+
 def tool_for(settings: Settings) -> PgBackRest:
     """pgBackRest with pgvault's configuration; refuses before `pitr init` wrote it."""
+    require_single_cluster(settings)
     config = settings.pitr.config_file
     if not os.path.exists(config):
         raise ConfigError(
@@ -165,6 +176,7 @@ def _refuse_another_cluster(settings: Settings, server: pc.Server) -> None:
 
 def init_pitr(settings: Settings, vault: Vault) -> InitResult:
     """Write the configuration, create the stanza, and check archiving if it is on."""
+    require_single_cluster(settings)
     url = settings.require_database()
     server = pc.describe_server(url)
     _refuse_another_cluster(settings, server)
