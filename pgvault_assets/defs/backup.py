@@ -55,8 +55,6 @@ from pgvault_assets.settings import PlatformSettings, load_settings, platform_se
 log = logging.getLogger(__name__)
 BACKUP_KEY = AssetKey("database_backup")
 BACKUP_POOL = "pgvault_backup"
-# The restorable check and the drill: one full restore at a time, whatever launched them.
-RESTORE_PROOF_POOL = "pgvault_restore_proof"
 CONFIG = platform_section()
 BACKUP_PARTITIONS = DailyPartitionsDefinition(
     start_date=CONFIG.start_date.isoformat(), timezone="UTC", end_offset=0

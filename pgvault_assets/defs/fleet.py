@@ -34,7 +34,6 @@ from pgvault_assets.defs.backup import (
     CONFIG,
     DECRYPTS_FULLY,
     RESTORABLE,
-    RESTORE_PROOF_POOL,
     decrypts_fully_result,
     fleet_backup_key,
     make_database_backup,
@@ -42,7 +41,7 @@ from pgvault_assets.defs.backup import (
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.defs.restorable import RESTORABLE_DESCRIPTION, restorable_result
 from pgvault_assets.engine.clock import latest_complete_day
-from pgvault_assets.engine.fleet import Fleet, FleetDatabase, load_fleet
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, Fleet, FleetDatabase, load_fleet
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import PlatformSettings
 

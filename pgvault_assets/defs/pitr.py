@@ -31,9 +31,9 @@ from dagster import (
 )
 
 from pgvault_assets.alerts import Alert
-from pgvault_assets.defs.backup import RESTORE_PROOF_POOL
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.cluster import one_proof_at_a_time
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.pitr.archive import (
     BACKUP_KINDS,
     pitr_status,

@@ -31,10 +31,11 @@ from dagster import (
     schedule,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY, RESTORE_PROOF_POOL
+from pgvault_assets.defs.backup import BACKUP_KEY
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.drill import run_configured_drill, store_report
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.restore import RestoreResult, restore_production, restore_staging
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl

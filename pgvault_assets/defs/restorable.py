@@ -14,8 +14,9 @@ from dagster import (
     asset_check,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE, RESTORE_PROOF_POOL
+from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE
 from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.policy import SUNDAY
 from pgvault_assets.engine.restore_check import verify_restorable
 from pgvault_assets.engine.vault import Vault

@@ -75,6 +75,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The restorable check and the drill: this many full restores at a time, whatever launched them.
+RESTORE_PROOF_POOL = "pgvault_restore_proof"
+
+
 def pool_name(server: str) -> str:
     """The Dagster pool of one server's backups, whose limit is its `max_concurrent_backups`."""
     return f"pgvault/server/{server}"
@@ -146,6 +150,9 @@ class FleetDatabase(_Model):
 class Fleet(_Model):
     servers: tuple[Server, ...] = Field(min_length=1)
     databases: tuple[FleetDatabase, ...] = Field(min_length=1)
+    max_concurrent_restore_proofs: int = Field(default=1, ge=1, le=100)
+    """Restore proofs at once across the fleet: each restores a whole backup on pgvault's
+    machine (or RESTORE_CHECK_DATABASE_URL's server), whatever server it came from."""
     source: Path | None = None
     """The fleet file; None for the fleet of one from `DATABASE_URL`."""
 
@@ -157,8 +164,10 @@ class Fleet(_Model):
         return next(server for server in self.servers if server.name == name)
 
     def pool_limits(self) -> dict[str, int]:
-        """Each server's pool and its limit, as `pgvault fleet apply-limits` sets them."""
-        return {pool_name(s.name): s.max_concurrent_backups for s in self.servers}
+        """Each server's pool and its limit, and the restore proofs', as `pgvault fleet
+        apply-limits` sets them."""
+        limits = {pool_name(s.name): s.max_concurrent_backups for s in self.servers}
+        return {**limits, RESTORE_PROOF_POOL: self.max_concurrent_restore_proofs}
 
     def choose(self, name: str | None) -> FleetDatabase:
         """The database `name`, or the only one; a one-line error naming the choices else."""

@@ -168,12 +168,13 @@ def test_a_fleet_database_materializes_under_its_own_prefix(local_env, make_data
 def test_apply_limits_sets_every_server_pool_on_the_instance(
     local_env, make_database, monkeypatch, capsys
 ):
-    write_fleet(
+    fleet_file = write_fleet(
         local_env,
         monkeypatch,
         servers={"main": (f"{PG_SERVER_URL}/postgres", 3), "small": (PG_SERVER_URL + "/x", 1)},
         databases={"alpha": ("main", "alpha"), "beta": ("small", "beta")},
     )
+    fleet_file.write_text(fleet_file.read_text() + "max_concurrent_restore_proofs: 2\n")
     home = local_env / "production_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -188,6 +189,7 @@ def test_apply_limits_sets_every_server_pool_on_the_instance(
         storage = instance.event_log_storage
         assert storage.get_concurrency_info("pgvault/server/main").slot_count == 3
         assert storage.get_concurrency_info("pgvault/server/small").slot_count == 1
+        assert storage.get_concurrency_info("pgvault_restore_proof").slot_count == 2
 
 
 def test_apply_limits_without_a_fleet_file_is_one_line(local_env, capsys):
