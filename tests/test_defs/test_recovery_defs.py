@@ -8,7 +8,6 @@ import psycopg
 import pytest
 from dagster import AssetCheckSeverity, RunRequest, SkipReason, build_schedule_context, materialize
 
-from pgvault_assets.defs.backup import RESTORE_PROOF_POOL
 from pgvault_assets.defs.recovery import (
     RECOVERY_TIME_WITHIN_OBJECTIVE,
     disaster_recovery_drill,
@@ -18,6 +17,7 @@ from pgvault_assets.defs.recovery import (
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.audit import STAGING_RESTORE, audit_records
 from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from test_defs.conftest import watching
 from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault

@@ -20,12 +20,11 @@ from dagster import (
 )
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.backup import RESTORE_PROOF_POOL
 from pgvault_assets.defs.fleet import fleet_definitions, fleet_run_requests
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.backup import backup_database
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import load_fleet, pin_database
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, load_fleet, pin_database
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
