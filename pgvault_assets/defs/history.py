@@ -63,13 +63,18 @@ def run_events(
 
 
 def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
-    """The last step failure's own description, else its error message, as one line.
+    """The last step failure's own description, else its error message, as one line; for a
+    run that failed with no step failing (run monitoring stopped it for its runtime, its
+    worker died, it never started), the run's own failure message.
 
     None when the backup step refused its date: a refused backfill took no backup and failed
     none, so it counts neither way.
     """
-    for event in reversed(run_events(instance, run_id, DagsterEventType.STEP_FAILURE)):
-        data = event.step_failure_data
+    events = run_events(
+        instance, run_id, {DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+    )
+    for event in reversed(events):
+        data = event.step_failure_data if event.is_step_failure else None
         if data is None:
             continue
         if data.user_failure_data and REFUSED_METADATA_KEY in data.user_failure_data.metadata:
@@ -81,6 +86,9 @@ def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
         else:
             continue
         return " ".join(text.split())
+    for event in reversed(events):
+        if event.event_type == DagsterEventType.RUN_FAILURE and event.message:
+            return f"the run failed before its backup step ended: {' '.join(event.message.split())}"
     return "the run failed before its backup step (see the run in Dagster)"
 
 

@@ -101,6 +101,21 @@ def test_a_failed_backup_run_alerts_critically_whatever_job_launched_it(
     assert "DATABASE_URL is not set" in post["text"]
 
 
+def test_a_backup_run_stopped_by_run_monitoring_alerts_with_why(
+    local_env, instance, alerts_captured
+):
+    """No step failed: the run was over its runtime and run monitoring failed it, with the
+    message Dagster's run monitoring writes. The alert says so, not just "see the run"."""
+    job = defs.resolve_job_def("daily_backup_job")
+    run = instance.create_run_for_job(job, tags={"dagster/partition": "2026-03-14"})
+    instance.report_run_failed(run, "Exceeded maximum runtime of 21600 seconds.")
+
+    assert sense_run_failure(instance, run.run_id)
+    (post,) = alerts_captured.posts("/hook")
+    assert post["alert"] == "backup_failed"
+    assert "backup step ended: Exceeded maximum runtime of 21600 seconds." in post["text"]
+
+
 def test_a_refused_backfill_raises_no_failure_alert(
     local_env, instance, alerts_captured, yesterday
 ):
