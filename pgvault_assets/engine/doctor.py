@@ -78,8 +78,14 @@ def database_checks(settings: Settings) -> list[Check]:
         ("STAGING_DATABASE_URL", settings.staging_database_url),
         ("RESTORE_CHECK_DATABASE_URL", settings.restore_check_database_url),
     ]
+    # A fleet database's URLs come from its server's variables: named by the database instead.
+    fleet_labels = {
+        "DATABASE_URL": f"{settings.database}",
+        "STAGING_DATABASE_URL": f"{settings.database}, staging",
+    }
     for variable, url in targets:
-        name = f"database ({variable})"
+        label = fleet_labels.get(variable, variable) if settings.database else variable
+        name = f"database ({label})"
         if url is None:
             if variable == "DATABASE_URL":
                 checks.append(

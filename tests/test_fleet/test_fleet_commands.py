@@ -155,6 +155,8 @@ def test_the_doctor_of_a_fleet_database_checks_that_database(fleet, capsys):
 
     assert fleet["beta"].rsplit("/", 1)[1] in out
     assert fleet["alpha"].rsplit("/", 1)[1] not in out
+    # Its URL came from its server's variable, not DATABASE_URL: the row names the database.
+    assert "database (beta)" in out and "DATABASE_URL" not in out
 
 
 def test_a_request_for_one_database_cannot_restore_another_production(
