@@ -8,6 +8,7 @@ are still done, and the asset fails at the end with one line naming each failed 
 the trouble shows in the UI without costing the rest their week.
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,7 +39,13 @@ from pgvault_assets.engine.cleanup import CleanupResult, run_cleanup
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.fleet import each_database_apart
 from pgvault_assets.engine.kept_databases import KeptDatabasesResult, drop_expired_kept_databases
-from pgvault_assets.engine.report import DatabaseHealth, database_health, render_fleet_report
+from pgvault_assets.engine.report import (
+    DatabaseHealth,
+    FormerDatabase,
+    database_health,
+    former_database,
+    render_fleet_report,
+)
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
@@ -215,6 +222,26 @@ def _report_row(health: DatabaseHealth) -> dict:
     }
 
 
+def former_databases(
+    context: AssetExecutionContext, settings: Settings, current: set[str]
+) -> list[FormerDatabase]:
+    """The databases Dagster remembers a backup asset of (`backup/<name>`) that the fleet file
+    no longer lists, with what their folders still hold: nothing expires them any more."""
+    names = sorted(
+        key.path[1]
+        for key in context.instance.get_asset_keys(prefix=["backup"])
+        if len(key.path) == 2 and key.path[1] not in current
+    )
+    former = []
+    for name in names:
+        try:
+            vault = Vault.from_settings(dataclasses.replace(settings, database=name))
+            former.append(former_database(name, vault.list_manifests()))
+        except PgvaultError as exc:
+            context.log.warning(f"{name} (no longer in the fleet file): {redact(str(exc))}")
+    return former
+
+
 @asset(
     key=FLEET_REPORT_KEY,
     deps=[FLEET_RETENTION_KEY],
@@ -246,11 +273,13 @@ def fleet_weekly_health_report(
         outcome.done.get(name) or DatabaseHealth(name, error=outcome.failed[name])
         for name in outcome.order
     ]
+    former = former_databases(context, settings, set(keys))
     text = render_fleet_report(
         settings.environment,
         health,
         generated_at=now,
         storage_budget_bytes=settings.storage_budget_bytes,
+        former=former,
     )
     store = Vault.from_settings(settings).store
     key = names.fleet_report_key(settings.environment, today)

@@ -7,6 +7,7 @@ knows of (the Dagster run history, or nothing on the CLI), so the same numbers a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from statistics import mean
@@ -205,6 +206,26 @@ class DatabaseHealth:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class FormerDatabase:
+    """A database backed up once but no longer in the fleet file: its backups stay in the store,
+    out of retention's reach, until someone deletes them."""
+
+    name: str
+    backups: int
+    storage_bytes: int
+    newest: date | None
+
+
+def former_database(name: str, manifests: list[Manifest]) -> FormerDatabase:
+    return FormerDatabase(
+        name,
+        len(manifests),
+        sum(m.size_bytes for m in manifests),
+        max((m.date for m in manifests), default=None),
+    )
+
+
 def database_health(
     name: str, manifests: list[Manifest], failures: list[FailedRun], *, today: date
 ) -> DatabaseHealth:
@@ -248,9 +269,11 @@ def render_fleet_report(
     *,
     generated_at: datetime,
     storage_budget_bytes: int | None = None,
+    former: Sequence[FormerDatabase] = (),
 ) -> str:
     """The Monday report of a fleet as markdown: one row per database, then what needs
-    attention, so a fleet of hundreds is read from its exceptions, not its rows."""
+    attention, so a fleet of hundreds is read from its exceptions, not its rows. `former`:
+    the databases removed from the file whose backups are still stored."""
     lines = [
         f"# pgvault fleet backup health: {environment}",
         "",
@@ -274,10 +297,31 @@ def render_fleet_report(
             f"| {format_bytes(month.storage_used_bytes)} |"
         )
     lines += ["", f"Storage used by the fleet: {format_bytes(total)}.", ""]
+    kept = [database for database in former if database.backups]
+    if kept:
+        lines += [
+            "## No longer in the fleet file",
+            "",
+            "| database | backups kept | newest | storage used |",
+            "|---|---:|---|---:|",
+        ]
+        for database in kept:
+            newest = database.newest.isoformat() if database.newest else "-"
+            lines.append(
+                f"| {database.name} | {database.backups} | {newest} "
+                f"| {format_bytes(database.storage_bytes)} |"
+            )
+        lines.append("")
     attention = [
         f"- **{health.name}**: {_cell(line)}"
         for health in databases
         for line in attention_lines(health, now=generated_at)
+    ]
+    attention += [
+        f"- **{database.name}**: no longer in the fleet file; its {database.backups} backups "
+        f"({format_bytes(database.storage_bytes)}) are kept and no retention applies to them: "
+        "put it back in the file to restore from them, or delete its folder once not needed"
+        for database in kept
     ]
     if storage_budget_bytes is not None and total > storage_budget_bytes:
         attention.append(

@@ -3,11 +3,12 @@ databases, one database's trouble never costing the others their week."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, materialize
 from psycopg import sql
 from test_defs.backup_history import write_history
 
@@ -223,3 +224,40 @@ def test_kept_databases_are_dropped_beside_each_databases_target_and_audited_the
     for name, kept in (("alpha", old_alpha), ("beta", old_beta)):
         (record,) = audit.audit_records(vault_of(name), "maintenance")
         assert record.body["database"] == kept
+
+
+def test_a_database_removed_from_the_file_is_reported_with_the_backups_it_left(
+    local_env, monkeypatch, instance, at_monday
+):
+    """Its backups stay (nothing expires them any more): the report says so every week, so
+    they are neither lost nor forgotten."""
+    servers = {"main": (SERVER, 2)}
+    write_fleet(
+        local_env,
+        monkeypatch,
+        servers=servers,
+        databases={"alpha": ("main", "a"), "old": ("main", "o")},
+    )
+    write_history(vault_of("alpha"), date(2025, 3, 1), date(2025, 3, 9))
+    write_history(vault_of("old"), date(2025, 2, 1), date(2025, 2, 3), size_bytes=1000)
+    for name in ("alpha", "old"):
+        instance.report_runless_asset_event(AssetMaterialization(AssetKey(["backup", name])))
+    write_fleet(local_env, monkeypatch, servers=servers, databases={"alpha": ("main", "a")})
+
+    result = materialize([fleet_weekly_health_report], instance=instance, resources=resource_defs())
+
+    assert result.success
+    (report,) = result.asset_materializations_for_node("fleet__weekly_health_report")
+    text = report.metadata["report"].value
+    removed = text.split("## No longer in the fleet file", 1)[1].split("##", 1)[0]
+    assert "| old | 3 | 2025-02-03 | 2.9 KiB |" in removed and "alpha" not in removed
+    attention = text.split("## Needs attention", 1)[1]
+    assert "**old**: no longer in the fleet file; its 3 backups (2.9 KiB) are kept" in attention
+    assert (
+        len(
+            Vault.from_settings(
+                dataclasses.replace(load_settings(), database="old")
+            ).list_manifests()
+        )
+        == 3
+    )
