@@ -20,9 +20,12 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+import sentry_sdk
+from dagster import DagsterInstance, instance_for_test
 from psycopg import sql
 
 from pgvault_assets.engine.cluster import Cluster, start_cluster
+from tests.test_defs.http_capture import Captured, capture_http
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -285,3 +288,19 @@ def aws_env(local_env: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch) 
         s3=s3,
         kms=kms,
     )
+
+
+@pytest.fixture
+def alerts_captured(monkeypatch) -> Iterator[Captured]:
+    """Sentry and the webhook both pointed at a local server that records what arrives."""
+    with capture_http() as captured:
+        monkeypatch.setenv("SENTRY_DSN", captured.sentry_dsn)
+        monkeypatch.setenv("ALERT_WEBHOOK_URL", captured.url)
+        yield captured
+    sentry_sdk.init()
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as test_instance:
+        yield test_instance

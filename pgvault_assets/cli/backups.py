@@ -139,11 +139,21 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
         _print_recoverable_window(settings)
         return 0
-    table = Table(title=f"backups of {settings.environment}")
-    for column in ("date", "tier", "size", "age", "duration", "sha256", "restore-verified"):
+    console.print(_backups_table(f"backups of {settings.environment}", rows))
+    _print_recoverable_window(settings)
+    return 0
+
+
+def _backups_table(title: str, rows: list[dict]) -> Table:
+    """The backups as rows of a table; a `database` column first when the rows name theirs."""
+    table = Table(title=title)
+    whose = bool(rows) and "database" in rows[0]
+    columns = ("date", "tier", "size", "age", "duration", "sha256", "restore-verified")
+    for column in (("database",) if whose else ()) + columns:
         table.add_column(column)
     for row in rows:
         table.add_row(
+            *((row["database"],) if whose else ()),
             row["date"],
             row["tier"],
             human_bytes(row["size_bytes"]),
@@ -152,9 +162,7 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
             row["sha256"][:12],
             row["restore_verified_at"] or "-",
         )
-    console.print(table)
-    _print_recoverable_window(settings)
-    return 0
+    return table
 
 
 def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,30 +184,7 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 1 if failed else 0
-    table = Table(title=f"backups of every database of {settings.environment}")
-    for column in (
-        "database",
-        "date",
-        "tier",
-        "size",
-        "age",
-        "duration",
-        "sha256",
-        "restore-verified",
-    ):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["database"],
-            row["date"],
-            row["tier"],
-            human_bytes(row["size_bytes"]),
-            f"{row['age_hours'] / 24:.1f} d",
-            f"{row['duration_seconds']:.1f} s",
-            row["sha256"][:12],
-            row["restore_verified_at"] or "-",
-        )
-    console.print(table)
+    console.print(_backups_table(f"backups of every database of {settings.environment}", rows))
     return 1 if failed else 0
 
 

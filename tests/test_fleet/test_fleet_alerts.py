@@ -7,12 +7,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pytest
-import sentry_sdk
 from dagster import (
     AssetCheckKey,
     AssetSelection,
@@ -20,7 +17,6 @@ from dagster import (
     Definitions,
     build_sensor_context,
     define_asset_job,
-    instance_for_test,
     materialize,
 )
 
@@ -34,7 +30,7 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings, platform_section
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.test_defs.backup_history import fake_manifest, write_backup, write_history
-from tests.test_defs.http_capture import Captured, capture_http
+from tests.test_defs.http_capture import Captured
 from tests.test_fleet.helpers import write_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,21 +47,6 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def alerts_captured(monkeypatch) -> Iterator[Captured]:
-    with capture_http() as captured:
-        monkeypatch.setenv("SENTRY_DSN", captured.sentry_dsn)
-        monkeypatch.setenv("ALERT_WEBHOOK_URL", captured.url)
-        yield captured
-    sentry_sdk.init()
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as test_instance:
-        yield test_instance
 
 
 def _fleet(local_env: Path, monkeypatch, databases: dict[str, str]) -> Fleet:

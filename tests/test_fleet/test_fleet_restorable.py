@@ -4,7 +4,6 @@ fleet file says, and a corrupted backup of one database a warning of that databa
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -14,9 +13,7 @@ from dagster import (
     AssetCheckKey,
     AssetCheckSeverity,
     AssetKey,
-    DagsterInstance,
     Definitions,
-    instance_for_test,
 )
 
 from pgvault_assets.cli import main
@@ -34,12 +31,6 @@ from tests.test_recovery.conftest import databases_named
 
 SATURDAY = date(2026, 3, 14)
 SUNDAY = date(2026, 3, 15)
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture
