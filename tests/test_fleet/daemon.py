@@ -30,7 +30,13 @@ DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
 LOCATION = Path(__file__).with_name("fleet_location.py")
 SCHEDULE = "fleet_backup_schedule_02"  # every database's default hour; ticks each minute here
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-EVERY_CHECK = ("checksum_matches", "decrypts_fully", "duration_within_average", "size_not_shrunk")
+EVERY_CHECK = (
+    "checksum_matches",
+    "decrypts_fully",
+    "duration_within_average",
+    "size_not_shrunk",
+    "restorable",
+)
 DATABASE_TAG = "pgvault/database"
 SERVER_TAG = "pgvault/server"
 PARENT_RUN_TAG = "dagster/parent_run_id"  # a run retry's tag naming the run it retries

@@ -22,7 +22,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.fleet import pool_name
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, pool_name
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet import daemon
 from tests.test_fleet.helpers import write_fleet
@@ -44,6 +44,9 @@ def fleet(local_env, make_database, monkeypatch) -> dict[str, str]:
     )
     monkeypatch.setenv("BACKUP_LOCK_WAIT_SECONDS", "900")
     monkeypatch.setenv("BACKUP_MAX_RETRIES", "0")
+    # Each run proves its backup restores: on a scratch database of the test server, not a
+    # throwaway cluster per run, so twenty proofs cost seconds.
+    monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", f"{PG_SERVER_URL}/postgres")
     return urls
 
 
@@ -82,7 +85,7 @@ def test_a_killed_run_worker_frees_its_slot_and_the_next_database_is_backed_up(
         daemon.started_daemon(instance_home) as started,
         DagsterInstance.get() as instance,
     ):
-        assert daemon.pool_limits(instance) == {POOL: 1}
+        assert daemon.pool_limits(instance) == {POOL: 1, RESTORE_PROOF_POOL: 1}
         dbnames = {url.rsplit("/", 1)[1] for url in fleet.values()}
         daemon.wait_for(
             lambda: daemon.waiting_on_lock(PG_SERVER_URL, dbnames),

@@ -25,12 +25,13 @@ from tests.test_fleet.helpers import write_fleet
 LOAD = (
     "import json\n"
     "from pgvault_assets.definitions import defs\n"
-    "print(json.dumps(sorted(key.to_user_string() for key in defs.resolve_all_asset_keys())))\n"
+    "keys = [key.to_user_string() for key in defs.resolve_all_asset_keys()]\n"
+    "print(json.dumps(sorted(key for key in keys if key.startswith('backup/'))))\n"
 )
 
 
 def _loaded_asset_keys() -> list[str]:
-    """The asset keys of a fresh load of the code location, in a process of its own."""
+    """The backup asset keys of a fresh load of the code location, in a process of its own."""
     result = subprocess.run(
         [sys.executable, "-c", LOAD],
         env=dict(os.environ),

@@ -20,7 +20,7 @@ import pytest
 from dagster import DagsterInstance
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.fleet import pin_database, pool_name
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, pin_database, pool_name
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
@@ -48,6 +48,9 @@ def fleet(local_env, make_database, monkeypatch) -> dict[str, tuple[str, str]]:
     # Dumps wait on the test's locks far longer than a production default would allow.
     monkeypatch.setenv("BACKUP_LOCK_WAIT_SECONDS", "1200")
     monkeypatch.setenv("BACKUP_MAX_RETRIES", "0")
+    # Each run proves its backup restores: on a scratch database of the test server, not a
+    # throwaway cluster per run, so twenty proofs cost seconds.
+    monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", f"{PG_SERVER_URL}/postgres")
     return databases
 
 
@@ -79,7 +82,8 @@ def test_one_tick_backs_up_twenty_databases_within_each_server_limit(
     capsys.readouterr()
     with DagsterInstance.get() as instance:
         assert daemon.pool_limits(instance) == {
-            pool_name(server): limit for server, (_count, limit) in SERVERS.items()
+            **{pool_name(server): limit for server, (_count, limit) in SERVERS.items()},
+            RESTORE_PROOF_POOL: 1,
         }
 
     log = instance_home / "daemon.log"
