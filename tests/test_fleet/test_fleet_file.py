@@ -176,3 +176,16 @@ def test_restore_proof_is_per_database_and_defaults_to_restore_verify_schedule(t
     assert not pin_database(settings, ENV, "analytics").restore_verify_weekly
     weekly = fleet_settings(tmp_path, RESTORE_VERIFY_SCHEDULE="weekly")
     assert pin_database(weekly, ENV, "analytics").restore_verify_weekly
+
+
+def test_the_readmes_fleet_file_is_a_valid_fleet():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Many databases") :]
+    example = section[
+        section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml\n") + 8)
+    ]
+
+    fleet = parse_fleet(example, Path("README.md"))
+
+    assert [database.name for database in fleet.databases] == ["billing", "analytics"]
+    assert fleet.databases[0].run_size is not None and fleet.max_concurrent_restore_proofs == 2
