@@ -144,10 +144,9 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _backups_table(title: str, rows: list[dict]) -> Table:
-    """The backups as rows of a table; a `database` column first when the rows name theirs."""
+def _backups_table(title: str, rows: list[dict], *, whose: bool = False) -> Table:
+    """The backups as rows of a table; with `whose`, a `database` column first."""
     table = Table(title=title)
-    whose = bool(rows) and "database" in rows[0]
     columns = ("date", "tier", "size", "age", "duration", "sha256", "restore-verified")
     for column in (("database",) if whose else ()) + columns:
         table.add_column(column)
@@ -184,7 +183,8 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 1 if failed else 0
-    console.print(_backups_table(f"backups of every database of {settings.environment}", rows))
+    title = f"backups of every database of {settings.environment}"
+    console.print(_backups_table(title, rows, whose=True))
     return 1 if failed else 0
 
 
