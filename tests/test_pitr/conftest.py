@@ -26,7 +26,6 @@ from pgvault_assets.engine.cluster import Cluster, start_cluster
 from pgvault_assets.engine.pitr.config import server_settings_lines
 from pgvault_assets.settings import load_settings
 from tests.conftest import AwsEnv
-from tests.test_defs.conftest import alerts_captured, instance  # noqa: F401 (shared fixtures)
 from tests.test_pitr.tls import tls_proxy, write_localhost_certificate
 from tests.test_recovery.conftest import approvers  # noqa: F401 (shared fixture)
 
