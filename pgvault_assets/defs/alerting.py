@@ -131,32 +131,37 @@ def backup_failure_alert_sensor(
     if reason is None:  # a refused backfill: nothing was attempted, nothing is broken
         return
     partition = run.tags.get("dagster/partition", "?")
-    kind = "upload_failing" if reason.startswith("S3 ") else "backup_failed"
-    alerts.notifier(vault.settings()).send(
-        Alert(
-            kind,
-            "fatal",
-            f"backup of {partition} failed after all retries: {reason}",
-            {"partition": partition, "run_id": run.run_id},
-        )
+    alerts.notifier(vault.settings()).send(failed_run_alert(reason, partition, run.run_id))
+
+
+def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
+    """A backup run that failed after all its retries, for the single database or a fleet's."""
+    return Alert(
+        "upload_failing" if reason.startswith("S3 ") else "backup_failed",
+        "fatal",
+        f"backup of {day} failed after all retries: {reason}",
+        {"partition": day, "run_id": run_id},
+    )
+
+
+def failed_check_alert(evaluation: AssetCheckEvaluation, day: str) -> Alert | None:
+    """A failed check as an alert: critical for an ERROR check, a warning for a WARN one."""
+    if evaluation.passed:
+        return None
+    name = evaluation.check_name
+    return Alert(
+        "checksum_mismatch" if name == CHECKSUM_MATCHES else name,
+        "fatal" if evaluation.severity == AssetCheckSeverity.ERROR else "warning",
+        f"check {name} failed for the backup of {day}: "
+        f"{evaluation.description or 'see the check in Dagster'}",
+        {"partition": day, "check": name},
     )
 
 
 def check_alert(evaluation: AssetCheckEvaluation) -> Alert | None:
-    if evaluation.passed or evaluation.asset_key != BACKUP_KEY:
+    if evaluation.asset_key != BACKUP_KEY:
         return None
-    critical = evaluation.severity == AssetCheckSeverity.ERROR
-    kind = (
-        "checksum_mismatch" if evaluation.check_name == CHECKSUM_MATCHES else evaluation.check_name
-    )
-    partition = evaluation.partition or "?"
-    return Alert(
-        kind,
-        "fatal" if critical else "warning",
-        f"check {evaluation.check_name} failed for the backup of {partition}: "
-        f"{evaluation.description or 'see the check in Dagster'}",
-        {"partition": partition, "check": evaluation.check_name},
-    )
+    return failed_check_alert(evaluation, evaluation.partition or "?")
 
 
 class FailedCheck(NamedTuple):

@@ -21,9 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckSeverity,
     AssetKey,
-    DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
@@ -37,11 +35,19 @@ from dagster import (
 )
 
 from pgvault_assets.alerts import Alert, Notifier
-from pgvault_assets.defs.alerting import FRESH, STALE, STALE_AFTER, staleness_step
-from pgvault_assets.defs.backup import CHECKSUM_MATCHES, fleet_backup_key
+from pgvault_assets.defs.alerting import (
+    FRESH,
+    STALE,
+    STALE_AFTER,
+    failed_check_alert,
+    failed_run_alert,
+    staleness_step,
+)
+from pgvault_assets.defs.backup import fleet_backup_key
 from pgvault_assets.defs.fleet import FLEET, schedule_name
 from pgvault_assets.defs.history import (
     PARTITION_TAG,
+    backup_keys_of_run,
     failed_runs_by_key,
     failure_reason,
     run_events,
@@ -192,29 +198,6 @@ class Channels:
         self.sent += 1
 
 
-def failed_check_alert(evaluation: AssetCheckEvaluation, day: str) -> Alert | None:
-    """A failed check as an alert: critical for an ERROR check, a warning for a WARN one."""
-    if evaluation.passed:
-        return None
-    name = evaluation.check_name
-    return Alert(
-        "checksum_mismatch" if name == CHECKSUM_MATCHES else name,
-        "fatal" if evaluation.severity == AssetCheckSeverity.ERROR else "warning",
-        f"check {name} failed for the backup of {day}: "
-        f"{evaluation.description or 'see the check in Dagster'}",
-        {"partition": day, "check": name},
-    )
-
-
-def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
-    return Alert(
-        "upload_failing" if reason.startswith("S3 ") else "backup_failed",
-        "fatal",
-        f"backup of {day} failed after all retries: {reason}",
-        {"partition": day, "run_id": run_id},
-    )
-
-
 def _names_in(keys: Iterable[AssetKey | None], fleet_keys: dict[AssetKey, str]) -> list[str]:
     return sorted({fleet_keys[key] for key in keys if key in fleet_keys})
 
@@ -226,16 +209,6 @@ def _may_concern(run: DagsterRun, fleet_keys: dict[AssetKey, str]) -> bool:
         return True
     checked = {check.asset_key for check in run.asset_check_selection or ()}
     return bool(_names_in((*(run.asset_selection or ()), *checked), fleet_keys))
-
-
-def _backups_of(
-    run: DagsterRun, events: Sequence[DagsterEvent], fleet_keys: dict[AssetKey, str]
-) -> list[str]:
-    """The databases whose backup `run` set out to take, by its selection or its plan."""
-    if run.asset_selection:
-        return _names_in(run.asset_selection, fleet_keys)
-    planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-    return _names_in((e.asset_key for e in events if e.event_type == planned), fleet_keys)
 
 
 class FleetAlertTick:
@@ -323,7 +296,8 @@ class FleetAlertTick:
             return
         events = run_events(self.instance, run.run_id, BACKUP_EVENTS)
         day = run.tags.get(PARTITION_TAG, "?")
-        names = _backups_of(run, events, self.fleet_keys) if failed else []
+        backups = backup_keys_of_run(self.instance, run, self.fleet_keys, events) if failed else ()
+        names = sorted(self.fleet_keys[key] for key in backups)
         # None: a refused backfill, which attempted nothing and broke nothing.
         reason = failure_reason(self.instance, run.run_id) if names else None
         if reason is not None:

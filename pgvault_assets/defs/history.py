@@ -7,7 +7,7 @@ launched from the UI, a backfill or the CLI all count.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import date, datetime
 
 from dagster import (
@@ -32,14 +32,20 @@ def is_backup_run(instance: DagsterInstance, run: DagsterRun, key: AssetKey) -> 
 
 
 def backup_keys_of_run(
-    instance: DagsterInstance, run: DagsterRun, keys: Collection[AssetKey]
+    instance: DagsterInstance,
+    run: DagsterRun,
+    keys: Collection[AssetKey],
+    events: Sequence[DagsterEvent] | None = None,
 ) -> set[AssetKey]:
     """Which of `keys` `run` set out to materialize: its asset selection, or for a run of a
-    whole job (which carries none) the materializations it planned."""
+    whole job (which carries none) the materializations it planned, read from `events` when
+    the caller has the run's events already."""
     if run.asset_selection:
         return set(run.asset_selection) & set(keys)
-    planned = run_events(instance, run.run_id, DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
-    return {event.asset_key for event in planned if event.asset_key is not None} & set(keys)
+    planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    if events is None:
+        events = run_events(instance, run.run_id, planned)
+    return {e.asset_key for e in events if e.event_type == planned and e.asset_key} & set(keys)
 
 
 def run_events(
