@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
+
+from tests.conftest import PG_SERVER_URL
 
 
 def write_fleet(
@@ -42,3 +46,26 @@ def write_fleet(
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     monkeypatch.setenv("PGVAULT_FLEET_FILE", str(path))
     return path
+
+
+def alpha_and_beta(
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_database: Callable[[str], str],
+    staging: str | None = None,
+) -> tuple[dict[str, str], Path]:
+    """Databases `alpha` and `beta` on one server `main` (limit 2), each with a table `owner`
+    holding its own name, declared in a fleet file (`staging`: the server's staging URL).
+    Their URLs, and the file."""
+    urls = {name: make_database(name) for name in ("alpha", "beta")}
+    for name, url in urls.items():
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE owner (name text); INSERT INTO owner VALUES ('{name}')")
+    path = write_fleet(
+        directory,
+        monkeypatch,
+        servers={"main": (f"{PG_SERVER_URL}/postgres", 2)},
+        databases={name: ("main", url.rsplit("/", 1)[1]) for name, url in urls.items()},
+        staging=None if staging is None else {"main": staging},
+    )
+    return urls, path

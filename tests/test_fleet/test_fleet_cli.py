@@ -10,22 +10,13 @@ import pytest
 from pgvault_assets.cli import main
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from tests.conftest import PG_SERVER_URL
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import alpha_and_beta, write_fleet
 
 
 @pytest.fixture
 def fleet_of_two(local_env, make_database, monkeypatch) -> dict[str, str]:
     """Databases alpha and beta on one server, each with a table naming it; their URLs."""
-    urls = {name: make_database(name) for name in ("alpha", "beta")}
-    for name, url in urls.items():
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE owner (name text); INSERT INTO owner VALUES ('{name}')")
-    write_fleet(
-        local_env,
-        monkeypatch,
-        servers={"main": (f"{PG_SERVER_URL}/postgres", 2)},
-        databases={name: ("main", url.rsplit("/", 1)[1]) for name, url in urls.items()},
-    )
+    urls, _ = alpha_and_beta(local_env, monkeypatch, make_database)
     return urls
 
 

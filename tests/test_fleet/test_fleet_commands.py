@@ -17,9 +17,7 @@ from pgvault_assets.engine.fleet import pin_database
 from pgvault_assets.engine.postgres import previous_databases
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
-from tests.conftest import PG_SERVER_URL
-from tests.test_fleet.helpers import write_fleet
-from tests.test_recovery.conftest import Approvers, allowed_signer_line, make_key
+from tests.test_fleet.helpers import alpha_and_beta
 from tests.test_recovery.helpers import run
 
 DAY = latest_complete_day(utcnow())
@@ -40,16 +38,8 @@ def _owner(url: str) -> list[tuple[str]]:
 def fleet(local_env, make_database, private_postgres, monkeypatch):
     """alpha and beta on the test server, each with a table naming it and a backup of DAY;
     their server's staging is a private cluster. Yields their production URLs."""
-    urls = {name: make_database(name) for name in ("alpha", "beta")}
-    for name, url in urls.items():
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE owner (name text); INSERT INTO owner VALUES ('{name}')")
-    write_fleet(
-        local_env,
-        monkeypatch,
-        servers={"main": (f"{PG_SERVER_URL}/postgres", 2)},
-        databases={name: ("main", url.rsplit("/", 1)[1]) for name, url in urls.items()},
-        staging={"main": private_postgres.url("postgres")},
+    urls, _ = alpha_and_beta(
+        local_env, monkeypatch, make_database, staging=private_postgres.url("postgres")
     )
     settings = load_settings()
     for name in urls:
@@ -62,21 +52,6 @@ def fleet(local_env, make_database, private_postgres, monkeypatch):
                 "SELECT datname FROM pg_database WHERE datname ^@ %s", [url.rsplit("/", 1)[1]]
             ).fetchall():
                 conn.execute(f'DROP DATABASE "{staged}" WITH (FORCE)')
-
-
-@pytest.fixture
-def approvers(tmp_path, monkeypatch) -> Approvers:
-    """alice and bob in RESTORE_APPROVERS_FILE, each with a real SSH key."""
-    folder = tmp_path / "keys"
-    folder.mkdir()
-    alice, bob, mallory = (make_key(folder, name) for name in ("alice", "bob", "mallory"))
-    allowed = tmp_path / "allowed_signers"
-    allowed.write_text(
-        allowed_signer_line("alice@example.org", alice)
-        + allowed_signer_line("bob@example.org", bob)
-    )
-    monkeypatch.setenv("RESTORE_APPROVERS_FILE", str(allowed))
-    return Approvers(allowed, alice, bob, mallory)
 
 
 def _audit(capsys, name: str) -> list[dict]:

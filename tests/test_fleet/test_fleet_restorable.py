@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from datetime import UTC, date, datetime, timedelta
 
-import psycopg
 import pytest
 import yaml
 from dagster import (
@@ -25,8 +24,7 @@ from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, load_fleet, pin_data
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
-from tests.conftest import PG_SERVER_URL
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import alpha_and_beta
 from tests.test_recovery.conftest import databases_named
 
 SATURDAY = date(2026, 3, 14)
@@ -37,17 +35,9 @@ SUNDAY = date(2026, 3, 15)
 def fleet_of_two(local_env, make_database, monkeypatch):
     """alpha and beta on one server, each with a table; proofs go to RESTORE_CHECK_DATABASE_URL's
     server (cheap: no throwaway cluster). Returns the fleet file's path."""
-    urls = {name: make_database(name) for name in ("alpha", "beta")}
-    for name, url in urls.items():
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE owner (name text); INSERT INTO owner VALUES ('{name}')")
     monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", make_database("proof"))
-    return write_fleet(
-        local_env,
-        monkeypatch,
-        servers={"main": (f"{PG_SERVER_URL}/postgres", 2)},
-        databases={name: ("main", url.rsplit("/", 1)[1]) for name, url in urls.items()},
-    )
+    _, path = alpha_and_beta(local_env, monkeypatch, make_database)
+    return path
 
 
 def _defs() -> Definitions:

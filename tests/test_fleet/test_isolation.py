@@ -17,30 +17,16 @@ from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl, load_settings
-from tests.conftest import PG_SERVER_URL
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import alpha_and_beta
 
 DAY = date(2026, 3, 14)
 NOW = datetime(2026, 3, 15, 2, 30, tzinfo=UTC)
 
 
-def _fill(url: str, marker: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE owner (name text); INSERT INTO owner VALUES ('{marker}')")
-
-
 @pytest.fixture
 def two_databases(local_env, make_database, monkeypatch):
     """Databases `alpha` and `beta` on one server, each backed up as the backup of DAY."""
-    urls = {name: make_database(name) for name in ("alpha", "beta")}
-    for name, url in urls.items():
-        _fill(url, name)
-    write_fleet(
-        local_env,
-        monkeypatch,
-        servers={"main": (f"{PG_SERVER_URL}/postgres", 2)},
-        databases={name: ("main", url.rsplit("/", 1)[1]) for name, url in urls.items()},
-    )
+    urls, _ = alpha_and_beta(local_env, monkeypatch, make_database)
     settings = load_settings()
     vaults = {}
     for name in urls:
