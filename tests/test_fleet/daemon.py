@@ -128,6 +128,16 @@ def started_daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
             process.wait()
 
 
+def runs_the_test_holds(monkeypatch: pytest.MonkeyPatch, server_url: str, lock_wait: int) -> None:
+    """Settings for backup runs the test holds on its locks: the dumps wait `lock_wait` seconds
+    (far longer than a production default), a failed backup is not retried, and each run's
+    restore proof goes to a scratch database of `server_url` rather than a throwaway cluster
+    per run, so many proofs cost seconds."""
+    monkeypatch.setenv("BACKUP_LOCK_WAIT_SECONDS", str(lock_wait))
+    monkeypatch.setenv("BACKUP_MAX_RETRIES", "0")
+    monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", f"{server_url}/postgres")
+
+
 def seeded_database(make_database: Callable[..., str], hint: str) -> str:
     """A fresh database with a small table `t` for a dump to wait on; its URL."""
     url = make_database(hint)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import yaml
 
 from tests.conftest import PG_SERVER_URL
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_fleet(
@@ -69,3 +76,20 @@ def alpha_and_beta(
         staging=None if staging is None else {"main": staging},
     )
     return urls, path
+
+
+def fresh_definitions(expression: str) -> Any:
+    """`expression`, over `defs` of the code location loaded afresh in a process of its own
+    (as a reload or the daemon loads it), under the current environment; JSON-decoded."""
+    script = f"import json\nfrom pgvault_assets.definitions import defs\nprint(json.dumps({expression}))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

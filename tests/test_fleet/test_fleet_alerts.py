@@ -4,9 +4,6 @@ check, stale episode and health warning alerted once, naming its database."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from pgvault_assets.settings import load_settings, platform_section
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.test_defs.backup_history import fake_manifest, write_backup, write_history
 from tests.test_defs.http_capture import Captured
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import fresh_definitions, write_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-pw"
@@ -39,6 +36,7 @@ SECRET = "s3cret-pw"
 SERVER_URL = f"postgresql://{PG_USER}:{SECRET}@{PG_HOST}:{PG_PORT}/postgres"
 RESOURCES = {"vault": VaultResource(), "alerts": AlertsResource()}
 NO_RETRIES = platform_section({"BACKUP_MAX_RETRIES": "0"})
+SENSOR_NAMES = "sorted(s.name for s in defs.sensors)"
 
 
 class FakeClock:
@@ -251,27 +249,11 @@ def test_health_warns_per_database_and_storage_for_the_fleet_once_an_hour_at_mos
     assert _sent(alerts_captured)[3:] == [("storage_over_budget", "?", "warning")]
 
 
-def _sensors_in_a_fresh_process(env: dict[str, str]) -> list[str]:
-    script = (
-        "from pgvault_assets.definitions import defs\nprint(sorted(s.name for s in defs.sensors))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(result.stdout.replace("'", '"'))
-
-
 def test_the_fleet_location_has_the_fleet_alert_sensor_and_the_single_one_its_own(
     local_env, monkeypatch
 ):
-    single = _sensors_in_a_fresh_process(dict(os.environ))
+    single = fresh_definitions(SENSOR_NAMES)
     assert SENSOR_NAME not in single and "backup_staleness_sensor" in single
 
     _fleet(local_env, monkeypatch, {"alpha": "alpha"})
-    assert _sensors_in_a_fresh_process(dict(os.environ)) == [SENSOR_NAME]
+    assert fresh_definitions(SENSOR_NAMES) == [SENSOR_NAME]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from pgvault_assets.engine.fleet import load_fleet, parse_fleet
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import fresh_definitions, write_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = parse_fleet(
@@ -100,30 +97,18 @@ def test_the_schedule_requests_one_run_per_database_per_day_with_its_tags():
     assert defs.resolve_schedule_def("fleet_backup_schedule_05").cron_schedule == "0 5 * * *"
 
 
-def _definitions_in_a_fresh_process(env: dict[str, str]) -> str:
-    script = (
-        "from pgvault_assets.definitions import defs\n"
-        "print(sorted(k.to_user_string() for k in defs.resolve_all_asset_keys()))\n"
-        "print(sorted(s.name for s in defs.schedules))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return result.stdout
+NAMES = (
+    "[sorted(k.to_user_string() for k in defs.resolve_all_asset_keys()), "
+    "sorted(s.name for s in defs.schedules)]"
+)
 
 
 def test_the_code_location_is_the_fleet_with_a_fleet_file_and_unchanged_without(
     local_env, monkeypatch
 ):
-    single = _definitions_in_a_fresh_process(dict(os.environ))
-    assert "'database_backup'" in single and "'daily_backup_schedule'" in single
-    assert "backup/" not in single and "fleet" not in single
+    keys, schedules = fresh_definitions(NAMES)
+    assert "database_backup" in keys and "daily_backup_schedule" in schedules
+    assert not any("backup/" in name or "fleet" in name for name in keys + schedules)
 
     write_fleet(
         local_env,
@@ -131,11 +116,15 @@ def test_the_code_location_is_the_fleet_with_a_fleet_file_and_unchanged_without(
         servers={"main": (f"{PG_SERVER_URL}/postgres", 2)},
         databases={"alpha": ("main", "alpha"), "beta": ("main", "beta")},
     )
-    fleet = _definitions_in_a_fresh_process(dict(os.environ))
-    assert fleet.splitlines() == [
-        "['backup/alpha', 'backup/beta', 'fleet/kept_databases', 'fleet/retention_state', "
-        "'fleet/weekly_health_report']",
-        "['fleet_backup_schedule_02', 'fleet_maintenance_schedule']",
+    assert fresh_definitions(NAMES) == [
+        [
+            "backup/alpha",
+            "backup/beta",
+            "fleet/kept_databases",
+            "fleet/retention_state",
+            "fleet/weekly_health_report",
+        ],
+        ["fleet_backup_schedule_02", "fleet_maintenance_schedule"],
     ]
 
 

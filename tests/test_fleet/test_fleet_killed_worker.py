@@ -42,11 +42,7 @@ def fleet(local_env, make_database, monkeypatch) -> dict[str, str]:
         servers={"solo": (f"{PG_SERVER_URL}/postgres", 1)},
         databases={name: ("solo", url.rsplit("/", 1)[1]) for name, url in urls.items()},
     )
-    monkeypatch.setenv("BACKUP_LOCK_WAIT_SECONDS", "900")
-    monkeypatch.setenv("BACKUP_MAX_RETRIES", "0")
-    # Each run proves its backup restores: on a scratch database of the test server, not a
-    # throwaway cluster per run, so twenty proofs cost seconds.
-    monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", f"{PG_SERVER_URL}/postgres")
+    daemon.runs_the_test_holds(monkeypatch, PG_SERVER_URL, lock_wait=900)
     return urls
 
 

@@ -7,10 +7,7 @@ The code location reads the fleet file when it loads, so each load here is a new
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 from dagster import AssetKey, DagsterInstance
 
@@ -20,28 +17,12 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet import daemon
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import fresh_definitions, write_fleet
 
-LOAD = (
-    "import json\n"
-    "from pgvault_assets.definitions import defs\n"
-    "keys = [key.to_user_string() for key in defs.resolve_all_asset_keys()]\n"
-    "print(json.dumps(sorted(key for key in keys if key.startswith('backup/'))))\n"
+BACKUP_KEYS = (
+    "sorted(key for key in (k.to_user_string() for k in defs.resolve_all_asset_keys()) "
+    "if key.startswith('backup/'))"
 )
-
-
-def _loaded_asset_keys() -> list[str]:
-    """The backup asset keys of a fresh load of the code location, in a process of its own."""
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD],
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_an_added_database_appears_at_reload_and_a_removed_one_keeps_its_history(
@@ -55,14 +36,14 @@ def test_an_added_database_appears_at_reload_and_a_removed_one_keeps_its_history
         write_fleet(local_env, monkeypatch, servers=server, databases=databases)
 
     declare("a", "b")
-    assert _loaded_asset_keys() == ["backup/a", "backup/b"]
+    assert fresh_definitions(BACKUP_KEYS) == ["backup/a", "backup/b"]
     for name in ("a", "b"):
         assert main(["backup", "--database", name]) == 0
     b_settings = pin_database(load_settings(), os.environ, "b")  # before b leaves the file
     capsys.readouterr()
 
     declare("a", "c")
-    assert _loaded_asset_keys() == ["backup/a", "backup/c"]
+    assert fresh_definitions(BACKUP_KEYS) == ["backup/a", "backup/c"]
 
     # b's history stays: its materialization in the instance, its backup in the store.
     (b_day,) = Vault.from_settings(b_settings).backup_dates()

@@ -45,12 +45,7 @@ def fleet(local_env, make_database, monkeypatch) -> dict[str, tuple[str, str]]:
         servers={s: (f"{PG_SERVER_URL}/postgres", limit) for s, (_n, limit) in SERVERS.items()},
         databases={name: (s, url.rsplit("/", 1)[1]) for name, (s, url) in databases.items()},
     )
-    # Dumps wait on the test's locks far longer than a production default would allow.
-    monkeypatch.setenv("BACKUP_LOCK_WAIT_SECONDS", "1200")
-    monkeypatch.setenv("BACKUP_MAX_RETRIES", "0")
-    # Each run proves its backup restores: on a scratch database of the test server, not a
-    # throwaway cluster per run, so twenty proofs cost seconds.
-    monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", f"{PG_SERVER_URL}/postgres")
+    daemon.runs_the_test_holds(monkeypatch, PG_SERVER_URL, lock_wait=1200)
     return databases
 
 
