@@ -32,12 +32,14 @@ from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import each_database_apart, load_fleet
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
+    FLEET_BACKUPS,
     STALE_AFTER,
     HealthFigures,
     format_bytes,
     format_duration,
     health_figures,
     health_warnings,
+    over_budget,
 )
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed, PgvaultError
@@ -426,11 +428,7 @@ def fleet_status(settings: Settings) -> int:
             "; ".join(problems) or "ok",
         )
     console.print(table)
-    budget = settings.storage_budget_bytes
-    if budget is not None and storage > budget:
-        console.print(
-            f"warning: the fleet's backups use {format_bytes(storage)}, over the budget of "
-            f"{format_bytes(budget)} (BACKUP_STORAGE_BUDGET_BYTES); review retention or raise it"
-        )
+    if over := over_budget(storage, settings.storage_budget_bytes, FLEET_BACKUPS):
+        console.print(f"warning: {over}")
         unhealthy += 1
     return 1 if unhealthy else 0

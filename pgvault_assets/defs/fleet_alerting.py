@@ -55,7 +55,7 @@ from pgvault_assets.defs.history import (
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.fleet import Fleet
-from pgvault_assets.engine.report import format_bytes, health_figures, health_warnings
+from pgvault_assets.engine.report import FLEET_BACKUPS, health_figures, health_warnings, over_budget
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import Settings
@@ -248,18 +248,10 @@ class FleetAlertTick:
         fleet's total is compared with it, alerted once per episode, as status and the
         weekly report do."""
         budget = self.channels.environment().storage_budget_bytes
-        over = budget is not None and storage > budget
+        over = over_budget(storage, budget, FLEET_BACKUPS)
         if over and not was_over:
-            self.channels.send_fleet(
-                Alert(
-                    "storage_over_budget",
-                    "warning",
-                    f"the fleet's backups use {format_bytes(storage)}, over the budget of "
-                    f"{format_bytes(budget)} (BACKUP_STORAGE_BUDGET_BYTES); review retention "
-                    "or raise the budget",
-                )
-            )
-        return over
+            self.channels.send_fleet(Alert("storage_over_budget", "warning", over))
+        return over is not None
 
     def read_finished_runs(
         self, positions: dict[str, str], states: dict[str, DatabaseState]

@@ -124,16 +124,24 @@ def health_warnings(
                 f"{SUCCESS_RATE_FLOOR:.0%}; see the failed runs in Dagster",
             )
         )
-    if storage_budget_bytes is not None and figures.storage_used_bytes > storage_budget_bytes:
-        found.append(
-            (
-                "storage_over_budget",
-                f"backups use {format_bytes(figures.storage_used_bytes)}, over the budget of "
-                f"{format_bytes(storage_budget_bytes)} (BACKUP_STORAGE_BUDGET_BYTES); "
-                "review retention or raise the budget",
-            )
-        )
+    if over := over_budget(figures.storage_used_bytes, storage_budget_bytes):
+        found.append(("storage_over_budget", over))
     return found
+
+
+FLEET_BACKUPS = "the fleet's backups"
+
+
+def over_budget(used_bytes: int, budget_bytes: int | None, whose: str = "backups") -> str | None:
+    """The storage warning when `used_bytes` is over BACKUP_STORAGE_BUDGET_BYTES: a single
+    database's backups, or a fleet's together (one bucket, one budget)."""
+    if budget_bytes is None or used_bytes <= budget_bytes:
+        return None
+    return (
+        f"{whose} use {format_bytes(used_bytes)}, over the budget of "
+        f"{format_bytes(budget_bytes)} (BACKUP_STORAGE_BUDGET_BYTES); "
+        "review retention or raise the budget"
+    )
 
 
 def format_bytes(size: int) -> str:
@@ -323,11 +331,8 @@ def render_fleet_report(
         "put it back in the file to restore from them, or delete its folder once not needed"
         for database in kept
     ]
-    if storage_budget_bytes is not None and total > storage_budget_bytes:
-        attention.append(
-            f"- the fleet's backups use {format_bytes(total)}, over the budget of "
-            f"{format_bytes(storage_budget_bytes)} (BACKUP_STORAGE_BUDGET_BYTES)"
-        )
+    if over := over_budget(total, storage_budget_bytes, FLEET_BACKUPS):
+        attention.append(f"- {over}")
     lines += ["## Needs attention", ""]
     lines += attention or ["Nothing: every database backed up on time, without failures."]
     return "\n".join(lines) + "\n"

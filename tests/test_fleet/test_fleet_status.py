@@ -114,3 +114,20 @@ def test_without_a_fleet_file_status_and_list_backups_are_the_single_databases(l
 
     assert main(["status", "--database", "alpha"]) == 2
     assert "--database 'alpha' needs a fleet file" in capsys.readouterr().err
+
+
+def test_status_compares_the_fleets_storage_with_the_one_budget(
+    fleet_backed_up, capsys, monkeypatch
+):
+    """Each database is within BACKUP_STORAGE_BUDGET_BYTES on its own; the fleet is not."""
+    alpha = sum(m.size_bytes for m in vault_of("alpha").list_manifests())
+    beta = sum(m.size_bytes for m in vault_of("beta").list_manifests())
+    monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", str(max(alpha, beta) + 1))
+    assert main(["status", "--database", "alpha"]) == 0
+    capsys.readouterr()
+
+    assert main(["status"]) == 1
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: the fleet's backups use " in out
+    assert "(BACKUP_STORAGE_BUDGET_BYTES); review retention or raise the budget" in out
