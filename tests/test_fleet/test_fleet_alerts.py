@@ -4,7 +4,7 @@ check, stale episode and health warning alerted once, naming its database."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 from dagster import (
@@ -86,7 +86,11 @@ def test_failed_backups_and_checks_alert_once_each_naming_their_database(
         _vault("alpha"),
         fake_manifest("test/alpha", day - timedelta(days=1), dump_size_bytes=10**10),
     )
-    sensor = make_fleet_alert_sensor(fleet, FakeClock(utcnow()))
+    # The sensor's clock is the morning after `day`, when its backup runs: alpha's newest
+    # backup (finished at 02:01 on `day`) is then a day old, never stale at any hour of the
+    # real day the test runs.
+    morning_after = datetime.combine(day + timedelta(days=1), time(3, 0), UTC)
+    sensor = make_fleet_alert_sensor(fleet, FakeClock(morning_after))
     cursor, _ = _tick(sensor, instance, None)
 
     alpha = make_database_backup(NO_RETRIES, fleet.choose("alpha"))
