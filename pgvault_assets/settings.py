@@ -77,6 +77,8 @@ class DatabaseUrl:
     def redacted(self) -> str:
         parts = urlsplit(self.secret)
         netloc = parts.hostname or ""
+        if ":" in netloc:  # an IPv6 address keeps its brackets, or its port reads as part of it
+            netloc = f"[{netloc}]"
         if parts.port:
             netloc = f"{netloc}:{parts.port}"
         if parts.username:
@@ -99,8 +101,6 @@ class RetentionPolicy:
 
 DEFAULT_REQUEST_TTL = timedelta(hours=4)
 RECOVERY_TIME_OBJECTIVE = timedelta(hours=4)
-# A fixed default: partitions must not move each day, or yesterday's run would be renumbered.
-DEFAULT_START_DATE = date(2025, 1, 1)
 RESTORE_VERIFY_SCHEDULES = ("daily", "weekly")
 ROLE_PASSWORD_CHOICES = ("include", "exclude")
 
@@ -131,7 +131,9 @@ class PlatformSettings:
     """What shapes the Dagster definitions themselves (partitions, retries), read when the
     code location loads: they are part of each definition, not of a run, and none is secret."""
 
-    start_date: date = DEFAULT_START_DATE
+    start_date: date | None = None
+    """`BACKUP_START_DATE`: the first day partition; unset, the environment's first backup
+    (defs/backup.py), so a new installation's UI shows its own history, not a wall of gaps."""
     max_retries: int = 3
     retry_delay_seconds: float = 60.0
     fleet_file: Path | None = None
@@ -326,7 +328,7 @@ def platform_section(env: Mapping[str, str] | None = None) -> PlatformSettings:
     env = os.environ if env is None else env
     raw_start = env.get("BACKUP_START_DATE", "").strip()
     try:
-        start = date.fromisoformat(raw_start) if raw_start else DEFAULT_START_DATE
+        start = date.fromisoformat(raw_start) if raw_start else None
     except ValueError:
         raise ConfigError(
             f"BACKUP_START_DATE must be a date like 2025-01-01 (got {raw_start!r})"

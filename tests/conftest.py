@@ -8,6 +8,7 @@ never touch databases they did not create.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,11 @@ TEST_DB_PREFIX = "pgvault_test_"
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 AWKWARD_SCHEMA = FIXTURES_DIR / "awkward_schema.sql"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+# The definitions' day partitions start at the environment's first backup unless this is set;
+# tests materialize named days, so they name a start before any of them. A test of the start
+# itself removes it.
+os.environ["BACKUP_START_DATE"] = "2024-01-01"
 
 # Variables that would point pgvault at something other than what a test set up.
 _PGVAULT_VARIABLES = (

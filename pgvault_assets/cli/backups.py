@@ -19,7 +19,7 @@ from pgvault_assets.cli.args import (
     parse_date,
     positive_int,
 )
-from pgvault_assets.cli.console import console, errors, human_bytes, progress
+from pgvault_assets.cli.console import console, errors, human_bytes, on_target, progress
 from pgvault_assets.cli.recovery import (
     kept_as,
     restore_production_command,
@@ -147,7 +147,7 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
 def _backups_table(title: str, rows: list[dict], *, whose: bool = False) -> Table:
     """The backups as rows of a table; with `whose`, a `database` column first."""
     table = Table(title=title)
-    columns = ("date", "tier", "size", "age", "duration", "sha256", "restore-verified")
+    columns = ("date", "tier", "size", "taken", "duration", "sha256", "restore-verified")
     for column in (("database",) if whose else ()) + columns:
         table.add_column(column)
     for row in rows:
@@ -156,7 +156,7 @@ def _backups_table(title: str, rows: list[dict], *, whose: bool = False) -> Tabl
             row["date"],
             row["tier"],
             human_bytes(row["size_bytes"]),
-            f"{row['age_hours'] / 24:.1f} d",
+            f"{row['age_hours'] / 24:.1f} d ago",
             f"{row['duration_seconds']:.1f} s",
             row["sha256"][:12],
             row["restore_verified_at"] or "-",
@@ -213,7 +213,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     seconds = sum(result.stage_seconds.values())
     console.print(
         f"restored backup {args.date} ({result.manifest.row_total} rows in {len(result.manifest.table_rows)} tables) "
-        f"into {url.dbname} on {args.target} in {seconds:.1f} s"
+        f"into {on_target(url.dbname, args.target)} in {seconds:.1f} s"
     )
     if result.previous:
         console.print(

@@ -27,6 +27,11 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 ProgressCallback = Callable[[int], None]
 
 
+def on_target(dbname: str, target: str) -> str:
+    """A target database in a sentence: "the staging database staging", never "staging on staging"."""
+    return f"the {target} database {dbname}"
+
+
 @contextlib.contextmanager
 def progress(description: str, total: int | None = None) -> Iterator[ProgressCallback | None]:
     """A byte-count progress bar on a terminal; nothing when output is piped or logged."""

@@ -102,7 +102,7 @@ def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
     wrong = failed(checks)
     if wrong:
         errors.print(
-            f"error: {len(wrong)} checks failed: {', '.join(check.name for check in wrong)}; "
+            f"error: {len(wrong)} check{'s' if len(wrong) != 1 else ''} failed: {', '.join(check.name for check in wrong)}; "
             "fix them as their detail says"
         )
         return 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 
 from pgvault_assets.cli import backups, deploy, fleet, pitr, platform, recovery
 from pgvault_assets.cli.args import Parser, shows_every_database
@@ -59,12 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if hasattr(args, "fleet_database") and not shows_every_database(args, settings):
             settings = pin_database(settings, os.environ, args.fleet_database)
-        return int(args.handler(args, settings))
+        code = int(args.handler(args, settings))
+        sys.stdout.flush()  # a closed pipe is met here, not at exit, where it would print
+        return code
     except PgvaultError as exc:
         if args.debug:
             raise
         errors.print(f"error: {redact(str(exc))}")
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`pgvault list-backups --json | head`): stop quietly, as a
+        # command killed by SIGPIPE would, without a second error when stdout is flushed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         errors.print("error: interrupted; nothing half-done was recorded")
         return 130

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from pgvault_assets.cli.args import Parser, confirm, parse_time
-from pgvault_assets.cli.console import console, human_bytes
+from pgvault_assets.cli.console import console, human_bytes, on_target
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.pitr.archive import (
     BACKUP_KINDS,
@@ -151,7 +151,7 @@ def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
     console.print(
         f"recovered to {args.time:%Y-%m-%d %H:%M:%S.%f}Z from base backup {result.base_backup} "
         f"(recovery stopped at {result.stopped_at}; replay {result.replay_seconds:.1f} s) and "
-        f"swapped into {url.dbname} on {args.target}"
+        f"swapped into {on_target(url.dbname, args.target)}"
     )
     if result.copy.previous:
         undo = (

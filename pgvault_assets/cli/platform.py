@@ -301,14 +301,16 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
     result = run_cleanup(vault, settings.retention, now=utcnow(), dry_run=args.dry_run)
     plan = result.plan
     table = Table(title="retention plan")
-    for column in ("date", "tier", "age (days)", "size", "decision"):
+    # The backed-up day's age, which the retention rules count: not the time since it was
+    # taken, which list-backups shows as "taken".
+    for column in ("date", "tier", "day's age", "size", "decision"):
         table.add_column(column)
     for decision in sorted(plan.keep + plan.delete, key=lambda d: d.day, reverse=True):
         verdict = "delete" if decision in plan.delete else "keep"
         table.add_row(
             decision.day.isoformat(),
             decision.tier.value,
-            str(decision.age_days),
+            f"{decision.age_days} d",
             format_bytes(decision.size_bytes),
             f"{verdict}: {decision.reason}",
         )

@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -42,6 +42,7 @@ from pgvault_assets.alerts import BACKUP_CRON, CheckinStatus, Notifier
 from pgvault_assets.defs.history import REFUSED_METADATA_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
+from pgvault_assets.engine.catalog import first_backup_day
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import FleetDatabase, pool_name
 from pgvault_assets.engine.manifest import Manifest
@@ -56,8 +57,24 @@ log = logging.getLogger(__name__)
 BACKUP_KEY = AssetKey("database_backup")
 BACKUP_POOL = "pgvault_backup"
 CONFIG = platform_section()
+
+
+def partitions_start(config: PlatformSettings, now: datetime) -> date:
+    """`BACKUP_START_DATE`, else the environment's first backup, else the day a first backup
+    would take (yesterday). Once a backup exists the start stays put, so no run is renumbered;
+    a store that cannot be read at load falls back to that day rather than fail the location."""
+    if config.start_date is not None:
+        return config.start_date
+    try:
+        first = first_backup_day(load_settings())
+    except PgvaultError as exc:
+        log.warning("partitions start at the latest complete day: %s", exc)
+        first = None
+    return first or latest_complete_day(now)
+
+
 BACKUP_PARTITIONS = DailyPartitionsDefinition(
-    start_date=CONFIG.start_date.isoformat(), timezone="UTC", end_offset=0
+    start_date=partitions_start(CONFIG, utcnow()).isoformat(), timezone="UTC", end_offset=0
 )
 CHECKIN_NAMESPACE = uuid.UUID("1b0f6a52-8a2e-4c1e-9a53-5d2f0c4be0a7")
 

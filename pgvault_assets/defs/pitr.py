@@ -2,7 +2,8 @@
 watched every minute.
 
 Nothing here runs until `pgvault pitr init` wrote pgBackRest's configuration: the schedules
-and the sensor skip, saying so, rather than failing every tick on a deployment without PITR.
+and the sensor start stopped when the code location loads without it (the UI shows nothing
+running that is not set up), and skip, saying so, if it goes away after they started.
 """
 
 import json
@@ -42,7 +43,7 @@ from pgvault_assets.engine.pitr.archive import (
 )
 from pgvault_assets.engine.pitr.recover import prove_restorable
 from pgvault_assets.errors import ConfigError, PgvaultError
-from pgvault_assets.settings import Settings
+from pgvault_assets.settings import Settings, load_settings
 
 BASE_BACKUP_KEY = AssetKey("pitr_base_backup")
 RESOLVED = "pitr_archive_resolved"
@@ -128,6 +129,21 @@ def _set_up(settings: Settings) -> bool:
     return settings.pitr.config_file.exists()
 
 
+def _configured() -> bool:
+    """Whether `pitr init` has run, as the location loads; a bad setting counts as not, and
+    is said by the commands that use it."""
+    try:
+        return _set_up(load_settings())
+    except PgvaultError:
+        return False
+
+
+PITR_CONFIGURED = _configured()
+SCHEDULE_STATUS = (
+    DefaultScheduleStatus.RUNNING if PITR_CONFIGURED else DefaultScheduleStatus.STOPPED
+)
+
+
 def _base_backup_request(
     context: ScheduleEvaluationContext, vault: VaultResource, kind: str
 ) -> RunRequest | SkipReason:
@@ -146,7 +162,7 @@ def _base_backup_request(
     job=pitr_base_backup_job,
     cron_schedule="30 1 * * 0",
     execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=SCHEDULE_STATUS,
     description="Sunday 01:30 UTC: a full base backup.",
 )
 def pitr_full_backup_schedule(
@@ -160,7 +176,7 @@ def pitr_full_backup_schedule(
     job=pitr_base_backup_job,
     cron_schedule="30 1 * * 1-6",
     execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=SCHEDULE_STATUS,
     description="Monday to Saturday 01:30 UTC: a differential base backup.",
 )
 def pitr_diff_backup_schedule(
@@ -189,7 +205,7 @@ def archive_alert_step(
 @sensor(
     name="pitr_archive_sensor",
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=DefaultSensorStatus.RUNNING if PITR_CONFIGURED else DefaultSensorStatus.STOPPED,
     description=(
         "Watches the WAL archive (pg_stat_archiver, the .ready backlog, the repository's "
         "segments): alerts once per episode of lag past PITR_MAX_LAG_MINUTES, failing "

@@ -177,7 +177,7 @@ def restore_from_backup(
     except PgvaultError as exc:
         raise Failure(description=str(exc)) from None
     context.log.info(
-        f"restored backup {day} into {url.dbname} on {config.target}"
+        f"restored backup {day} into the {config.target} database {url.dbname}"
         + (f"; the replaced database is kept as {result.previous}" if result.previous else "")
     )
     context.add_output_metadata(

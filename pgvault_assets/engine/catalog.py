@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
+from pgvault_assets.engine import names
 from pgvault_assets.engine.policy import tiers_of
 from pgvault_assets.engine.restore_check import restore_verified_dates
+from pgvault_assets.engine.store import open_store
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings
 
@@ -39,3 +41,18 @@ def backup_rows(settings: Settings, *, days: int | None, now: datetime) -> list[
             }
         )
     return rows
+
+
+def first_backup_day(settings: Settings) -> date | None:
+    """The oldest day with a manifest anywhere in the environment (the single database's or
+    any fleet database's), from one listing; None before the first backup."""
+    days = []
+    for obj in open_store(settings).list(f"{settings.environment}/"):
+        folders = obj.key.split("/")
+        if folders[-1] != names.MANIFEST_NAME or len(folders) < 3:
+            continue
+        try:
+            days.append(date.fromisoformat(folders[-2]))
+        except ValueError:
+            continue
+    return min(days, default=None)

@@ -148,7 +148,9 @@ def sequences_ahead_of_rows(conn: psycopg.Connection) -> CheckResult:
     if behind:
         return CheckResult("sequences", False, "; ".join(behind[:5]))
     return CheckResult(
-        "sequences", True, f"{len(owned)} owned sequences at or past their column's maximum"
+        "sequences",
+        True,
+        f"each of {len(owned)} owned sequences will give a value above its column's largest",
     )
 
 

@@ -1,0 +1,181 @@
+"""What a newcomer sees first: the quickstart's instance and its UI, asked through the
+webserver's GraphQL API (what the UI itself reads), and the CLI's small words."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from pgvault_assets.defs.backup import partitions_start
+from pgvault_assets.engine.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.store.local import LocalStore
+from pgvault_assets.settings import DatabaseUrl, PlatformSettings
+from tests.test_defs.test_webserver import REPO, WEBSERVER, _free_port, _graphql, _wait_until_up
+
+PGVAULT = str(Path(sys.executable).with_name("pgvault"))
+NOW = utcnow()  # one clock for the test run: the day the CLI backs up is this one's yesterday
+
+FIRST_LOOK = """
+query FirstLook {
+  shouldShowNux
+  assetNodeOrError(assetKey: {path: ["database_backup"]}) {
+    ... on AssetNode { partitionStats { numMaterialized numPartitions numFailed } }
+  }
+  repositoryOrError(
+    repositorySelector: {repositoryLocationName: "pgvault", repositoryName: "__repository__"}
+  ) {
+    ... on Repository {
+      schedules { name scheduleState { status } }
+      sensors { name sensorState { status } }
+    }
+  }
+}
+"""
+
+
+def _quickstart_instance(home: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "quickstart_instance.py"),
+            str(REPO / "dagster.yaml"),
+            str(home / "dagster.yaml"),
+        ],
+        check=True,
+    )
+
+
+def test_the_quickstart_instance_is_the_repositorys_without_its_postgres_storage(local_env):
+    home = Path(os.environ["DAGSTER_HOME"])
+    (home / "dagster.yaml").touch()  # what earlier quickstarts left: replaced
+    _quickstart_instance(home)
+    written = yaml.safe_load((home / "dagster.yaml").read_text())
+    repository = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert "storage" not in written
+    assert written == {k: v for k, v in repository.items() if k != "storage"}
+    assert written["telemetry"] == {"enabled": False} and written["nux"] == {"enabled": False}
+
+
+def test_an_instance_file_the_operator_wrote_is_left_alone(local_env):
+    home = Path(os.environ["DAGSTER_HOME"])
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")
+    _quickstart_instance(home)
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
+
+
+def test_partitions_start_at_the_environments_first_backup(local_env, monkeypatch):
+    store = LocalStore(local_env / "store")
+    config = PlatformSettings()
+    now = NOW
+    # Before any backup: the one day a first backup can take, so nothing shows as missing.
+    assert partitions_start(config, now) == latest_complete_day(now)
+    # The oldest manifest anywhere in the environment, a fleet database's included.
+    store.put_bytes("test/2026-03-04/manifest.json", b"{}")
+    store.put_bytes("test/analytics/2026-02-10/manifest.json", b"{}")
+    store.put_bytes("other/2025-01-01/manifest.json", b"{}")  # another environment's
+    assert partitions_start(config, now) == date(2026, 2, 10)
+    # A start the operator sets wins.
+    assert partitions_start(PlatformSettings(start_date=date(2024, 5, 1)), now) == date(2024, 5, 1)
+
+
+def test_an_unreadable_configuration_starts_partitions_at_the_latest_complete_day(
+    local_env, monkeypatch
+):
+    monkeypatch.setenv("BACKUP_COMPRESSION_LEVEL", "eleven")
+    assert partitions_start(PlatformSettings(), NOW) == latest_complete_day(NOW)
+
+
+def test_loading_the_definitions_prints_no_preview_or_supersession_warning(local_env):
+    loaded = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import pgvault_assets.definitions"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "PreviewWarning" not in loaded.stderr
+    assert "SupersessionWarning" not in loaded.stderr
+
+
+def test_a_closed_pipe_ends_list_backups_quietly(local_env):
+    reader = subprocess.Popen(
+        [PGVAULT, "list-backups", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    reader.stdout.close()  # `| head` that has already gone before the first line
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 141
+    assert stderr == ""
+
+
+def test_an_ipv6_host_keeps_its_brackets_when_shown():
+    url = DatabaseUrl("postgresql://app:secret@[::1]:5433/orders")
+    assert url.redacted == "postgresql://app@[::1]:5433/orders"
+
+
+@pytest.fixture
+def demo_like(make_database) -> str:
+    url = make_database("firstlook")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
+        conn.execute("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 100) g")
+    return url
+
+
+# dagster-webserver and its code server do not start under time-machine's shifted clock.
+@pytest.mark.external_clock
+def test_the_quickstarts_ui_shows_its_own_history_and_runs_only_what_is_set_up(
+    local_env, demo_like, monkeypatch
+):
+    monkeypatch.delenv("BACKUP_START_DATE", raising=False)
+    monkeypatch.setenv("DATABASE_URL", demo_like)
+    home = Path(os.environ["DAGSTER_HOME"])
+    _quickstart_instance(home)
+    backed_up = subprocess.run([PGVAULT, "backup"], capture_output=True, text=True, check=False)
+    assert backed_up.returncode == 0, backed_up.stderr
+    assert f"backup {latest_complete_day(utcnow()).isoformat()} stored" in backed_up.stdout
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [WEBSERVER, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_until_up(base, process)
+        seen = _graphql(base, FIRST_LOOK, {})
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    assert seen["shouldShowNux"] is False
+    # One backup, one partition: 100% filled, nothing missing before it.
+    assert seen["assetNodeOrError"]["partitionStats"] == {
+        "numMaterialized": 1,
+        "numPartitions": 1,
+        "numFailed": 0,
+    }
+    repository = seen["repositoryOrError"]
+    schedules = {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
+    sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
+    assert schedules["daily_backup_schedule"] == "RUNNING"
+    # Point-in-time recovery is not set up (no `pgvault pitr init`): nothing of it runs.
+    assert schedules["pitr_full_backup_schedule"] == "STOPPED"
+    assert schedules["pitr_diff_backup_schedule"] == "STOPPED"
+    assert sensors["pitr_archive_sensor"] == "STOPPED"
+    assert {name for name, status in sensors.items() if status == "RUNNING"} >= {
+        "backup_staleness_sensor"
+    }
