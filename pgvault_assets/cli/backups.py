@@ -19,7 +19,7 @@ from pgvault_assets.cli.args import (
     parse_date,
     positive_int,
 )
-from pgvault_assets.cli.console import console, errors, human_bytes, on_target, progress
+from pgvault_assets.cli.console import ago, console, errors, human_bytes, on_target, progress
 from pgvault_assets.cli.recovery import (
     kept_as,
     restore_production_command,
@@ -156,7 +156,7 @@ def _backups_table(title: str, rows: list[dict], *, whose: bool = False) -> Tabl
             row["date"],
             row["tier"],
             human_bytes(row["size_bytes"]),
-            f"{row['age_hours'] / 24:.1f} d ago",
+            ago(row["age_hours"]),
             f"{row['duration_seconds']:.1f} s",
             row["sha256"][:12],
             row["restore_verified_at"] or "-",

@@ -27,6 +27,15 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 ProgressCallback = Callable[[int], None]
 
 
+def ago(hours: float) -> str:
+    """How long ago, in the unit a person would say: minutes, hours, then days."""
+    if hours < 1:
+        return f"{round(hours * 60)} min ago"
+    if hours < 48:
+        return f"{round(hours)} h ago"
+    return f"{hours / 24:.1f} d ago"
+
+
 def on_target(dbname: str, target: str) -> str:
     """A target database in a sentence: "the staging database staging", never "staging on staging"."""
     return f"the {target} database {dbname}"

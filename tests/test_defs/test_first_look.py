@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import yaml
 
+from pgvault_assets.cli.console import ago
 from pgvault_assets.defs.backup import partitions_start
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.store.local import LocalStore
@@ -179,3 +180,11 @@ def test_the_quickstarts_ui_shows_its_own_history_and_runs_only_what_is_set_up(
     assert {name for name, status in sensors.items() if status == "RUNNING"} >= {
         "backup_staleness_sensor"
     }
+
+
+@pytest.mark.parametrize(
+    ("hours", "said"),
+    [(0.2, "12 min ago"), (5.4, "5 h ago"), (47.4, "47 h ago"), (72.0, "3.0 d ago")],
+)
+def test_a_backups_age_is_said_in_the_unit_a_person_would_use(hours, said):
+    assert ago(hours) == said
