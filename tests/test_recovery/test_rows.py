@@ -494,3 +494,21 @@ def test_an_unqualified_table_is_found_through_the_database_search_path(shop, ca
         "there is no table 'nowhere' on" in missing[2]
         and "search_path (shop, public)" in missing[2]
     )
+
+
+def test_a_request_pins_the_table_the_search_path_finds_and_the_parents_only_flag(shop):
+    target, _ = shop
+    execute(target.secret, f"ALTER DATABASE {target.dbname} SET search_path = shop, public")
+
+    scope = rows.request_scope(
+        target, "orders", "id = 4242", with_dependents=False, parents_only=True
+    )
+
+    assert scope == {
+        "table": "shop.orders",
+        "where": "id = 4242",
+        "with_dependents": "false",
+        "parents_only": "true",
+    }
+    with pytest.raises(rows.ConfigError, match="--where is empty"):
+        rows.request_scope(target, "orders", "", with_dependents=True, parents_only=False)
