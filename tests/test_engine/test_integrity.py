@@ -147,9 +147,11 @@ def test_an_index_check_killed_midway_leaves_no_amcheck_behind(make_database):
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
                 "AND wait_event_type = 'Lock' AND query LIKE '%%verify_heapam%%'"
             )
+            deadline = time.monotonic() + 120  # a bound against hanging, not a timing claim
             with psycopg.connect(url, autocommit=True) as watcher:
                 while watcher.execute(waiting, (dbname,)).fetchone() != (1,):
                     assert process.poll() is None, "the check ended before reaching the lock"
+                    assert time.monotonic() < deadline, "the check never reached the lock"
                     time.sleep(0.05)
         finally:
             process.kill()
