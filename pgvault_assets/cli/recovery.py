@@ -54,7 +54,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--requester", default=None, help="your name (default: the login name)")
     sub.add_argument("--table", default=None, help="recover-rows: SCHEMA.TABLE")
     sub.add_argument("--where", default=None, help="recover-rows: the approved predicate")
-    sub.add_argument("--with-dependents", action="store_true", help="recover-rows: with parents")
+    sub.add_argument(
+        "--with-dependents",
+        action="store_true",
+        help="recover-rows: with the rows referencing them and the parents they need",
+    )
+    sub.add_argument(
+        "--parents-only", action="store_true", help="recover-rows: with the parents they need"
+    )
     add_database_option(sub)
     sub.set_defaults(handler=cmd_request_restore)
 
@@ -77,7 +84,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--table", required=True, help="SCHEMA.TABLE")
     sub.add_argument("--where", default=None, help="SQL predicate on the backup's rows")
     sub.add_argument("--target", choices=("staging", "production"), required=True)
-    sub.add_argument("--with-dependents", action="store_true", help="also the parents they need")
+    sub.add_argument(
+        "--with-dependents",
+        action="store_true",
+        help="also the rows referencing them (recursively) and the parents any of them needs",
+    )
+    sub.add_argument(
+        "--parents-only",
+        action="store_true",
+        help="also the parents they need, not the rows referencing them",
+    )
     sub.add_argument("--apply", action="store_true", help="insert the rows (one transaction)")
     sub.add_argument("--request", default=None, help="production --apply: the approved request")
     sub.add_argument("--skip-confirmation", action="store_true")
@@ -109,7 +125,13 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
     if args.kind == "recover-rows":
         if not args.table:
             raise ConfigError("a recover-rows request needs --table SCHEMA.TABLE")
-        scope = request_scope(args.table, args.where, args.with_dependents)
+        scope = request_scope(
+            settings.target_url(args.target),
+            args.table,
+            args.where,
+            with_dependents=args.with_dependents,
+            parents_only=args.parents_only,
+        )
     if args.kind == "restore-to-time":
         if args.time is None:
             raise ConfigError("a restore-to-time request needs --time, like 2026-11-30T09:15:00Z")
@@ -231,7 +253,13 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
                 "pgvault request-restore --kind recover-rows ..., then --request ID"
             )
         request = auth.read_request(vault, args.request)
-        wanted = rows.request_scope(args.table, args.where, args.with_dependents)
+        wanted = rows.request_scope(
+            url,
+            args.table,
+            args.where,
+            with_dependents=args.with_dependents,
+            parents_only=args.parents_only,
+        )
         if request.scope != wanted or request.date != args.date:
             raise ConfigError(
                 f"request {request.id} approved {request.summary()} with {request.scope}; "
@@ -256,6 +284,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             actor=audit.operator(),
             where=args.where,
             with_dependents=args.with_dependents,
+            parents_only=args.parents_only,
             scratch_server=scratch_server,
         )
     else:
@@ -266,24 +295,37 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             args.table,
             where=args.where,
             with_dependents=args.with_dependents,
+            parents_only=args.parents_only,
             scratch_server=scratch_server,
         )
-    comment = "-- " if result.inserted is None else ""  # a dry run's output stays runnable SQL
+    comment = "" if args.apply else "-- "  # a dry run's output stays runnable SQL
     for name in result.abandoned_scratch:
         console.print(f"{comment}dropped {name}, the scratch database an interrupted run left")
+    if not result.statements:
+        present = (
+            f"the 1 matching row is present in {url.dbname}"
+            if result.matched == 1
+            else f"all {result.matched} matching rows are present in {url.dbname}"
+        )
+        console.print(f"{comment}{present}; nothing to recover")
+        return 0
     per_table = ", ".join(f"{name}: {count}" for name, count in result.tables)
     if result.inserted is None:
         print(result.script())
         console.print(
-            f"-- {result.total} rows missing from {url.dbname} ({per_table}); "
+            f"-- {_rows_text(result.total)} missing from {url.dbname} ({per_table}); "
             "nothing was changed, add --apply to insert them"
         )
     else:
         console.print(
-            f"inserted {result.inserted} of {result.total} rows into {url.dbname} ({per_table}) "
-            "in one transaction"
+            f"inserted {result.inserted} of {_rows_text(result.total)} into {url.dbname} "
+            f"({per_table}) in one transaction"
         )
     return 0
+
+
+def _rows_text(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,13 +3,11 @@
 Run after a restore to staging, before anyone trusts it: row counts against the backup's
 manifest, the database's owners, grants, policies, extensions, large objects, comments,
 settings and roles against the backup's record of them, sequences that would hand out ids already taken, foreign keys pointing at nothing,
-and PostgreSQL's own index verification (pg_amcheck) where it is installed.
+and PostgreSQL's own verification of tables and indexes (amcheck), which leaves no trace.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 import psycopg
@@ -19,10 +17,7 @@ from pgvault_assets.engine import shape
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.postgres import (
     connect,
-    find_tool,
-    server_version,
     table_row_counts,
-    tool_env,
 )
 from pgvault_assets.engine.server_context import ServerContext
 from pgvault_assets.settings import DatabaseUrl
@@ -198,35 +193,112 @@ def foreign_keys_without_orphans(conn: psycopg.Connection) -> CheckResult:
     return CheckResult("foreign keys", True, f"{len(constraints)} foreign keys, no orphaned rows")
 
 
-def indexes_verified(url: DatabaseUrl, major: int, *, install_amcheck: bool) -> CheckResult:
-    """pg_amcheck verifies B-tree indexes against their tables; it needs the amcheck extension."""
-    try:
-        tool = find_tool("pg_amcheck", major)
-    except Exception:
-        tool = None
-    if tool is None or not shutil.which(tool):
-        return CheckResult(
-            "indexes (pg_amcheck)", True, "pg_amcheck is not installed", skipped=True
-        )
-    command = [tool, "--no-password", "--no-dependent-toast", "--heapallindexed"]
-    if install_amcheck:
-        command.append("--install-missing")
-    result = subprocess.run(command, env=tool_env(url), capture_output=True, text=True)
-    if result.returncode == 0:
-        return CheckResult("indexes (pg_amcheck)", True, "all B-tree indexes match their tables")
-    text = (result.stderr or result.stdout).strip().splitlines()
-    reason = text[-1] if text else f"exit status {result.returncode}"
-    # pg_amcheck warns that it skips the database, then fails on having nothing left to check.
-    if any("amcheck is not installed" in line for line in text) or (
-        "amcheck" in reason and "extension" in reason
-    ):
-        return CheckResult(
-            "indexes (pg_amcheck)",
-            True,
-            "the amcheck extension is not installed here",
-            skipped=True,
-        )
-    return CheckResult("indexes (pg_amcheck)", False, reason)
+INDEXES = "indexes (amcheck)"
+
+_AMCHECK_SCHEMA = "pgvault_amcheck"
+
+_TABLES = """
+    SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't' AND c.relispopulated
+    ORDER BY 2, 3
+"""
+
+_BTREE_INDEXES = """
+    SELECT i.indexrelid, n.nspname, ic.relname
+    FROM pg_index i
+    JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+    JOIN pg_am am ON am.oid = ic.relam JOIN pg_class t ON t.oid = i.indrelid
+    WHERE am.amname = 'btree' AND ic.relkind = 'i' AND i.indisvalid AND i.indisready
+      AND ic.relpersistence <> 't' AND t.relispopulated
+    ORDER BY 2, 3
+"""
+
+
+def _amcheck_schema(conn: psycopg.Connection, *, install: bool) -> str | None:
+    """The schema holding amcheck's functions, creating it (uncommitted) if allowed; None if
+    amcheck cannot be had here."""
+    found = conn.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'amcheck'"
+    ).fetchone()
+    if found is not None:
+        return found[0]
+    if not install:
+        return None
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(_AMCHECK_SCHEMA)))
+    conn.execute(
+        sql.SQL("CREATE EXTENSION amcheck SCHEMA {}").format(sql.Identifier(_AMCHECK_SCHEMA))
+    )
+    return _AMCHECK_SCHEMA
+
+
+def _verify_all(conn: psycopg.Connection, schema: str) -> tuple[int, int, list[str]]:
+    """Every table's pages and every B-tree index against its table; each in a savepoint, so
+    one corrupt relation does not hide the next."""
+    amcheck = sql.Identifier(schema)
+    heap = sql.SQL(
+        "SELECT blkno, msg FROM {}.verify_heapam(%s::oid::regclass, check_toast => true)"
+    ).format(amcheck)
+    btree = sql.SQL(
+        "SELECT NULL::bigint, NULL::text FROM {}.bt_index_check(%s::oid::regclass, true)"
+    ).format(amcheck)
+    tables = conn.execute(_TABLES).fetchall()
+    indexes = conn.execute(_BTREE_INDEXES).fetchall()
+    problems: list[str] = []
+
+    def verify(query: sql.Composed, oid: int, name: str) -> None:
+        try:
+            with conn.transaction():
+                found = conn.execute(query, (oid,)).fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            raise
+        except psycopg.Error as exc:
+            problems.append(f"{name}: {str(exc).strip().splitlines()[0]}")
+            return
+        problems.extend(f"{name} block {block}: {message}" for block, message in found if message)
+
+    for oid, nspname, relname in tables:
+        verify(heap, oid, f"{nspname}.{relname}")
+    for oid, nspname, relname in indexes:
+        verify(btree, oid, f"{nspname}.{relname}")
+    return len(tables), len(indexes), problems
+
+
+def indexes_verified(url: DatabaseUrl, *, install_amcheck: bool) -> CheckResult:
+    """amcheck verifies every table's pages and every B-tree index against its table
+    (what `pg_amcheck --heapallindexed` checks), leaving the database as it found it.
+
+    It runs in one transaction that is always rolled back. Creating an extension is
+    transactional in PostgreSQL, so the amcheck this check creates (on staging, or a drill's
+    scratch database) goes with the rollback: when the check passes, fails, raises, or its
+    process is killed (the server aborts an open transaction whose client is gone). The
+    external `pg_amcheck` could not do this: it opens its own connections, so it needs amcheck
+    committed beforehand and dropped afterwards, and a check killed in between would leave it
+    behind for `compare` to find. An amcheck that was already installed is used, never dropped.
+    """
+    with connect(url, autocommit=False) as conn:
+        try:
+            schema = _amcheck_schema(conn, install=install_amcheck)
+            if schema is None:
+                return CheckResult(
+                    INDEXES, True, "the amcheck extension is not installed here", skipped=True
+                )
+            tables, indexes, problems = _verify_all(conn, schema)
+        except psycopg.errors.InsufficientPrivilege:
+            return CheckResult(
+                INDEXES, True, "this role may not create or run amcheck here", skipped=True
+            )
+        except (psycopg.errors.UndefinedFile, psycopg.errors.FeatureNotSupported):
+            return CheckResult(
+                INDEXES, True, "amcheck is not available on this server", skipped=True
+            )
+        finally:
+            conn.rollback()
+    if problems:
+        return CheckResult(INDEXES, False, f"{len(problems)} corrupt: " + "; ".join(problems[:5]))
+    return CheckResult(
+        INDEXES, True, f"{tables} tables and {indexes} B-tree indexes match each other"
+    )
 
 
 def check_database_integrity(
@@ -240,7 +312,6 @@ def check_database_integrity(
     server context, holding what the backup recorded besides its rows."""
     results = []
     with connect(url) as conn:
-        major, _ = server_version(conn)
         if manifest is not None:
             results.append(row_counts_match(conn, manifest))
             results.extend(shape_matches(conn, manifest, context))
@@ -250,5 +321,5 @@ def check_database_integrity(
             )
         results.append(sequences_ahead_of_rows(conn))
         results.append(foreign_keys_without_orphans(conn))
-    results.append(indexes_verified(url, major, install_amcheck=install_amcheck))
+    results.append(indexes_verified(url, install_amcheck=install_amcheck))
     return results

@@ -2,16 +2,24 @@
 
 The backup is restored into a scratch database (always dropped); rows of one table present
 there and missing from the target by primary key become `INSERT ... ON CONFLICT DO NOTHING`
-statements, so running them twice, or after someone re-created a row, changes nothing. With
-dependents, the parent rows those rows reference and the target also lost come first, in
-foreign-key order; within a table that references itself (`employees.manager_id`), a row
-comes after the rows it references. The operator's `--where` predicate runs only in the
-scratch database, inside a read-only transaction, as one statement.
+statements, so running them twice, or after someone re-created a row, changes nothing.
+
+In PostgreSQL a row's dependents are the rows that reference it: what `ON DELETE CASCADE`
+deleted with it. With dependents, the rows referencing the recovered ones (an order's items,
+a customer's orders and their items) that the target also lacks come back too, recursively,
+and so do the parent rows any of them needs. With parents only, just the rows they need.
+Parents go first, in foreign-key order; within a table that references itself
+(`employees.manager_id`), a row comes after the rows it references. A parent brought back
+only because a row needs it does not bring back its own dependents: the operator's `--where`
+names what was deleted, and a parent's other children are not part of that. The operator's
+`--where` predicate runs only in the scratch database, inside a read-only transaction, as one
+statement.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import date
@@ -93,6 +101,8 @@ class RowRecovery:
     """`SET CONSTRAINTS` when rows reference each other in a cycle a deferred check allows."""
     abandoned_scratch: tuple[str, ...] = ()
     """Scratch databases of dead runs, dropped before this one restored its own."""
+    matched: int = 0
+    """Rows of the table in the backup that `--where` matched, present in the target or not."""
 
     @property
     def total(self) -> int:
@@ -130,9 +140,61 @@ def _split(name: str) -> tuple[str, str]:
     return schema, table
 
 
+def _checked_where(where: str | None) -> None:
+    if where is not None and not where.strip():
+        raise ConfigError(
+            "--where is empty, which would match every row; give a predicate, or leave --where "
+            "out to recover every row the target lacks"
+        )
+
+
+def _checked_related(with_dependents: bool, parents_only: bool) -> None:
+    if with_dependents and parents_only:
+        raise ConfigError(
+            "--with-dependents already brings back the parents the rows need; "
+            "pass it or --parents-only, not both"
+        )
+
+
+def resolve_table(url: DatabaseUrl, name: str) -> str:
+    """`SCHEMA.TABLE` as given, or an unqualified name found through the database's
+    `search_path`, as the applications connecting to it would find it."""
+    if "." in name:
+        _split(name)
+        return name
+    _check_text("--table", name)
+    with connect(url) as conn:
+        found = conn.execute(
+            """
+            SELECT n.nspname FROM unnest(current_schemas(false)) WITH ORDINALITY s(name, place)
+            JOIN pg_namespace n ON n.nspname = s.name
+            JOIN pg_class c ON c.relnamespace = n.oid
+            WHERE c.relname = %s AND c.relkind IN ('r', 'p')
+            ORDER BY s.place LIMIT 1
+            """,
+            (name,),
+        ).fetchone()
+        path = conn.execute("SHOW search_path").fetchone()
+    if found is None:
+        shown = path[0] if path else ""
+        raise ConfigError(
+            f"there is no table {name!r} on {url.dbname}'s search_path ({shown}); "
+            "name it as SCHEMA.TABLE"
+        )
+    resolved = f"{found[0]}.{name}"
+    _split(resolved)  # a system table is refused however it is named
+    return resolved
+
+
 def table_shape(conn: psycopg.Connection, name: str) -> TableShape:
-    """Columns, primary key and foreign keys; types qualified so they mean the same anywhere."""
+    """Columns, primary key and foreign keys of `SCHEMA.TABLE`."""
     schema, table = _split(name)
+    return _shape(conn, schema, table)
+
+
+def _shape(conn: psycopg.Connection, schema: str, table: str) -> TableShape:
+    """Types qualified so they mean the same anywhere; a partition's copies of its parent's
+    foreign keys left out, the parent's own being the one that counts."""
     conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
     found = conn.execute(
         """
@@ -175,7 +237,8 @@ def table_shape(conn: psycopg.Connection, name: str) -> TableShape:
                          JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
             FROM pg_constraint c
             JOIN pg_class pl ON pl.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pl.relnamespace
-            WHERE c.conrelid = %s AND c.contype = 'f' ORDER BY c.conname
+            WHERE c.conrelid = %s AND c.contype = 'f' AND c.conparentid = 0
+            ORDER BY c.conname
             """,
             (oid,),
         )
@@ -198,16 +261,67 @@ def _rows(shape: TableShape, cursor: Iterable[tuple[Any, ...]]) -> list[Row]:
     ]
 
 
-def _keys_in(conn: psycopg.Connection, shape: TableShape, columns: tuple[str, ...]) -> set[tuple]:
-    query = sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)), shape.ident
+def _referencing(conn: psycopg.Connection, shape: TableShape) -> list[tuple[str, str, str]]:
+    """(schema, table, constraint) of each foreign key referencing `shape`'s table."""
+    return conn.execute(
+        """
+        SELECT n.nspname, t.relname, c.conname FROM pg_constraint c
+        JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE c.contype = 'f' AND c.conparentid = 0
+          AND c.confrelid = (SELECT p.oid FROM pg_class p JOIN pg_namespace pn
+                             ON pn.oid = p.relnamespace WHERE pn.nspname = %s AND p.relname = %s)
+        ORDER BY 1, 2, 3
+        """,
+        (shape.schema, shape.name),
+    ).fetchall()
+
+
+def _key(row: Row, columns: tuple[str, ...]) -> tuple:
+    return tuple(row.values[c] for c in columns)
+
+
+def _identity(shape: TableShape, row: Row) -> tuple:
+    """What tells the row apart: its primary key, or all of it in a table without one."""
+    if shape.primary_key:
+        return _key(row, shape.primary_key)
+    return tuple(row.texts[c.name] for c in shape.columns)
+
+
+def _key_arrays(shape: TableShape, columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(", ").join(
+        sql.SQL("%s::{}[]").format(sql.SQL(shape.type_of(c))) for c in columns
     )
-    try:
-        return {tuple(row) for row in conn.execute(query)}
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError(
-            f"the target has no table {shape.qualified_name}; row recovery needs the table to exist"
-        ) from None
+
+
+def _present_keys(
+    conn: psycopg.Connection, shape: TableShape, columns: tuple[str, ...], keys: set[tuple]
+) -> set[tuple]:
+    """Which of `keys` the target's `columns` hold, looked up in batches."""
+    ordered = sorted(keys, key=repr)
+    present: set[tuple] = set()
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    for start in range(0, len(ordered), BATCH):
+        batch = ordered[start : start + BATCH]
+        query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+            names, shape.ident, names, _key_arrays(shape, columns)
+        )
+        try:
+            found = conn.execute(query, [[key[i] for key in batch] for i in range(len(columns))])
+        except psycopg.errors.UndefinedTable:
+            raise ConfigError(
+                f"the target has no table {shape.qualified_name}; "
+                "row recovery needs the table to exist"
+            ) from None
+        present.update(tuple(row) for row in found)
+    return present
+
+
+def _missing(target: psycopg.Connection, shape: TableShape, rows: list[Row]) -> list[Row]:
+    """The rows whose primary key the target lacks."""
+    present = _present_keys(
+        target, shape, shape.primary_key, {_key(r, shape.primary_key) for r in rows}
+    )
+    return [r for r in rows if _key(r, shape.primary_key) not in present]
 
 
 def _rows_with_keys(
@@ -218,11 +332,10 @@ def _rows_with_keys(
     found: list[Row] = []
     for start in range(0, len(ordered), BATCH):
         batch = ordered[start : start + BATCH]
-        arrays = sql.SQL(", ").join(
-            sql.SQL("%s::{}[]").format(sql.SQL(shape.type_of(c))) for c in columns
-        )
         query = sql.SQL("{} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
-            _select(shape), sql.SQL(", ").join(map(sql.Identifier, columns)), arrays
+            _select(shape),
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            _key_arrays(shape, columns),
         )
         params = [[key[i] for key in batch] for i in range(len(columns))]
         found.extend(_rows(shape, conn.execute(query, params)))
@@ -344,6 +457,88 @@ def _self_references_first(
     return ordered, True
 
 
+class _Found:
+    """Rows to insert per table, in discovery order, each once; and which of them were walked
+    down to the rows referencing them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[tuple, Row]] = {}
+        self.walked_down: set[tuple[str, tuple]] = set()
+
+    def add(self, shape: TableShape, rows: list[Row], *, down: bool) -> list[Row]:
+        """Record `rows`; return those still to walk: new ones, and when walking down, rows
+        reached before only as parents. Each row is walked down once, so cycles end."""
+        table = self.rows.setdefault(shape.qualified_name, {})
+        to_walk = []
+        for row in rows:
+            identity = _identity(shape, row)
+            new = identity not in table
+            table.setdefault(identity, row)
+            if down and (shape.qualified_name, identity) not in self.walked_down:
+                self.walked_down.add((shape.qualified_name, identity))
+                to_walk.append(row)
+            elif new:
+                to_walk.append(row)
+        return to_walk
+
+    def keys(self, table: str, columns: tuple[str, ...]) -> set[tuple]:
+        return {_key(r, columns) for r in self.rows.get(table, {}).values()}
+
+
+def _related_rows(
+    scratch: psycopg.Connection,
+    target: psycopg.Connection,
+    shapes: dict[str, TableShape],
+    root: TableShape,
+    rows: list[Row],
+    *,
+    dependents: bool,
+) -> dict[str, list[Row]]:
+    """`rows` and the rows related to them that the backup has and the target lacks: the
+    parents any of them needs, and with `dependents` the rows referencing them, recursively."""
+
+    def shape_of(schema: str, table: str) -> TableShape:
+        name = f"{schema}.{table}"
+        if name not in shapes:
+            shapes[name] = _shape(scratch, schema, table)
+        return shapes[name]
+
+    found = _Found()
+    queue = deque([(root, found.add(root, rows, down=dependents), dependents)])
+    while queue:
+        shape, batch, down = queue.popleft()
+        for fk in shape.foreign_keys:
+            needed = {key for key in (_key(r, fk.columns) for r in batch) if None not in key}
+            needed -= found.keys(fk.parent, fk.parent_columns)
+            if not needed:
+                continue
+            parent = shape_of(*fk.parent.split(".", 1))
+            needed -= _present_keys(target, parent, fk.parent_columns, needed)
+            new = found.add(
+                parent, _rows_with_keys(scratch, parent, fk.parent_columns, needed), down=False
+            )
+            if new:
+                queue.append((parent, new, False))
+        if not down:
+            continue
+        for schema, table, constraint in _referencing(scratch, shape):
+            child = shape_of(schema, table)
+            fk = next(k for k in child.foreign_keys if k.name == constraint)
+            keys = {key for key in (_key(r, fk.parent_columns) for r in batch) if None not in key}
+            if not keys:
+                continue
+            if not child.primary_key:
+                raise ConfigError(
+                    f"{child.qualified_name} references the recovered rows but has no primary "
+                    "key, so its missing rows cannot be told apart; rerun with --parents-only"
+                )
+            candidates = _rows_with_keys(scratch, child, fk.columns, keys)
+            new = found.add(child, _missing(target, child, candidates), down=True)
+            if new:
+                queue.append((child, new, True))
+    return {table: list(rows.values()) for table, rows in found.rows.items()}
+
+
 def plan_row_recovery(
     scratch_url: DatabaseUrl,
     target_url: DatabaseUrl,
@@ -352,8 +547,12 @@ def plan_row_recovery(
     *,
     where: str | None = None,
     with_dependents: bool = False,
+    parents_only: bool = False,
 ) -> RowRecovery:
-    """The INSERTs that put back the rows of `table` the target lost (and, optionally, parents)."""
+    """The INSERTs that put back the rows of `table` the target lost, and with `with_dependents`
+    or `parents_only` the related rows it lost with them."""
+    _checked_where(where)
+    _checked_related(with_dependents, parents_only)
     with connect(scratch_url, autocommit=False) as scratch, connect(target_url) as target:
         root = table_shape(scratch, table)
         shapes = {root.qualified_name: root}
@@ -378,36 +577,24 @@ def plan_row_recovery(
             raise ConfigError(
                 f"--where failed in the scratch database ({str(exc).strip().splitlines()[0]})"
             ) from None
-        present = _keys_in(target, root, root.primary_key)
-        found: dict[str, list[Row]] = {
-            root.qualified_name: [
-                r for r in candidates if tuple(r.values[c] for c in root.primary_key) not in present
-            ]
+        if not candidates:
+            raise ConfigError(
+                f"no row of {root.qualified_name} in the {day} backup matches --where {where!r}; "
+                "nothing to recover: check the predicate and --date"
+                if where
+                else f"the {day} backup has no rows in {root.qualified_name}; nothing to recover"
+            )
+        missing = _missing(target, root, candidates)
+        if with_dependents or parents_only:
+            found = _related_rows(
+                scratch, target, shapes, root, missing, dependents=with_dependents
+            )
+        else:
+            found = {root.qualified_name: missing}
+        parents = {
+            name: {fk.parent for fk in shapes[name].foreign_keys if fk.parent in found}
+            for name in found
         }
-        parents: dict[str, set[str]] = {}
-        queue = [(root, found[root.qualified_name])]
-        while with_dependents and queue:
-            shape, rows = queue.pop(0)
-            for fk in shape.foreign_keys:
-                needed = {
-                    key
-                    for key in (tuple(r.values[c] for c in fk.columns) for r in rows)
-                    if None not in key
-                }
-                if not needed:
-                    continue
-                if fk.parent not in shapes:
-                    shapes[fk.parent] = table_shape(scratch, fk.parent)
-                parent = shapes[fk.parent]
-                parents.setdefault(shape.qualified_name, set()).add(fk.parent)
-                planned = {
-                    tuple(r.values[c] for c in fk.parent_columns) for r in found.get(fk.parent, [])
-                }
-                missing = needed - _keys_in(target, parent, fk.parent_columns) - planned
-                new_rows = _rows_with_keys(scratch, parent, fk.parent_columns, missing)
-                if new_rows:
-                    found.setdefault(fk.parent, []).extend(new_rows)
-                    queue.append((parent, new_rows))
         order = _foreign_key_order(found, parents)
         deferred = False
         for name in order:
@@ -420,9 +607,10 @@ def plan_row_recovery(
     return RowRecovery(
         day,
         root.qualified_name,
-        tuple((name, len(found[name])) for name in order),
+        tuple((name, len(found[name])) for name in order if found[name]),
         statements,
         preamble=("SET CONSTRAINTS ALL DEFERRED;",) if deferred else (),
+        matched=len(candidates),
     )
 
 
@@ -439,7 +627,7 @@ def apply_row_recovery(target_url: DatabaseUrl, recovery: RowRecovery) -> RowRec
         except psycopg.errors.ForeignKeyViolation:
             raise RowRecoveryFailed(
                 "the rows reference rows the target no longer has; nothing was inserted, "
-                "rerun with --with-dependents"
+                "rerun with --parents-only or --with-dependents"
             ) from None
         except psycopg.Error as exc:
             raise RowRecoveryFailed(
@@ -456,6 +644,7 @@ def recover_rows(
     *,
     where: str | None = None,
     with_dependents: bool = False,
+    parents_only: bool = False,
     apply: bool = False,
     scratch_server: DatabaseUrl | None = None,
     now: Clock = utcnow,
@@ -463,15 +652,25 @@ def recover_rows(
 ) -> RowRecovery:
     """Restore `day` into a scratch database, plan the recovery, and (with `apply`) run it.
 
-    The scratch database lives on `scratch_server` (default: the target's server) and is
-    dropped whatever happens; scratch databases that killed runs left there are dropped first.
-    `before_apply` sees the plan first and may refuse by raising.
+    An unqualified `table` is found through the target's `search_path`. The scratch database
+    lives on `scratch_server` (default: the target's server) and is dropped whatever happens;
+    scratch databases that killed runs left there are dropped first. `before_apply` sees the
+    plan first and may refuse by raising.
     """
+    _checked_where(where)
+    _checked_related(with_dependents, parents_only)
+    table = resolve_table(target_url, table)
     with restore_into_scratch(vault, day, scratch_server or target_url, label="rows", now=now) as (
         scratch
     ):
         recovery = plan_row_recovery(
-            scratch.url, target_url, day, table, where=where, with_dependents=with_dependents
+            scratch.url,
+            target_url,
+            day,
+            table,
+            where=where,
+            with_dependents=with_dependents,
+            parents_only=parents_only,
         )
     recovery = replace(recovery, abandoned_scratch=scratch.abandoned)
     if not apply or not recovery.statements:
@@ -490,6 +689,7 @@ def recover_rows_staging(
     actor: str,
     where: str | None = None,
     with_dependents: bool = False,
+    parents_only: bool = False,
     scratch_server: DatabaseUrl | None = None,
     now: Clock = utcnow,
 ) -> RowRecovery:
@@ -500,6 +700,7 @@ def recover_rows_staging(
         "table": table,
         "where": where or "",
         "with_dependents": with_dependents,
+        "parents_only": parents_only,
     }
     with audit.staging_operation(vault, audit.ROW_RECOVERY, body, actor=actor, now=now) as learned:
         learned["sha256"] = vault.read_manifest(day).sha256
@@ -510,20 +711,33 @@ def recover_rows_staging(
             table,
             where=where,
             with_dependents=with_dependents,
+            parents_only=parents_only,
             apply=True,
             scratch_server=scratch_server,
             now=now,
         )
+        learned["table"] = result.table
         learned["inserted"] = result.inserted or 0
     return result
 
 
-def request_scope(table: str, where: str | None, with_dependents: bool) -> dict[str, str]:
-    """What a `recover-rows` request pins besides the backup: exactly which rows may go in."""
+def request_scope(
+    target_url: DatabaseUrl,
+    table: str,
+    where: str | None,
+    *,
+    with_dependents: bool,
+    parents_only: bool,
+) -> dict[str, str]:
+    """What a `recover-rows` request pins besides the backup: exactly which rows may go in,
+    the table named as the target's `search_path` finds it, so approvers see which one."""
+    _checked_where(where)
+    _checked_related(with_dependents, parents_only)
     return {
-        "table": qualified(table),
+        "table": resolve_table(target_url, table),
         "where": where or "",
         "with_dependents": "true" if with_dependents else "false",
+        "parents_only": "true" if parents_only else "false",
     }
 
 
@@ -566,6 +780,7 @@ def recover_rows_production(
             scope["table"],
             where=scope["where"] or None,
             with_dependents=scope["with_dependents"] == "true",
+            parents_only=scope.get("parents_only") == "true",
             apply=True,
             scratch_server=scratch_server,
             now=now,

@@ -296,10 +296,6 @@ def differences(
         if section not in expected or section not in actual:
             continue
         want, have = set(expected[section]), set(actual[section])
-        if section == EXTENSIONS:
-            # The integrity check installs amcheck on staging itself (pg_amcheck
-            # --install-missing): the restored side having it is pgvault's own doing.
-            have -= {line for line in have - want if line.startswith("amcheck ")}
         if want != have:
             found.append(
                 SectionDifference(section, tuple(sorted(want - have)), tuple(sorted(have - want)))

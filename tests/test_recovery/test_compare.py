@@ -8,7 +8,7 @@ from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, vault
-from tests.test_recovery.conftest import Databases, execute
+from tests.test_recovery.conftest import Databases, execute, scalar
 from tests.test_recovery.helpers import run
 
 
@@ -61,3 +61,22 @@ def test_only_the_named_tables_are_compared(restored, capsys):
 
     assert code == 0
     assert "all 1 tables are equal" in out
+
+
+def test_the_readme_production_flow_passes_on_a_faithful_restore(databases, capsys):
+    """Restore to staging, check its integrity, compare with production: the README's steps,
+    each exiting 0; the check verified the indexes and left staging as it found it."""
+    day = str(DAY)
+
+    restored = run(capsys, "restore-from-backup", "--date", day, "--target", "staging", "--verify")
+    checked = run(capsys, "check-database-integrity", "--database", "staging", "--date", day)
+    compared = run(capsys, "compare", "--source", "staging", "--target", "production")
+
+    assert restored[0] == 0, restored[2]
+    assert checked[0] == 0, checked[2]
+    assert "B-tree indexes match each other" in " ".join(checked[1].split())
+    assert compared[0] == 0, compared[1] + compared[2]
+    assert (
+        scalar(databases.staging, "SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'")
+        == 0
+    )

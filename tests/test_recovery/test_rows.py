@@ -1,4 +1,5 @@
-"""Rows deleted after a backup come back, parents first, only when asked, all or nothing."""
+"""Rows deleted after a backup come back with what was deleted with them, parents first,
+only when asked, all or nothing."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def test_cli_dry_run_prints_sql_and_a_count_and_apply_inserts(deleted, capsys):
 
     assert code == 0, err
     assert out.count("INSERT INTO") == 1
-    assert "-- 1 rows missing from" in out
+    assert "-- 1 row missing from" in out
     assert (
         scalar(databases.staging, "SELECT count(*) FROM public.users WHERE id = %s", (user,)) == 0
     )
@@ -132,7 +133,7 @@ def test_cli_dry_run_prints_sql_and_a_count_and_apply_inserts(deleted, capsys):
     code, out, err = run(capsys, *argv, "--where", f"id = {user}", "--apply")
 
     assert code == 0, err
-    assert "inserted 1 of 1 rows" in out
+    assert "inserted 1 of 1 row into" in out
     assert (
         scalar(databases.staging, "SELECT count(*) FROM public.users WHERE id = %s", (user,)) == 1
     )
@@ -171,7 +172,7 @@ def test_rows_go_into_production_exactly_as_two_approvers_approved(deleted, appr
     code, out, err = run(capsys, *argv, *scope, "--request", request_id, "--skip-confirmation")
 
     assert code == 0, err
-    assert "inserted 1 of 1 rows" in out
+    assert "inserted 1 of 1 row into" in out
     assert (
         scalar(databases.production, "SELECT count(*) FROM public.users WHERE id = %s", (user,))
         == 1
@@ -264,7 +265,7 @@ def test_the_backup_lists_reports_before_their_managers(org):
     assert listed.index(4) < listed.index(3)
 
 
-def test_managers_found_as_dependents_of_a_report_go_in_before_it(org):
+def test_the_managers_a_report_needs_go_in_before_it_and_not_their_other_reports(org):
     recovery = rows.recover_rows(
         vault(), DAY, org, "public.employees", where="id = 4", with_dependents=True, apply=True
     )
@@ -292,3 +293,222 @@ def test_rows_referencing_each_other_through_an_immediate_key_are_refused_in_one
     advice = str(exc.value).split("(")[-1].split(")")[0]
     execute(org.secret, advice)  # doing what the message says makes the recovery possible
     assert rows.recover_rows(vault(), DAY, org, "public.pairs", apply=True).inserted == 2
+
+
+def test_a_manager_comes_back_with_everyone_under_them(org):
+    """Dependents of a row in a table referencing itself are walked to the bottom, once each."""
+    recovery = rows.recover_rows(
+        vault(), DAY, org, "public.employees", where="id = 2", with_dependents=True, apply=True
+    )
+
+    assert recovery.tables == (("public.employees", 4),)
+    assert inserted_ids(recovery) == [2, 3, 4, 5]
+    assert scalar(org.secret, "SELECT count(*) FROM public.employees") == 6
+
+
+SHOP = """
+CREATE SCHEMA shop;
+CREATE SCHEMA billing;
+CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE shop.orders (
+    id int PRIMARY KEY,
+    customer_id int NOT NULL REFERENCES shop.customers ON DELETE CASCADE
+);
+CREATE TABLE shop.order_items (
+    order_id int REFERENCES shop.orders ON DELETE CASCADE,
+    line int,
+    sku text NOT NULL,
+    PRIMARY KEY (order_id, line)
+);
+CREATE TABLE billing.refunds (
+    id int PRIMARY KEY,
+    order_id int,
+    line int,
+    FOREIGN KEY (order_id, line) REFERENCES shop.order_items ON DELETE CASCADE
+);
+INSERT INTO shop.customers VALUES (7, 'ada'), (8, 'bob');
+INSERT INTO shop.orders SELECT 700 + n, 7 FROM generate_series(1, 5) n;
+INSERT INTO shop.orders VALUES (4242, 8), (801, 8);
+INSERT INTO shop.order_items SELECT o.id, l, 'sku-' || o.id || '-' || l
+    FROM shop.orders o, generate_series(1, 3) l;
+INSERT INTO billing.refunds VALUES (1, 4242, 2), (2, 701, 1);
+"""
+SHOP_TABLES = ("shop.customers", "shop.orders", "shop.order_items", "billing.refunds")
+
+
+def shop_rows(url: str) -> dict[str, list[tuple]]:
+    with psycopg.connect(url) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in SHOP_TABLES}
+
+
+@pytest.fixture
+def shop(local_env, make_database, monkeypatch) -> tuple[DatabaseUrl, dict[str, list[tuple]]]:
+    """A shop backed up as yesterday, its own staging target; returns it and its rows then."""
+    url = make_database("shop")
+    execute(url, SHOP)
+    back_up(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("STAGING_DATABASE_URL", url)
+    return DatabaseUrl(url), shop_rows(url)
+
+
+def test_an_order_comes_back_with_its_items_and_what_references_them(shop):
+    target, before = shop
+    execute(target.secret, "DELETE FROM shop.orders WHERE id = 4242")
+    assert scalar(target.secret, "SELECT count(*) FROM shop.order_items WHERE order_id = 4242") == 0
+
+    recovery = rows.recover_rows(
+        vault(), DAY, target, "shop.orders", where="id = 4242", with_dependents=True, apply=True
+    )
+
+    assert recovery.tables == (
+        ("shop.orders", 1),
+        ("shop.order_items", 3),
+        ("billing.refunds", 1),
+    )
+    assert recovery.inserted == 5
+    assert shop_rows(target.secret) == before
+
+
+def test_a_deleted_customer_comes_back_with_its_orders_and_their_items(shop):
+    target, before = shop
+    execute(target.secret, "DELETE FROM shop.customers WHERE id = 7")
+
+    recovery = rows.recover_rows(
+        vault(), DAY, target, "shop.customers", where="id = 7", with_dependents=True, apply=True
+    )
+
+    assert recovery.tables == (
+        ("shop.customers", 1),
+        ("shop.orders", 5),
+        ("shop.order_items", 15),
+        ("billing.refunds", 1),
+    )
+    assert shop_rows(target.secret) == before
+
+
+def test_an_order_whose_customer_went_too_comes_back_after_it_without_its_sibling(shop):
+    """The customer comes back because the order needs it; its other order stays deleted."""
+    target, before = shop
+    execute(target.secret, "DELETE FROM shop.customers WHERE id = 8")
+
+    recovery = rows.recover_rows(
+        vault(), DAY, target, "shop.orders", where="id = 4242", with_dependents=True, apply=True
+    )
+
+    assert recovery.tables == (
+        ("shop.customers", 1),
+        ("shop.orders", 1),
+        ("shop.order_items", 3),
+        ("billing.refunds", 1),
+    )
+    assert recovery.statements[0].startswith('INSERT INTO "shop"."customers"')
+    after = shop_rows(target.secret)
+    assert after["shop.customers"] == before["shop.customers"]
+    assert [o for o in after["shop.orders"] if o[1] == 8] == [(4242, 8)]
+
+
+def test_parents_only_brings_back_the_rows_needed_and_not_those_referencing_them(shop):
+    target, _ = shop
+    execute(target.secret, "DELETE FROM shop.customers WHERE id = 8")
+
+    recovery = rows.recover_rows(
+        vault(), DAY, target, "shop.orders", where="id = 4242", parents_only=True, apply=True
+    )
+
+    assert recovery.tables == (("shop.customers", 1), ("shop.orders", 1))
+    assert scalar(target.secret, "SELECT count(*) FROM shop.order_items WHERE order_id = 4242") == 0
+    with pytest.raises(rows.ConfigError, match="pass it or --parents-only, not both"):
+        rows.recover_rows(
+            vault(), DAY, target, "shop.orders", with_dependents=True, parents_only=True
+        )
+
+
+def test_cli_dry_run_counts_each_table_and_changes_nothing(shop, capsys):
+    target, _ = shop
+    execute(target.secret, "DELETE FROM shop.customers WHERE id = 7")
+
+    code, out, err = run(
+        capsys,
+        *("recover-rows", "--date", str(DAY), "--table", "shop.customers", "--where", "id = 7"),
+        *("--target", "staging", "--with-dependents"),
+    )
+
+    assert code == 0, err
+    assert out.count("INSERT INTO") == 22
+    summary = " ".join(out.split())
+    assert (
+        "-- 22 rows missing from" in summary
+        and "(shop.customers: 1, shop.orders: 5, shop.order_items: 15, billing.refunds: 1)"
+        in summary
+    )
+    assert scalar(target.secret, "SELECT count(*) FROM shop.customers") == 1
+
+
+def test_an_empty_where_is_refused_in_one_line(shop, capsys):
+    argv = ("recover-rows", "--date", str(DAY), "--table", "shop.orders", "--target", "staging")
+
+    code, out, err = run(capsys, *argv, "--where", "")
+
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "--where is empty" in err
+    assert "INSERT" not in out
+    assert databases_named("pgvault_scratch_rows_") == []
+
+
+def test_no_matching_row_and_all_rows_present_are_told_apart(shop, capsys):
+    argv = ("recover-rows", "--date", str(DAY), "--table", "shop.orders", "--target", "staging")
+
+    none = run(capsys, *argv, "--where", "id = 999999")
+    present = run(capsys, *argv, "--where", "customer_id = 7")
+    one = run(capsys, *argv, "--where", "id = 4242")
+
+    assert none[0] == 2
+    assert "no row of shop.orders in the" in none[2] and "matches --where 'id = 999999'" in none[2]
+    assert present[0] == 0, present[2]
+    assert "-- all 5 matching rows are present in" in present[1]
+    assert "nothing to recover" in present[1]
+    assert one[0] == 0, one[2]
+    assert "-- the 1 matching row is present in" in one[1]
+
+
+def test_an_unqualified_table_is_found_through_the_database_search_path(shop, capsys):
+    target, before = shop
+    execute(
+        target.secret,
+        f"ALTER DATABASE {target.dbname} SET search_path = shop, public;"
+        "CREATE TABLE public.orders (id int PRIMARY KEY)",  # not first on the path
+    )
+    execute(target.secret, "DELETE FROM shop.orders WHERE id = 4242")
+    argv = ("recover-rows", "--date", str(DAY), "--table", "orders", "--target", "staging")
+
+    code, out, err = run(capsys, *argv, "--where", "id = 4242", "--with-dependents", "--apply")
+
+    assert code == 0, err
+    assert "inserted 5 of 5 rows" in out and "shop.orders: 1" in out
+    assert shop_rows(target.secret) == before
+    missing = run(capsys, *argv[:4], "nowhere", "--target", "staging")
+    assert missing[0] == 2
+    assert (
+        "there is no table 'nowhere' on" in missing[2]
+        and "search_path (shop, public)" in missing[2]
+    )
+
+
+def test_a_request_pins_the_table_the_search_path_finds_and_the_parents_only_flag(shop):
+    target, _ = shop
+    execute(target.secret, f"ALTER DATABASE {target.dbname} SET search_path = shop, public")
+
+    scope = rows.request_scope(
+        target, "orders", "id = 4242", with_dependents=False, parents_only=True
+    )
+
+    assert scope == {
+        "table": "shop.orders",
+        "where": "id = 4242",
+        "with_dependents": "false",
+        "parents_only": "true",
+    }
+    with pytest.raises(rows.ConfigError, match="--where is empty"):
+        rows.request_scope(target, "orders", "", with_dependents=True, parents_only=False)
