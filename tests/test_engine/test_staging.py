@@ -1,0 +1,197 @@
+"""Staging is never production: a staging URL that reaches a production database under any
+spelling is refused before anything is written; another database or server is staging."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgvault_assets.cli import main
+from pgvault_assets.engine.names import database_beside
+from tests.conftest import PG_PORT, PG_USER, admin_connect
+from tests.test_engine.helpers import DAY, back_up, marked, marker_intact
+from tests.test_fleet.helpers import alpha_and_beta
+
+PGVAULT = Path(sys.executable).with_name("pgvault")
+# The test server (127.0.0.1) by other names: `localhost`, and a name libpq never resolves
+# because `hostaddr` says where to connect (what a DNS alias amounts to).
+SPELLINGS = {
+    "localhost": f"postgresql://{PG_USER}@localhost:{PG_PORT}/{{}}",
+    "alias": f"postgresql://{PG_USER}@db-alias.invalid:{PG_PORT}/{{}}?hostaddr=127.0.0.1",
+}
+
+
+def pgvault(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The command as an operator runs it, in this test's environment."""
+    return subprocess.run(
+        [PGVAULT, *argv],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+        check=False,
+    )
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+def dbname(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def keep_for_rollback(url: str) -> str:
+    """An empty database beside `url`'s, named as a restore keeps the one it replaced: what a
+    rollback of that target would swap in."""
+    name = database_beside(dbname(url), "pre_restore", "20260101000000")
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def databases_beside(url: str) -> list[str]:
+    with admin_connect() as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname ^@ %s AND datname <> %s",
+            (dbname(url) + "_", dbname(url)),
+        ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def owners(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT name FROM owner ORDER BY name")]
+
+
+def test_a_fleet_whose_staging_names_the_production_server_is_refused_production_untouched(
+    local_env, make_database, monkeypatch
+):
+    urls, _ = alpha_and_beta(
+        local_env, monkeypatch, make_database, staging=SPELLINGS["localhost"].format("postgres")
+    )
+    alpha = urls["alpha"]
+    assert main(["backup", "--database", "alpha"]) == 0
+    with psycopg.connect(alpha, autocommit=True) as conn:
+        conn.execute("INSERT INTO owner VALUES ('written after the backup')")
+    refusal = (
+        "server main: its staging_url_env PGVAULT_TEST_MAIN_URL_STAGING and production "
+        "database alpha (url_env PGVAULT_TEST_MAIN_URL) reach the same database"
+    )
+
+    restore = pgvault(
+        "restore-from-backup",
+        "--database",
+        "alpha",
+        "--date",
+        DAY.isoformat(),
+        "--target",
+        "staging",
+    )
+    assert restore.returncode == 2
+    assert refusal in one_line(restore.stderr)
+    assert "point PGVAULT_TEST_MAIN_URL_STAGING at another server" in restore.stderr
+    assert owners(alpha) == ["alpha", "written after the backup"]
+    assert databases_beside(alpha) == []
+
+    kept = keep_for_rollback(alpha)
+    rollback = pgvault("rollback-restore", "--database", "alpha", "--target", "staging")
+    assert rollback.returncode == 2
+    assert refusal in one_line(rollback.stderr)
+    assert owners(alpha) == ["alpha", "written after the backup"]
+    assert databases_beside(alpha) == [kept]
+
+
+COMMANDS = {
+    "restore": ["restore-from-backup", "--date", DAY.isoformat(), "--target", "staging"],
+    "rollback": ["rollback-restore", "--target", "staging"],
+    "row recovery": [
+        "recover-rows",
+        "--date",
+        DAY.isoformat(),
+        "--table",
+        "public.still_here",
+        "--target",
+        "staging",
+        "--apply",
+    ],
+    "integrity check": ["check-database-integrity", "--target", "staging"],
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_staging_that_is_production_spelled_otherwise_is_refused_before_any_write(
+    local_env, make_database, monkeypatch, capsys, spelling, command
+):
+    production = marked(make_database("prod"))
+    back_up(production)
+    kept = keep_for_rollback(production)
+    monkeypatch.setenv("DATABASE_URL", production)
+    monkeypatch.setenv("STAGING_DATABASE_URL", SPELLINGS[spelling].format(dbname(production)))
+
+    assert main(COMMANDS[command]) == 2
+
+    line = one_line(capsys.readouterr().err)
+    assert "STAGING_DATABASE_URL and DATABASE_URL reach the same database" in line
+    assert marker_intact(production)
+    assert databases_beside(production) == [kept]
+    with psycopg.connect(production) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'"
+        ).fetchone() == (0,)
+    assert not (local_env / "store" / "test" / "audit").exists()
+
+
+def test_another_database_on_the_production_server_is_staging(
+    local_env, make_database, monkeypatch, capsys
+):
+    production = marked(make_database("prod"))
+    back_up(production)
+    staging = make_database("staging")
+    monkeypatch.setenv("DATABASE_URL", production)
+    monkeypatch.setenv("STAGING_DATABASE_URL", SPELLINGS["localhost"].format(dbname(staging)))
+
+    assert main(COMMANDS["restore"]) == 0, capsys.readouterr().err
+
+    assert marker_intact(staging)
+    assert marker_intact(production)
+    assert databases_beside(production) == []
+
+
+def test_a_fleet_server_without_staging_says_so_not_staging_database_url(
+    local_env, make_database, monkeypatch, capsys
+):
+    alpha_and_beta(local_env, monkeypatch, make_database)
+    monkeypatch.setenv("STAGING_DATABASE_URL", SPELLINGS["localhost"].format("postgres"))
+
+    assert main([*COMMANDS["rollback"], "--database", "alpha"]) == 2
+
+    line = one_line(capsys.readouterr().err)
+    assert "server 'main' of the fleet file has no staging_url_env" in line
+    assert "STAGING_DATABASE_URL" not in line
+
+
+def test_a_production_server_that_cannot_be_reached_stops_a_staging_write(
+    local_env, make_database, monkeypatch, capsys
+):
+    staging = marked(make_database("staging"))
+    kept = keep_for_rollback(staging)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:hunter2@127.0.0.1:1/app")
+    monkeypatch.setenv("STAGING_DATABASE_URL", staging)
+
+    assert main(COMMANDS["rollback"]) == 2
+
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("error: cannot tell STAGING_DATABASE_URL from DATABASE_URL")
+    assert "hunter2" not in line
+    assert marker_intact(staging)
+    assert databases_beside(staging) == [kept]
