@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -13,9 +14,11 @@ import pytest
 from psycopg import sql
 
 from pgvault_assets.cli import main
+from pgvault_assets.engine.cluster import Cluster, restored_cluster
 from pgvault_assets.engine.names import database_beside
-from tests.conftest import PG_PORT, PG_USER, admin_connect
+from tests.conftest import PG_PORT, PG_USER, PrivateCluster, admin_connect
 from tests.test_engine.helpers import DAY, back_up, marked, marker_intact
+from tests.test_faults.conftest import wait_for
 from tests.test_fleet.helpers import alpha_and_beta
 
 PGVAULT = Path(sys.executable).with_name("pgvault")
@@ -195,3 +198,84 @@ def test_a_production_server_that_cannot_be_reached_stops_a_staging_write(
     assert "hunter2" not in line
     assert marker_intact(staging)
     assert databases_beside(staging) == [kept]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=5):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture
+def production_and_its_clone(private_postgres: PrivateCluster) -> Iterator[tuple[str, Cluster]]:
+    """A database on a private cluster, and a second server cloned from that cluster by a
+    physical backup (pg_basebackup): the same system identifier, database oids and names."""
+    production = marked(private_postgres.create_database("pgvault_test_cloned"))
+
+    def copy_of_production(data: Path) -> None:
+        result = subprocess.run(
+            [
+                *(["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []),
+                str(private_postgres.cluster.bindir / "pg_basebackup"),
+                "-D",
+                str(data),
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(private_postgres.cluster.port),
+                "-U",
+                "postgres",
+            ],
+            env={**os.environ, "PGPASSWORD": private_postgres.cluster.url.password or ""},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+    try:
+        with restored_cluster(copy_of_production, superuser="postgres") as clone:
+            wait_for(lambda: _answers(clone.url.secret), "the clone to accept connections")
+            yield production, clone
+    finally:
+        with psycopg.connect(private_postgres.url("postgres"), autocommit=True) as conn:
+            for (name,) in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname ^@ 'pgvault_test_cloned'"
+            ).fetchall():
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_clone_of_production_on_another_server_is_staging(
+    local_env, production_and_its_clone, monkeypatch, capsys
+):
+    production, clone = production_and_its_clone
+    staging = clone.url.with_dbname(dbname(production)).secret
+    identity = (
+        "SELECT system_identifier, d.oid "
+        "FROM pg_control_system(), pg_database d WHERE d.datname = current_database()"
+    )
+    with psycopg.connect(production) as prod, psycopg.connect(staging) as stag:
+        assert prod.execute(identity).fetchone() == stag.execute(identity).fetchone()
+    back_up(production)
+    monkeypatch.setenv("DATABASE_URL", production)
+    monkeypatch.setenv("STAGING_DATABASE_URL", staging)
+
+    assert main(COMMANDS["restore"]) == 0, capsys.readouterr().err
+
+    assert marker_intact(staging)
+    with psycopg.connect(clone.url.secret) as conn:
+        beside = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname ^@ %s",
+            (dbname(production) + "_pre_restore_",),
+        ).fetchone()
+    assert beside == (1,)
+    with psycopg.connect(production) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname ^@ %s", (dbname(production) + "_",)
+        ).fetchone() == (0,)
