@@ -16,10 +16,10 @@ from psycopg import sql
 from pgvault_assets.cli import main
 from pgvault_assets.engine.cluster import Cluster, restored_cluster
 from pgvault_assets.engine.names import database_beside
-from tests.conftest import PG_PORT, PG_USER, PrivateCluster, admin_connect
+from tests.conftest import PG_PORT, PG_SERVER_URL, PG_USER, PrivateCluster, admin_connect
 from tests.test_engine.helpers import DAY, back_up, marked, marker_intact
 from tests.test_faults.conftest import wait_for
-from tests.test_fleet.helpers import alpha_and_beta
+from tests.test_fleet.helpers import alpha_and_beta, write_fleet
 
 PGVAULT = Path(sys.executable).with_name("pgvault")
 # The test server (127.0.0.1) by other names: `localhost`, and a name libpq never resolves
@@ -111,6 +111,49 @@ def test_a_fleet_whose_staging_names_the_production_server_is_refused_production
     assert refusal in one_line(rollback.stderr)
     assert owners(alpha) == ["alpha", "written after the backup"]
     assert databases_beside(alpha) == [kept]
+
+
+def test_a_fleet_staging_that_is_another_servers_production_database_is_refused(
+    local_env, make_database, private_postgres, monkeypatch, capsys
+):
+    """Every fleet database is production, not only the one restored: main's staging server
+    holds gamma, under alpha's dbname."""
+    alpha = make_database("alpha")
+    name = dbname(alpha)
+    gamma = private_postgres.create_database(name)
+    try:
+        with psycopg.connect(gamma, autocommit=True) as conn:
+            conn.execute("CREATE TABLE owner (name text); INSERT INTO owner VALUES ('gamma')")
+        kept = private_postgres.create_database(
+            database_beside(name, "pre_restore", "20260101000000")
+        )
+        write_fleet(
+            local_env,
+            monkeypatch,
+            servers={
+                "main": (f"{PG_SERVER_URL}/postgres", 1),
+                "other": (private_postgres.url("postgres"), 1),
+            },
+            databases={"alpha": ("main", name), "gamma": ("other", name)},
+            staging={"main": private_postgres.url("postgres")},
+        )
+
+        assert main([*COMMANDS["rollback"], "--database", "alpha"]) == 2
+
+        line = one_line(capsys.readouterr().err)
+        assert (
+            "server main: its staging_url_env PGVAULT_TEST_MAIN_URL_STAGING and production "
+            "database gamma (url_env PGVAULT_TEST_OTHER_URL) reach the same database"
+        ) in line
+        assert owners(gamma) == ["gamma"]
+        with psycopg.connect(kept):
+            pass
+    finally:
+        with psycopg.connect(private_postgres.url("postgres"), autocommit=True) as conn:
+            for (found,) in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname ^@ %s", (name,)
+            ).fetchall():
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(found)))
 
 
 COMMANDS = {
