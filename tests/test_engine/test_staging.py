@@ -170,6 +170,13 @@ COMMANDS = {
         "--apply",
     ],
     "integrity check": ["check-database-integrity", "--target", "staging"],
+    "recovery to a time": [
+        "restore-to-time",
+        "--time",
+        "2026-11-30T09:15:00Z",
+        "--target",
+        "staging",
+    ],
 }
 
 
