@@ -4,8 +4,8 @@ none of the production databases pgvault knows (`DATABASE_URL`, every fleet data
 
 URL text cannot tell: `localhost` and `127.0.0.1`, two port forwards or a DNS alias reach one
 server. Nor can what a server says of itself: a clone made from a physical backup (a valid
-staging) shares production's system identifier, database oids and even its data directory's
-path. So pgvault asks the servers: it holds a session on staging's server under a random
+staging) shares production's system identifier and database oids, and may share its data
+directory's path. So pgvault asks the servers: it holds a session on staging's server under a random
 `application_name` and looks for it in each production server's `pg_stat_activity`, which
 lists every session of its own server, none of another's, and shows `application_name` to
 any role. Found there, staging is on that server, and is production when it names one of the
