@@ -202,6 +202,9 @@ class Settings:
     """The fleet database these settings are pinned to (engine/fleet.py `pin_database`), whose
     objects, locks and audit records live under `{environment}/{database}`; None for the
     single database of `DATABASE_URL`, under `{environment}` as ever."""
+    server: str | None = None
+    """The fleet server `database` is on, whose `staging_url_env` names its staging; None
+    for the single database, whose staging is `STAGING_DATABASE_URL`."""
     backup_hour: int = 2
     """The UTC hour the backup is scheduled: 02:00, or a fleet database's `schedule_hour`."""
 
@@ -224,6 +227,12 @@ class Settings:
         if target == "production":
             return self.require_database()
         if target == "staging":
+            if self.staging_database_url is None and self.server is not None:
+                raise ConfigError(
+                    f"server {self.server!r} of the fleet file has no staging_url_env, so database "
+                    f"{self.database!r} has no staging: add staging_url_env naming the variable "
+                    "that holds another server's postgresql:// URL"
+                )
             if self.staging_database_url is None:
                 raise ConfigError(
                     "STAGING_DATABASE_URL is not set; set it to the staging database's postgresql:// URL"

@@ -24,6 +24,7 @@ from pgvault_assets.cli.recovery import (
     kept_as,
     restore_production_command,
     rollback_production_command,
+    target_to_write,
 )
 from pgvault_assets.engine.audit import operator, record_integrity_check
 from pgvault_assets.engine.catalog import backup_rows
@@ -202,7 +203,7 @@ def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "production":
         return restore_production_command(args, settings)
-    url = settings.target_url(args.target)
+    url = target_to_write(settings, args.target)
     if not args.skip_confirmation and args.target != "staging":
         confirm(url.dbname)
     vault = Vault.from_settings(settings)
@@ -230,7 +231,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "production":
         return rollback_production_command(args, settings)
-    url = settings.target_url(args.target)
+    url = target_to_write(settings, args.target)
     restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
     console.print(
         f"{url.dbname} is back to {restored}; the database it replaced is {kept_as(kept, settings)}"
@@ -253,7 +254,7 @@ def _integrity_target(args: argparse.Namespace) -> str:
 
 def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
     target = _integrity_target(args)
-    url = settings.target_url(target)
+    url = target_to_write(settings, target)
     vault = Vault.from_settings(settings)
     if args.date:
         manifest = vault.read_manifest(args.date)

@@ -9,6 +9,7 @@ import argparse
 
 from pgvault_assets.cli.args import Parser, confirm, parse_time
 from pgvault_assets.cli.console import console, human_bytes, on_target
+from pgvault_assets.cli.recovery import target_to_write
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.pitr.archive import (
     BACKUP_KINDS,
@@ -125,7 +126,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
     require_single_cluster(settings)
     source = settings.require_database()
-    url = settings.target_url(args.target)
+    url = target_to_write(settings, args.target)
     vault = Vault.from_settings(settings)
     if args.target == "production":
         if not args.request:

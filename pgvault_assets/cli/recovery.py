@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 from pathlib import Path
 
 from rich.markup import escape
@@ -23,9 +24,10 @@ from pgvault_assets.engine.drill import run_configured_drill, store_report
 from pgvault_assets.engine.kept_databases import kept_until
 from pgvault_assets.engine.pitr.archive import base_backup_for
 from pgvault_assets.engine.rows import request_scope
+from pgvault_assets.engine.staging import staging_target
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
-from pgvault_assets.settings import Settings
+from pgvault_assets.settings import DatabaseUrl, Settings
 
 EXAMPLES = """\
 production restores need a request approved by two approvers:
@@ -117,6 +119,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--rto-hours", type=float, default=None, help="objective (default 4)")
     add_database_option(sub)
     sub.set_defaults(handler=cmd_drill)
+
+
+def target_to_write(settings: Settings, target: str) -> DatabaseUrl:
+    """The database behind `target` that a command is about to write into: staging only
+    once no production database is behind it (engine/staging.py)."""
+    if target == "staging":
+        return staging_target(settings, os.environ)
+    return settings.target_url(target)
 
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
@@ -244,7 +254,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
     vault = Vault.from_settings(settings)
-    url = settings.target_url(args.target)
+    url = target_to_write(settings, args.target)
     scratch_server = settings.staging_database_url or url
     if args.apply and args.target == "production":
         if not args.request:

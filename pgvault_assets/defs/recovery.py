@@ -37,6 +37,7 @@ from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.drill import run_configured_drill, store_report
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.restore import RestoreResult, restore_production, restore_staging
+from pgvault_assets.engine.staging import staging_target
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
@@ -170,7 +171,7 @@ def restore_from_backup(
                 raise ConfigError("request_id is only for production restores; drop it")
             settings = vault.settings()
             store = vault.vault(settings)
-            url = settings.target_url("staging")
+            url = staging_target(settings, vault.environ())
             result = restore_staging(
                 store, day, url, actor=f"dagster run {context.run_id}", full_verify=config.verify
             )

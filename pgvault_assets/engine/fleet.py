@@ -313,6 +313,7 @@ def pin_database(settings: Settings, env: Mapping[str, str], name: str | None) -
     return dataclasses.replace(
         settings,
         database=database.name,
+        server=server.name,
         backup_hour=database.schedule_hour,
         database_url=_url(env, server.url_env, server, database.dbname),
         staging_database_url=staging,

@@ -144,8 +144,13 @@ SESSION_OPTIONS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout
 
 @contextlib.contextmanager
 def connect(
-    url: DatabaseUrl, *, autocommit: bool = True, keepalive: bool = False
+    url: DatabaseUrl,
+    *,
+    autocommit: bool = True,
+    keepalive: bool = False,
+    application_name: str | None = None,
 ) -> Iterator[psycopg.Connection]:
+    named = {} if application_name is None else {"application_name": application_name}
     try:
         conn = psycopg.connect(
             url.secret,
@@ -153,6 +158,7 @@ def connect(
             connect_timeout=10,
             options=SESSION_OPTIONS,
             **(KEEPALIVES if keepalive else {}),
+            **named,
         )
     except psycopg.OperationalError as exc:
         reason = _first_line(str(exc)).replace(url.password or "\0", "***")

@@ -167,6 +167,29 @@ def test_restore_job_refuses_production_without_a_request_and_leaves_it_untouche
     assert database_snapshot(awkward_database) == before
 
 
+def test_restore_job_refuses_staging_that_is_production_by_another_name(
+    local_env, awkward_database, monkeypatch, instance
+):
+    monkeypatch.setenv("DATABASE_URL", awkward_database)
+    monkeypatch.setenv("STAGING_DATABASE_URL", awkward_database.replace("127.0.0.1", "localhost"))
+    back_up(awkward_database, day=DAY)
+    before = database_snapshot(awkward_database)
+
+    result = restore_job.execute_in_process(
+        run_config={"ops": {"restore_from_backup": {"config": {"date": DAY.isoformat()}}}},
+        resources=resource_defs(),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    description = failure.step_failure_data.user_failure_data.description
+    assert "STAGING_DATABASE_URL and DATABASE_URL reach the same database" in description
+    assert database_snapshot(awkward_database) == before
+    assert audit_records(vault(), "staging") == []
+
+
 def test_a_bad_date_is_refused_in_one_line(local_env, instance):
     result = restore_job.execute_in_process(
         run_config={"ops": {"restore_from_backup": {"config": {"date": "2026-13-01"}}}},
