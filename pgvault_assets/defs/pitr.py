@@ -182,7 +182,11 @@ def archive_alert_step(
         if kind not in before
     ]
     if before and not active:
-        alerts.append(Alert(RESOLVED, "info", "WAL archiving is healthy again"))
+        alerts.append(
+            Alert(
+                RESOLVED, "info", "WAL archiving is healthy again", resolves=tuple(sorted(before))
+            )
+        )
     return alerts, json.dumps(sorted(active))
 
 
