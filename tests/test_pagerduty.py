@@ -10,11 +10,18 @@ from typing import Any
 
 import pytest
 import sentry_sdk
+from dagster import AssetCheckEvaluation, AssetCheckSeverity
 from test_defs.http_capture import Captured, capture_http
 
 from pgvault_assets.alerts import PAGE_ATTEMPTS, Alert, Notifier
-from pgvault_assets.defs.alerting import staleness_step
+from pgvault_assets.cli import main
+from pgvault_assets.defs.alerting import failed_check_alert, staleness_step
+from pgvault_assets.defs.backup import BACKUP_KEY, RESTORABLE, SIZE_NOT_SHRUNK
+from pgvault_assets.defs.fleet_alerting import Channels
 from pgvault_assets.defs.pitr import archive_alert_step
+from pgvault_assets.defs.recovery import drill_alert
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.drill import DrillReport
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings, load_settings
 
@@ -212,3 +219,87 @@ def test_a_bad_pagerduty_setting_is_refused_naming_it(
         load_settings()
     if variable == "PAGERDUTY_ROUTING_KEY":
         assert value not in str(raised.value)
+
+
+def test_alerts_test_sends_each_severity_to_every_sink_and_resolves_them(receiver, capsys):
+    assert main(["alerts", "test", "--resolve"]) == 0
+
+    out = capsys.readouterr().out
+    assert "sent test_fatal to webhook, PagerDuty" in out
+    events = [(e["event_action"], e["dedup_key"]) for e in receiver.pagerduty_events()]
+    assert events[:2] == [
+        ("trigger", "pgvault/test/default/test_fatal"),
+        ("trigger", "pgvault/test/default/test_error"),
+    ]
+    resolved = {key for action, key in events[2:] if action == "resolve"}
+    assert {"pgvault/test/default/test_fatal", "pgvault/test/default/test_error"} <= resolved
+    levels = [post["level"] for post in receiver.posts("/hook")]
+    assert levels == ["fatal", "error", "warning", "info", "info"]
+
+
+def test_alerts_test_says_in_one_line_when_no_sink_is_configured(local_env, capsys):
+    assert main(["alerts", "test"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: no alert sink is configured; set SENTRY_DSN")
+
+
+def test_alerts_test_fails_when_pagerduty_refuses(receiver, capsys):
+    receiver.statuses.extend([500] * PAGE_ATTEMPTS)  # the first page only
+    assert main(["alerts", "test"]) == 2
+    *warnings, line = capsys.readouterr().err.strip().splitlines()
+    assert warnings == ["warning: PagerDuty did not accept the test_fatal alert (HTTP 500)"]
+    assert "1 deliveries failed (PagerDuty did not accept the test_fatal alert (HTTP 500))" in line
+
+
+def test_a_failed_restore_proof_pages_and_a_failed_size_check_does_not(receiver):
+    send = notifier(load_settings()).send
+    for check in (RESTORABLE, SIZE_NOT_SHRUNK):  # both WARN checks, leaving their run green
+        evaluation = AssetCheckEvaluation(
+            BACKUP_KEY, check, passed=False, severity=AssetCheckSeverity.WARN
+        )
+        alert = failed_check_alert(evaluation, "2026-03-10")
+        assert alert is not None
+        send(alert)
+
+    (event,) = receiver.pagerduty_events()
+    assert event["dedup_key"] == "pgvault/test/default/restorable"
+    assert event["payload"]["severity"] == "error"
+    assert event["payload"]["component"] == "restore_proof"
+
+
+def test_a_drill_over_its_objective_pages_with_its_figures(receiver):
+    report = DrillReport(
+        environment="test",
+        started_at=datetime(2026, 4, 6, 4, 0, tzinfo=UTC),
+        backup_date=datetime(2026, 3, 1).date(),
+        backup_choice="the monthly backup of 2026-03-01",
+        sha256="0" * 64,
+        recovery_time_objective_seconds=3600.0,
+        stage_seconds={"verify": 1000.0, "restore": 4000.0},
+    )
+    notifier(load_settings()).send(drill_alert(report, "run-7"))
+
+    (event,) = receiver.pagerduty_events()
+    assert event["dedup_key"] == "pgvault/test/default/drill_over_objective"
+    payload = event["payload"]
+    assert (payload["severity"], payload["component"]) == ("critical", "drill")
+    assert payload["custom_details"]["scaled_recovery_seconds"] == 5000.0
+    assert payload["custom_details"]["recovery_time_objective_seconds"] == 3600.0
+    assert event["links"][0]["href"] == "https://dagster.internal/runs/run-7"
+
+
+def test_a_fleet_databases_resolved_notice_resolves_its_own_incident(receiver):
+    """The fleet sensor re-addresses each alert to its database: the resolve must survive it."""
+    channels = Channels(VaultResource(), AlertsResource())
+    backed_up = datetime(2026, 3, 10, 2, 30, tzinfo=UTC)
+    stale, _ = staleness_step(backed_up, None, backed_up + timedelta(hours=40))
+    resolved, _ = staleness_step(backed_up, "stale", backed_up + timedelta(hours=1))
+    for alert in (stale, resolved):
+        assert alert is not None
+        channels.send("billing", alert)
+
+    actions = [(e["event_action"], e["dedup_key"]) for e in receiver.pagerduty_events()]
+    assert actions == [
+        ("trigger", "pgvault/test/billing/backup_stale"),
+        ("resolve", "pgvault/test/billing/backup_stale"),
+    ]
