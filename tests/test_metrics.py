@@ -22,8 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pgvault_assets.engine.metrics import MetricsReader
+from pgvault_assets.cli.metrics import families
+from pgvault_assets.engine.metrics import DatabaseFigures, MetricsReader, Snapshot
 from pgvault_assets.engine.restore_check import RestoreProof, record_restore_verified
 from pgvault_assets.settings import load_settings
 from tests.test_engine.helpers import DAY, back_up, vault
@@ -257,3 +259,42 @@ def test_metrics_write_refuses_a_missing_folder(local_env, tmp_path):
         result.stderr.strip()
         == f"error: {tmp_path / 'absent'} is not a directory; create it or write elsewhere"
     )
+
+
+def test_the_dashboard_and_the_rules_ask_only_for_metrics_pgvault_emits():
+    snapshot = Snapshot(
+        "test",
+        datetime(2026, 3, 10, tzinfo=UTC),
+        (DatabaseFigures("default"),),
+        storage_budget_bytes=1,
+    )
+    emitted = {family.name for family in families(snapshot)}
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "pgvault-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    texts = [*exprs, (RULES / "pgvault.rules.yml").read_text()]
+    asked = {name for text in texts for name in re.findall(r"\bpgvault_[a-z_]+", text)}
+    assert asked <= emitted, asked - emitted
+    assert {
+        "pgvault_backup_last_success_timestamp_seconds",
+        "pgvault_backup_last_size_bytes",
+        "pgvault_backup_last_duration_seconds",
+        "pgvault_restore_proof_last_success_timestamp_seconds",
+        "pgvault_backups_stored",
+        "pgvault_storage_bytes",
+        "pgvault_pitr_window_end_timestamp_seconds",
+        "pgvault_pitr_archive_lag_seconds",
+        "pgvault_drill_last_rto_seconds",
+        "pgvault_alerts_open",
+    } <= emitted
+
+
+def test_the_alertmanager_example_pages_critical_and_posts_everything_to_slack():
+    config = yaml.safe_load((RULES / "alertmanager.yml").read_text())
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    page, rest = config["route"]["routes"]
+    assert page["receiver"] == "pagerduty-oncall" and 'severity = "critical"' in page["matchers"]
+    assert page["continue"] is True and rest["receiver"] == "slack-ops-alerts"
+    assert receivers["pagerduty-oncall"]["pagerduty_configs"][0]["send_resolved"] is True
+    assert receivers["slack-ops-alerts"]["slack_configs"][0]["channel"] == "#ops-alerts"
+    severities = set(re.findall(r"severity: (\w+)", (RULES / "pgvault.rules.yml").read_text()))
+    assert severities == {"critical", "warning"}
