@@ -135,14 +135,15 @@ def test_warnings_page_only_when_pagerduty_warnings_is_true(receiver, monkeypatc
     assert event["payload"]["severity"] == "warning"
 
 
-def test_pitr_archiving_pages_and_its_end_resolves_every_kind_that_was_open(receiver):
+def test_pitr_archiving_pages_and_its_end_resolves_every_kind_the_episode_had(receiver):
     send = notifier(load_settings()).send
     alerts, cursor = archive_alert_step([("pitr_archive_lag", "lag 20 min")], None)
     alerts2, cursor = archive_alert_step(
         [("pitr_archive_lag", "lag 25 min"), ("pitr_archive_failing", "failing")], cursor
     )
-    alerts3, cursor = archive_alert_step([], cursor)
-    for alert in (*alerts, *alerts2, *alerts3):
+    alerts3, cursor = archive_alert_step([("pitr_archive_failing", "failing")], cursor)
+    alerts4, cursor = archive_alert_step([], cursor)  # the lag ended a tick before the failure
+    for alert in (*alerts, *alerts2, *alerts3, *alerts4):
         send(alert)
 
     actions = [(e["event_action"], e["dedup_key"]) for e in receiver.pagerduty_events()]
@@ -152,6 +153,8 @@ def test_pitr_archiving_pages_and_its_end_resolves_every_kind_that_was_open(rece
         ("resolve", "pgvault/test/default/pitr_archive_failing"),
         ("resolve", "pgvault/test/default/pitr_archive_lag"),
     ]
+    alerts5, _ = archive_alert_step([("pitr_archive_gap", "gap")], cursor)
+    assert [a.kind for a in alerts5] == ["pitr_archive_gap"]  # a new episode starts afresh
 
 
 def test_a_500_is_retried_then_reported_to_the_other_sinks(receiver, caplog):
