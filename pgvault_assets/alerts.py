@@ -1,10 +1,17 @@
-"""Alerts to Sentry and a Slack-compatible webhook; Sentry cron check-ins for the daily backup.
+"""Alerts to Sentry, a Slack-compatible webhook and PagerDuty; Sentry cron check-ins for the
+daily backup.
 
 Every alert kind (of each fleet database) has its own Sentry fingerprint, so a week of
 identical failures is one issue with seven events, not seven issues. The check-in monitor has
 the backup's schedule, so Sentry notices a missed backup even when Dagster itself is down.
 Every event passes through `scrub_event`, which removes the secrets pgvault knows of and
 anything shaped like one.
+
+PagerDuty pages through the `pagerduty` package's Events API v2 client (PagerDuty's own,
+maintained, with bounded retries and backoff on 429 and 5xx built in). `dagster-pagerduty` was
+not used: it imports Dagster, which this layer must not, and it wraps the older `pypd` client.
+An incident's `dedup_key` is the environment, database and alert kind, so a check that flaps
+re-triggers the same incident and the alert that ends an episode resolves it.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pagerduty
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from pgvault_assets.redact import redact
-from pgvault_assets.settings import Settings
+from pgvault_assets.settings import PagerDutySettings, Settings
 
 Level = Literal["info", "warning", "error", "fatal"]
 CheckinStatus = Literal["in_progress", "ok", "error"]
@@ -42,6 +50,16 @@ class Alert:
     level: Level
     message: str
     tags: dict[str, str] = field(default_factory=dict)
+    resolves: tuple[str, ...] = ()
+    """The alert kinds whose episode this notice ends (PagerDuty resolves their incidents)."""
+    details: dict[str, str | int | float] = field(default_factory=dict)
+    """The figures behind the alert, for PagerDuty's `custom_details`; never a secret."""
+
+
+SINGLE_DATABASE = "default"  # the fleet of one's name (engine/fleet.py SINGLE)
+PAGERDUTY_SEVERITY = {"fatal": "critical", "error": "error", "warning": "warning", "info": "info"}
+SUMMARY_LIMIT = 1024  # the Events API's bound on payload.summary
+PAGE_ATTEMPTS = 4
 
 
 def known_secrets(settings: Settings) -> list[str]:
@@ -56,7 +74,11 @@ def known_secrets(settings: Settings) -> list[str]:
             secrets.append(url.secret)
             if url.password:
                 secrets.append(url.password)
-    for value in (settings.sentry_dsn, settings.alert_webhook_url):
+    for value in (
+        settings.sentry_dsn,
+        settings.alert_webhook_url,
+        settings.pagerduty.routing_key,
+    ):
         if value:
             secrets.append(value)
     secrets += [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
@@ -126,6 +148,89 @@ def monitor_config(
 Post = Callable[[str, bytes], None]
 
 
+def dedup_key(environment: str, database: str | None, kind: str) -> str:
+    """One PagerDuty incident per environment, database and kind of trouble."""
+    return f"pgvault/{environment}/{database or SINGLE_DATABASE}/{kind}"
+
+
+def component_of(kind: str) -> str:
+    if kind.startswith("pitr_"):
+        return "pitr"
+    if kind.startswith("drill"):
+        return "drill"
+    if kind in ("restorable", "decrypts_fully", "checksum_mismatch"):
+        return "restore_proof"
+    return "backup"
+
+
+@dataclass
+class PagerDutySink:
+    """Events API v2 events for the alerts that page; `events` and `send` kept apart so what
+    is sent can be read without sending it."""
+
+    settings: PagerDutySettings = field(repr=False)
+    retry_sleep_seconds: float = 1.5
+    """The first retry's wait; each next one doubles it (with jitter), PAGE_ATTEMPTS in all."""
+
+    def events(
+        self, alert: Alert, environment: str, database: str | None, secrets: list[str]
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """(action, dedup_key, event properties) for `alert`: a resolve per episode it ends, a
+        trigger for an error or a fatal one (a warning only with PAGERDUTY_WARNINGS)."""
+        if alert.resolves:
+            return [("resolve", dedup_key(environment, database, k), {}) for k in alert.resolves]
+        if alert.level == "info" or (alert.level == "warning" and not self.settings.warnings):
+            return []
+        where = f"{environment}/{database}" if database else environment
+        summary = scrub_text(f"[{where}] {alert.kind}: {alert.message}", secrets)
+        details = {
+            "environment": environment,
+            "database": database or SINGLE_DATABASE,
+            "kind": alert.kind,
+            **alert.tags,
+            **alert.details,
+        }
+        properties: dict[str, Any] = {
+            "payload": {
+                "summary": summary[: SUMMARY_LIMIT - 1] + "…"
+                if len(summary) > SUMMARY_LIMIT
+                else summary,
+                "severity": PAGERDUTY_SEVERITY[alert.level],
+                "source": database or SINGLE_DATABASE,
+                "component": component_of(alert.kind),
+                "group": environment,
+                "class": alert.kind,
+                "custom_details": scrub_event(details, secrets),
+            }
+        }
+        run_id = alert.tags.get("run_id")
+        if run_id and self.settings.dagster_url:
+            properties["links"] = [
+                {"href": f"{self.settings.dagster_url}/runs/{run_id}", "text": "Dagster run"}
+            ]
+        return [("trigger", dedup_key(environment, database, alert.kind), properties)]
+
+    def client(self) -> pagerduty.EventsApiV2Client:
+        client = pagerduty.EventsApiV2Client(
+            self.settings.routing_key or "", base_url=self.settings.events_url
+        )
+        # Bounded: the library retries 429 without end by default.
+        client.retry = {status: PAGE_ATTEMPTS - 1 for status in (429, 500, 502, 503, 504)}
+        client.max_http_attempts = PAGE_ATTEMPTS - 1
+        client.max_network_attempts = PAGE_ATTEMPTS - 1
+        client.sleep_timer = self.retry_sleep_seconds / 2
+        client.timeout = 10
+        return client
+
+    def send(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Send each event; raise `pagerduty.Error` once the retries of one are spent."""
+        if not events:
+            return
+        client = self.client()
+        for action, key, properties in events:
+            client.send_event(action, dedup_key=key, **properties)
+
+
 def post_json(url: str, body: bytes) -> None:
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -146,6 +251,7 @@ class Notifier:
     database: str | None = None
     """The fleet database alerted about: tagged, in the fingerprint and the webhook's text."""
     backup_hour: int = 2
+    pagerduty: PagerDutySink | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Notifier:
@@ -156,6 +262,7 @@ class Notifier:
             known_secrets(settings),
             database=settings.database,
             backup_hour=settings.backup_hour,
+            pagerduty=PagerDutySink(settings.pagerduty) if settings.pagerduty.routing_key else None,
         )
 
     @property
@@ -167,6 +274,32 @@ class Notifier:
             self._to_sentry(alert)
         if self.webhook_url:
             self._to_webhook(alert, self.webhook_url)
+        if self.pagerduty is not None:
+            self._to_pagerduty(alert, self.pagerduty)
+
+    def _to_pagerduty(self, alert: Alert, sink: PagerDutySink) -> None:
+        """A page that cannot be sent is itself an alert, to the other sinks: on-call must
+        hear that PagerDuty did not."""
+        database = self.database or alert.tags.get("database")
+        events = sink.events(alert, self.environment, database, self.secrets)
+        try:
+            sink.send(events)
+        except (pagerduty.Error, OSError) as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            why = f"HTTP {status}" if status else type(exc).__name__
+            _log.warning("PagerDuty did not accept the %s alert (%s)", alert.kind, why)
+            failed = Alert(
+                "pagerduty_failed",
+                "error",
+                f"PagerDuty did not accept the {alert.kind} alert ({why}) after "
+                f"{PAGE_ATTEMPTS} attempts; check PAGERDUTY_ROUTING_KEY and the Events API, "
+                f"and page on-call another way: {alert.message}",
+                {**alert.tags, "failed_alert": alert.kind},
+            )
+            if self.sentry_enabled:
+                self._to_sentry(failed)
+            if self.webhook_url:
+                self._to_webhook(failed, self.webhook_url)
 
     def _to_sentry(self, alert: Alert) -> None:
         with sentry_sdk.new_scope() as scope:

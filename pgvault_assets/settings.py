@@ -171,6 +171,22 @@ class PitrSettings:
         return timedelta(minutes=self.max_lag_minutes)
 
 
+PAGERDUTY_ROUTING_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+
+
+@dataclass(frozen=True)
+class PagerDutySettings:
+    """Paging the on-call engineer through PagerDuty's Events API v2: on when a routing key is
+    set. Critical alerts trigger an incident, the end of their episode resolves it; warnings
+    page only when asked to. `dagster_url` lets a page link to the run it is about."""
+
+    routing_key: str | None = field(default=None, repr=False)
+    events_url: str | None = None
+    """Another Events API host (a proxy, or a test's receiver); unset, PagerDuty's own."""
+    warnings: bool = False
+    dagster_url: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: str
@@ -207,6 +223,7 @@ class Settings:
     for the single database, whose staging is `STAGING_DATABASE_URL`."""
     backup_hour: int = 2
     """The UTC hour the backup is scheduled: 02:00, or a fleet database's `schedule_hour`."""
+    pagerduty: PagerDutySettings = field(default_factory=PagerDutySettings)
 
     @property
     def restore_verify_weekly(self) -> bool:
@@ -329,6 +346,35 @@ def pitr_section(env: Mapping[str, str], home: Path) -> PitrSettings:
         s3_ca_file=ca_file,
         s3_access_key=_optional(env, "AWS_ACCESS_KEY_ID"),
         s3_secret_key=_optional(env, "AWS_SECRET_ACCESS_KEY"),
+    )
+
+
+def _http_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = _optional(env, name)
+    if value and (urlsplit(value).scheme not in schemes or not urlsplit(value).netloc):
+        raise ConfigError(
+            f"{name} must be an {' or '.join(s + '://' for s in schemes)} URL (got {value!r})"
+        )
+    return value.rstrip("/") if value else None
+
+
+def pagerduty_section(env: Mapping[str, str]) -> PagerDutySettings:
+    key = _optional(env, "PAGERDUTY_ROUTING_KEY")
+    if key is not None and not PAGERDUTY_ROUTING_KEY_PATTERN.match(key):
+        # The value is a secret: the message describes it, never repeats it.
+        raise ConfigError(
+            "PAGERDUTY_ROUTING_KEY is not a routing key (8 to 128 letters, digits, - or _); "
+            "copy the Events API v2 integration key of the PagerDuty service"
+        )
+    warnings = (_optional(env, "PAGERDUTY_WARNINGS") or "false").lower()
+    if warnings not in ("true", "false"):
+        raise ConfigError(f"PAGERDUTY_WARNINGS must be true or false (got {warnings!r})")
+    return PagerDutySettings(
+        routing_key=key,
+        # PagerDuty's client speaks HTTPS only.
+        events_url=_http_url(env, "PAGERDUTY_EVENTS_URL", ("https",)),
+        warnings=warnings == "true",
+        dagster_url=_http_url(env, "DAGSTER_UI_URL", ("http", "https")),
     )
 
 
@@ -456,4 +502,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         recovery=recovery_section(env),
         platform=platform_section(env),
         pitr=pitr,
+        pagerduty=pagerduty_section(env),
     )

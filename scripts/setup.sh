@@ -11,6 +11,10 @@ fi
 if ! command -v pgbackrest >/dev/null; then
   apt-get update -qq && apt-get install -y -qq pgbackrest >/dev/null
 fi
+# promtool checks and tests the shipped alert rules; the suite scrapes with a real prometheus.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from pgvault_assets.cli import backups, deploy, fleet, pitr, platform, recovery
+from pgvault_assets.cli import backups, deploy, fleet, metrics, pitr, platform, recovery
 from pgvault_assets.cli.args import Parser, shows_every_database
 from pgvault_assets.cli.console import errors, print_warnings
 from pgvault_assets.engine.fleet import pin_database
@@ -28,6 +28,8 @@ examples:
   pgvault check-database-integrity --database staging
   pgvault rollback-restore --target staging       put back the database a restore replaced
   pgvault restore-to-time --time 2026-11-30T09:15:00Z --target staging   point-in-time recovery
+  pgvault metrics serve --port 9187                Prometheus /metrics of every database
+  pgvault alerts test --resolve                   prove Sentry, the webhook and PagerDuty are wired
 """
 
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     backups.register(commands)
     pitr.register(commands)
     fleet.register(commands)
+    metrics.register(commands)
 
     return parser
 

@@ -88,6 +88,7 @@ def staleness_step(
                 "backup_stale_resolved",
                 "info",
                 f"backups resumed: the newest finished {newest_finished_at:%Y-%m-%d %H:%M} UTC",
+                resolves=("backup_stale",),
             ),
             FRESH,
         )
@@ -145,13 +146,15 @@ def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
 
 
 def failed_check_alert(evaluation: AssetCheckEvaluation, day: str) -> Alert | None:
-    """A failed check as an alert: critical for an ERROR check, a warning for a WARN one."""
+    """A failed check as an alert: critical for an ERROR check, a warning for a WARN one,
+    except a failed restore proof, which pages: the backup may not restore."""
     if evaluation.passed:
         return None
     name = evaluation.check_name
+    critical = evaluation.severity == AssetCheckSeverity.ERROR
     return Alert(
         "checksum_mismatch" if name == CHECKSUM_MATCHES else name,
-        "fatal" if evaluation.severity == AssetCheckSeverity.ERROR else "warning",
+        "fatal" if critical else "error" if name == RESTORABLE else "warning",
         f"check {name} failed for the backup of {day}: "
         f"{evaluation.description or 'see the check in Dagster'}",
         {"partition": day, "check": name},

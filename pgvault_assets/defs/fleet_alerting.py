@@ -183,11 +183,8 @@ class Channels:
             settings = self.settings(name) or self._vault.settings()
             self._notifiers[name] = self._alerts.notifier(settings)
         self._notifiers[name].send(
-            Alert(
-                alert.kind,
-                alert.level,
-                f"{name}: {alert.message}",
-                {**alert.tags, "database": name},
+            dataclasses.replace(
+                alert, message=f"{name}: {alert.message}", tags={**alert.tags, "database": name}
             )
         )
         self.sent += 1

@@ -189,17 +189,26 @@ def archive_alert_step(
     problems: list[tuple[str, str]], cursor: str | None
 ) -> tuple[list[Alert], str]:
     """One tick of the archive's episodes: an alert for each problem kind that begins, one
-    resolved notice when all have ended; the cursor holds the kinds active now."""
+    resolved notice when all have ended, which resolves every kind the episode had (a kind
+    that ended while another lasted included). The cursor holds the kinds active now and
+    those of the episode; a cursor of the active kinds alone (as before) still reads."""
     active = {kind: message for kind, message in problems}
-    before = set(json.loads(cursor)) if cursor else set()
+    saved = json.loads(cursor) if cursor else []
+    before = set(saved["active"] if isinstance(saved, dict) else saved)
+    episode = set(saved["episode"] if isinstance(saved, dict) else saved) | set(active)
     alerts = [
         Alert(kind, "fatal" if kind != "pitr_no_base_backup" else "warning", message)
         for kind, message in active.items()
         if kind not in before
     ]
     if before and not active:
-        alerts.append(Alert(RESOLVED, "info", "WAL archiving is healthy again"))
-    return alerts, json.dumps(sorted(active))
+        alerts.append(
+            Alert(
+                RESOLVED, "info", "WAL archiving is healthy again", resolves=tuple(sorted(episode))
+            )
+        )
+        episode = set()
+    return alerts, json.dumps({"active": sorted(active), "episode": sorted(episode)})
 
 
 @sensor(

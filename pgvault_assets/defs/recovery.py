@@ -31,10 +31,11 @@ from dagster import (
     schedule,
 )
 
+from pgvault_assets.alerts import Alert
 from pgvault_assets.defs.backup import BACKUP_KEY
-from pgvault_assets.defs.resources import VaultResource
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.drill import run_configured_drill, store_report
+from pgvault_assets.engine.drill import DrillReport, run_configured_drill, store_report
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.restore import RestoreResult, restore_production, restore_staging
 from pgvault_assets.engine.staging import staging_target
@@ -74,7 +75,10 @@ class DrillConfig(Config):
     ],
 )
 def disaster_recovery_drill(
-    context: AssetExecutionContext, config: DrillConfig, vault: VaultResource
+    context: AssetExecutionContext,
+    config: DrillConfig,
+    vault: VaultResource,
+    alerts: AlertsResource,
 ) -> MaterializeResult:
     try:
         settings = vault.settings()
@@ -88,6 +92,7 @@ def disaster_recovery_drill(
     findings = report.findings()
     if not report.passed:
         context.log.error("; ".join(findings))
+        alerts.notifier(settings).send(drill_alert(report, context.run_id))
     return MaterializeResult(
         metadata={
             "report": MetadataValue.md(report.to_markdown()),
@@ -119,6 +124,23 @@ def disaster_recovery_drill(
                 },
             )
         ],
+    )
+
+
+def drill_alert(report: DrillReport, run_id: str) -> Alert:
+    """A drill that failed or missed its objective pages: recovery would not be in time."""
+    return Alert(
+        "drill_over_objective"
+        if report.failure is None and report.checks_passed
+        else "drill_failed",
+        "fatal",
+        f"the recovery drill of the backup of {report.backup_date} did not pass: "
+        + "; ".join(report.findings()),
+        {"run_id": run_id, "partition": report.backup_date.isoformat()},
+        details={
+            "scaled_recovery_seconds": report.scaled_seconds,
+            "recovery_time_objective_seconds": report.recovery_time_objective_seconds,
+        },
     )
 
 

@@ -37,7 +37,7 @@ SETTINGS_VARIABLES = (
     "PITR_MAX_LAG_MINUTES",
     "PITR_RETENTION_DAYS",
 )
-ALERT_VARIABLES = ("SENTRY_DSN", "ALERT_WEBHOOK_URL")
+ALERT_VARIABLES = ("SENTRY_DSN", "ALERT_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY")
 
 
 class VaultResource(ConfigurableResource):
@@ -85,18 +85,22 @@ class VaultResource(ConfigurableResource):
 
 
 class AlertsResource(ConfigurableResource):
-    """Where alerts go: Sentry when `SENTRY_DSN` is set, a webhook when `ALERT_WEBHOOK_URL` is."""
+    """Where alerts go: Sentry when `SENTRY_DSN` is set, a webhook when `ALERT_WEBHOOK_URL` is,
+    PagerDuty when `PAGERDUTY_ROUTING_KEY` is."""
 
     sentry_dsn: str | None = None
     alert_webhook_url: str | None = None
+    pagerduty_routing_key: str | None = None
 
     def notifier(self, settings: Settings) -> Notifier:
         """A notifier that also knows `settings`' secrets, to scrub them from what it sends."""
+        routing_key = self.pagerduty_routing_key or settings.pagerduty.routing_key
         return Notifier.from_settings(
             dataclasses.replace(
                 settings,
                 sentry_dsn=self.sentry_dsn or settings.sentry_dsn,
                 alert_webhook_url=self.alert_webhook_url or settings.alert_webhook_url,
+                pagerduty=dataclasses.replace(settings.pagerduty, routing_key=routing_key),
             )
         )
 

@@ -1,0 +1,255 @@
+"""The figures Prometheus scrapes, per environment and database, read from the store.
+
+A scrape must stay cheap however often it comes: each database's prefix is listed at most
+once per `refresh` (scrapes in between are answered from the last reading), and each object
+the figures need (manifests, restore proofs, drill reports) is read once and kept while its
+size and modification time stay the same. So after the first scrape, a scrape costs at most one
+listing per database, and usually none. Nothing here knows Prometheus: `cli/metrics.py` turns
+a `Snapshot` into metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgvault_assets.engine import names
+from pgvault_assets.engine.clock import Clock, utcnow
+from pgvault_assets.engine.fleet import each_database_apart
+from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.pitr.archive import pitr_status
+from pgvault_assets.engine.report import STALE_AFTER
+from pgvault_assets.engine.store import StoredObject
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.redact import redact
+from pgvault_assets.settings import Settings
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_REFRESH = timedelta(seconds=60)
+DRILLS = "drills"
+
+
+@dataclass(frozen=True)
+class PitrFigures:
+    """The point-in-time recovery window and the archive's state (single database only)."""
+
+    window_start: datetime | None
+    window_end: datetime | None
+    archive_lag_seconds: float | None
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatabaseFigures:
+    database: str
+    last_success_at: datetime | None = None
+    last_size_bytes: int | None = None
+    last_duration_seconds: float | None = None
+    oldest_backup_at: datetime | None = None
+    backups_stored: int = 0
+    storage_bytes: int = 0
+    restore_proof_last_success_at: datetime | None = None
+    drill_last_at: datetime | None = None
+    drill_last_rto_seconds: float | None = None
+    drill_last_passed: bool | None = None
+    unreadable: int = 0
+    pitr: PitrFigures | None = None
+    error: str | None = None
+    """Why the database could not be read (its settings, its store); the rest is then unset."""
+
+    def open_alerts(self, now: datetime) -> dict[str, int]:
+        """What the sensors would hold open now, from the same figures: a dashboard and a
+        rule see the same episodes the alerts do."""
+        stale = self.last_success_at is None or now - self.last_success_at > STALE_AFTER
+        found = {
+            "backup_stale": int(self.error is None and stale),
+            "manifest_unreadable": self.unreadable,
+            "store_unreadable": int(self.error is not None),
+        }
+        for kind in self.pitr.problems if self.pitr else ():
+            found[kind] = 1
+        return found
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    environment: str
+    read_at: datetime
+    databases: tuple[DatabaseFigures, ...]
+    storage_budget_bytes: int | None = None
+
+
+@dataclass
+class _Cached:
+    signature: tuple[int, datetime]
+    value: Any
+
+
+PitrReader = Callable[[Settings], PitrFigures | None]
+
+
+def read_pitr(settings: Settings) -> PitrFigures | None:
+    """The window and lag where `pgvault pitr init` set PITR up on this host; else None."""
+    if settings.database is not None or not settings.pitr.config_file.exists():
+        return None
+    try:
+        status = pitr_status(settings)
+    except PgvaultError as exc:
+        _log.warning("the WAL archive's state cannot be read: %s", redact(str(exc)))
+        return PitrFigures(None, None, None, ("pitr_status_unreadable",))
+    window = status.window
+    lag = status.archiver.lag
+    return PitrFigures(
+        window.earliest if window else None,
+        window.latest if window else None,
+        lag.total_seconds() if lag is not None else 0.0,
+        tuple(kind for kind, _ in status.problems(settings.pitr.max_lag)),
+    )
+
+
+@dataclass
+class _Database:
+    name: str
+    vault: Vault | None
+    settings: Settings | None
+    error: str | None = None
+    read_at: datetime | None = None
+    figures: DatabaseFigures | None = None
+    cache: dict[str, _Cached] = field(default_factory=dict)
+
+
+class MetricsReader:
+    """Each database's figures, re-read at most once per `refresh`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: Mapping[str, str],
+        *,
+        refresh: timedelta = DEFAULT_REFRESH,
+        clock: Clock = utcnow,
+        pitr: PitrReader = read_pitr,
+    ) -> None:
+        self.environment = settings.environment
+        self.budget = settings.storage_budget_bytes
+        self.refresh = refresh
+        self.clock = clock
+        self.pitr = pitr
+        self.databases: list[_Database] = []
+        for name, pinned in each_database_apart(settings, env):
+            if isinstance(pinned, ConfigError):
+                self.databases.append(_Database(name, None, None, str(pinned)))
+            else:
+                self.databases.append(_Database(name, Vault.from_settings(pinned), pinned))
+
+    def read(self) -> Snapshot:
+        now = self.clock()
+        figures = []
+        for database in self.databases:
+            if database.figures is None or now - (database.read_at or now) >= self.refresh:
+                database.figures = self._read(database)
+                database.read_at = now
+            figures.append(database.figures)
+        return Snapshot(self.environment, now, tuple(figures), self.budget)
+
+    def _read(self, database: _Database) -> DatabaseFigures:
+        if database.vault is None or database.settings is None:
+            return DatabaseFigures(database.name, error=database.error)
+        try:
+            listing = database.vault.store.list(f"{database.vault.environment}/")
+        except PgvaultError as exc:
+            _log.warning("metrics: %s cannot be listed: %s", database.name, redact(str(exc)))
+            return DatabaseFigures(database.name, error=redact(str(exc)))
+        return self._figures(database, listing)
+
+    def _figures(self, database: _Database, listing: list[StoredObject]) -> DatabaseFigures:
+        assert database.vault is not None
+        namespace = database.vault.environment
+        manifests: list[Manifest] = []
+        proofs: list[datetime] = []
+        drills: list[dict[str, Any]] = []
+        unreadable = 0
+        seen = set()
+        for obj in listing:
+            parts = obj.key[len(namespace) + 1 :].split("/")
+            if len(parts) != 2:
+                continue
+            folder, name = parts
+            if name == names.MANIFEST_NAME:
+                kind = "manifest"
+            elif name == names.RESTORE_VERIFIED_NAME:
+                kind = "proof"
+            elif folder == DRILLS and name.endswith(".json"):
+                kind = "drill"
+            else:
+                continue
+            seen.add(obj.key)
+            value = self._cached(database, obj, kind)
+            if kind == "manifest":
+                if isinstance(value, Manifest):
+                    manifests.append(value)
+                else:
+                    unreadable += 1
+            elif kind == "proof" and isinstance(value, datetime):
+                proofs.append(value)
+            elif kind == "drill" and isinstance(value, dict):
+                drills.append(value)
+        for key in set(database.cache) - seen:
+            del database.cache[key]
+        manifests.sort(key=lambda m: m.finished_at)
+        newest = manifests[-1] if manifests else None
+        drill = max(drills, key=lambda d: d["started_at"], default=None)
+        return DatabaseFigures(
+            database.name,
+            last_success_at=newest.finished_at if newest else None,
+            last_size_bytes=newest.size_bytes if newest else None,
+            last_duration_seconds=newest.duration_seconds if newest else None,
+            oldest_backup_at=manifests[0].finished_at if manifests else None,
+            backups_stored=len(manifests),
+            storage_bytes=sum(m.size_bytes for m in manifests),
+            restore_proof_last_success_at=max(proofs, default=None),
+            drill_last_at=drill["started_at"] if drill else None,
+            drill_last_rto_seconds=drill["scaled_seconds"] if drill else None,
+            drill_last_passed=drill["passed"] if drill else None,
+            unreadable=unreadable,
+            pitr=self.pitr(database.settings) if database.settings else None,
+        )
+
+    def _cached(self, database: _Database, obj: StoredObject, kind: str) -> Any:
+        """The parsed object, read from the store only when it is new or changed; None when
+        it cannot be read or parsed (a manifest counted unreadable, the others left out)."""
+        signature = (obj.size_bytes, obj.modified_at)
+        cached = database.cache.get(obj.key)
+        if cached is not None and cached.signature == signature:
+            return cached.value
+        assert database.vault is not None
+        value: Any = None
+        try:
+            raw = database.vault.store.get_bytes(obj.key)
+            if raw is not None:
+                value = _parse(kind, raw, obj.key)
+        except PgvaultError as exc:
+            _log.warning("metrics: %s cannot be read: %s", obj.key, redact(str(exc)))
+        except (ValueError, KeyError, TypeError):
+            value = None
+        database.cache[obj.key] = _Cached(signature, value)
+        return value
+
+
+def _parse(kind: str, raw: bytes, key: str) -> Any:
+    if kind == "manifest":
+        return Manifest.from_json(raw, expected_key=key)
+    data = json.loads(raw)
+    if kind == "proof":
+        return datetime.fromisoformat(data["verified_at"])
+    return {
+        "started_at": datetime.fromisoformat(data["started_at"]),
+        "scaled_seconds": float(data["scaled_seconds"]),
+        "passed": bool(data["passed"]),
+    }

@@ -1,0 +1,300 @@
+"""Prometheus metrics as a scraper sees them: the names the rules and dashboards use, textfile
+output promtool accepts, a real Prometheus scraping `pgvault metrics serve`, cheap scrapes,
+and the shipped rules proven by promtool."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgvault_assets.cli.metrics import families
+from pgvault_assets.engine.metrics import DatabaseFigures, MetricsReader, Snapshot
+from pgvault_assets.engine.restore_check import RestoreProof, record_restore_verified
+from pgvault_assets.settings import load_settings
+from tests.test_engine.helpers import DAY, back_up, vault
+
+PGVAULT = Path(sys.executable).with_name("pgvault")
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "deploy" / "prometheus"
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_prometheus = pytest.mark.skipif(
+    PROMTOOL is None or PROMETHEUS is None,
+    reason="Debian's prometheus package is missing; run scripts/setup.sh",
+)
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def samples(text: str) -> dict[tuple[str, str], float]:
+    """(name, labels as written) -> value, from Prometheus' text format."""
+    found = {}
+    for line in text.splitlines():
+        if match := SAMPLE.match(line):
+            found[(match["name"], match["labels"])] = float(match["value"])
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, what: str, seconds: float = 60) -> bytes:
+    """The body of `url` once it answers 200; polls, failing early if `process` exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (
+            f"{what} exited: {process.stderr.read() if process.stderr else ''}"
+        )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError(f"{what} did not answer {url}")
+
+
+@contextlib.contextmanager
+def running(argv: list[str], what: str) -> Iterator[subprocess.Popen]:
+    """A process for the test's duration, stopped (SIGTERM, then waited for) afterwards."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert process.returncode in (0, -signal.SIGTERM), f"{what} exited {process.returncode}"
+
+
+def test_metrics_write_gives_a_textfile_promtool_accepts_with_the_last_backup(
+    local_env, make_database, tmp_path
+):
+    manifest = back_up(make_database())
+    target = tmp_path / "textfile" / "pgvault.prom"
+    target.parent.mkdir()
+
+    result = subprocess.run(
+        [PGVAULT, "metrics", "write", str(target)], capture_output=True, text=True, check=True
+    )
+
+    assert f"wrote {target}" in result.stdout
+    assert [p.name for p in target.parent.iterdir()] == ["pgvault.prom"]  # no temporary left
+    text = target.read_text()
+    found = samples(text)
+    where = 'database="default",environment="test"'
+    assert found[("pgvault_backup_last_success_timestamp_seconds", where)] == pytest.approx(
+        manifest.finished_at.timestamp()
+    )
+    assert found[("pgvault_backup_last_size_bytes", where)] == manifest.size_bytes
+    assert found[("pgvault_backups_stored", where)] == 1
+    assert found[("pgvault_storage_bytes", where)] == manifest.size_bytes
+    assert found[("pgvault_alerts_open", f'{where},kind="backup_stale"')] == 0
+    if PROMTOOL:
+        checked = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_restore_proof_and_a_stale_database_show_in_the_figures(local_env, make_database):
+    manifest = back_up(make_database())
+    proven_at = manifest.finished_at + timedelta(hours=1)
+    record_restore_verified(vault(), RestoreProof(manifest.date, proven_at, "scratch", 1, 3, 0.5))
+    later = [manifest.finished_at + timedelta(hours=37)]
+    reader = MetricsReader(load_settings(), os.environ, clock=lambda: later[0])
+
+    (figures,) = reader.read().databases
+    assert figures.restore_proof_last_success_at == proven_at
+    assert figures.open_alerts(later[0])["backup_stale"] == 1
+    assert figures.open_alerts(manifest.finished_at + timedelta(hours=1))["backup_stale"] == 0
+
+
+class CountingStore:
+    """The store, counting what a scrape asks of it."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.lists = 0
+        self.reads = 0
+
+    def list(self, prefix: str):
+        self.lists += 1
+        return self.store.list(prefix)
+
+    def get_bytes(self, key: str):
+        self.reads += 1
+        return self.store.get_bytes(key)
+
+
+def test_scrapes_list_once_per_refresh_and_read_each_manifest_once(local_env, make_database):
+    url = make_database()
+    back_up(url, day=DAY - timedelta(days=1))
+    back_up(url)
+    now = [datetime(2026, 3, 10, 12, 0, tzinfo=UTC)]
+    reader = MetricsReader(
+        load_settings(), os.environ, refresh=timedelta(seconds=60), clock=lambda: now[0]
+    )
+    (database,) = reader.databases
+    counting = CountingStore(database.vault.store)
+    database.vault.store = counting
+
+    assert reader.read().databases[0].backups_stored == 2
+    assert (counting.lists, counting.reads) == (1, 2)
+    for _ in range(3):  # scrapes every 15 s inside the refresh: nothing read at all
+        now[0] += timedelta(seconds=15)
+        reader.read()
+    assert (counting.lists, counting.reads) == (1, 2)
+    now[0] += timedelta(seconds=15)  # a minute on: listed again, manifests from the cache
+    assert reader.read().databases[0].backups_stored == 2
+    assert (counting.lists, counting.reads) == (2, 2)
+
+
+@needs_prometheus
+def test_prometheus_scrapes_metrics_serve_and_queries_the_last_backup(
+    local_env, make_database, tmp_path
+):
+    manifest = back_up(make_database())
+    pgvault_port, prometheus_port = free_port(), free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: pgvault\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{pgvault_port}']}}]\n"
+    )
+    serve = [PGVAULT, "metrics", "serve", "--port", str(pgvault_port)]
+    prometheus = [
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+    ]
+    api = f"http://127.0.0.1:{prometheus_port}"
+    query = 'pgvault_backup_last_success_timestamp_seconds{environment="test",database="default"}'
+    with (
+        running(serve, "pgvault metrics serve") as server,
+        running(prometheus, "prometheus") as prom,
+    ):
+        wait_for(f"http://127.0.0.1:{pgvault_port}/metrics", server, "pgvault metrics serve")
+        wait_for(f"{api}/-/ready", prom, "prometheus")
+        deadline = time.monotonic() + 60
+        result: list = []
+        while not result and time.monotonic() < deadline:
+            body = wait_for(
+                f"{api}/api/v1/query?query={urllib.parse.quote(query)}", prom, "prometheus"
+            )
+            result = json.loads(body)["data"]["result"]
+            if not result:
+                time.sleep(0.5)  # the next scrape is due within a second
+        assert result, "prometheus never scraped the backup's timestamp"
+        (series,) = result
+        assert series["metric"]["job"] == "pgvault"
+        assert float(series["value"][1]) == pytest.approx(manifest.finished_at.timestamp())
+
+
+@needs_prometheus
+def test_the_shipped_rules_pass_promtool_check_and_their_unit_tests():
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", "pgvault.rules.yml"],
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 8 rules found" in checked.stdout
+    tested = subprocess.run(
+        [PROMTOOL, "test", "rules", "pgvault.rules.test.yml"],
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_metrics_serve_refuses_a_port_it_cannot_use(local_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [PGVAULT, "metrics", "serve", "--port", str(port)], capture_output=True, text=True
+        )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+
+
+def test_metrics_write_refuses_a_missing_folder(local_env, tmp_path):
+    result = subprocess.run(
+        [PGVAULT, "metrics", "write", str(tmp_path / "absent" / "pgvault.prom")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'absent'} is not a directory; create it or write elsewhere"
+    )
+
+
+def test_the_dashboard_and_the_rules_ask_only_for_metrics_pgvault_emits():
+    snapshot = Snapshot(
+        "test",
+        datetime(2026, 3, 10, tzinfo=UTC),
+        (DatabaseFigures("default"),),
+        storage_budget_bytes=1,
+    )
+    emitted = {family.name for family in families(snapshot)}
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "pgvault-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    texts = [*exprs, (RULES / "pgvault.rules.yml").read_text()]
+    asked = {name for text in texts for name in re.findall(r"\bpgvault_[a-z_]+", text)}
+    assert asked <= emitted, asked - emitted
+    assert {
+        "pgvault_backup_last_success_timestamp_seconds",
+        "pgvault_backup_last_size_bytes",
+        "pgvault_backup_last_duration_seconds",
+        "pgvault_restore_proof_last_success_timestamp_seconds",
+        "pgvault_backups_stored",
+        "pgvault_storage_bytes",
+        "pgvault_pitr_window_end_timestamp_seconds",
+        "pgvault_pitr_archive_lag_seconds",
+        "pgvault_drill_last_rto_seconds",
+        "pgvault_alerts_open",
+    } <= emitted
+
+
+def test_the_alertmanager_example_pages_critical_and_posts_everything_to_slack():
+    config = yaml.safe_load((RULES / "alertmanager.yml").read_text())
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    page, rest = config["route"]["routes"]
+    assert page["receiver"] == "pagerduty-oncall" and 'severity = "critical"' in page["matchers"]
+    assert page["continue"] is True and rest["receiver"] == "slack-ops-alerts"
+    assert receivers["pagerduty-oncall"]["pagerduty_configs"][0]["send_resolved"] is True
+    assert receivers["slack-ops-alerts"]["slack_configs"][0]["channel"] == "#ops-alerts"
+    severities = set(re.findall(r"severity: (\w+)", (RULES / "pgvault.rules.yml").read_text()))
+    assert severities == {"critical", "warning"}
