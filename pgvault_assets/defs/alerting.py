@@ -247,7 +247,13 @@ def make_health_sensor(clock: Clock = utcnow) -> SensorDefinition:
     ) -> SkipReason:
         settings = vault.settings()
         now = clock()
-        failures = failed_backup_runs(context.instance, BACKUP_KEY, now - timedelta(days=31))
+        failures = failed_backup_runs(
+            context.instance,
+            BACKUP_KEY,
+            now - timedelta(days=31),
+            environment=settings.environment,
+            database=None,
+        )
         figures = health_figures(vault.vault().list_manifests(), failures, today=now.date())
         active = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
         already = set(json.loads(context.cursor)) if context.cursor else set()

@@ -315,7 +315,12 @@ class FleetAlertTick:
         storage = 0
         if not names:
             return storage
-        by_key = failed_runs_by_key(self.instance, self.fleet_keys, self.now - HEALTH_WINDOW)
+        by_key = failed_runs_by_key(
+            self.instance,
+            self.fleet_keys,
+            self.now - HEALTH_WINDOW,
+            self.channels.environment().environment,
+        )
         failures = {self.fleet_keys[key]: runs for key, runs in by_key.items()}
         for name in names:
             vault = self.channels.vault(name)
