@@ -38,7 +38,12 @@ from pgvault_assets.defs.backup import (
     RESTORABLE,
     SIZE_NOT_SHRUNK,
 )
-from pgvault_assets.defs.history import failed_backup_runs, failure_reason, is_backup_run
+from pgvault_assets.defs.history import (
+    failed_backup_runs,
+    failure_reason,
+    is_backup_run,
+    of_another_environment,
+)
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.report import health_figures, health_warnings
@@ -127,11 +132,14 @@ def backup_failure_alert_sensor(
     run = context.dagster_run
     if not is_backup_run(context.instance, run, BACKUP_KEY):
         return
+    settings = vault.settings()
+    if of_another_environment(run, settings.environment):
+        return
     reason = failure_reason(context.instance, run.run_id)
     if reason is None:  # a refused backfill: nothing was attempted, nothing is broken
         return
     partition = run.tags.get("dagster/partition", "?")
-    alerts.notifier(vault.settings()).send(failed_run_alert(reason, partition, run.run_id))
+    alerts.notifier(settings).send(failed_run_alert(reason, partition, run.run_id))
 
 
 def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:

@@ -39,6 +39,12 @@ def backup_run_tags(environment: str, database: str | None) -> dict[str, str]:
     return {ENVIRONMENT_TAG: environment, DATABASE_TAG: database or SINGLE}
 
 
+def of_another_environment(run: DagsterRun, environment: str) -> bool:
+    """Whether `run` is tagged as another environment's, one sharing this instance: its
+    failures and backups are not this one's to alert. An untagged run may be ours."""
+    return run.tags.get(ENVIRONMENT_TAG, environment) != environment
+
+
 def is_backup_run(instance: DagsterInstance, run: DagsterRun, key: AssetKey) -> bool:
     """Did `run` set out to materialize `key`? Runs of a whole job carry no asset selection."""
     return key in backup_keys_of_run(instance, run, {key})
