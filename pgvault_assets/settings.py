@@ -411,17 +411,24 @@ def pgvault_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(data).expanduser().absolute() / "pgvault"
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read pgvault's settings from the environment; raise `ConfigError` on any bad value."""
-    env = os.environ if env is None else env
-    base = pgvault_home(env)
-
+def environment_name(env: Mapping[str, str]) -> str:
+    """`ENVIRONMENT_NAME`, checked, without the rest of the settings: a run is tagged with its
+    environment before anything else about it is read."""
     environment = env.get("ENVIRONMENT_NAME", "").strip() or "development"
     if not ENVIRONMENT_NAME_PATTERN.match(environment):
         raise ConfigError(
             "ENVIRONMENT_NAME must be lowercase letters, digits, '-' or '_' (at most 63), "
             f"starting with a letter or digit (got {environment!r})"
         )
+    return environment
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read pgvault's settings from the environment; raise `ConfigError` on any bad value."""
+    env = os.environ if env is None else env
+    base = pgvault_home(env)
+
+    environment = environment_name(env)
 
     def url(name: str) -> DatabaseUrl | None:
         raw = _optional(env, name)

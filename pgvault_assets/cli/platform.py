@@ -224,6 +224,7 @@ def materialize_backup(
         from dagster import materialize
 
         from pgvault_assets.defs.backup import database_backup, decrypts_fully
+        from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
         from pgvault_assets.defs.restorable import restorable
 
@@ -248,7 +249,11 @@ def materialize_backup(
                 resources=resource_defs(),
                 partition_key=day.isoformat(),
                 raise_on_error=False,
-                tags={"pgvault/launched_by": "cli", INVOCATION_TAG: token},
+                tags={
+                    "pgvault/launched_by": "cli",
+                    INVOCATION_TAG: token,
+                    **backup_run_tags(settings.environment, settings.database),
+                },
                 # The run's full event log is in the UI; the terminal gets pgvault's own lines
                 # (Dagster's ERROR events carry stack traces, and the failure is reported below).
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
@@ -350,7 +355,13 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     now = utcnow()
     key = BACKUP_KEY if settings.database is None else fleet_backup_key(settings.database)
     with open_instance() as instance:
-        failures = failed_backup_runs(instance, key, now - timedelta(days=31))
+        failures = failed_backup_runs(
+            instance,
+            key,
+            now - timedelta(days=31),
+            environment=settings.environment,
+            database=settings.database,
+        )
     figures = health_figures(vault.list_manifests(), failures, today=now.date())
     table = Table(title=f"pgvault backup health: {vault.environment}", show_header=False)
     table.add_column("figure")
@@ -397,7 +408,12 @@ def fleet_status(settings: Settings) -> int:
     databases = each_database_apart(settings, os.environ)
     keys = {name: fleet_backup_key(name) for name, _ in databases}
     with open_instance() as instance:
-        failures = failed_runs_by_key(instance, keys.values(), now - timedelta(days=31))
+        failures = failed_runs_by_key(
+            instance,
+            {key: name for name, key in keys.items()},
+            now - timedelta(days=31),
+            settings.environment,
+        )
     table = Table(title=f"pgvault backup health: every database of {settings.environment}")
     for column in ("database", "last successful backup", "success rate (30 days)"):
         table.add_column(column)

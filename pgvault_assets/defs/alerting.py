@@ -38,7 +38,12 @@ from pgvault_assets.defs.backup import (
     RESTORABLE,
     SIZE_NOT_SHRUNK,
 )
-from pgvault_assets.defs.history import failed_backup_runs, failure_reason, is_backup_run
+from pgvault_assets.defs.history import (
+    failed_backup_runs,
+    failure_reason,
+    is_backup_run,
+    of_another_environment,
+)
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.report import health_figures, health_warnings
@@ -128,11 +133,14 @@ def backup_failure_alert_sensor(
     run = context.dagster_run
     if not is_backup_run(context.instance, run, BACKUP_KEY):
         return
+    settings = vault.settings()
+    if of_another_environment(run, settings.environment):
+        return
     reason = failure_reason(context.instance, run.run_id)
     if reason is None:  # a refused backfill: nothing was attempted, nothing is broken
         return
     partition = run.tags.get("dagster/partition", "?")
-    alerts.notifier(vault.settings()).send(failed_run_alert(reason, partition, run.run_id))
+    alerts.notifier(settings).send(failed_run_alert(reason, partition, run.run_id))
 
 
 def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
@@ -250,7 +258,13 @@ def make_health_sensor(clock: Clock = utcnow) -> SensorDefinition:
     ) -> SkipReason:
         settings = vault.settings()
         now = clock()
-        failures = failed_backup_runs(context.instance, BACKUP_KEY, now - timedelta(days=31))
+        failures = failed_backup_runs(
+            context.instance,
+            BACKUP_KEY,
+            now - timedelta(days=31),
+            environment=settings.environment,
+            database=None,
+        )
         figures = health_figures(vault.vault().list_manifests(), failures, today=now.date())
         active = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
         already = set(json.loads(context.cursor)) if context.cursor else set()

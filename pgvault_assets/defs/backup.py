@@ -6,6 +6,7 @@ older partition fails at once without touching the database; backfills re-run th
 """
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from dagster import (
 )
 
 from pgvault_assets.alerts import BACKUP_CRON, CheckinStatus, Notifier
-from pgvault_assets.defs.history import REFUSED_METADATA_KEY
+from pgvault_assets.defs.history import REFUSED_METADATA_KEY, backup_run_tags
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.catalog import first_backup_day
@@ -51,7 +52,12 @@ from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.run_budget import MAX_RUNTIME_TAG, RunBudget, run_budget
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
-from pgvault_assets.settings import PlatformSettings, load_settings, platform_section
+from pgvault_assets.settings import (
+    PlatformSettings,
+    environment_name,
+    load_settings,
+    platform_section,
+)
 
 log = logging.getLogger(__name__)
 BACKUP_KEY = AssetKey("database_backup")
@@ -229,6 +235,13 @@ def make_database_backup(
     def database_backup(
         context: AssetExecutionContext, vault: VaultResource, alerts: AlertsResource
     ) -> MaterializeResult:
+        try:
+            environment = environment_name(vault.environ())
+        except ConfigError as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        # Runs the UI or a backfill launched carry no tags of ours: the health figures find
+        # the run by these.
+        context.instance.add_run_tags(context.run_id, backup_run_tags(environment, pinned))
         day = date.fromisoformat(context.partition_key)
         try:
             check_backup_date(day, utcnow())
@@ -376,7 +389,10 @@ def daily_backup_schedule(context: ScheduleEvaluationContext) -> RunRequest:
     return daily_backup_job.run_request_for_partition(
         partition_key=day.isoformat(),
         run_key=day.isoformat(),
-        tags={MAX_RUNTIME_TAG: str(budget.max_runtime_seconds)},
+        tags={
+            MAX_RUNTIME_TAG: str(budget.max_runtime_seconds),
+            **backup_run_tags(environment_name(os.environ), None),
+        },
     )
 
 

@@ -8,6 +8,7 @@ of every database would hold a server's slots for the length of the slowest dump
 `<database>|<day>` so a tick evaluated twice starts nothing twice.
 """
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 
@@ -38,16 +39,16 @@ from pgvault_assets.defs.backup import (
     fleet_backup_key,
     make_database_backup,
 )
+from pgvault_assets.defs.history import DATABASE_TAG, ENVIRONMENT_TAG
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.defs.restorable import RESTORABLE_DESCRIPTION, restorable_result
 from pgvault_assets.engine.clock import latest_complete_day
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, Fleet, FleetDatabase, load_fleet
 from pgvault_assets.errors import PgvaultError
-from pgvault_assets.settings import PlatformSettings
+from pgvault_assets.settings import PlatformSettings, environment_name
 
 FLEET_JOB_NAME = "fleet_backup_job"
 FLEET_CHECKS_JOB_NAME = "fleet_backup_checks_job"
-DATABASE_TAG = "pgvault/database"
 SERVER_TAG = "pgvault/server"
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # run monitoring fails a run older than this
 
@@ -69,7 +70,9 @@ def run_tags(database: FleetDatabase) -> dict[str, str]:
     return tags
 
 
-def fleet_run_requests(databases: Sequence[FleetDatabase], scheduled: datetime) -> list[RunRequest]:
+def fleet_run_requests(
+    databases: Sequence[FleetDatabase], scheduled: datetime, environment: str
+) -> list[RunRequest]:
     """One run per database for the latest day complete at the tick's scheduled time."""
     day = latest_complete_day(scheduled).isoformat()
     return [
@@ -77,7 +80,7 @@ def fleet_run_requests(databases: Sequence[FleetDatabase], scheduled: datetime) 
             run_key=f"{database.name}|{day}",
             partition_key=day,
             asset_selection=[fleet_backup_key(database.name)],
-            tags=run_tags(database),
+            tags={**run_tags(database), ENVIRONMENT_TAG: environment},
         )
         for database in databases
     ]
@@ -87,7 +90,9 @@ def _requests_for(
     due: tuple[FleetDatabase, ...],
 ) -> Callable[[ScheduleEvaluationContext], Iterator[RunRequest]]:
     def evaluate(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
-        yield from fleet_run_requests(due, context.scheduled_execution_time)
+        yield from fleet_run_requests(
+            due, context.scheduled_execution_time, environment_name(os.environ)
+        )
 
     return evaluate
 

@@ -14,6 +14,7 @@ manifests are read when it is first seen and in the hourly health pass only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from pgvault_assets.defs.history import (
     backup_keys_of_run,
     failed_runs_by_key,
     failure_reason,
+    of_another_environment,
     run_events,
 )
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
@@ -227,6 +229,10 @@ class FleetAlertTick:
         self.now = now
         self.runs_read = 0
 
+    @functools.cached_property
+    def environment(self) -> str:
+        return self.channels.environment().environment
+
     def run(self, cursor: FleetCursor) -> FleetCursor:
         states = {name: cursor.databases[name] for name in self.names if name in cursor.databases}
         new = [name for name in self.names if name not in states]
@@ -281,7 +287,7 @@ class FleetAlertTick:
     def finished_run(
         self, run: DagsterRun, failed: bool, ended_at: datetime, states: dict[str, DatabaseState]
     ) -> None:
-        if not _may_concern(run, self.fleet_keys):
+        if not _may_concern(run, self.fleet_keys) or of_another_environment(run, self.environment):
             return
         events = run_events(self.instance, run.run_id, BACKUP_EVENTS)
         day = run.tags.get(PARTITION_TAG, "?")
@@ -312,7 +318,12 @@ class FleetAlertTick:
         storage = 0
         if not names:
             return storage
-        by_key = failed_runs_by_key(self.instance, self.fleet_keys, self.now - HEALTH_WINDOW)
+        by_key = failed_runs_by_key(
+            self.instance,
+            self.fleet_keys,
+            self.now - HEALTH_WINDOW,
+            self.environment,
+        )
         failures = {self.fleet_keys[key]: runs for key, runs in by_key.items()}
         for name in names:
             vault = self.channels.vault(name)

@@ -262,7 +262,12 @@ def fleet_weekly_health_report(
     except PgvaultError as exc:
         raise Failure(description=str(exc)) from None
     keys = {name: fleet_backup_key(name) for name, _ in databases}
-    failures = failed_runs_by_key(context.instance, keys.values(), now - timedelta(days=31))
+    failures = failed_runs_by_key(
+        context.instance,
+        {key: name for name, key in keys.items()},
+        now - timedelta(days=31),
+        settings.environment,
+    )
 
     def figures(name: str, pinned: Settings) -> DatabaseHealth:
         manifests = Vault.from_settings(pinned).list_manifests()

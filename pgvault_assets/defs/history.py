@@ -2,12 +2,16 @@
 
 A failed backup leaves no manifest, so the store alone cannot count failures; the run history
 can. Runs are matched by the backup asset in their selection, not by job name, so backups
-launched from the UI, a backfill or the CLI all count.
+launched from the UI, a backfill or the CLI all count; and by their `pgvault/environment` and
+`pgvault/database` tags, since environments may share one Dagster instance and each counts
+only its own. A run without them (from before the tags, or one that died before its backup
+step when nothing launched it tagged) cannot be attributed to an environment and counts for
+none. Only FAILURE counts: a CANCELED run (an operator's Ctrl-C) failed no backup.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime
 
 from dagster import (
@@ -20,10 +24,25 @@ from dagster import (
     RunsFilter,
 )
 
+from pgvault_assets.engine.fleet import SINGLE
 from pgvault_assets.engine.report import FailedRun
 
 PARTITION_TAG = "dagster/partition"
+ENVIRONMENT_TAG = "pgvault/environment"
+DATABASE_TAG = "pgvault/database"
 REFUSED_METADATA_KEY = "backup_refused"
+
+
+def backup_run_tags(environment: str, database: str | None) -> dict[str, str]:
+    """Whose backup a run is: `database` None is the single database of `DATABASE_URL`, the
+    fleet of one's `default`."""
+    return {ENVIRONMENT_TAG: environment, DATABASE_TAG: database or SINGLE}
+
+
+def of_another_environment(run: DagsterRun, environment: str) -> bool:
+    """Whether `run` is tagged as another environment's, one sharing this instance: its
+    failures and backups are not this one's to alert. An untagged run may be ours."""
+    return run.tags.get(ENVIRONMENT_TAG, environment) != environment
 
 
 def is_backup_run(instance: DagsterInstance, run: DagsterRun, key: AssetKey) -> bool:
@@ -99,18 +118,33 @@ def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
 
 
 def failed_backup_runs(
-    instance: DagsterInstance, key: AssetKey, since: datetime
+    instance: DagsterInstance,
+    key: AssetKey,
+    since: datetime,
+    *,
+    environment: str,
+    database: str | None,
 ) -> list[FailedRun]:
-    return failed_runs_by_key(instance, [key], since)[key]
+    """The failed runs since `since` of the backup asset `key` of `database` (None: the single
+    database) in `environment`."""
+    return failed_runs_by_key(instance, {key: database or SINGLE}, since, environment)[key]
 
 
 def failed_runs_by_key(
-    instance: DagsterInstance, keys: Collection[AssetKey], since: datetime
+    instance: DagsterInstance,
+    keys: Mapping[AssetKey, str],
+    since: datetime,
+    environment: str,
 ) -> dict[AssetKey, list[FailedRun]]:
-    """The failed backup runs since `since` of each of `keys`, from one read of the run
-    history: a fleet of hundreds must not query it once per database."""
+    """The failed backup runs since `since` of each of `keys` (each backup asset mapped to its
+    database's name) in `environment`, from one read of the run history: a fleet of hundreds
+    must not query it once per database."""
     records = instance.get_run_records(
-        filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE], created_after=since)
+        filters=RunsFilter(
+            statuses=[DagsterRunStatus.FAILURE],
+            created_after=since,
+            tags={ENVIRONMENT_TAG: environment},
+        )
     )
     failures: dict[AssetKey, list[FailedRun]] = {key: [] for key in keys}
     for run in (record.dagster_run for record in records):
@@ -121,7 +155,9 @@ def failed_runs_by_key(
             day = date.fromisoformat(partition)
         except ValueError:
             continue
-        backed_up = backup_keys_of_run(instance, run, keys)
+        database = run.tags.get(DATABASE_TAG)
+        own = [key for key, name in keys.items() if name == database]
+        backed_up = backup_keys_of_run(instance, run, own) if own else set()
         if not backed_up:
             continue
         reason = failure_reason(instance, run.run_id)

@@ -122,7 +122,13 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
     now = utcnow()
     today = now.date()
     manifests = store.list_manifests()
-    failures = failed_backup_runs(context.instance, BACKUP_KEY, now - timedelta(days=31))
+    failures = failed_backup_runs(
+        context.instance,
+        BACKUP_KEY,
+        now - timedelta(days=31),
+        environment=settings.environment,
+        database=None,
+    )
     week = health_figures(manifests, failures, today=today, window_days=7)
     month = health_figures(manifests, failures, today=today, window_days=30)
     text = render_weekly_report(settings.environment, week, month, generated_at=now)

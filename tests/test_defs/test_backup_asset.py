@@ -114,7 +114,12 @@ def test_backfilling_an_older_partition_fails_fast_naming_why_and_takes_no_dump(
     assert Vault.from_settings(load_settings()).store.list("test/") == []
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert retries == []
-    assert failed_backup_runs(instance, BACKUP_KEY, since=utcnow() - timedelta(days=1)) == []
+    assert (
+        failed_backup_runs(
+            instance, BACKUP_KEY, utcnow() - timedelta(days=1), environment="test", database=None
+        )
+        == []
+    )
 
 
 # The alert sensor compares check records stamped by SQLite's clock with Python's.

@@ -225,7 +225,9 @@ def test_a_fault_through_every_retry_fails_the_run_and_is_reported_once_after_th
     assert f"backup of {yesterday.isoformat()} failed after all retries: S3 upload" in post["text"]
     (event,) = alerts_captured.events()
     assert event["tags"]["alert"] == "upload_failing" and event["level"] == "fatal"
-    (failed,) = failed_backup_runs(instance, BACKUP_KEY, since=utcnow() - timedelta(days=1))
+    (failed,) = failed_backup_runs(
+        instance, BACKUP_KEY, utcnow() - timedelta(days=1), environment="test", database=None
+    )
     assert failed.day == yesterday and failed.reason.startswith("S3 upload of")
 
 

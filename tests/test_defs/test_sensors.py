@@ -130,6 +130,27 @@ def test_a_refused_backfill_raises_no_failure_alert(
     assert alerts_captured.posts("/hook") == []
 
 
+def test_a_failed_backup_run_of_another_environment_alerts_there_not_here(
+    local_env, instance, alerts_captured, yesterday, monkeypatch
+):
+    """Environments may share a Dagster instance; each alerts only its own failed runs."""
+    with monkeypatch.context() as other:
+        other.setenv("ENVIRONMENT_NAME", "other")
+        result = materialize(
+            [database_backup],
+            instance=instance,
+            resources=resource_defs(),
+            partition_key=yesterday.isoformat(),
+            raise_on_error=False,
+        )
+    assert sense_run_failure(instance, result.run_id)
+    assert alerts_captured.posts("/hook") == []
+
+    monkeypatch.setenv("ENVIRONMENT_NAME", "other")
+    assert sense_run_failure(instance, result.run_id)
+    assert [post["alert"] for post in alerts_captured.posts("/hook")] == ["backup_failed"]
+
+
 def test_storage_over_budget_warns_once_until_it_clears(
     local_env, instance, alerts_captured, monkeypatch
 ):

@@ -146,6 +146,30 @@ def test_failed_backups_and_checks_alert_once_each_naming_their_database(
     assert len(alerts_captured.posts("/hook")) == 3
 
 
+def test_a_run_of_another_environment_is_not_alerted_for_this_ones_database(
+    local_env, monkeypatch, instance, alerts_captured
+):
+    fleet = _fleet(local_env, monkeypatch, {"beta": "pgvault_test_dropped"})
+    day = latest_complete_day(utcnow())
+    morning_after = datetime.combine(day + timedelta(days=1), time(3, 0), UTC)
+    sensor = make_fleet_alert_sensor(fleet, FakeClock(morning_after))
+    cursor, _ = _tick(sensor, instance, None)
+    with monkeypatch.context() as other:
+        other.setenv("ENVIRONMENT_NAME", "other")
+        materialize(
+            [make_database_backup(NO_RETRIES, fleet.choose("beta"))],
+            instance=instance,
+            resources=resource_defs(),
+            partition_key=day.isoformat(),
+            raise_on_error=False,
+        )
+
+    cursor, said = _tick(sensor, instance, cursor)
+
+    assert said.startswith("1 finished runs read, 0 alerts sent")
+    assert alerts_captured.posts("/hook") == []
+
+
 def test_each_database_has_its_own_stale_episode_and_resolved_notice(
     local_env, monkeypatch, instance, alerts_captured
 ):

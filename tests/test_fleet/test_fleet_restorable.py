@@ -93,6 +93,7 @@ def test_the_scheduled_run_of_a_database_proves_its_backup_restores(fleet_of_two
     (request, _) = fleet_run_requests(
         load_fleet(load_settings().platform.fleet_file).databases,
         datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC),
+        "test",
     )
     job = _defs().resolve_job_def("fleet_backup_job")
 

@@ -44,6 +44,26 @@ def test_init_prints_the_lines_and_a_restart_then_checks_once_archiving_is_on(
     assert f"repo1-cipher-pass={passphrase}" in config.read_text()
 
 
+def test_init_refusing_an_unreachable_pitr_dir_writes_no_passphrase_there(
+    archiving_server: ArchivingServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    closed = tmp_path / "pitr"  # pytest's temporary tree is closed to the postgres OS user
+    monkeypatch.setenv("PITR_DIR", str(closed))
+
+    assert pgvault("pitr", "init") == 2
+
+    passphrase = stored_passphrase(Vault.from_settings(load_settings()))
+    left = [path for path in closed.rglob("*") if path.is_file()]
+    assert [path for path in left if passphrase.encode() in path.read_bytes()] == []
+    assert not (closed / "pgbackrest.conf").exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot read files in {closed}" in err and "set PITR_DIR" in err
+
+
 def test_config_belongs_to_postgres_and_is_private(pitr_server: ArchivingServer) -> None:
     info = (pitr_server.pitr_dir / "pgbackrest.conf").stat()
     assert pwd.getpwuid(info.st_uid).pw_name == "postgres"

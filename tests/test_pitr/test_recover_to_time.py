@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.test_pitr.conftest import ArchivingServer, pgvault
+from tests.test_pitr.conftest import ArchivingServer, pgvault, wait_until
 
 
 def staging_rows() -> list[int]:
@@ -21,6 +23,18 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert len(err.splitlines()) == 1, err
     assert "Traceback" not in err
     return err
+
+
+def restore_log(server: ArchivingServer) -> Path:
+    """Where pgBackRest logs each restore it runs for the `test` stanza."""
+    return server.pitr_dir / "log" / "test-restore.log"
+
+
+def window_end(status_output: str) -> datetime:
+    """The end of the recoverable window as `pgvault pitr status` prints it."""
+    found = re.search(r"recoverable window: .+Z \.\. (\S+ \S+)Z", status_output)
+    assert found, status_output
+    return datetime.fromisoformat(found.group(1)).replace(tzinfo=UTC)
 
 
 def test_recovery_to_a_time_gets_exactly_the_rows_committed_before_it(
@@ -38,7 +52,36 @@ def test_recovery_to_a_time_gets_exactly_the_rows_committed_before_it(
     assert "recovery stopped at" in capsys.readouterr().out
 
 
-def test_a_time_past_the_archive_is_refused_in_one_line_and_staging_is_untouched(
+def test_every_time_status_shows_recovers_even_after_the_archives_last_commit(
+    pitr_server: ArchivingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL stops at a time only at a later commit; after the last one, the state at
+    the time is the archive's end, and that is what is recovered."""
+    pitr_server.sql("CREATE TABLE orders (id int PRIMARY KEY)")
+    pitr_server.sql("INSERT INTO orders SELECT generate_series(1, 5)")
+    pitr_server.hold_still()
+    last_commit = pitr_server.now()
+    wait_until(
+        lambda: pitr_server.now() >= last_commit + timedelta(seconds=2),
+        "the server's clock two seconds past the last commit",
+    )
+    pitr_server.switch_and_wait()
+    capsys.readouterr()
+    pgvault("pitr", "status")
+    end = window_end(capsys.readouterr().out)
+    assert end > last_commit + timedelta(seconds=1)
+
+    # Half a second before the window's end (a time target PostgreSQL never reaches), and
+    # the end itself, as the issue's operator typed it.
+    for target in (end - timedelta(seconds=0.5), end):
+        code = pgvault("restore-to-time", "--time", target.isoformat(), "--target", "staging")
+        assert code == 0, capsys.readouterr().err
+        assert staging_rows() == [1, 2, 3, 4, 5]
+        assert "recovery stopped at" in capsys.readouterr().out
+    assert restore_log(pitr_server).exists()
+
+
+def test_a_time_past_the_window_is_refused_in_one_line_before_anything_is_restored(
     pitr_server: ArchivingServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     staging = psycopg.connect(os.environ["STAGING_DATABASE_URL"], autocommit=True)
@@ -48,14 +91,17 @@ def test_a_time_past_the_archive_is_refused_in_one_line_and_staging_is_untouched
     pitr_server.sql("CREATE TABLE orders (id int PRIMARY KEY)")
     pitr_server.hold_still()
     pitr_server.switch_and_wait()
-    past_the_archive = pitr_server.now()
     capsys.readouterr()
+    pgvault("pitr", "status")
+    past_the_window = window_end(capsys.readouterr().out) + timedelta(microseconds=1)
 
-    code = pgvault("restore-to-time", "--time", past_the_archive.isoformat(), "--target", "staging")
+    code = pgvault("restore-to-time", "--time", past_the_window.isoformat(), "--target", "staging")
 
     assert code != 0
-    assert "past the end of the WAL archive" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "past the end of the WAL archive" in line and "the recoverable window ends at" in line
     assert staging_rows() == [42]
+    assert not restore_log(pitr_server).exists()
 
 
 def test_a_time_before_the_first_base_backup_is_refused_in_one_line(

@@ -141,17 +141,17 @@ class InitResult:
     """The server already archives with pgvault's command (else the lines, then a restart)."""
 
 
-def _require_reachable(settings: Settings) -> None:
+def _require_reachable(config: Path) -> None:
     """The archive command runs as postgres: it must be able to read the configuration
     through every parent folder."""
-    config = settings.pitr.config_file
     prefix = ["runuser", "-u", pc.OS_USER, "--"] if os.geteuid() == 0 else []
     result = subprocess.run(
         [*prefix, "test", "-r", str(config)], capture_output=True, timeout=30, check=False
     )
     if result.returncode != 0:
         raise ConfigError(
-            f"the postgres OS user cannot read {config} (a parent folder is closed to it); "
+            f"the postgres OS user cannot read files in {config.parent} (a parent folder is "
+            "closed to it), so no pgBackRest configuration was written there; "
             "set PITR_DIR to a folder postgres can reach, such as /var/lib/pgvault/pitr"
         )
 
@@ -181,8 +181,7 @@ def init_pitr(settings: Settings, vault: Vault) -> InitResult:
     server = pc.describe_server(url)
     _refuse_another_cluster(settings, server)
     passphrase = ensure_passphrase(vault)
-    pc.write_config(settings, pc.render_config(settings, server, passphrase))
-    _require_reachable(settings)
+    pc.write_config(settings, pc.render_config(settings, server, passphrase), _require_reachable)
     tool = tool_for(settings)
     tool.run("stanza-create", timeout=600)
     state = read_archiver(url)

@@ -13,6 +13,7 @@ import pwd
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,8 +184,13 @@ def _owned_dir(path: Path, owner: tuple[int, int] | None) -> None:
         os.chown(path, *owner)
 
 
-def write_config(settings: Settings, text: str) -> Path:
-    """Write the configuration 0600 for `postgres`, atomically, with the folders it names."""
+def write_config(
+    settings: Settings, text: str, readable: Callable[[Path], None] | None = None
+) -> Path:
+    """Write the configuration 0600 for `postgres`, atomically, with the folders it names.
+
+    `readable` is called with the file while it is still empty: if it refuses (postgres
+    cannot reach the folder), the file is removed having held no passphrase."""
     pitr = settings.pitr
     owner = _owner_ids()
     _owned_dir(pitr.directory, owner)
@@ -196,6 +202,8 @@ def write_config(settings: Settings, text: str) -> Path:
             os.fchmod(out.fileno(), 0o600)
             if owner is not None:
                 os.fchown(out.fileno(), *owner)
+            if readable is not None:
+                readable(Path(temporary))
             out.write(text)
             out.flush()
             os.fsync(out.fileno())

@@ -11,6 +11,7 @@ recovery stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import re
 import time
@@ -65,6 +66,15 @@ def target_text(target: datetime) -> str:
 
 
 def _refuse_outside(window: Window, target: datetime, pinned: str | None = None) -> str:
+    """The base backup to recover `target` from, or the one line saying why not: before
+    anything is restored, so a time outside the window costs no restore."""
+    latest = window.latest
+    if latest is not None and target > latest:
+        raise RecoveryTargetNotReached(
+            f"{target_text(target)} is past the end of the WAL archive (the recoverable window "
+            f"ends at {latest:%Y-%m-%d %H:%M:%S}Z); pick an earlier time (pgvault pitr status "
+            "shows the window)"
+        )
     backup = window.backup_for(target)
     if pinned is not None and (backup is None or backup.label != pinned):
         raise PitrFailed(
@@ -130,6 +140,33 @@ def _wait_for_promotion(cluster: Cluster, what: str, timeout: float) -> str:
     return _log(cluster)
 
 
+def _replayed(
+    stack: contextlib.ExitStack,
+    tool: PgBackRest,
+    label: str,
+    target: datetime | None,
+    *,
+    superuser: str,
+    source_major: int | None,
+    root: Path | None,
+    replay_timeout: float,
+) -> tuple[Cluster, str]:
+    """A cluster (closed with `stack`) restored from `label` and promoted at `target`, or at
+    the end of the archive when `target` is None; and its log."""
+
+    def fill(data: Path) -> None:
+        to = ("--type=default",)
+        if target is not None:
+            to = ("--type=time", f"--target={target_text(target)}", "--target-action=promote")
+        tool.run("restore", f"--pg1-path={data}", f"--set={label}", *to, "--archive-mode=off")
+
+    cluster = stack.enter_context(
+        restored_cluster(fill, superuser=superuser, source_major=source_major, root=root)
+    )
+    what = "the end of the archive" if target is None else target_text(target)
+    return cluster, _wait_for_promotion(cluster, what, replay_timeout)
+
+
 @contextlib.contextmanager
 def recover_to_time(
     tool: PgBackRest,
@@ -146,39 +183,45 @@ def recover_to_time(
     It archives nothing (`archive-mode=off`), so its new timeline never reaches the
     repository; it listens on its private socket only. `base_backup` pins the backup an
     approval named: a recovery from any other is refused.
+
+    Every time of the window `pitr status` shows is recoverable. PostgreSQL stops at a time
+    target only at a commit after it, so a time after the archive's last commit (yet inside
+    the window) makes it end recovery short of the target; the state at that time is the
+    archive's end, so that is what it recovers to, replaying again without a target.
     """
     window = read_window(tool)
     label = _refuse_outside(window, target, base_backup)
-
-    def fill(data: Path) -> None:
-        tool.run(
-            "restore",
-            f"--pg1-path={data}",
-            f"--set={label}",
-            "--type=time",
-            f"--target={target_text(target)}",
-            "--target-action=promote",
-            "--archive-mode=off",
-        )
-
     started = time.perf_counter()
-    with restored_cluster(
-        fill, superuser=superuser, source_major=source_major or window.major, root=root
-    ) as cluster:
-        log = _wait_for_promotion(cluster, target_text(target), replay_timeout)
-        stopped = _STOPPED.search(log)
-        if stopped is None:
-            raise PitrFailed(
-                f"the server was promoted without saying where recovery stopped; "
-                f"{target_text(target)} may not have been reached, so nothing is used from it"
-            )
-        yield Recovered(
-            cluster,
-            target,
+    with contextlib.ExitStack() as stack:
+        replay = functools.partial(
+            _replayed,
+            stack,
+            tool,
             label,
-            stopped.group(1).strip(),
-            round(time.perf_counter() - started, 3),
+            superuser=superuser,
+            source_major=source_major or window.major,
+            root=root,
+            replay_timeout=replay_timeout,
         )
+        to_end = window.latest is not None and target >= window.latest
+        try:
+            cluster, log = replay(None if to_end else target)
+        except RecoveryTargetNotReached:
+            stack.close()
+            to_end = True
+            cluster, log = replay(None)
+        if to_end:
+            last = _LAST_COMMIT.search(log)
+            stopped_at = last.group(1).strip() if last else "the end of the archive"
+        else:
+            stopped = _STOPPED.search(log)
+            if stopped is None:
+                raise PitrFailed(
+                    f"the server was promoted without saying where recovery stopped; "
+                    f"{target_text(target)} may not have been reached, so nothing is used from it"
+                )
+            stopped_at = stopped.group(1).strip()
+        yield Recovered(cluster, target, label, stopped_at, round(time.perf_counter() - started, 3))
 
 
 @contextlib.contextmanager
@@ -196,21 +239,18 @@ def recover_to_end(
     window = read_window(tool)
     if base_backup not in {b.label for b in window.backups}:
         raise PitrFailed(f"base backup {base_backup} is not in the repository")
-
-    def fill(data: Path) -> None:
-        tool.run(
-            "restore",
-            f"--pg1-path={data}",
-            f"--set={base_backup}",
-            "--type=default",
-            "--archive-mode=off",
-        )
-
     started = time.perf_counter()
-    with restored_cluster(
-        fill, superuser=superuser, source_major=window.major, root=root
-    ) as cluster:
-        log = _wait_for_promotion(cluster, "the end of the archive", replay_timeout)
+    with contextlib.ExitStack() as stack:
+        cluster, log = _replayed(
+            stack,
+            tool,
+            base_backup,
+            None,
+            superuser=superuser,
+            source_major=window.major,
+            root=root,
+            replay_timeout=replay_timeout,
+        )
         last = _LAST_COMMIT.search(log)
         yield Recovered(
             cluster,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgvault_assets.engine.pitr.runner import PgBackRest, PitrFailed
@@ -22,6 +22,7 @@ _SEGMENT_FILE = re.compile(
     r"(?:^|/)([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})-[0-9a-f]{40}(?:\.\w+)?$"
 )
 _SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
+LISTED_TIME_RESOLUTION = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,11 @@ class Window:
 
     @property
     def latest(self) -> datetime | None:
-        return max((s.archived_at for s in self.segments), default=None)
+        """The window's end, which `pitr status` shows and `restore-to-time` accepts up to:
+        the second after the newest segment reached the archive (the repository lists its
+        time truncated to the second), when everything in it had been written."""
+        newest = max((s.archived_at for s in self.segments), default=None)
+        return None if newest is None else newest + LISTED_TIME_RESOLUTION
 
     @property
     def newest_segment(self) -> str | None:
