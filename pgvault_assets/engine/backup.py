@@ -375,19 +375,20 @@ def backup_database(
             )
             if stored is not None:
                 manifest = manifest.replacing(stored)
-                log.warning(
-                    "the backup of %s replaces the one taken at %s (sha256 %s…), kept until "
-                    "retention: pgvault list-backups --versions",
-                    day.isoformat(),
-                    f"{stored.finished_at:%Y-%m-%d %H:%M:%S} UTC",
-                    stored.sha256[:12],
-                )
             pause_point("manifest")
             date_lock.check()
             retention_lock.check()
             vault.store.put_bytes(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )
+            if stored is not None:
+                log.warning(
+                    "the backup of %s replaced the one taken at %s (sha256 %s…), kept until "
+                    "retention: pgvault list-backups --versions",
+                    day.isoformat(),
+                    f"{stored.finished_at:%Y-%m-%d %H:%M:%S} UTC",
+                    stored.sha256[:12],
+                )
             # Versions no manifest pins (a killed run's) go; the replaced backups' stay.
             vault.store.prune_versions(
                 vault.object_key(day), {m.object_version_id for m in manifest.versions}
