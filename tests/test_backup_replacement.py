@@ -9,9 +9,13 @@ from datetime import UTC, date, datetime
 
 import psycopg
 import pytest
+from dagster import materialize
 from test_defs.backup_history import write_history
 
 from pgvault_assets.cli import main
+from pgvault_assets.defs.backup import BACKUP_KEY, database_backup
+from pgvault_assets.defs.resources import resource_defs
+from pgvault_assets.defs.restorable import restorable
 from pgvault_assets.engine import names
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
@@ -275,3 +279,39 @@ def test_a_replaced_local_version_stays_until_retention(local_env, make_database
 
     assert first.object_version_id in kept
     assert len(kept) == 3
+
+
+def test_a_rematerialized_day_is_unproven_until_its_own_object_is_proven(
+    local_env, make_database, postgres_server, instance, monkeypatch
+):
+    monkeypatch.setenv("DATABASE_URL", _database_with_rows(make_database, "src", 3))
+    monkeypatch.setenv("RESTORE_CHECK_DATABASE_URL", f"{postgres_server}/postgres")
+    day = latest_complete_day(utcnow()).isoformat()
+    proving = materialize(
+        [database_backup, restorable],
+        instance=instance,
+        resources=resource_defs(),
+        partition_key=day,
+    )
+    assert proving.success
+    (proof,) = [e for e in proving.get_asset_check_evaluations() if e.check_name == "restorable"]
+    proven = _vault().read_manifest(latest_complete_day(utcnow()))
+    assert proof.passed and proof.metadata["sha256"].value == proven.sha256
+    settings = load_settings()
+    assert backup_rows(settings, days=None, now=utcnow())[0]["restore_verified_at"] is not None
+
+    again = materialize(
+        [database_backup], instance=instance, resources=resource_defs(), partition_key=day
+    )
+
+    assert again.success
+    event = instance.get_latest_materialization_event(BACKUP_KEY)
+    assert event is not None
+    metadata = event.asset_materialization.metadata
+    assert metadata["replaced_sha256"].value == proven.sha256
+    assert metadata["replaced_backup_taken_at"].value == proven.finished_at.isoformat()
+    rows = backup_rows(settings, days=None, now=utcnow(), versions=True)
+    assert [(row["current"], row["restore_verified_at"] is not None) for row in rows] == [
+        (True, False),
+        (False, True),
+    ]
