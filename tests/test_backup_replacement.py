@@ -222,7 +222,8 @@ def test_retention_deletes_the_replaced_versions_with_their_date(request, store_
         RetentionPolicy(),
         now=datetime(2025, 12, 31, 3, 0, tzinfo=UTC),
     )
-    assert old in {d.day for d in plan.delete}
+    (doomed,) = [d for d in plan.delete if d.day == old]
+    assert doomed.size_bytes == sum(v.size_bytes for v in vault.read_manifest(old).versions)
 
     apply_retention(vault, plan)
 

@@ -117,17 +117,17 @@ def _stored_backup(vault: Vault, day: date) -> Manifest | None:
 def _latest_backup(
     vault: Vault, backed_up: list[date], day: date, stored: Manifest | None
 ) -> Manifest | None:
-    """The newest backup of the namespace, whose source the next backup must come from."""
-    later = [d for d in backed_up if d > day]
-    if not later:
-        return stored if stored is not None else _readable(vault, backed_up[-1:])
-    return _readable(vault, later[-1:])
-
-
-def _readable(vault: Vault, days: list[date]) -> Manifest | None:
-    with contextlib.suppress(PgvaultError):
-        return vault.read_manifest(days[0]) if days else None
-    return None
+    """The newest backup of the namespace, whose source the next backup must come from; None
+    when there is none or its record cannot be read (a source unknown refuses nothing)."""
+    newest = backed_up[-1] if backed_up else None
+    if stored is not None and (newest is None or newest <= day):
+        return stored
+    if newest is None or newest == day:
+        return None
+    try:
+        return vault.read_manifest(newest)
+    except PgvaultError:
+        return None
 
 
 def _source_of(conn: psycopg.Connection) -> mf.SourceIdentity:
@@ -144,7 +144,7 @@ def _source_of(conn: psycopg.Connection) -> mf.SourceIdentity:
     return mf.SourceIdentity(row[0], row[1], row[2])
 
 
-def check_source(
+def _check_source(
     namespace: str, latest: Manifest | None, source: mf.SourceIdentity, *, accept_new: bool
 ) -> bool:
     """Refuse a backup of another database than the namespace's backups come from, unless the
@@ -257,7 +257,7 @@ def backup_database(
                     )
                 snapshot = row[0]
                 source = _source_of(conn)
-                new_source = check_source(
+                new_source = _check_source(
                     vault.environment, latest, source, accept_new=accept_new_source
                 )
                 major, version = server_version(conn)
