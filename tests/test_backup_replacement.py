@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 from dagster import materialize
+from psycopg import sql
 from test_defs.backup_history import write_history
 
 from pgvault_assets.cli import main
@@ -23,6 +24,7 @@ from pgvault_assets.engine.restore_check import RestoreProof, record_restore_ver
 from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import RetentionPolicy, load_settings
+from tests.conftest import admin_connect
 from tests.test_engine.helpers import back_up
 
 
@@ -316,3 +318,21 @@ def test_a_rematerialized_day_is_unproven_until_its_own_object_is_proven(
         (True, False),
         (False, True),
     ]
+
+
+def test_the_same_database_recreated_is_backed_up_as_the_same_source_with_a_warning(
+    local_env, make_database, caplog
+):
+    url = _database_with_rows(make_database, "src", 3)
+    first = back_up(url)
+    name = url.rsplit("/", 1)[1]
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    second = back_up(url)
+
+    assert first.source is not None and second.source is not None
+    assert second.source.database_oid != first.source.database_oid
+    assert second.new_source is False
+    assert any("was recreated" in record.getMessage() for record in caplog.records)
