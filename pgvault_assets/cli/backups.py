@@ -46,6 +46,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser("list-backups", help="list complete backups, newest first")
     sub.add_argument("--days", type=positive_int, default=None, help="only the last N days")
     sub.add_argument("--json", action="store_true", help="print a JSON array")
+    sub.add_argument(
+        "--versions",
+        action="store_true",
+        help="also the backups a re-run of their date replaced, kept until retention",
+    )
     add_every_database_option(sub)
     sub.set_defaults(handler=_cmd_list_backups)
 
@@ -70,6 +75,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--skip-confirmation", action="store_true", help="do not ask to type the database name"
     )
     sub.add_argument("--request", default=None, help="production: the dual-approved request id")
+    sub.add_argument(
+        "--version",
+        default=None,
+        metavar="VERSION_ID",
+        help="staging: a replaced backup of the date (pgvault list-backups --versions)",
+    )
     add_database_option(sub)
     sub.set_defaults(handler=_cmd_restore)
 
@@ -132,7 +143,7 @@ def _print_recoverable_window(settings: Settings) -> None:
 def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
     if settings.platform.fleet_file is not None and settings.database is None:
         return _list_every_database(args, settings)
-    rows = backup_rows(settings, days=args.days, now=utcnow())
+    rows = backup_rows(settings, days=args.days, now=utcnow(), versions=args.versions)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -140,18 +151,24 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
         _print_recoverable_window(settings)
         return 0
-    console.print(_backups_table(f"backups of {settings.environment}", rows))
+    console.print(
+        _backups_table(f"backups of {settings.environment}", rows, versions=args.versions)
+    )
     _print_recoverable_window(settings)
     return 0
 
 
-def _backups_table(title: str, rows: list[dict], *, whose: bool = False) -> Table:
-    """The backups as rows of a table; with `whose`, a `database` column first."""
+def _backups_table(
+    title: str, rows: list[dict], *, whose: bool = False, versions: bool = False
+) -> Table:
+    """The backups as rows of a table; with `whose`, a `database` column first; with
+    `versions`, a `version` column last (a replaced one marked so)."""
     table = Table(title=title)
     columns = ("date", "tier", "size", "taken", "duration", "sha256", "restore-verified")
-    for column in (("database",) if whose else ()) + columns:
+    for column in (("database",) if whose else ()) + columns + (("version",) if versions else ()):
         table.add_column(column)
     for row in rows:
+        version = row.get("version_id") or "-"
         table.add_row(
             *((row["database"],) if whose else ()),
             row["date"],
@@ -161,6 +178,7 @@ def _backups_table(title: str, rows: list[dict], *, whose: bool = False) -> Tabl
             f"{row['duration_seconds']:.1f} s",
             row["sha256"][:12],
             row["restore_verified_at"] or "-",
+            *((version if row["current"] else f"{version} (replaced)",) if versions else ()),
         )
     return table
 
@@ -176,7 +194,8 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
             if isinstance(pinned, PgvaultError):
                 raise pinned
             rows += [
-                {"database": name, **row} for row in backup_rows(pinned, days=args.days, now=now)
+                {"database": name, **row}
+                for row in backup_rows(pinned, days=args.days, now=now, versions=args.versions)
             ]
         except PgvaultError as exc:
             failed += 1
@@ -185,7 +204,7 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(rows, indent=2))
         return 1 if failed else 0
     title = f"backups of every database of {settings.environment}"
-    console.print(_backups_table(title, rows, whose=True))
+    console.print(_backups_table(title, rows, whose=True, versions=args.versions))
     return 1 if failed else 0
 
 
@@ -202,6 +221,11 @@ def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "production":
+        if args.version is not None:
+            raise ConfigError(
+                "--version restores a replaced backup to staging only: a production request "
+                "approves the backup its date holds now; nothing was restored"
+            )
         return restore_production_command(args, settings)
     url = target_to_write(settings, args.target)
     if not args.skip_confirmation and args.target != "staging":
@@ -209,11 +233,18 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     vault = Vault.from_settings(settings)
     with progress(f"restoring {args.date} to {args.target}") as advance:
         result = restore_staging(
-            vault, args.date, url, actor=operator(), full_verify=args.verify, progress=advance
+            vault,
+            args.date,
+            url,
+            actor=operator(),
+            full_verify=args.verify,
+            progress=advance,
+            version=args.version,
         )
     seconds = sum(result.stage_seconds.values())
+    which = "" if args.version is None else f" version {args.version}"
     console.print(
-        f"restored backup {args.date} ({result.manifest.row_total} rows in {len(result.manifest.table_rows)} tables) "
+        f"restored backup {args.date}{which} ({result.manifest.row_total} rows in {len(result.manifest.table_rows)} tables) "
         f"into {on_target(url.dbname, args.target)} in {seconds:.1f} s"
     )
     if result.previous:

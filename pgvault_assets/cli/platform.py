@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also decrypt it fully and restore it onto a throwaway cluster (as the daily job does)",
     )
+    sub.add_argument(
+        "--accept-new-source",
+        action="store_true",
+        help="back up this database though the environment's backups come from another "
+        "(a server replaced, say); recorded in the manifest",
+    )
     add_database_option(sub)
     sub.set_defaults(handler=backup_command)
 
@@ -208,6 +214,7 @@ def materialize_backup(
     prove_restorable: bool = False,
     say: Callable[[str], None] | None = None,
     settings: Settings | None = None,
+    accept_new_source: bool = False,
 ) -> Manifest:
     """Run partition `day` of the backup asset with its checks; return the new manifest.
 
@@ -216,6 +223,7 @@ def materialize_backup(
     operator's backup runs them only when asked; the daily schedule always runs them.
     With `say`, each failed attempt that Dagster retries is said as it happens.
     `settings` pinned to a fleet database (main.py) back up that database's asset.
+    `accept_new_source` tags the run so the asset accepts another source database.
     """
     settings = settings or load_settings()
     with dagster_previews_hidden():
@@ -223,7 +231,11 @@ def materialize_backup(
         # loading the checks' definitions is what warns.
         from dagster import materialize
 
-        from pgvault_assets.defs.backup import database_backup, decrypts_fully
+        from pgvault_assets.defs.backup import (
+            ACCEPT_NEW_SOURCE_TAG,
+            database_backup,
+            decrypts_fully,
+        )
         from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
         from pgvault_assets.defs.restorable import restorable
@@ -253,6 +265,7 @@ def materialize_backup(
                     "pgvault/launched_by": "cli",
                     INVOCATION_TAG: token,
                     **backup_run_tags(settings.environment, settings.database),
+                    **({ACCEPT_NEW_SOURCE_TAG: "true"} if accept_new_source else {}),
                 },
                 # The run's full event log is in the UI; the terminal gets pgvault's own lines
                 # (Dagster's ERROR events carry stack traces, and the failure is reported below).
@@ -292,12 +305,25 @@ def backup_command(args: argparse.Namespace, settings: Settings) -> int:
         prove_restorable=args.prove_restorable,
         say=lambda line: console.print(line, markup=False),
         settings=settings,
+        accept_new_source=args.accept_new_source,
     )
     console.print(
         f"backup {manifest.date.isoformat()} stored: {format_bytes(manifest.size_bytes)} "
         f"({manifest.compression_ratio:.1f}x smaller than the dump), "
         f"{format_duration(manifest.duration_seconds)}, sha256 {manifest.sha256[:12]}…"
     )
+    if manifest.replaced:
+        replaced = manifest.replaced[-1]
+        console.print(
+            f"it replaces the backup of {day.isoformat()} taken at "
+            f"{replaced.finished_at:%Y-%m-%d %H:%M:%S} UTC (sha256 {replaced.sha256[:12]}…), "
+            "kept until retention: pgvault list-backups --versions",
+            markup=False,
+        )
+    if manifest.new_source and manifest.source is not None:
+        console.print(
+            f"{manifest.source.describe()} is now the source of these backups", markup=False
+        )
     return 0
 
 

@@ -89,6 +89,8 @@ DURATION_WITHIN_AVERAGE = "duration_within_average"
 SIZE_NOT_SHRUNK = "size_not_shrunk"
 DECRYPTS_FULLY = "decrypts_fully"
 RESTORABLE = "restorable"
+# A run tagged so backs up its database though the namespace's backups come from another.
+ACCEPT_NEW_SOURCE_TAG = "pgvault/accept_new_source"
 
 
 def backup_metadata(manifest: Manifest, location: str) -> dict[str, object]:
@@ -105,6 +107,12 @@ def backup_metadata(manifest: Manifest, location: str) -> dict[str, object]:
         "server_version": manifest.server_version,
         "pg_dump_version": manifest.pg_dump_version,
     }
+    if manifest.source is not None:
+        metadata["source"] = manifest.source.describe()
+    if manifest.replaced:
+        replaced = manifest.replaced[-1]
+        metadata["replaced_backup_taken_at"] = replaced.finished_at.isoformat()
+        metadata["replaced_sha256"] = replaced.sha256
     for stage, seconds in sorted(manifest.stage_seconds.items()):
         metadata[f"{stage}_seconds"] = MetadataValue.float(round(seconds, 3))
     return metadata
@@ -270,6 +278,7 @@ def make_database_backup(
                 level=settings.compression_level,
                 role_passwords=settings.role_passwords == "include",
                 lock_wait_seconds=settings.lock_wait_seconds,
+                accept_new_source=context.run.tags.get(ACCEPT_NEW_SOURCE_TAG) == "true",
             )
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
@@ -280,6 +289,13 @@ def make_database_backup(
             if context.retry_number >= config.max_retries:
                 _close_checkin(notifier, checkin_id, "error", started, budget)
             raise
+        if manifest.replaced:
+            replaced = manifest.replaced[-1]
+            context.log.warning(
+                f"this backup of {day.isoformat()} replaces the one taken at "
+                f"{replaced.finished_at.isoformat()} (sha256 {replaced.sha256[:12]}…), kept "
+                "until retention: pgvault list-backups --versions"
+            )
         history = store.list_manifests()
         checksum = checksum_result(store, day)
         _close_checkin(notifier, checkin_id, "ok" if checksum.passed else "error", started, budget)

@@ -57,6 +57,7 @@ def restorable_result(settings: Settings, vault: Vault, day: date) -> AssetCheck
         metadata={
             "restore_verified": True,
             "restore_verified_at": proof.verified_at.isoformat(),
+            "sha256": proof.sha256,
             "tables": proof.tables,
             "row_total": proof.row_total,
             "duration_seconds": proof.duration_seconds,

@@ -35,7 +35,13 @@ from pgvault_assets.engine.postgres import (
 )
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.errors import BackupFailed, ConfigError, StoreError
+from pgvault_assets.errors import (
+    BackupFailed,
+    BackupNotFound,
+    ConfigError,
+    PgvaultError,
+    StoreError,
+)
 from pgvault_assets.settings import DatabaseUrl
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,84 @@ def _refuse_overwrite_in_place(vault: Vault, day: date) -> None:
         )
 
 
+def _stored_backup(vault: Vault, day: date) -> Manifest | None:
+    """The backup `day` holds now, which a re-run replaces; None when there is none, or when
+    its manifest cannot be read (said: a damaged record must not stop every later backup)."""
+    try:
+        return vault.read_manifest(day)
+    except BackupNotFound:
+        return None
+    except PgvaultError as exc:
+        log.warning("the backup of %s is replaced, its record unreadable: %s", day, exc)
+        return None
+
+
+def _latest_backup(
+    vault: Vault, backed_up: list[date], day: date, stored: Manifest | None
+) -> Manifest | None:
+    """The newest backup of the namespace, whose source the next backup must come from; None
+    when there is none or its record cannot be read (a source unknown refuses nothing)."""
+    newest = backed_up[-1] if backed_up else None
+    if stored is not None and (newest is None or newest <= day):
+        return stored
+    if newest is None or newest == day:
+        return None
+    try:
+        return vault.read_manifest(newest)
+    except PgvaultError:
+        return None
+
+
+def _source_of(conn: psycopg.Connection) -> mf.SourceIdentity:
+    """The cluster, name and oid of the database `conn` is on; the cluster's identifier only
+    where the role may read it (a managed server may revoke pg_control_system)."""
+    row = conn.execute(
+        "SELECT CASE WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')"
+        " THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) END,"
+        " current_database(),"
+        " (SELECT oid::bigint FROM pg_catalog.pg_database WHERE datname = current_database())"
+    ).fetchone()
+    if row is None:  # a SELECT without FROM always returns its row
+        raise BackupFailed("PostgreSQL did not say which database this is; no backup was recorded")
+    return mf.SourceIdentity(row[0], row[1], row[2])
+
+
+def _check_source(
+    namespace: str, latest: Manifest | None, source: mf.SourceIdentity, *, accept_new: bool
+) -> bool:
+    """Refuse a backup of another database than the namespace's backups come from, unless the
+    operator accepts it as the new source; True when it was accepted so. A latest backup of
+    unknown source (written before sources were recorded) refuses nothing."""
+    if latest is None or latest.source is None:
+        return False
+    known = latest.source
+    if not known.other_database_than(source):
+        if known.database_oid != source.database_oid:
+            log.warning(
+                "database %s was recreated since the backup of %s (oid %d, now %d); "
+                "it is backed up as the same source",
+                source.database,
+                latest.date.isoformat(),
+                known.database_oid,
+                source.database_oid,
+            )
+        return False
+    if accept_new:
+        log.warning(
+            "%s now backs up %s, accepted as its new source (was %s)",
+            namespace,
+            source.describe(),
+            known.describe(),
+        )
+        return True
+    raise ConfigError(
+        f"the backups of {namespace} come from {known.describe()} (latest "
+        f"{latest.date.isoformat()}), not {source.describe()}; check DATABASE_URL (or the fleet "
+        "file) and ENVIRONMENT_NAME, or if this database is now the source (restored onto a new "
+        "server, say) run: pgvault backup --accept-new-source"
+    )
+
+
 def _clean_partials(vault: Vault, day: date) -> int:
     """Remove what a killed run of this date left behind, and say so; we hold the date's lock."""
     store = vault.store
@@ -128,6 +212,7 @@ def backup_database(
     enforce_date: bool = True,
     role_passwords: bool = True,
     lock_wait_seconds: int = DEFAULT_LOCK_WAIT_SECONDS,
+    accept_new_source: bool = False,
 ) -> Manifest:
     """Back up `url` as the backup of `day`; return the manifest once it is written.
 
@@ -135,6 +220,10 @@ def backup_database(
     complete; until then, a previous backup of the same date stays intact and listed.
     The server context (roles, database properties, extensions) is read in the dump's
     snapshot and stored beside it, with role password hashes unless `role_passwords` is off.
+
+    A backup of another database than the namespace's latest backup is refused before the
+    dump unless `accept_new_source`. A re-run of a date says whose backup it replaces, and
+    keeps that one's object (and what it replaced) stored and listed until retention.
     """
     started_at = now()
     if enforce_date:
@@ -147,6 +236,8 @@ def backup_database(
     with vault.store.lock(backup_lock_name(vault.environment, day)) as date_lock:
         _clean_partials(vault, day)
         _refuse_overwrite_in_place(vault, day)
+        stored = _stored_backup(vault, day)
+        latest = _latest_backup(vault, backed_up, day, stored)
         with contextlib.ExitStack() as committing:
             with (
                 connection_loss_raises(
@@ -165,6 +256,10 @@ def backup_database(
                         "no backup was recorded, the previous one is intact"
                     )
                 snapshot = row[0]
+                source = _source_of(conn)
+                new_source = _check_source(
+                    vault.environment, latest, source, accept_new=accept_new_source
+                )
                 major, version = server_version(conn)
                 pg_dump, pg_dump_version = check_tool_fits_server("pg_dump", major)
                 context_of_server = replace(
@@ -275,14 +370,31 @@ def backup_database(
                 encryption_context=context,
                 server_major=major,
                 server_context=context_record,
+                source=source,
+                new_source=new_source,
             )
+            if stored is not None:
+                manifest = manifest.replacing(stored)
             pause_point("manifest")
             date_lock.check()
             retention_lock.check()
             vault.store.put_bytes(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )
-            # The old version was kept only until the new backup was recorded.
-            vault.store.prune_versions(vault.object_key(day), version_id)
-            vault.store.prune_versions(context_record.object_key, context_record.object_version_id)
+            if stored is not None:
+                log.warning(
+                    "the backup of %s replaced the one taken at %s (sha256 %s…), kept until "
+                    "retention: pgvault list-backups --versions",
+                    day.isoformat(),
+                    f"{stored.finished_at:%Y-%m-%d %H:%M:%S} UTC",
+                    stored.sha256[:12],
+                )
+            # Versions no manifest pins (a killed run's) go; the replaced backups' stay.
+            vault.store.prune_versions(
+                vault.object_key(day), {m.object_version_id for m in manifest.versions}
+            )
+            vault.store.prune_versions(
+                context_record.object_key,
+                {m.server_context.object_version_id for m in manifest.versions if m.server_context},
+            )
             return manifest

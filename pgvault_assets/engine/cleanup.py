@@ -273,12 +273,20 @@ def unpinned_versions(
 ) -> list[Leftover]:
     """The versions the store keeps itself (the local `.versions/`) that no manifest pins,
     `leftover_age` old or more: a backup killed between keeping its version and its manifest
-    leaves one, and so does one killed between its manifest and pruning the version it
-    replaced. Dates in `unread` have a manifest that cannot be read: what it pins is unknown,
+    leaves one, and so does one killed between its manifest and pruning. A manifest pins its
+    object's and server context's versions, and those of the backups it replaced. Dates in `unread` have a manifest that cannot be read: what it pins is unknown,
     so none of their versions is a leftover."""
     store = vault.store
     environment = vault.environment
-    pinned = {(m.date, m.object_version_id) for m in manifests}
+    pinned = {
+        (m.date, version)
+        for current in manifests
+        for m in current.versions  # the backups it replaced stay until retention too
+        for version in (
+            m.object_version_id,
+            m.server_context.object_version_id if m.server_context else None,
+        )
+    }
     backed_up = {m.date for m in manifests}
     found = []
     for kept in store.kept_versions(f"{environment}/"):

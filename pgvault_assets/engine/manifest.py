@@ -5,15 +5,20 @@ interrupted run never shows as a backup. Parsing validates every field, because 
 read back from storage that an attacker or a fault may have changed.
 
 Fields added after version 1 are optional (`server_major`, `server_context`,
-`rows_exclude_children`): a manifest written before them parses as it always did, and its
-backup restores as it always did.
+`rows_exclude_children`, `source`, `new_source`, `replaced`): a manifest written before them
+parses as it always did, and its backup restores as it always did. One without `source` is of
+an unknown source: nothing is refused on its account.
+
+A re-run of a date records the backups it replaced (`replaced`, oldest first, each a manifest
+of its own pinning its object's version), so they stay listable and restorable until
+retention deletes the date.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 
 from pgvault_assets.engine.clock import aware
@@ -23,7 +28,7 @@ from pgvault_assets.engine.names import (
     manifest_key,
     split_namespace,
 )
-from pgvault_assets.errors import IntegrityError
+from pgvault_assets.errors import BackupNotFound, IntegrityError
 
 FORMAT_VERSION = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -65,6 +70,28 @@ class ServerContextRecord:
 
 
 @dataclass(frozen=True)
+class SourceIdentity:
+    """Which database a backup was taken of: the cluster (`system_identifier`, None where
+    the backup role may not read it), the database's name and its oid."""
+
+    system_identifier: str | None
+    database: str
+    database_oid: int
+
+    def describe(self) -> str:
+        server = self.system_identifier or "unknown"
+        return f"database {self.database} (oid {self.database_oid}) on system {server}"
+
+    def other_database_than(self, other: SourceIdentity) -> bool:
+        """Another database, not the same one recreated: another name, or another cluster.
+        An oid alone changes when the database is restored by a swap (or recreated)."""
+        clusters_differ = None not in (self.system_identifier, other.system_identifier) and (
+            self.system_identifier != other.system_identifier
+        )
+        return self.database != other.database or clusters_differ
+
+
+@dataclass(frozen=True)
 class Manifest:
     environment: str
     date: date
@@ -91,6 +118,10 @@ class Manifest:
     # Counts taken from the dump's COPY blocks hold each table's own rows; older backups
     # counted a parent table's inheritance children with it.
     rows_exclude_children: bool = False
+    source: SourceIdentity | None = None
+    # The operator accepted this source though the previous backups came from another.
+    new_source: bool = False
+    replaced: tuple[Manifest, ...] = ()
 
     @property
     def duration_seconds(self) -> float:
@@ -107,12 +138,30 @@ class Manifest:
             self.dump_size_bytes / self.compressed_size_bytes if self.compressed_size_bytes else 0.0
         )
 
+    @property
+    def versions(self) -> tuple[Manifest, ...]:
+        """Every backup of this date still stored: the ones replaced, oldest first, then this."""
+        return (*self.replaced, self)
+
+    def version(self, version_id: str) -> Manifest:
+        """The backup of this date whose object is `version_id` (this one or one it replaced)."""
+        for candidate in self.versions:
+            if candidate.object_version_id == version_id:
+                return candidate
+        known = ", ".join(m.object_version_id or "-" for m in self.versions)
+        raise BackupNotFound(
+            f"the backup of {self.date.isoformat()} has no version {version_id!r} (stored: "
+            f"{known}); run pgvault list-backups --versions to see them"
+        )
+
+    def replacing(self, previous: Manifest) -> Manifest:
+        """This manifest, recording that it replaces `previous` and what that replaced."""
+        return replace(self, replaced=(*previous.replaced, replace(previous, replaced=())))
+
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data["date"] = self.date.isoformat()
-        data["started_at"] = self.started_at.isoformat()
-        data["finished_at"] = self.finished_at.isoformat()
-        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False).encode()
+        return json.dumps(
+            asdict(self), indent=2, sort_keys=True, ensure_ascii=False, default=_iso
+        ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, expected_key: str | None = None) -> Manifest:
@@ -155,6 +204,9 @@ class Manifest:
                 else None,
                 server_context=_server_context(data),
                 rows_exclude_children=data.get("rows_exclude_children") is True,
+                source=_source(data),
+                new_source=data.get("new_source") is True,
+                replaced=_replaced(data, expected_key),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(
@@ -186,6 +238,13 @@ class Manifest:
                     f"{where} points at {manifest.object_key!r}, not {expected_object!r}; "
                     "do not restore this backup"
                 )
+        if any(
+            (old.environment, old.date) != (manifest.environment, manifest.date)
+            for old in manifest.replaced
+        ):
+            raise IntegrityError(
+                f"{where} records a replaced backup of another date; do not restore this backup"
+            )
         if manifest.encryption_context != encryption_context(manifest.environment, manifest.date):
             raise IntegrityError(f"{where} has an unexpected encryption context")
         context = manifest.server_context
@@ -201,6 +260,38 @@ class Manifest:
                     f"{where} has an invalid server context record; do not restore this backup"
                 )
         return manifest
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, date):  # a datetime is a date too
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _source(data: dict) -> SourceIdentity | None:
+    if data.get("source") is None:
+        return None
+    record = _dict(data, "source")
+    return SourceIdentity(
+        system_identifier=_str(record, "system_identifier")
+        if record.get("system_identifier") is not None
+        else None,
+        database=_str(record, "database"),
+        database_oid=_int(record, "database_oid"),
+    )
+
+
+def _replaced(data: dict, expected_key: str | None) -> tuple[Manifest, ...]:
+    """The backups this one replaced, each validated as a manifest of the same key."""
+    entries = data.get("replaced") or []
+    if not isinstance(entries, list):
+        raise ValueError("replaced must be a list")
+    found = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("replaced"):
+            raise ValueError("replaced must hold manifests that replaced nothing themselves")
+        found.append(Manifest.from_json(json.dumps(entry).encode(), expected_key))
+    return tuple(found)
 
 
 def _server_context(data: dict) -> ServerContextRecord | None:

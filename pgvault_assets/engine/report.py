@@ -78,7 +78,8 @@ def health_figures(
         backups_created=len(recent),
         failures=failed,
         average_duration_seconds=mean(m.duration_seconds for m in recent) if recent else None,
-        storage_used_bytes=sum(m.size_bytes for m in manifests),
+        # The backups re-runs replaced take space until retention too.
+        storage_used_bytes=sum(v.size_bytes for m in manifests for v in m.versions),
         last_success_at=newest.finished_at if newest else None,
         last_success_day=newest.date if newest else None,
     )

@@ -356,8 +356,10 @@ def restore_backup(
     now: Clock = utcnow,
     progress: Progress | None = None,
     throwaway: bool = False,
+    version: str | None = None,
 ) -> RestoreResult:
-    """Restore the backup of `day` into `target_url`'s database by a checked swap.
+    """Restore the backup of `day` (with `version`, that stored version of it) into
+    `target_url`'s database by a checked swap.
 
     The object is read once: verified (SHA-256, every frame authenticated) while it restores
     beside the target, and swapped in only once all of it proved intact, so every restore
@@ -382,7 +384,7 @@ def restore_backup(
         stamp = _free_stamp(maintenance, target, ("restore", "pre_restore"), now())
         scratch = database_beside(target, "restore", stamp)
         keep_as = database_beside(target, "pre_restore", stamp)
-        manifest = vault.read_manifest(day)
+        manifest = vault.read_manifest(day, version)
         context = sc.read_context(vault, manifest)
         major, _ = server_version(maintenance)
         if manifest.server_major is not None:
@@ -894,15 +896,16 @@ def restore_staging(
     full_verify: bool = False,
     progress: Progress | None = None,
     now: Clock = utcnow,
+    version: str | None = None,
 ) -> RestoreResult:
     """Restore staging and record it, failed or not: production is checked against what it holds."""
     body = {"date": day.isoformat(), "sha256": None, "database": url.dbname}
     with audit.staging_operation(
         vault, audit.STAGING_RESTORE, body, actor=actor, now=now
     ) as learned:
-        learned["sha256"] = vault.read_manifest(day).sha256
+        learned["sha256"] = vault.read_manifest(day, version).sha256
         result = restore_backup(
-            vault, day, url, full_verify=full_verify, progress=progress, now=now
+            vault, day, url, full_verify=full_verify, progress=progress, now=now, version=version
         )
         learned["sha256"] = result.manifest.sha256  # what was restored, even if re-run meanwhile
         return result

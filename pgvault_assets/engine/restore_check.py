@@ -5,8 +5,9 @@ The proof runs on RESTORE_CHECK_DATABASE_URL's server or, by default, on a throw
 (engine/cluster.py): never on the backed-up server, so "restore-verified" means "restores onto
 an empty server", and proofs run one at a time.
 
-The date of the last successful proof is recorded beside the backup
-(`{env}/{D}/restore_verified.json`) so `list-backups` and the UI can show it.
+The last successful proof is recorded beside the backup (`{env}/{D}/restore_verified.json`)
+with the SHA-256 of the object it restored, so `list-backups` and the UI show it for that
+object only: not for a backup that replaced it, nor for a record without one (older proofs).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, date, datetime
 
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.cluster import major_of, proof_server
+from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, restore_verified_key
 from pgvault_assets.engine.postgres import connect, drop_database
 from pgvault_assets.engine.restore import restore_backup
@@ -35,6 +37,8 @@ class RestoreProof:
     tables: int
     row_total: int
     duration_seconds: float
+    sha256: str
+    """The object restored: the proof is of it, not of whatever the date holds later."""
 
 
 def throwaway_name(day: date) -> str:
@@ -75,6 +79,7 @@ def verify_restorable(
         len(result.manifest.table_rows),
         result.manifest.row_total,
         round((finished - started).total_seconds(), 3),
+        result.manifest.sha256,
     )
     record_restore_verified(vault, proof)
     return proof
@@ -87,14 +92,16 @@ def record_restore_verified(vault: Vault, proof: RestoreProof) -> None:
         "tables": proof.tables,
         "row_total": proof.row_total,
         "duration_seconds": proof.duration_seconds,
+        "sha256": proof.sha256,
     }
     key = restore_verified_key(vault.environment, proof.day)
     vault.store.put_bytes(key, json.dumps(body, indent=2).encode())
 
 
-def restore_verified_dates(vault: Vault) -> dict[date, datetime]:
-    """When each backup was last proven to restore; backups never proven are absent."""
-    found: dict[date, datetime] = {}
+def restore_proofs(vault: Vault) -> dict[date, tuple[datetime, str]]:
+    """The last proof of each date: when, and the SHA-256 of the object it restored. A record
+    without a SHA-256 (written before proofs named their object) proves nothing shown."""
+    found: dict[date, tuple[datetime, str]] = {}
     for obj in vault.store.list(f"{vault.environment}/"):
         if not obj.key.endswith("/" + RESTORE_VERIFIED_NAME):
             continue
@@ -103,7 +110,27 @@ def restore_verified_dates(vault: Vault) -> dict[date, datetime]:
             continue
         try:
             data = json.loads(raw)
-            found[date.fromisoformat(data["date"])] = datetime.fromisoformat(data["verified_at"])
+            proven = (datetime.fromisoformat(data["verified_at"]), str(data["sha256"]))
+            found[date.fromisoformat(data["date"])] = proven
         except (ValueError, KeyError, TypeError):
             continue
+    return found
+
+
+def proven_at(proofs: dict[date, tuple[datetime, str]], manifest: Manifest) -> datetime | None:
+    """When `manifest`'s object was proven to restore; None unless the proof is of its bytes."""
+    proof = proofs.get(manifest.date)
+    return proof[0] if proof is not None and proof[1] == manifest.sha256 else None
+
+
+def restore_verified_dates(
+    vault: Vault, manifests: list[Manifest] | None = None
+) -> dict[date, datetime]:
+    """When each backup was last proven to restore, for the object each date holds now;
+    backups never proven, or replaced since their proof, are absent."""
+    proofs = restore_proofs(vault)
+    found = {}
+    for manifest in vault.list_manifests() if manifests is None else manifests:
+        if (verified := proven_at(proofs, manifest)) is not None:
+            found[manifest.date] = verified
     return found

@@ -95,7 +95,7 @@ def plan_retention(
                     manifest.date,
                     tier,
                     age,
-                    manifest.size_bytes,
+                    sum(version.size_bytes for version in manifest.versions),
                     names.manifest_key(manifest.environment, manifest.date),
                     manifest.object_key,
                     reason,

@@ -89,7 +89,9 @@ class Vault:
     def manifest_key(self, day: date) -> str:
         return names.manifest_key(self.environment, day)
 
-    def read_manifest(self, day: date) -> Manifest:
+    def read_manifest(self, day: date, version: str | None = None) -> Manifest:
+        """The backup of `day`; with `version`, the one of its stored versions whose object
+        is that version (`list-backups --versions`), current or replaced."""
         key = self.manifest_key(day)
         raw = self.store.get_bytes(key)
         if raw is None:
@@ -97,7 +99,8 @@ class Vault:
                 f"no backup for {day.isoformat()} in {self.store.location}/{self.environment}; "
                 "run pgvault list-backups to see the dates there are"
             )
-        return Manifest.from_json(raw, expected_key=key)
+        manifest = Manifest.from_json(raw, expected_key=key)
+        return manifest if version is None else manifest.version(version)
 
     def backup_dates(self) -> list[date]:
         """The dates that have a manifest, oldest first, from the listing alone."""

@@ -15,7 +15,7 @@ def test_every_object_pgvault_writes_is_sse_kms_with_the_backup_key(aws_env, awk
     v = vault()
     now = datetime.now(UTC)
     audit.append(v, "staging", audit.STAGING_RESTORE, {"date": DAY.isoformat()}, now=now)
-    record_restore_verified(v, RestoreProof(DAY, now, "scratch", 3, 10, 1.0))
+    record_restore_verified(v, RestoreProof(DAY, now, "scratch", 3, 10, 1.0, "0" * 64))
     store_report(v, DrillReport("test", now, DAY, "latest", manifest.sha256, 14400.0))
     with v.store.lock("probe"):  # a lock object lives only while held
         lock = aws_env.s3.head_object(Bucket=aws_env.bucket, Key=".locks/probe.json")

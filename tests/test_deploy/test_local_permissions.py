@@ -41,7 +41,7 @@ def test_everything_in_the_local_store_is_owner_only_whatever_the_umask(
     v = vault()
     now = datetime.now(UTC)
     audit.append(v, "staging", audit.STAGING_RESTORE, {"date": DAY.isoformat()}, now=now)
-    record_restore_verified(v, RestoreProof(DAY, now, "scratch", 3, 10, 1.0))
+    record_restore_verified(v, RestoreProof(DAY, now, "scratch", 3, 10, 1.0, "0" * 64))
 
     found = modes(local_env / "store")
     assert any("/audit/staging/" in path for path in found)

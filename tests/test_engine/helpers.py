@@ -20,10 +20,19 @@ def vault() -> Vault:
     return Vault.from_settings(load_settings())
 
 
-def back_up(url: str, *, day: date = DAY, now: datetime = NOW) -> Manifest:
-    """Back up `url` as the backup of `day`, with the clock set so that `day` is yesterday."""
+def back_up(
+    url: str, *, day: date = DAY, now: datetime = NOW, accept_new_source: bool = False
+) -> Manifest:
+    """Back up `url` as the backup of `day`, with the clock set so that `day` is yesterday;
+    `accept_new_source` for a test that backs up another database into the same environment."""
     clock = datetime.combine(day + timedelta(days=1), now.timetz())
-    return backup_database(vault(), DatabaseUrl.parse(url, "DATABASE_URL"), day, now=lambda: clock)
+    return backup_database(
+        vault(),
+        DatabaseUrl.parse(url, "DATABASE_URL"),
+        day,
+        now=lambda: clock,
+        accept_new_source=accept_new_source,
+    )
 
 
 def marked(url: str) -> str:

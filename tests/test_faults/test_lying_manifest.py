@@ -41,7 +41,7 @@ def test_manifest_claiming_another_backups_checksum_and_size_is_refused(
     local_env, two_sources, make_database
 ) -> None:
     older = back_up(two_sources[0], day=DAY - timedelta(days=1))
-    newer = back_up(two_sources[1])
+    newer = back_up(two_sources[1], accept_new_source=True)
     lying = replace(newer, sha256=older.sha256, size_bytes=older.size_bytes)
     (local_env / "store" / manifest_key("test", DAY)).write_bytes(lying.to_json())
     target = _untouched_target(make_database)
@@ -57,7 +57,7 @@ def test_manifest_pinning_another_version_of_its_object_is_refused(
     aws_env: AwsEnv, two_sources
 ) -> None:
     first = back_up(two_sources[0])
-    second = back_up(two_sources[1])
+    second = back_up(two_sources[1], accept_new_source=True)
     assert first.object_version_id and first.object_version_id != second.object_version_id
     lying = replace(second, object_version_id=first.object_version_id)
     aws_env.s3.put_object(

@@ -1,8 +1,8 @@
 """The embedded default store: a directory tree that mirrors the S3 key layout, owner-only.
 
 Like a versioned bucket, it keeps the bytes a manifest pins: each backup object is also hard
-linked under `.versions/`, so a re-run that replaces the object leaves the recorded backup
-readable until the new one is recorded (at no extra space).
+linked under `.versions/`, so a re-run that replaces the object leaves the backup it replaced
+readable (its manifest records it) until retention deletes the date.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -249,14 +249,15 @@ class LocalStore:
         return path.exists() or any(path.parent.glob(f"{_VERSIONS}/{path.name}.*"))
 
     def overwrite_unprotected(self, key: str) -> str | None:
-        """Never: a backup object's version is kept under `.versions/` until a newer backup
-        is recorded."""
+        """Never: a backup object's version is kept under `.versions/` while a manifest
+        pins it."""
         return None
 
-    def prune_versions(self, key: str, keep: str | None) -> None:
+    def prune_versions(self, key: str, keep: Collection[str | None]) -> None:
         final = self._path(key)
+        pinned = {f"{final.name}.{version}" for version in keep if version is not None}
         for old in final.parent.glob(f"{_VERSIONS}/{final.name}.*"):
-            if keep is None or old.name != f"{final.name}.{keep}":
+            if old.name not in pinned:
                 old.unlink(missing_ok=True)
 
     def kept_versions(self, prefix: str) -> list[KeptVersion]:

@@ -10,6 +10,7 @@ trace.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -119,9 +120,9 @@ class Store(Protocol):
         store keeps no earlier version), or None when a re-run's overwrite is safe."""
         ...
 
-    def prune_versions(self, key: str, keep: str | None) -> None:
-        """Drop the versions of `key` this store keeps itself, other than `keep`, once a newer
-        backup is recorded."""
+    def prune_versions(self, key: str, keep: Collection[str | None]) -> None:
+        """Drop the versions of `key` this store keeps itself that no manifest pins (`keep`:
+        the versions the date's manifest records), once a backup is recorded."""
         ...
 
     def kept_versions(self, prefix: str) -> list[KeptVersion]:

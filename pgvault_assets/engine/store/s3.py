@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
@@ -265,8 +266,8 @@ class S3Store:
             return f"bucket {self.bucket} has no versioning"
         return None
 
-    def prune_versions(self, key: str, keep: str | None) -> None:
-        """Nothing to do: the bucket keeps earlier versions, and its lifecycle expires them."""
+    def prune_versions(self, key: str, keep: Collection[str | None]) -> None:
+        """Nothing to do: the bucket keeps earlier versions, and retention deletes them."""
 
     def kept_versions(self, prefix: str) -> list[KeptVersion]:
         """None: earlier versions are the bucket's to keep and its lifecycle's to expire."""
