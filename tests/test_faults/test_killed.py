@@ -19,6 +19,7 @@ from pgvault_assets.engine.manifest import encryption_context
 from pgvault_assets.engine.names import manifest_key, object_key
 from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.engine.retention import apply_retention, plan_retention
+from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import MAINTENANCE_URL, AwsEnv
 from tests.test_engine.helpers import DAY, back_up, vault
@@ -197,8 +198,11 @@ def test_killed_swap_leaves_the_old_target_usable_again_after_the_next_run_fails
     key = local_env / "store" / manifest_key("test", DAY)
     key.write_bytes(key.read_bytes().replace(b'"size_bytes": ', b'"size_bytes": 1'))
 
-    # Both the dump's and the server context's sizes were falsified: either is refused first.
-    with pytest.raises(Exception, match=r"manifest says|does not match its manifest"):
+    # Both the dump's and the server context's sizes were falsified: the context is read first.
+    with pytest.raises(
+        IntegrityError,
+        match=rf"^the server context of backup {DAY} does not match its manifest's size",
+    ):
         restore_backup(vault(), DAY, DatabaseUrl(target))
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT id FROM still_here").fetchone() == (42,)
