@@ -162,8 +162,8 @@ def test_rows_go_into_production_exactly_as_two_approvers_approved(deleted, appr
     prove_on_staging(capsys)
     scope = ("--table", "public.users", "--where", f"id = {user}")
     request_id = request_restore(capsys, "--kind", "recover-rows", *scope)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     argv = ("recover-rows", "--date", str(DAY), "--target", "production", "--apply")
 
     widened = run(capsys, *argv, "--table", "public.users", "--request", request_id)
