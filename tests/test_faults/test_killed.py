@@ -32,10 +32,11 @@ RESTORE = (
     "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import DAY, vault; "
     "restore_backup(vault(), DAY, DatabaseUrl(sys.argv[1]))"
 )
+# Retention applied at the instant its parent plans with (argv[1]): one clock for both.
 CLEAN_UP = (
-    "from datetime import UTC, datetime; from pgvault_assets.engine.retention import "
+    "import sys; from datetime import datetime; from pgvault_assets.engine.retention import "
     "apply_retention, plan_retention; from pgvault_assets.settings import load_settings; "
-    "from tests.test_engine.helpers import vault; v = vault(); now = datetime.now(UTC); "
+    "from tests.test_engine.helpers import vault; v = vault(); now = datetime.fromisoformat(sys.argv[1]); "
     "apply_retention(v, plan_retention(v.list_manifests(), now.date(), load_settings().retention, now=now))"
 )
 
@@ -230,7 +231,8 @@ def test_cleanup_killed_midway_lists_no_backup_without_its_object_and_the_next_r
         )
         expired.append(day)
     before = len(vault().list_manifests())
-    child = spawn_pgvault(CLEAN_UP)
+    now = datetime.now(UTC)
+    child = spawn_pgvault(CLEAN_UP, now.isoformat())
     wait_for(lambda: len(_manifest_keys(aws_env)) <= before - 3, "the first deletions")
     child.kill()
 
@@ -238,7 +240,6 @@ def test_cleanup_killed_midway_lists_no_backup_without_its_object_and_the_next_r
     assert 0 < before - len(listed) < before - 10, "the kill did not land midway"
     for manifest in listed:  # every listed backup still has its object
         aws_env.s3.head_object(Bucket=aws_env.bucket, Key=manifest.object_key)
-    now = datetime.now(UTC)
     plan = plan_retention(listed, now.date(), load_settings().retention, now=now)
     apply_retention(vault(), plan)  # the crashed run's lock does not block the next one
     remaining = {m.date for m in vault().list_manifests()}
