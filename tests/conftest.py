@@ -128,11 +128,14 @@ def make_database(postgres_server: str) -> Iterator[Callable[..., str]]:
     """Factory: `make_database(name_hint="src") -> url` of a fresh empty database."""
     created: list[str] = []
 
-    def make(name_hint: str = "src") -> str:
+    def make(name_hint: str = "src", *, template: str | None = None) -> str:
         hint = re.sub(r"[^a-z0-9_]", "_", name_hint.lower())[:12] or "db"
         name = f"{TEST_DB_PREFIX}{hint}_{uuid.uuid4().hex[:8]}"
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         with admin_connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(create)
         created.append(name)
         return f"{postgres_server}/{name}"
 
@@ -157,12 +160,26 @@ def load_sql_file(url: str, path: Path) -> None:
         pytest.fail(f"psql could not load {path.name}:\n{result.stderr}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def awkward_template(postgres_server: str) -> Iterator[str]:
+    """tests/fixtures/awkward_schema.sql, loaded by psql once per run into a database that only
+    ever serves as a template (nothing connects to it again); dropped at the end."""
+    name = f"{TEST_DB_PREFIX}awkward_tpl_{uuid.uuid4().hex[:8]}"
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        load_sql_file(f"{postgres_server}/{name}", AWKWARD_SCHEMA)
+        yield name
+    finally:
+        _drop_databases([name])
+
+
 @pytest.fixture
-def awkward_database(make_database: Callable[..., str]) -> str:
-    """A source database loaded with tests/fixtures/awkward_schema.sql; returns its URL."""
-    url = make_database("src")
-    load_sql_file(url, AWKWARD_SCHEMA)
-    return url
+def awkward_database(make_database: Callable[..., str], awkward_template: str) -> str:
+    """A source database holding tests/fixtures/awkward_schema.sql; returns its URL. Copied
+    from the run's template (CREATE DATABASE ... TEMPLATE copies files, where psql replays
+    every statement), so each test still gets a database of its own, as loaded."""
+    return make_database("src", template=awkward_template)
 
 
 # --------------------------------------------------------------------------------------------
