@@ -21,8 +21,8 @@ NOW = datetime.fromisoformat(
     os.environ.setdefault(TEST_NOW_VARIABLE, datetime.now(UTC).isoformat())
 )
 DAY: date = latest_complete_day(NOW)
-LAST_MONTH: date = (DAY.replace(day=1) - timedelta(days=1)).replace(day=1)
-"""The first of the month before DAY's: what a drill restores."""
+LAST_MONTH: date = (NOW.date().replace(day=1) - timedelta(days=1)).replace(day=1)
+"""The first of the month before NOW's: what a drill run at NOW restores."""
 
 
 def vault() -> Vault:

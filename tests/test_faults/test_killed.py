@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -22,7 +22,7 @@ from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import MAINTENANCE_URL, AwsEnv
-from tests.test_engine.helpers import DAY, back_up, vault
+from tests.test_engine.helpers import DAY, NOW, back_up, vault
 from tests.test_faults.conftest import fill, wait_for
 
 ROWS = 300_000  # about 12 MB stored: a first 8 MB part is uploaded while the dump still runs
@@ -231,7 +231,7 @@ def test_cleanup_killed_midway_lists_no_backup_without_its_object_and_the_next_r
         )
         expired.append(day)
     before = len(vault().list_manifests())
-    now = datetime.now(UTC)
+    now = NOW  # the instant DAY was backed up against, handed to the child too
     child = spawn_pgvault(CLEAN_UP, now.isoformat())
     wait_for(lambda: len(_manifest_keys(aws_env)) <= before - 3, "the first deletions")
     child.kill()

@@ -21,7 +21,7 @@ from pgvault_assets.engine.drill import run_drill
 from pgvault_assets.engine.rows import recover_rows
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import MAINTENANCE_URL, PrivateCluster
-from tests.test_engine.helpers import DAY, LAST_MONTH, back_up, vault
+from tests.test_engine.helpers import DAY, LAST_MONTH, NOW, back_up, vault
 from tests.test_faults.conftest import Pgvault, wait_for
 
 RECOVER = (
@@ -31,8 +31,8 @@ RECOVER = (
 )
 DRILL = (
     "import sys; from pgvault_assets.engine.drill import run_drill; "
-    "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import vault; "
-    "run_drill(vault(), DatabaseUrl(sys.argv[1]))"
+    "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import NOW, vault; "
+    "run_drill(vault(), DatabaseUrl(sys.argv[1]), now=lambda: NOW)"
 )
 
 
@@ -126,7 +126,7 @@ def test_a_killed_drill_is_cleaned_by_the_next_drill_and_named_in_its_report(
     assert name.startswith("pgvault_scratch_drill_") and name in scratch_databases(source)
 
     with caplog.at_level(logging.WARNING, logger="pgvault_assets"):
-        report = run_drill(vault(), source)
+        report = run_drill(vault(), source, now=lambda: NOW)
 
     assert report.passed, report.findings()
     assert name in report.abandoned_scratch
@@ -169,7 +169,7 @@ def test_a_live_runs_scratch_database_and_look_alikes_are_never_dropped(
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     result = recover_rows(vault(), DAY, source, "public.t")
-    report = run_drill(vault(), source)
+    report = run_drill(vault(), source, now=lambda: NOW)
 
     assert live not in result.abandoned_scratch + report.abandoned_scratch
     assert live in scratch_databases(source)
