@@ -46,27 +46,27 @@ _ENVIRONMENT_VARIABLE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 
 def pgvault_variables() -> frozenset[str]:
     """Every variable pgvault reads: each name settings.py spells, the URL and secret variables
-    redact.py hides, the fault tests' pause point and each name the README's Configuration
-    documents (AWS_ENDPOINT_URL, read by boto3). Found there, so a variable added to any of
-    them is cleared without anyone remembering to. PGVAULT_HOME is left out: every test gets
-    a home of its own instead (`pgvault_home_of_its_own`)."""
+    redact.py hides, the fault tests' pause point and each name a README table row starts
+    with. Found there, so a variable added to any of them is cleared without anyone
+    remembering to. PGVAULT_HOME is left out: every test gets a home of its own instead
+    (`pgvault_home_of_its_own`)."""
     tree = ast.parse(Path(settings.__file__).read_text())
     constants = {
         node.value
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    configuration = readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", configuration))
+    readme = (Path(__file__).parent.parent / "README.md").read_text().splitlines()
+    first_cells = [line.split("|")[1] for line in readme if line.startswith("| `")]
+    documented = {n for cell in first_cells for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
     hidden = {*redact._SECRET_VARIABLES, *redact._URL_VARIABLES, testpoints.VARIABLE}
     named = {n for n in constants | documented if _ENVIRONMENT_VARIABLE.fullmatch(n)}
     return frozenset(named | hidden) - {"PGVAULT_HOME"}
 
 
-_PGVAULT_VARIABLES = pgvault_variables()
 # Real credentials or profiles in the developer's shell must never reach moto-backed tests.
 _AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
     "AWS_PROFILE",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
@@ -75,6 +75,8 @@ _AWS_VARIABLES = (
     "AWS_ROLE_ARN",
     "AWS_WEB_IDENTITY_TOKEN_FILE",
 )
+# What no test inherits from the shell that started the run.
+CLEARED_VARIABLES = pgvault_variables() | set(_AWS_VARIABLES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ def own_cluster() -> Iterator[PrivateCluster]:
 def no_pgvault_variables_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's shell settings (an approvers file, a fleet file, PITR_*, a start date)
     never reach a test: each test starts from pgvault's defaults and sets what it means."""
-    for name in _PGVAULT_VARIABLES:
+    for name in CLEARED_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boto3
 import psycopg
-from conftest import AwsEnv, pgvault_variables
+from conftest import CLEARED_VARIABLES, AwsEnv
 from dbcompare import database_snapshot
 
 from tests.test_engine.helpers import TEST_NOW_VARIABLE
@@ -20,13 +20,13 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_no_variable_pgvault_reads_is_set_while_a_test_runs() -> None:
-    assert sorted(pgvault_variables() & os.environ.keys()) == []
+    assert sorted(CLEARED_VARIABLES & os.environ.keys()) == []
     assert os.environ["PGVAULT_HOME"].endswith("pgvault-home")  # the test's own, under tmp_path
 
 
 def test_a_developers_pgvault_settings_never_reach_a_test() -> None:
     """The shell of the run sets every variable pgvault reads; the test above sees none."""
-    shell = dict.fromkeys(pgvault_variables(), "from-the-developers-shell")
+    shell = dict.fromkeys(CLEARED_VARIABLES, "from-the-developers-shell")
     result = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"),
