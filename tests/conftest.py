@@ -7,6 +7,7 @@ never touch databases they did not create.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -25,8 +26,11 @@ import sentry_sdk
 from dagster import DagsterInstance, instance_for_test
 from psycopg import sql
 
+from pgvault_assets import redact, settings
+from pgvault_assets.engine import testpoints
 from pgvault_assets.engine.cluster import Cluster, start_cluster
 from tests.test_defs.http_capture import Captured, capture_http
+from tests.test_engine import helpers  # noqa: F401 (imported first: pins the run's one clock)
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -43,31 +47,32 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # itself removes it.
 os.environ["BACKUP_START_DATE"] = "2024-01-01"
 
-# Variables that would point pgvault at something other than what a test set up.
-_PGVAULT_VARIABLES = (
-    "DATABASE_URL",
-    "STAGING_DATABASE_URL",
-    "RESTORE_CHECK_DATABASE_URL",
-    "BACKUP_S3_BUCKET",
-    "BACKUP_KMS_KEY_ID",
-    "BACKUP_LOCAL_DIR",
-    "BACKUP_LOCAL_KEY_FILE",
-    "BACKUP_STORAGE_BUDGET_BYTES",
-    "BACKUP_S3_READ_TIMEOUT_SECONDS",
-    "BACKUP_COMPRESSION_LEVEL",
-    "BACKUP_RETENTION_DAYS_DAILY",
-    "BACKUP_RETENTION_DAYS_WEEKLY",
-    "BACKUP_RETENTION_DAYS_MONTHLY",
-    "BACKUP_OBJECT_LOCK_MODE",
-    "BACKUP_ROLE_PASSWORDS",
-    "BACKUP_LOCK_WAIT_SECONDS",
-    "RESTORE_KEEP_PREVIOUS_HOURS",
-    "PGVAULT_FLEET_FILE",
-    "ALERT_WEBHOOK_URL",
-    "SENTRY_DSN",
-)
+_ENVIRONMENT_VARIABLE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+
+
+def pgvault_variables() -> frozenset[str]:
+    """Every variable pgvault reads: each name settings.py spells, the URL and secret variables
+    redact.py hides, the fault tests' pause point and each name a README table row starts
+    with. Found there, so a variable added to any of them is cleared without anyone
+    remembering to. PGVAULT_HOME is left out: every test gets a home of its own instead
+    (`pgvault_home_of_its_own`)."""
+    tree = ast.parse(Path(settings.__file__).read_text())
+    constants = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    readme = (Path(__file__).parent.parent / "README.md").read_text().splitlines()
+    first_cells = [line.split("|")[1] for line in readme if line.startswith("| `")]
+    documented = {n for cell in first_cells for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+    hidden = {*redact._SECRET_VARIABLES, *redact._URL_VARIABLES, testpoints.VARIABLE}
+    named = {n for n in constants | documented if _ENVIRONMENT_VARIABLE.fullmatch(n)}
+    return frozenset(named | hidden) - {"PGVAULT_HOME"}
+
+
 # Real credentials or profiles in the developer's shell must never reach moto-backed tests.
 _AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
     "AWS_PROFILE",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
@@ -76,6 +81,8 @@ _AWS_VARIABLES = (
     "AWS_ROLE_ARN",
     "AWS_WEB_IDENTITY_TOKEN_FILE",
 )
+# What no test inherits from the shell that started the run.
+CLEARED_VARIABLES = pgvault_variables() | set(_AWS_VARIABLES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,11 +136,14 @@ def make_database(postgres_server: str) -> Iterator[Callable[..., str]]:
     """Factory: `make_database(name_hint="src") -> url` of a fresh empty database."""
     created: list[str] = []
 
-    def make(name_hint: str = "src") -> str:
+    def make(name_hint: str = "src", *, template: str | None = None) -> str:
         hint = re.sub(r"[^a-z0-9_]", "_", name_hint.lower())[:12] or "db"
         name = f"{TEST_DB_PREFIX}{hint}_{uuid.uuid4().hex[:8]}"
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         with admin_connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(create)
         created.append(name)
         return f"{postgres_server}/{name}"
 
@@ -158,12 +168,26 @@ def load_sql_file(url: str, path: Path) -> None:
         pytest.fail(f"psql could not load {path.name}:\n{result.stderr}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def awkward_template(postgres_server: str) -> Iterator[str]:
+    """tests/fixtures/awkward_schema.sql, loaded by psql once per run into a database that only
+    ever serves as a template (nothing connects to it again); dropped at the end."""
+    name = f"{TEST_DB_PREFIX}awkward_tpl_{uuid.uuid4().hex[:8]}"
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        load_sql_file(f"{postgres_server}/{name}", AWKWARD_SCHEMA)
+        yield name
+    finally:
+        _drop_databases([name])
+
+
 @pytest.fixture
-def awkward_database(make_database: Callable[..., str]) -> str:
-    """A source database loaded with tests/fixtures/awkward_schema.sql; returns its URL."""
-    url = make_database("src")
-    load_sql_file(url, AWKWARD_SCHEMA)
-    return url
+def awkward_database(make_database: Callable[..., str], awkward_template: str) -> str:
+    """A source database holding tests/fixtures/awkward_schema.sql; returns its URL. Copied
+    from the run's template (CREATE DATABASE ... TEMPLATE copies files, where psql replays
+    every statement), so each test still gets a database of its own, as loaded."""
+    return make_database("src", template=awkward_template)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,13 +230,31 @@ def private_postgres() -> Iterator[PrivateCluster]:
         yield PrivateCluster(cluster)
 
 
+@pytest.fixture
+def own_cluster() -> Iterator[PrivateCluster]:
+    """A private cluster for this test alone: whatever it restarts, kills or counts there is
+    its own, whichever tests ran before it and whatever else runs on the machine."""
+    with start_cluster() as cluster:
+        yield PrivateCluster(cluster)
+
+
 # --------------------------------------------------------------------------------------------
 # Environments
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
-def pgvault_home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def no_pgvault_variables_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's shell settings (an approvers file, a fleet file, PITR_*, a start date)
+    never reach a test: each test starts from pgvault's defaults and sets what it means."""
+    for name in CLEARED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def pgvault_home_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pgvault_variables_from_the_shell: None
+) -> None:
     """No test reads or writes the machine's own pgvault home (~/.local/share/pgvault)."""
     monkeypatch.setenv("PGVAULT_HOME", str(tmp_path / "pgvault-home"))
 
@@ -220,8 +262,6 @@ def pgvault_home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.fixture
 def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """pgvault with its embedded defaults: local store and key file under `tmp_path`."""
-    for name in _PGVAULT_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("BACKUP_LOCAL_DIR", str(tmp_path / "store"))

@@ -4,12 +4,70 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import boto3
 import psycopg
-from conftest import AwsEnv
+from conftest import CLEARED_VARIABLES, AwsEnv
 from dbcompare import database_snapshot
+
+from tests.test_engine.helpers import TEST_NOW_VARIABLE
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_no_variable_pgvault_reads_is_set_while_a_test_runs() -> None:
+    assert sorted(CLEARED_VARIABLES & os.environ.keys()) == []
+    assert os.environ["PGVAULT_HOME"].endswith("pgvault-home")  # the test's own, under tmp_path
+
+
+def test_a_developers_pgvault_settings_never_reach_a_test() -> None:
+    """The shell of the run sets every variable pgvault reads; the test above sees none."""
+    shell = dict.fromkeys(CLEARED_VARIABLES, "from-the-developers-shell")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"),
+            f"{__file__}::test_no_variable_pgvault_reads_is_set_while_a_test_runs",
+        ],
+        env={**os.environ, **shell, "PGVAULT_HOME": "/nonexistent/shell-home"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_a_child_started_after_midnight_means_the_day_of_the_run_that_started_it() -> None:
+    """One clock per run: the run's instant is a second before midnight UTC, the child's own
+    clock (shifted as scripts/test-dates.sh shifts it) already reads the next day."""
+    pinned = datetime(2026, 12, 6, 23, 59, 59, tzinfo=UTC)
+    code = (
+        "from datetime import UTC, datetime; from tests.test_engine.helpers import DAY; "
+        "print(datetime.now(UTC).date(), DAY)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={
+            **os.environ,
+            TEST_NOW_VARIABLE: pinned.isoformat(),
+            "PGVAULT_TEST_TODAY": "2026-12-07",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "clock"), str(ROOT)]),
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    child_today, child_day = result.stdout.split()
+    assert child_today == "2026-12-07"  # the child runs after the midnight
+    assert date.fromisoformat(child_day) == date(2026, 12, 5)  # yet means the run's yesterday
 
 
 def test_moto_answers_through_aws_endpoint_url_alone(aws_env: AwsEnv) -> None:

@@ -11,8 +11,11 @@ import pytest
 
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.immutability import audit_retain_until, backup_retain_until
+from pgvault_assets.engine.names import manifest_key
 from pgvault_assets.engine.policy import retention_days, tier_of
+from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.engine.retention import apply_retention, plan_retention
+from pgvault_assets.engine.storage_setup import iam_policy
 from pgvault_assets.settings import RetentionPolicy
 from tests.test_defs.backup_history import fake_manifest
 from tests.test_engine.helpers import DAY, back_up, vault
@@ -84,16 +87,22 @@ def test_a_bucket_without_object_lock_gets_plain_writes(aws_env, awkward_databas
 def test_a_locked_backup_cannot_be_deleted_early_even_with_the_backup_role(
     locked_env, awkward_database
 ):
+    """The backup role may delete object versions but never bypass governance (its policy, as
+    `init-storage` prints it); moto checks no IAM, so the delete is sent exactly as that role
+    can send it, without the bypass header, and refused for the backup and its manifest."""
+    statements = iam_policy(locked_env.bucket, locked_env.kms_key_arn)["Statement"]
+    granted = {action for statement in statements for action in statement["Action"]}
+    assert "s3:DeleteObjectVersion" in granted
+    assert not {a for a in granted if "Bypass" in a or a in ("s3:*", "*")}
+
     manifest = back_up(awkward_database)
     versions = locked_env.s3.list_object_versions(Bucket=locked_env.bucket, Prefix="test/")
-    with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
-        locked_env.s3.delete_object(
-            Bucket=locked_env.bucket,
-            Key=manifest.object_key,
-            VersionId=next(
-                v["VersionId"] for v in versions["Versions"] if v["Key"] == manifest.object_key
-            ),
-        )
+    for key in (manifest.object_key, manifest_key("test", DAY)):
+        version = next(v["VersionId"] for v in versions["Versions"] if v["Key"] == key)
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+            locked_env.s3.delete_object(Bucket=locked_env.bucket, Key=key, VersionId=version)
+        assert locked_env.s3.head_object(Bucket=locked_env.bucket, Key=key, VersionId=version)
+    assert verify_backup(vault(), DAY, full=True).sha256 == manifest.sha256
 
 
 def test_retention_leaves_a_locked_backup_whole_and_says_until_when(

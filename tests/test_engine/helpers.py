@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -12,8 +13,16 @@ from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 
-NOW = datetime.now(UTC)
+# One clock per run: the first process of a run to import this (pytest, through conftest) pins
+# its instant in the environment, and every process it starts means that instant too, so a
+# child started after midnight UTC backs up and restores the parent's day, not its own.
+TEST_NOW_VARIABLE = "PGVAULT_TEST_NOW"
+NOW = datetime.fromisoformat(
+    os.environ.setdefault(TEST_NOW_VARIABLE, datetime.now(UTC).isoformat())
+)
 DAY: date = latest_complete_day(NOW)
+LAST_MONTH: date = (NOW.date().replace(day=1) - timedelta(days=1)).replace(day=1)
+"""The first of the month before NOW's: what a drill run at NOW restores."""
 
 
 def vault() -> Vault:

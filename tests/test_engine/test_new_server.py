@@ -199,18 +199,11 @@ def app_database(postgres_server: str) -> Iterator[AppDatabase]:
 
 
 @pytest.fixture
-def new_server(private_postgres: PrivateCluster, app_database: AppDatabase) -> Iterator[str]:
-    """The private cluster as a new server that has none of the app's roles; cleaned after."""
-    assert _roles_present(private_postgres.server_url, app_database.roles) == set()
-    yield private_postgres.server_url
-    with psycopg.connect(private_postgres.url("postgres"), autocommit=True) as conn:
-        for (name,) in conn.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, 'restored_')"
-        ).fetchall():
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-    _drop_roles(private_postgres.server_url, app_database.roles)
+def new_server(own_cluster: PrivateCluster, app_database: AppDatabase) -> str:
+    """A private cluster of this test's own as a new server: it has none of the app's roles,
+    and every database on it is one the test made, whatever ran before."""
+    assert _roles_present(own_cluster.server_url, app_database.roles) == set()
+    return own_cluster.server_url
 
 
 def _roles_present(server_url: str, names: tuple[str, ...]) -> set[str]:

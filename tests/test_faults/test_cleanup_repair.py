@@ -38,10 +38,12 @@ from tests.test_faults.conftest import fill
 
 locked_env = deploy_fixtures.locked_env  # a bucket with S3 Object Lock
 
+# The cleanup runs at the instant its parent planned with (argv[1]): one clock, even across a
+# midnight between the parent's plan and the child's start.
 CLEAN_UP = (
-    "from datetime import UTC, datetime; from pgvault_assets.engine.cleanup import run_cleanup; "
+    "import sys; from datetime import datetime; from pgvault_assets.engine.cleanup import run_cleanup; "
     "from pgvault_assets.settings import load_settings; from tests.test_engine.helpers import vault; "
-    "run_cleanup(vault(), load_settings().retention, now=datetime.now(UTC))"
+    "run_cleanup(vault(), load_settings().retention, now=datetime.fromisoformat(sys.argv[1]))"
 )
 BACK_UP = "import sys; from tests.test_engine.helpers import back_up; back_up(sys.argv[1])"
 
@@ -91,7 +93,7 @@ def test_cleanup_killed_between_a_manifest_and_its_object_is_repaired_and_report
     doomed = first.delete[0].day  # the first backup the cleanup deletes
     store.store.put_bytes(f"test/{doomed}/{RESTORE_VERIFIED_NAME}", b"{}")
 
-    child = spawn_pgvault(CLEAN_UP, pause_at="cleanup-object")
+    child = spawn_pgvault(CLEAN_UP, now.isoformat(), pause_at="cleanup-object")
     child.wait_for_pause("cleanup-object")
     child.kill()
     assert _keys(f"test/{doomed}/") == [

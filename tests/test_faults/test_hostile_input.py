@@ -254,9 +254,17 @@ def test_stored_request_of_any_shape_is_refused_or_usable(local_env, raw: bytes)
     try:
         request = auth.read_request(v, request_id)
         auth._refuse_unusable(v, request, NOW)
-        _ = request.summary(), request.canonical_bytes()
-    except PgvaultError:
-        pass
+    except PgvaultError as refused:  # refused: in one line that names the request
+        assert "\n" not in str(refused)
+        assert f"request {request_id}" in str(refused)
+        return
+    # usable: the request it was stored as, unexpired, and it reads back as itself
+    assert (request.id, request.environment) == (request_id, "test")
+    assert request.expires_at > NOW
+    assert request.summary()
+    assert auth.RestoreRequest.from_dict(request.to_dict()).canonical_bytes() == (
+        request.canonical_bytes()
+    )
 
 
 @SLOW

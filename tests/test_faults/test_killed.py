@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -19,9 +19,10 @@ from pgvault_assets.engine.manifest import encryption_context
 from pgvault_assets.engine.names import manifest_key, object_key
 from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.engine.retention import apply_retention, plan_retention
+from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import MAINTENANCE_URL, AwsEnv
-from tests.test_engine.helpers import DAY, back_up, vault
+from tests.test_engine.helpers import DAY, NOW, back_up, vault
 from tests.test_faults.conftest import fill, wait_for
 
 ROWS = 300_000  # about 12 MB stored: a first 8 MB part is uploaded while the dump still runs
@@ -31,10 +32,11 @@ RESTORE = (
     "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import DAY, vault; "
     "restore_backup(vault(), DAY, DatabaseUrl(sys.argv[1]))"
 )
+# Retention applied at the instant its parent plans with (argv[1]): one clock for both.
 CLEAN_UP = (
-    "from datetime import UTC, datetime; from pgvault_assets.engine.retention import "
+    "import sys; from datetime import datetime; from pgvault_assets.engine.retention import "
     "apply_retention, plan_retention; from pgvault_assets.settings import load_settings; "
-    "from tests.test_engine.helpers import vault; v = vault(); now = datetime.now(UTC); "
+    "from tests.test_engine.helpers import vault; v = vault(); now = datetime.fromisoformat(sys.argv[1]); "
     "apply_retention(v, plan_retention(v.list_manifests(), now.date(), load_settings().retention, now=now))"
 )
 
@@ -197,8 +199,11 @@ def test_killed_swap_leaves_the_old_target_usable_again_after_the_next_run_fails
     key = local_env / "store" / manifest_key("test", DAY)
     key.write_bytes(key.read_bytes().replace(b'"size_bytes": ', b'"size_bytes": 1'))
 
-    # Both the dump's and the server context's sizes were falsified: either is refused first.
-    with pytest.raises(Exception, match=r"manifest says|does not match its manifest"):
+    # Both the dump's and the server context's sizes were falsified: the context is read first.
+    with pytest.raises(
+        IntegrityError,
+        match=rf"^the server context of backup {DAY} does not match its manifest's size",
+    ):
         restore_backup(vault(), DAY, DatabaseUrl(target))
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT id FROM still_here").fetchone() == (42,)
@@ -226,7 +231,8 @@ def test_cleanup_killed_midway_lists_no_backup_without_its_object_and_the_next_r
         )
         expired.append(day)
     before = len(vault().list_manifests())
-    child = spawn_pgvault(CLEAN_UP)
+    now = NOW  # the instant DAY was backed up against, handed to the child too
+    child = spawn_pgvault(CLEAN_UP, now.isoformat())
     wait_for(lambda: len(_manifest_keys(aws_env)) <= before - 3, "the first deletions")
     child.kill()
 
@@ -234,7 +240,6 @@ def test_cleanup_killed_midway_lists_no_backup_without_its_object_and_the_next_r
     assert 0 < before - len(listed) < before - 10, "the kill did not land midway"
     for manifest in listed:  # every listed backup still has its object
         aws_env.s3.head_object(Bucket=aws_env.bucket, Key=manifest.object_key)
-    now = datetime.now(UTC)
     plan = plan_retention(listed, now.date(), load_settings().retention, now=now)
     apply_retention(vault(), plan)  # the crashed run's lock does not block the next one
     remaining = {m.date for m in vault().list_manifests()}

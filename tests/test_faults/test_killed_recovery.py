@@ -3,6 +3,8 @@
 Both restore a backup into a throwaway `pgvault_scratch_*` database and drop it when done; a
 killed process drops nothing. The next run on that server drops what dead runs left, says
 so, and leaves alone both a live run's scratch database and any database not named as one.
+Since that sweep is server-wide, each test runs on a private cluster of its own: another
+suite's runs on the machine can neither take its scratch databases nor leave theirs in view.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -19,8 +20,8 @@ from psycopg import sql
 from pgvault_assets.engine.drill import run_drill
 from pgvault_assets.engine.rows import recover_rows
 from pgvault_assets.settings import DatabaseUrl
-from tests.conftest import MAINTENANCE_URL
-from tests.test_engine.helpers import DAY, back_up, vault
+from tests.conftest import MAINTENANCE_URL, PrivateCluster
+from tests.test_engine.helpers import DAY, LAST_MONTH, NOW, back_up, vault
 from tests.test_faults.conftest import Pgvault, wait_for
 
 RECOVER = (
@@ -30,16 +31,16 @@ RECOVER = (
 )
 DRILL = (
     "import sys; from pgvault_assets.engine.drill import run_drill; "
-    "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import vault; "
-    "run_drill(vault(), DatabaseUrl(sys.argv[1]))"
+    "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import NOW, vault; "
+    "run_drill(vault(), DatabaseUrl(sys.argv[1]), now=lambda: NOW)"
 )
-LAST_MONTH = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(day=1)
 
 
 @pytest.fixture
-def source(local_env, make_database) -> DatabaseUrl:
-    """A small table with a primary key, backed up as yesterday and as last month's 1st."""
-    url = make_database("killrows")
+def source(local_env, own_cluster: PrivateCluster) -> DatabaseUrl:
+    """A small table with a primary key on the test's own cluster, backed up as yesterday and
+    as last month's 1st."""
+    url = own_cluster.create_database("killrows")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE t (id int PRIMARY KEY, s text); "
@@ -50,16 +51,16 @@ def source(local_env, make_database) -> DatabaseUrl:
     return DatabaseUrl(url)
 
 
-def scratch_databases() -> set[str]:
-    with psycopg.connect(MAINTENANCE_URL) as conn:
+def scratch_databases(server: DatabaseUrl) -> set[str]:
+    with psycopg.connect(server.with_dbname("postgres").secret) as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE starts_with(datname, 'pgvault_scratch_')"
         ).fetchall()
     return {row[0] for row in rows}
 
 
-def sessions_of(application: str) -> int:
-    with psycopg.connect(MAINTENANCE_URL) as conn:
+def sessions_of(server: DatabaseUrl, application: str) -> int:
+    with psycopg.connect(server.with_dbname("postgres").secret) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application,)
         ).fetchone()
@@ -74,32 +75,28 @@ def pgvault_run(
     """Spawn pgvault paused at a point; returns it, its application name and its scratch.
 
     Its sessions carry an application name of their own, so a test can wait until the server
-    has noticed a kill; a scratch database left behind is dropped at teardown.
+    has noticed a kill; a scratch database left behind goes with the test's cluster.
     """
-    left: set[str] = set()
 
     def start(code: str, url: DatabaseUrl, pause_at: str) -> tuple[Pgvault, str, str]:
         application = f"pgvault-killed-{uuid.uuid4().hex[:8]}"
         monkeypatch.setenv("PGAPPNAME", application)
-        before = scratch_databases()
-        child = spawn_pgvault(code, str(url), pause_at=pause_at)
+        before = scratch_databases(url)
+        child = spawn_pgvault(code, url.secret, pause_at=pause_at)
         monkeypatch.delenv("PGAPPNAME")
         child.wait_for_pause(pause_at)
-        [created] = scratch_databases() - before
-        left.add(created)
+        [created] = scratch_databases(url) - before
         return child, application, created
 
     yield start
-    with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
-        for name in left:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
-def kill(child: Pgvault, application: str) -> None:
+def kill(child: Pgvault, server: DatabaseUrl, application: str) -> None:
     child.kill()
-    wait_for(lambda: sessions_of(application) == 0, "the server to end the killed run's sessions")
+    wait_for(
+        lambda: sessions_of(server, application) == 0,
+        "the server to end the killed run's sessions",
+    )
 
 
 @pytest.mark.parametrize("stage", ["swap", "scratch"])
@@ -107,9 +104,9 @@ def test_recover_rows_killed_leaves_a_scratch_database_the_next_run_drops_and_re
     source, pgvault_run, caplog, stage: str
 ) -> None:
     child, application, name = pgvault_run(RECOVER, source, stage)
-    kill(child, application)
+    kill(child, source, application)
     assert name.startswith("pgvault_scratch_rows_")
-    assert name in scratch_databases()
+    assert name in scratch_databases(source)
     if stage == "swap":  # killed inside its restore, before the rename to its final name
         assert "_restore_" in name
 
@@ -118,24 +115,24 @@ def test_recover_rows_killed_leaves_a_scratch_database_the_next_run_drops_and_re
 
     assert name in result.abandoned_scratch
     assert f"dropped {name}, the scratch database of an interrupted run" in caplog.text
-    assert name not in scratch_databases()
+    assert name not in scratch_databases(source)
 
 
 def test_a_killed_drill_is_cleaned_by_the_next_drill_and_named_in_its_report(
     source, pgvault_run, caplog
 ) -> None:
     child, application, name = pgvault_run(DRILL, source, "scratch")
-    kill(child, application)
-    assert name.startswith("pgvault_scratch_drill_") and name in scratch_databases()
+    kill(child, source, application)
+    assert name.startswith("pgvault_scratch_drill_") and name in scratch_databases(source)
 
     with caplog.at_level(logging.WARNING, logger="pgvault_assets"):
-        report = run_drill(vault(), source)
+        report = run_drill(vault(), source, now=lambda: NOW)
 
     assert report.passed, report.findings()
     assert name in report.abandoned_scratch
     assert any(name in finding and "interrupted run" in finding for finding in report.findings())
     assert name in report.to_markdown()
-    assert name not in scratch_databases()
+    assert name not in scratch_databases(source)
 
 
 def test_cli_recover_rows_says_it_dropped_a_killed_runs_scratch(
@@ -144,7 +141,7 @@ def test_cli_recover_rows_says_it_dropped_a_killed_runs_scratch(
     from pgvault_assets.cli import main
 
     child, application, name = pgvault_run(RECOVER, source, "scratch")
-    kill(child, application)
+    kill(child, source, application)
     monkeypatch.setenv("DATABASE_URL", str(source.secret))
     monkeypatch.delenv("STAGING_DATABASE_URL", raising=False)
 
@@ -167,56 +164,56 @@ def test_a_live_runs_scratch_database_and_look_alikes_are_never_dropped(
         f"pgvault_scratch_rows_{LAST_MONTH:%Y%m%d}_{token}_copy",
         f"pgvault_scratch_reports_{LAST_MONTH:%Y%m%d}_{token}",
     ]
-    with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
+    with psycopg.connect(source.with_dbname("postgres").secret, autocommit=True) as conn:
         for name in look_alikes:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        result = recover_rows(vault(), DAY, source, "public.t")
-        report = run_drill(vault(), source)
 
-        assert live not in result.abandoned_scratch + report.abandoned_scratch
-        assert live in scratch_databases()
-        assert sorted(_databases(look_alikes)) == sorted(look_alikes)
-        with psycopg.connect(source.with_dbname(live).secret) as conn:  # still whole, in use
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
-    finally:
-        with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
-            for name in look_alikes:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+    result = recover_rows(vault(), DAY, source, "public.t")
+    report = run_drill(vault(), source, now=lambda: NOW)
 
-    kill(child, application)
+    assert live not in result.abandoned_scratch + report.abandoned_scratch
+    assert live in scratch_databases(source)
+    assert sorted(_databases(source, look_alikes)) == sorted(look_alikes)
+    with psycopg.connect(source.with_dbname(live).secret) as conn:  # still whole, in use
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+
+    kill(child, source, application)
     assert live in recover_rows(vault(), DAY, source, "public.t").abandoned_scratch
 
 
-def _databases(names: list[str]) -> list[str]:
-    with psycopg.connect(MAINTENANCE_URL) as conn:
+def _databases(server: DatabaseUrl, names: list[str]) -> list[str]:
+    with psycopg.connect(server.with_dbname("postgres").secret) as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,)
         ).fetchall()
     return [row[0] for row in rows]
 
 
-def test_a_scratch_whose_guarding_session_ended_is_refused_and_still_dropped(source) -> None:
+def test_a_scratch_whose_guarding_session_ended_is_refused_and_still_dropped(
+    source, monkeypatch
+) -> None:
     """The scratch's lock lives as long as its holder's session: if the server ends that
     session mid-restore, another run could take the scratch for abandoned, so the run stops."""
     from pgvault_assets.engine.restore import restore_into_scratch
     from pgvault_assets.errors import RestoreFailed
 
+    application = f"pgvault-guarded-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PGAPPNAME", application)  # this test's sessions alone carry it
     terminated: list[int] = []
 
     def end_the_guarding_session(_: int) -> None:
         if terminated:
             return
-        with psycopg.connect(MAINTENANCE_URL, autocommit=True) as conn:
+        with psycopg.connect(source.with_dbname("postgres").secret, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid), pid FROM pg_stat_activity "
-                "WHERE query LIKE 'SELECT pg_advisory_lock(hashtext(%%' AND pid <> pg_backend_pid()"
+                "WHERE application_name = %s AND pid <> pg_backend_pid() "
+                "AND query LIKE 'SELECT pg_advisory_lock(hashtext(%%'",
+                (application,),
             ).fetchall()
         terminated.extend(pid for ok, pid in rows if ok)
 
-    before = scratch_databases()
+    before = scratch_databases(source)
     with (
         pytest.raises(RestoreFailed, match=r"the session guarding the scratch database .* ended"),
         restore_into_scratch(
@@ -229,7 +226,7 @@ def test_a_scratch_whose_guarding_session_ended_is_refused_and_still_dropped(sou
     ):
         pytest.fail("the scratch must not be handed out")
     assert len(terminated) == 1
-    assert scratch_databases() == before
+    assert scratch_databases(source) == before
 
 
 def test_a_leftover_scratch_pgvault_may_not_drop_is_reported_and_does_not_block(
@@ -250,7 +247,7 @@ def test_a_leftover_scratch_pgvault_may_not_drop_is_reported_and_does_not_block(
                 psycopg.connect(limited, autocommit=True) as conn,
             ):
                 assert drop_abandoned_scratch(conn) == ()
-            assert name in scratch_databases()
+            assert name in scratch_databases(DatabaseUrl(MAINTENANCE_URL))
             assert f"could not drop {name}" in caplog.text and "drop it as its owner" in caplog.text
         finally:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))

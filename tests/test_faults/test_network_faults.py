@@ -19,8 +19,8 @@ from pgvault_assets.engine.restore import restore_backup, verify_backup
 from pgvault_assets.engine.store import reader, s3
 from pgvault_assets.errors import StoreError
 from pgvault_assets.settings import DatabaseUrl
-from tests.conftest import AwsEnv
-from tests.test_engine.helpers import DAY, back_up, vault
+from tests.conftest import AwsEnv, admin_connect
+from tests.test_engine.helpers import DAY, back_up, marked, marker_intact, vault
 from tests.test_faults.conftest import fill
 from tests.test_faults.proxy import Fault, FaultyProxy
 
@@ -95,7 +95,7 @@ def test_download_cut_every_time_fails_in_one_line_and_restores_nothing(
     faulty_proxy: FaultyProxy, source: str, make_database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     back_up(source)
-    target = make_database("staging")
+    target = marked(make_database("staging"))
     monkeypatch.setattr(reader, "RESUME_ATTEMPTS", 2)
     # Every connection cut 64 KiB in: the manifest and the server context (a few KiB) come
     # whole, and no read of the object (larger) ever does, so no resumption makes progress.
@@ -108,5 +108,13 @@ def test_download_cut_every_time_fails_in_one_line_and_restores_nothing(
     assert "\n" not in str(caught.value)
     assert "db_backup.sql.gz.enc" in str(caught.value)
     assert faulty_proxy.broken == 3  # the first read and two resumptions
+    assert marker_intact(target)
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT to_regclass('public.t')").fetchone() == (None,)
+    # Neither the database it restored beside the target nor a kept previous one is left.
+    with admin_connect() as conn:
+        beside = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+            (DatabaseUrl(target).dbname + "_",),
+        ).fetchall()
+    assert beside == []

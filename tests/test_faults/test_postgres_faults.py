@@ -1,6 +1,7 @@
 """PostgreSQL restarted, or a backend terminated, in the middle of a dump or a restore.
 
-The restarts happen on a private cluster (the shared test server is never restarted). To hit
+The restarts happen on a private cluster of the test's own (the shared test server is never
+restarted, and the databases a test leaves there go with it). To hit
 the middle for sure, the pipeline is held at a gate once a first megabyte has passed: pg_dump
 or psql is then connected and mid-COPY when the fault strikes, and the gate opens after it.
 """
@@ -75,15 +76,15 @@ def _databases_like(server: str, prefix: str) -> list[str]:
 
 
 def test_postgres_restarted_during_a_dump_fails_cleanly_and_the_retry_succeeds(
-    local_env, private_postgres: PrivateCluster
+    local_env, own_cluster: PrivateCluster
 ) -> None:
-    url = private_postgres.create_database("dump_restart")
+    url = own_cluster.create_database("dump_restart")
     fill(url, ROWS)
     gate = Gate()
     thread, failures = _in_background(
         lambda: backup_database(vault(), DatabaseUrl(url), DAY, now=lambda: CLOCK, progress=gate)
     )
-    _strike(gate, private_postgres.restart, thread)
+    _strike(gate, own_cluster.restart, thread)
 
     assert len(failures) == 1 and isinstance(failures[0], BackupFailed), failures
     assert "no backup was recorded" in str(failures[0])
@@ -95,24 +96,24 @@ def test_postgres_restarted_during_a_dump_fails_cleanly_and_the_retry_succeeds(
 
 
 def test_postgres_restarted_during_a_restore_keeps_the_target_and_the_retry_succeeds(
-    local_env, private_postgres: PrivateCluster
+    local_env, own_cluster: PrivateCluster
 ) -> None:
-    source = private_postgres.create_database("restore_src")
+    source = own_cluster.create_database("restore_src")
     fill(source, ROWS)
     back_up(source)
-    target = marked(private_postgres.create_database("restore_target"))
+    target = marked(own_cluster.create_database("restore_target"))
     gate = Gate()
     thread, failures = _in_background(
         lambda: restore_backup(vault(), DAY, DatabaseUrl(target), progress=gate)
     )
-    _strike(gate, private_postgres.restart, thread)
+    _strike(gate, own_cluster.restart, thread)
 
     assert len(failures) == 1 and isinstance(failures[0], RestoreFailed), failures
     assert marker_intact(target)
     result = restore_backup(vault(), DAY, DatabaseUrl(target))
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (ROWS,)
-    assert _databases_like(private_postgres.server_url, "restore_target_restore_") == []
+    assert _databases_like(own_cluster.server_url, "restore_target_restore_") == []
     assert result.previous is not None  # the marked database, kept for rollback
 
 

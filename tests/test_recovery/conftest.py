@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pgvault_assets.engine import restore
 from pgvault_assets.engine.manifest import Manifest
 from tests.test_engine.helpers import back_up
 
@@ -86,6 +87,23 @@ def scalar(url: str, query: str, params: tuple = ()) -> object:
 def execute(url: str, statement: str, params: tuple = ()) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(statement, params)
+
+
+@pytest.fixture
+def scratch_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the scratch databases this test's drills and row recoveries restored
+    into, heard where the engine restores one (the restore itself runs unchanged), so a test
+    asserts on its own scratch and never counts another run's on the same server."""
+    made: list[str] = []
+    real = restore.restore_backup
+
+    def restore_noting_scratch(vault, day, target_url, **options):
+        if options.get("throwaway"):
+            made.append(target_url.dbname)
+        return real(vault, day, target_url, **options)
+
+    monkeypatch.setattr(restore, "restore_backup", restore_noting_scratch)
+    return made
 
 
 def databases_named(prefix: str) -> list[str]:

@@ -97,7 +97,7 @@ def test_two_approvers_restore_production_and_a_second_request_rolls_it_back(
 def test_one_approver_is_refused(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
 
     code, err = restore_production(capsys, request_id)
 
@@ -124,30 +124,41 @@ def test_one_key_listed_under_two_principals_counts_once(production, approvers, 
         allowed.write(allowed_signer_line("alice-again@example.org", approvers.alice))
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.alice)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
 
-    assert restore_production(capsys, request_id)[0] == 1
+    code, err = restore_production(capsys, request_id)
+
+    assert code == 1
+    assert (
+        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
+        in err
+    )
     assert_production_untouched(production)
 
 
 def test_an_unlisted_key_cannot_approve(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
 
     code, err = approve(capsys, request_id, approvers.mallory)
 
     assert code == 1
     assert "is not an approver" in err
-    assert restore_production(capsys, request_id)[0] == 1
+    code, err = restore_production(capsys, request_id)
+    assert code == 1
+    assert (
+        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
+        in err
+    )
     assert_production_untouched(production)
 
 
 def test_a_forged_approval_record_by_an_unlisted_key_is_ignored(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
     store = vault()
     request = auth.read_request(store, request_id)
     forged = auth.sign_request(request, approvers.mallory)
@@ -159,15 +170,21 @@ def test_a_forged_approval_record_by_an_unlisted_key_is_ignored(production, appr
         now=utcnow(),
     )
 
-    assert restore_production(capsys, request_id)[0] == 1
+    code, err = restore_production(capsys, request_id)
+
+    assert code == 1
+    assert (
+        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
+        in err
+    )
     assert_production_untouched(production)
 
 
 def test_a_tampered_request_voids_its_approvals(production, approvers, local_env, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     path = local_env / "store" / "test" / "audit" / "requests" / f"{request_id}.json"
     stored = json.loads(path.read_text())
     stored["request"]["expires_at"] = "2099-01-01T00:00:00+00:00"
@@ -183,8 +200,8 @@ def test_a_tampered_request_voids_its_approvals(production, approvers, local_env
 def test_an_expired_request_is_refused(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     request = auth.read_request(vault(), request_id)
 
     with pytest.raises(auth.AuthorizationRefused, match="expired"):
@@ -222,8 +239,8 @@ def test_request_lifetime_follows_restore_request_ttl_hours(
 def test_a_replayed_request_is_refused(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     assert restore_production(capsys, request_id)[0] == 0
     execute(
         production.production,
@@ -244,19 +261,25 @@ def test_an_approval_by_a_key_removed_from_the_approvers_file_no_longer_counts(
 ):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     approvers.file.write_text(allowed_signer_line("alice@example.org", approvers.alice))
 
-    assert restore_production(capsys, request_id)[0] == 1
+    code, err = restore_production(capsys, request_id)
+
+    assert code == 1
+    assert (
+        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
+        in err
+    )
     assert_production_untouched(production)
 
 
 def test_a_backup_replaced_after_approval_is_refused(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     back_up(production.production)  # same date, new object: a new SHA-256
 
     code, err = restore_production(capsys, request_id)
@@ -326,8 +349,8 @@ def test_an_integrity_pass_of_another_backup_on_staging_does_not_count(databases
 def test_a_declined_confirmation_leaves_the_request_usable(production, approvers, capsys):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
 
     def decline(database: str) -> None:
         raise auth.AuthorizationRefused("declined")
@@ -352,8 +375,8 @@ def test_no_database_password_reaches_the_audit_trail_or_the_output(
         monkeypatch.setenv(name, url.replace("postgres@", f"postgres:{password}@"))
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
 
     code, out, err = run(
         capsys,
@@ -372,8 +395,8 @@ def test_production_restore_asks_for_the_database_name_and_without_a_terminal_re
 ):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
 
     code, _, err = run(
         capsys,
@@ -392,11 +415,13 @@ def test_the_dual_authorized_restore_works_with_the_audit_trail_in_s3(
 ):
     prove_on_staging(capsys)
     request_id = request_restore(capsys)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
 
     assert restore_production(capsys, request_id)[0] == 0
-    assert restore_production(capsys, request_id)[0] == 1
+    code, err = restore_production(capsys, request_id)
+    assert code == 1
+    assert f"request {request_id} was already executed" in err
     keys = [
         o["Key"]
         for o in aws_env.s3.list_objects_v2(Bucket=aws_env.bucket, Prefix="test/audit/")["Contents"]

@@ -50,7 +50,7 @@ def test_a_month_without_backups_is_refused():
         choose_backup([date(2025, 11, 1), date(2026, 1, 1)], date(2026, 1, 5))
 
 
-def test_drill_restores_last_months_backup_checks_it_and_stores_its_report(quarter):
+def test_drill_restores_last_months_backup_checks_it_and_stores_its_report(quarter, scratch_made):
     report = drill(quarter)
     key = store_report(vault(), report)
 
@@ -61,19 +61,21 @@ def test_drill_restores_last_months_backup_checks_it_and_stores_its_report(quart
     assert "row counts" in [c.name for c in report.checks if not c.skipped]
     assert len(report.queries) == 6 and all(q.passed for q in report.queries)
     assert 0.5 < report.scale < 2
-    assert databases_named("pgvault_scratch_drill_") == []
+    (scratch,) = scratch_made
+    assert scratch.startswith("pgvault_scratch_drill_") and databases_named(scratch) == []
     stored = vault().store.get_bytes(key).decode()
     assert "**Result: PASSED**" in stored
     assert "no backup of 2025-12-01" in stored
 
 
-def test_drill_fails_when_the_scaled_time_misses_a_tiny_objective(quarter):
+def test_drill_fails_when_the_scaled_time_misses_a_tiny_objective(quarter, scratch_made):
     report = drill(quarter, recovery_time_objective=timedelta(milliseconds=1))
 
     assert not report.passed
     assert not report.meets_objective
     assert "MISSES the" in report.to_markdown()
-    assert databases_named("pgvault_scratch_drill_") == []
+    (scratch,) = scratch_made
+    assert scratch.startswith("pgvault_scratch_drill_") and databases_named(scratch) == []
 
 
 def test_drill_fails_when_a_stage_is_slow(quarter):
@@ -101,7 +103,7 @@ def test_a_failing_sample_query_fails_the_drill(quarter, tmp_path):
 
 
 def test_a_damaged_backup_fails_the_drill_with_its_reason_and_leaves_no_database(
-    quarter, local_env
+    quarter, local_env, scratch_made
 ):
     damaged = local_env / "store" / "test" / "2025-12-02" / "db_backup.sql.gz.enc"
     data = bytearray(damaged.read_bytes())
@@ -112,7 +114,7 @@ def test_a_damaged_backup_fails_the_drill_with_its_reason_and_leaves_no_database
 
     assert not report.passed
     assert "SHA-256" in (report.failure or "")
-    assert databases_named("pgvault_scratch_drill_") == []
+    assert scratch_made == []  # refused before any database was made
 
 
 def test_recovery_time_is_scaled_to_the_production_size():

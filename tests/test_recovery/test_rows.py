@@ -36,7 +36,7 @@ def notes_of(user: int) -> str:
     return f"bookmark_id IN (SELECT id FROM public.bookmarks WHERE user_id = {user})"
 
 
-def test_dry_run_lists_the_missing_rows_parents_first_and_changes_nothing(deleted):
+def test_dry_run_lists_the_missing_rows_parents_first_and_changes_nothing(deleted, scratch_made):
     databases, user, _ = deleted
     target = DatabaseUrl(databases.production)
     bookmarks = scalar(
@@ -58,10 +58,11 @@ def test_dry_run_lists_the_missing_rows_parents_first_and_changes_nothing(delete
         scalar(databases.production, "SELECT count(*) FROM public.users WHERE id = %s", (user,))
         == 0
     )
-    assert databases_named("pgvault_scratch_rows_") == []
+    (scratch,) = scratch_made
+    assert scratch.startswith("pgvault_scratch_rows_") and databases_named(scratch) == []
 
 
-def test_apply_with_dependents_brings_back_the_chain_exactly(deleted):
+def test_apply_with_dependents_brings_back_the_chain_exactly(deleted, scratch_made):
     databases, user, before = deleted
     target = DatabaseUrl(databases.production)
     rows.recover_rows(
@@ -74,7 +75,8 @@ def test_apply_with_dependents_brings_back_the_chain_exactly(deleted):
     after = database_snapshot(databases.production)["rows"]
 
     assert {t: after[t] for t in CHAIN} == before
-    assert databases_named("pgvault_scratch_rows_") == []
+    assert len(scratch_made) == 2
+    assert [databases_named(scratch) for scratch in scratch_made] == [[], []]
 
 
 def test_apply_without_the_parents_inserts_nothing(deleted):
@@ -161,8 +163,8 @@ def test_rows_go_into_production_exactly_as_two_approvers_approved(deleted, appr
     prove_on_staging(capsys)
     scope = ("--table", "public.users", "--where", f"id = {user}")
     request_id = request_restore(capsys, "--kind", "recover-rows", *scope)
-    approve(capsys, request_id, approvers.alice)
-    approve(capsys, request_id, approvers.bob)
+    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    assert approve(capsys, request_id, approvers.bob)[0] == 0
     argv = ("recover-rows", "--date", str(DAY), "--target", "production", "--apply")
 
     widened = run(capsys, *argv, "--table", "public.users", "--request", request_id)
