@@ -13,6 +13,7 @@ from pgvault_assets.cli import backups, deploy, fleet, pitr, platform, recovery
 from pgvault_assets.cli.args import Parser, shows_every_database
 from pgvault_assets.cli.console import errors, print_warnings
 from pgvault_assets.engine.fleet import pin_database
+from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import load_settings
@@ -56,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print_warnings()
     try:
-        settings = load_settings()
-        if hasattr(args, "fleet_database") and not shows_every_database(args, settings):
-            settings = pin_database(settings, os.environ, args.fleet_database)
-        return int(args.handler(args, settings))
+        with signals_interrupt():
+            settings = load_settings()
+            if hasattr(args, "fleet_database") and not shows_every_database(args, settings):
+                settings = pin_database(settings, os.environ, args.fleet_database)
+            return int(args.handler(args, settings))
+    except Interrupted as exc:
+        errors.print(f"error: {redact(str(exc))}", markup=False)
+        return exc.exit_code
     except PgvaultError as exc:
         if args.debug:
             raise

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
+import sys
 import threading
 import uuid
 import warnings
@@ -24,12 +26,18 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pgvault_assets.cli.args import add_database_option, add_every_database_option, parse_date
+from pgvault_assets.cli.args import (
+    add_database_option,
+    add_every_database_option,
+    parse_date,
+    retry_count,
+)
 from pgvault_assets.cli.console import console
 from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import each_database_apart, load_fleet
+from pgvault_assets.engine.interrupts import Interrupted
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     FLEET_BACKUPS,
@@ -62,6 +70,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prove-restorable",
         action="store_true",
         help="also decrypt it fully and restore it onto a throwaway cluster (as the daily job does)",
+    )
+    sub.add_argument(
+        "--retries",
+        type=retry_count,
+        default=None,
+        metavar="N",
+        help="retry a failed backup N times (default: none at a terminal, where you see the "
+        "reason at once; BACKUP_MAX_RETRIES otherwise, as from cron)",
     )
     add_database_option(sub)
     sub.set_defaults(handler=backup_command)
@@ -104,10 +120,24 @@ def open_instance(instance: DagsterInstance | None = None) -> Iterator[DagsterIn
         return
     if os.environ.get("DAGSTER_HOME"):
         with DagsterInstance.get() as configured:
-            yield configured
+            yield _output_in_the_terminal(configured)
         return
     with DagsterInstance.from_config(str(dagster_home())) as embedded:
-        yield embedded
+        yield _output_in_the_terminal(embedded)
+
+
+def _output_in_the_terminal(instance: DagsterInstance) -> DagsterInstance:
+    """The CLI's runs print straight to the terminal, not through Dagster's compute logs.
+
+    The local compute log manager mirrors a run's output back with a `tail` child and a
+    Python watcher child in pgvault's process group: a Ctrl-C reaches them too, and the
+    watcher prints a traceback. The operator reads this output in the terminal anyway; the
+    run's events stay in the UI. Set before the instance first reads its own manager.
+    """
+    from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
+
+    instance._compute_log_manager = NoOpComputeLogManager()
+    return instance
 
 
 @contextlib.contextmanager
@@ -208,6 +238,7 @@ def materialize_backup(
     prove_restorable: bool = False,
     say: Callable[[str], None] | None = None,
     settings: Settings | None = None,
+    retries: int | None = None,
 ) -> Manifest:
     """Run partition `day` of the backup asset with its checks; return the new manifest.
 
@@ -216,6 +247,7 @@ def materialize_backup(
     operator's backup runs them only when asked; the daily schedule always runs them.
     With `say`, each failed attempt that Dagster retries is said as it happens.
     `settings` pinned to a fleet database (main.py) back up that database's asset.
+    `retries` replaces BACKUP_MAX_RETRIES for this run.
     """
     settings = settings or load_settings()
     with dagster_previews_hidden():
@@ -223,23 +255,30 @@ def materialize_backup(
         # loading the checks' definitions is what warns.
         from dagster import materialize
 
-        from pgvault_assets.defs.backup import database_backup, decrypts_fully
+        from pgvault_assets.defs.backup import (
+            CONFIG,
+            database_backup,
+            decrypts_fully,
+            make_database_backup,
+        )
         from pgvault_assets.defs.resources import resource_defs
         from pgvault_assets.defs.restorable import restorable
 
         check_backup_date(day, utcnow())
+        config = CONFIG if retries is None else dataclasses.replace(CONFIG, max_retries=retries)
+        backup = database_backup if retries is None else make_database_backup(config)
         if settings.database is not None:
             from pgvault_assets.defs.fleet import backup_asset, make_decrypts_fully, make_restorable
 
             fleet = load_fleet(settings.platform.fleet_file)
             database = fleet.choose(settings.database)
-            assets = [backup_asset(fleet, settings.database)]
+            assets = [backup_asset(fleet, settings.database, config)]
             if prove_restorable:
                 assets += [make_decrypts_fully(database), make_restorable(database)]
         elif prove_restorable:
-            assets = [database_backup, decrypts_fully, restorable]
+            assets = [backup, decrypts_fully, restorable]
         else:
-            assets = [database_backup]
+            assets = [backup]
         token = uuid.uuid4().hex
         with open_instance(instance) as active, RetryAnnouncer(active, token, say or _silent):
             result = materialize(
@@ -254,6 +293,7 @@ def materialize_backup(
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             )
     if not result.success:
+        _raise_if_interrupted(result)
         raise BackupFailed(
             f"backup of {day.isoformat()} failed: {_first_failure(result)}; "
             f"see run {result.run_id[:8]} in the Dagster UI"
@@ -263,6 +303,21 @@ def materialize_backup(
 
 def _silent(line: str) -> None:
     """No one to tell: a caller that reports the result only."""
+
+
+def _raise_if_interrupted(result: ExecuteInProcessResult) -> None:
+    """A run a signal ended (CANCELED, see defs/backup.py) ends the command as that signal."""
+    from dagster import DagsterEventType  # deferred on purpose: see the module docstring
+
+    from pgvault_assets.defs.backup import INTERRUPTED_METADATA_KEY
+
+    for event in result.all_events:
+        if event.event_type != DagsterEventType.STEP_FAILURE:
+            continue
+        failure = event.step_failure_data.user_failure_data
+        if failure and INTERRUPTED_METADATA_KEY in failure.metadata:
+            signum = failure.metadata[INTERRUPTED_METADATA_KEY].value
+            raise Interrupted(int(signum), " ".join((failure.description or "").split()))
 
 
 def _first_failure(result: ExecuteInProcessResult) -> str:
@@ -282,11 +337,15 @@ def _first_failure(result: ExecuteInProcessResult) -> str:
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
     day = args.date or latest_complete_day(utcnow())
     console.print(f"backing up {settings.require_database()} as {day.isoformat()} …")
+    retries = args.retries
+    if retries is None and sys.stdin.isatty():
+        retries = 0  # someone is waiting: the reason now beats a retry in minutes
     manifest = materialize_backup(
         day,
         prove_restorable=args.prove_restorable,
         say=lambda line: console.print(line, markup=False),
         settings=settings,
+        retries=retries,
     )
     console.print(
         f"backup {manifest.date.isoformat()} stored: {format_bytes(manifest.size_bytes)} "

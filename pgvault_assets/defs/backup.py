@@ -44,6 +44,7 @@ from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import FleetDatabase, pool_name
+from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
@@ -60,6 +61,8 @@ BACKUP_PARTITIONS = DailyPartitionsDefinition(
     start_date=CONFIG.start_date.isoformat(), timezone="UTC", end_offset=0
 )
 CHECKIN_NAMESPACE = uuid.UUID("1b0f6a52-8a2e-4c1e-9a53-5d2f0c4be0a7")
+# On the step failure of an interrupted run: the signal that ended it (SIGINT 2, SIGTERM 15).
+INTERRUPTED_METADATA_KEY = "interrupted_by_signal"
 
 CHECKSUM_MATCHES = "checksum_matches"
 DURATION_WITHIN_AVERAGE = "duration_within_average"
@@ -233,14 +236,18 @@ def make_database_backup(
         notifier.checkin("in_progress", check_in_id=checkin_id, **_monitor_times(budget))
         started = time.monotonic()
         try:
-            manifest = backup_database(
-                store,
-                url,
-                day,
-                level=settings.compression_level,
-                role_passwords=settings.role_passwords == "include",
-                lock_wait_seconds=settings.lock_wait_seconds,
-            )
+            with signals_interrupt():
+                manifest = backup_database(
+                    store,
+                    url,
+                    day,
+                    level=settings.compression_level,
+                    role_passwords=settings.role_passwords == "include",
+                    lock_wait_seconds=settings.lock_wait_seconds,
+                )
+        except Interrupted as exc:
+            # The Sentry check-in stays open: no backup of the day came of this run.
+            raise canceled(context, exc) from None
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
             if final:
@@ -266,6 +273,23 @@ def make_database_backup(
 
 
 database_backup = make_database_backup()
+
+
+def canceled(
+    context: AssetExecutionContext | AssetCheckExecutionContext, exc: Interrupted
+) -> Failure:
+    """The failure that ends an interrupted step's run as CANCELED, never retried.
+
+    Dagster's own handling of an interrupt retries the step when it has a retry policy, and
+    fails the run otherwise: a Ctrl-C would then be a failed backup in the health figures and
+    an alert. Marking the run as canceling first makes Dagster end it CANCELED.
+    """
+    context.instance.report_run_canceling(context.run, message=str(exc))
+    return Failure(
+        description=str(exc),
+        metadata={INTERRUPTED_METADATA_KEY: exc.signum},
+        allow_retries=False,
+    )
 
 
 def recent_run_budget(open_vault: Callable[[], Vault]) -> RunBudget:

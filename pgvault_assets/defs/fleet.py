@@ -201,9 +201,9 @@ def fleet_definitions(
     )
 
 
-def backup_asset(fleet: Fleet, name: str) -> AssetsDefinition:
+def backup_asset(fleet: Fleet, name: str, config: PlatformSettings = CONFIG) -> AssetsDefinition:
     """The backup asset of the fleet database `name` (for `pgvault backup --database`)."""
-    return make_database_backup(CONFIG, fleet.choose(name))
+    return make_database_backup(config, fleet.choose(name))
 
 
 FLEET = load_fleet(CONFIG.fleet_file)

@@ -21,6 +21,7 @@ from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
 from pgvault_assets.engine.copy_rows import CopyRowCounter
 from pgvault_assets.engine.immutability import backup_retain_until
+from pgvault_assets.engine.interrupts import CHILD_GROUP, said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import backup_lock_name, retention_lock_name
 from pgvault_assets.engine.pipeline import Progress, encrypt_stream
@@ -135,7 +136,37 @@ def backup_database(
     complete; until then, a previous backup of the same date stays intact and listed.
     The server context (roles, database properties, extensions) is read in the dump's
     snapshot and stored beside it, with role password hashes unless `role_passwords` is off.
+    A signal (`Interrupted`) ends pg_dump and aborts the upload on its way out.
     """
+    with said_as(
+        f"backup of {day.isoformat()} interrupted: no backup was recorded, "
+        "the previous one is intact"
+    ):
+        return _backup_database(
+            vault,
+            url,
+            day,
+            now=now,
+            level=level,
+            progress=progress,
+            enforce_date=enforce_date,
+            role_passwords=role_passwords,
+            lock_wait_seconds=lock_wait_seconds,
+        )
+
+
+def _backup_database(
+    vault: Vault,
+    url: DatabaseUrl,
+    day: date,
+    *,
+    now: Clock,
+    level: int,
+    progress: Progress | None,
+    enforce_date: bool,
+    role_passwords: bool,
+    lock_wait_seconds: int,
+) -> Manifest:
     started_at = now()
     if enforce_date:
         check_backup_date(day, started_at)
@@ -197,6 +228,7 @@ def backup_database(
                         stderr=subprocess.PIPE,
                         env=tool_env(url),
                         bufsize=1024 * 1024,
+                        **CHILD_GROUP,
                     )
                 except BaseException:
                     writer.abort()
@@ -214,6 +246,7 @@ def backup_database(
                 )
                 stderr_thread.start()
                 try:
+                    pause_point("dump")
                     result = encrypt_stream(
                         dump, writer, keys, context, level=level, progress=progress, rows=rows
                     )
@@ -243,10 +276,10 @@ def backup_database(
                         vault, day, context_of_server, level=level, retain_until=retain_until
                     )
                 except BaseException:
-                    writer.abort()
                     if proc.poll() is None:
                         proc.kill()
                     proc.wait()
+                    writer.abort()
                     raise
             finished_at = now()
             manifest = Manifest(
@@ -283,6 +316,13 @@ def backup_database(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )
             # The old version was kept only until the new backup was recorded.
-            vault.store.prune_versions(vault.object_key(day), version_id)
-            vault.store.prune_versions(context_record.object_key, context_record.object_version_id)
+            with said_as(
+                f"backup of {day.isoformat()} was recorded, then interrupted while removing "
+                "the version it replaced; cleanup removes that later",
+                settled=True,
+            ):
+                vault.store.prune_versions(vault.object_key(day), version_id)
+                vault.store.prune_versions(
+                    context_record.object_key, context_record.object_version_id
+                )
             return manifest

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pgvault_assets.engine.interrupts import CHILD_GROUP
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
@@ -116,6 +117,7 @@ def _run_as_owner(command: list[str]) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
         cwd="/",
+        **CHILD_GROUP,
     )
 
 

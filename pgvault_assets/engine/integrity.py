@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from pgvault_assets.engine import shape
+from pgvault_assets.engine.interrupts import CHILD_GROUP
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.postgres import (
     connect,
@@ -209,7 +210,9 @@ def indexes_verified(url: DatabaseUrl, major: int, *, install_amcheck: bool) -> 
     command = [tool, "--no-password", "--no-dependent-toast", "--heapallindexed"]
     if install_amcheck:
         command.append("--install-missing")
-    result = subprocess.run(command, env=tool_env(url), capture_output=True, text=True)
+    result = subprocess.run(
+        command, env=tool_env(url), capture_output=True, text=True, **CHILD_GROUP
+    )
     if result.returncode == 0:
         return CheckResult("indexes (pg_amcheck)", True, "all B-tree indexes match their tables")
     text = (result.stderr or result.stdout).strip().splitlines()

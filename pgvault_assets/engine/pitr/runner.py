@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgvault_assets.engine.interrupts import CHILD_GROUP
 from pgvault_assets.engine.pitr.config import OS_USER, pgbackrest_binary
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
@@ -76,6 +77,7 @@ class PgBackRest:
                 check=False,
                 cwd="/",
                 env=self.env(),
+                **CHILD_GROUP,
             )
         except subprocess.TimeoutExpired:
             raise PitrFailed(

@@ -1,0 +1,79 @@
+"""SIGINT and SIGTERM as one exception, so an interrupted operation undoes what it half-did.
+
+`Interrupted` derives from KeyboardInterrupt, not from Exception: every `except BaseException`
+and `finally` on the way out runs (pg_dump and psql are ended, the multipart upload aborted, the
+scratch database dropped), while no `except Exception` mistakes it for a failure to retry or to
+report as something else. Once one signal has been taken, the next ones are only noted, so a
+second Ctrl-C cannot cut that cleanup short.
+
+Child processes run in a process group of their own (`CHILD_GROUP`): a terminal's Ctrl-C goes to
+pgvault's group alone, and pgvault ends its children itself, in the order its cleanup needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# For subprocess.Popen: the child leads a process group of its own.
+CHILD_GROUP: dict[str, Any] = {"process_group": 0}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal ended the operation; `str()` says what was interrupted and what is intact."""
+
+    def __init__(self, signum: int, message: str | None = None, *, settled: bool = False) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.settled = settled
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
+
+    def saying(self, message: str, *, settled: bool = False) -> Interrupted:
+        """The same interruption, said as the outermost operation says it, unless an inner
+        one `settled` what is intact (the outer one's usual line would then be wrong)."""
+        if self.settled:
+            return self
+        name = signal.Signals(self.signum).name
+        return Interrupted(self.signum, f"{message} ({name})", settled=settled)
+
+
+def _ignore_further(signum: int, frame: FrameType | None) -> None:
+    """A second signal while the first one's cleanup runs: that cleanup finishes anyway."""
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    for each in SIGNALS:
+        signal.signal(each, _ignore_further)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM raise `Interrupted` in the main thread; the handlers before
+    are put back on the way out. Elsewhere than the main thread, signals cannot be handled
+    and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {each: signal.getsignal(each) for each in SIGNALS}
+    for each in SIGNALS:
+        signal.signal(each, _raise)
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+
+@contextlib.contextmanager
+def said_as(message: str, *, settled: bool = False) -> Iterator[None]:
+    """An interruption inside is said as `message`: what was interrupted and what is intact."""
+    try:
+        yield
+    except Interrupted as exc:
+        raise exc.saying(message, settled=settled) from None
