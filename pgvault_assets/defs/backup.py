@@ -5,10 +5,11 @@ can be dumped (a dump taken later would hold later data under D's name), so mate
 older partition fails at once without touching the database; backfills re-run the checks.
 """
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 
 from dagster import (
@@ -29,6 +30,7 @@ from dagster import (
     Jitter,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
     RetryPolicy,
     RunRequest,
     ScheduleEvaluationContext,
@@ -236,7 +238,8 @@ def make_database_backup(
         notifier.checkin("in_progress", check_in_id=checkin_id, **_monitor_times(budget))
         started = time.monotonic()
         try:
-            with signals_interrupt():
+            # Interrupted, the Sentry check-in stays open: no backup of the day came of this run.
+            with canceled_on_interrupt(context):
                 manifest = backup_database(
                     store,
                     url,
@@ -245,9 +248,6 @@ def make_database_backup(
                     role_passwords=settings.role_passwords == "include",
                     lock_wait_seconds=settings.lock_wait_seconds,
                 )
-        except Interrupted as exc:
-            # The Sentry check-in stays open: no backup of the day came of this run.
-            raise canceled(context, exc) from None
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
             if final:
@@ -275,21 +275,27 @@ def make_database_backup(
 database_backup = make_database_backup()
 
 
-def canceled(
-    context: AssetExecutionContext | AssetCheckExecutionContext, exc: Interrupted
-) -> Failure:
-    """The failure that ends an interrupted step's run as CANCELED, never retried.
+@contextlib.contextmanager
+def canceled_on_interrupt(
+    context: AssetExecutionContext | AssetCheckExecutionContext | OpExecutionContext,
+) -> Iterator[None]:
+    """SIGINT or SIGTERM inside (Ctrl-C, a cancel from the UI) ends the step's run as
+    CANCELED, never retried, once the engine has undone what it half-did.
 
     Dagster's own handling of an interrupt retries the step when it has a retry policy, and
     fails the run otherwise: a Ctrl-C would then be a failed backup in the health figures and
     an alert. Marking the run as canceling first makes Dagster end it CANCELED.
     """
-    context.instance.report_run_canceling(context.run, message=str(exc))
-    return Failure(
-        description=str(exc),
-        metadata={INTERRUPTED_METADATA_KEY: exc.signum},
-        allow_retries=False,
-    )
+    try:
+        with signals_interrupt():
+            yield
+    except Interrupted as exc:
+        context.instance.report_run_canceling(context.run, message=str(exc))
+        raise Failure(
+            description=str(exc),
+            metadata={INTERRUPTED_METADATA_KEY: exc.signum},
+            allow_retries=False,
+        ) from None
 
 
 def recent_run_budget(open_vault: Callable[[], Vault]) -> RunBudget:
@@ -330,7 +336,8 @@ def _close_checkin(
     description="the whole backup decrypts and authenticates with its key and context",
 )
 def decrypts_fully(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
-    return decrypts_fully_result(vault.vault(), date.fromisoformat(context.partition_key))
+    with canceled_on_interrupt(context):
+        return decrypts_fully_result(vault.vault(), date.fromisoformat(context.partition_key))
 
 
 def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:

@@ -34,6 +34,7 @@ from pgvault_assets.defs.backup import (
     CONFIG,
     DECRYPTS_FULLY,
     RESTORABLE,
+    canceled_on_interrupt,
     decrypts_fully_result,
     fleet_backup_key,
     make_database_backup,
@@ -110,7 +111,8 @@ def make_decrypts_fully(database: FleetDatabase) -> AssetChecksDefinition:
             return AssetCheckResult(
                 passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
             )
-        return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
+        with canceled_on_interrupt(context):
+            return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
 
     return decrypts_fully
 
@@ -133,9 +135,10 @@ def make_restorable(database: FleetDatabase) -> AssetChecksDefinition:
             return AssetCheckResult(
                 passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
             )
-        return restorable_result(
-            settings, vault.vault(settings), date.fromisoformat(context.partition_key)
-        )
+        with canceled_on_interrupt(context):
+            return restorable_result(
+                settings, vault.vault(settings), date.fromisoformat(context.partition_key)
+            )
 
     return restorable
 

@@ -13,9 +13,11 @@ pgvault's group alone, and pgvault ends its children itself, in the order its cl
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -68,6 +70,25 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)
+
+
+def run_in_own_group(
+    command: Sequence[str], *, timeout: float | None = None, **options: Any
+) -> subprocess.CompletedProcess[Any]:
+    """`subprocess.run(command, capture_output=True)` in a process group of its own; on a
+    timeout or an interruption the whole group is killed, so what a wrapper such as `runuser`
+    started ends with it, not only the wrapper."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **CHILD_GROUP, **options
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @contextlib.contextmanager

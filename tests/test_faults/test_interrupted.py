@@ -260,3 +260,39 @@ def test_drill_interrupted_drops_its_scratch_database(
     assert code == 130
     _one_line(lines, "error: drill interrupted: its scratch database and throwaway cluster")
     assert _scratch_databases(private_postgres.url("postgres"), "drill") == []
+
+
+def test_restore_proof_interrupted_in_its_dagster_step_ends_the_run_canceled(
+    local_env, make_database, private_postgres: PrivateCluster, cli
+) -> None:
+    """The backup's `restorable` check is interrupted in its own step: the run is CANCELED
+    (not failed, not retried) and the proof's scratch database is gone."""
+    source = make_database("intr")
+    fill(source, 1000)
+    server = private_postgres.url("postgres")
+    child = cli(
+        "backup",
+        "--prove-restorable",
+        pause_at="roles",
+        DATABASE_URL=source,
+        RESTORE_CHECK_DATABASE_URL=server,
+    )
+    child.wait_for_pause("roles")
+    before = _scratch_databases_beside(server)
+    assert before, "the proof has no scratch database at the pause"
+
+    code, lines = child.interrupt(signal.SIGTERM)
+
+    assert code == 143
+    _one_line(lines, f"error: restore of {DAY} into ")
+    assert lines[0].endswith("(SIGTERM)")
+    assert not set(before) & set(_scratch_databases_beside(server))
+    _runs_canceled_without_retry()
+
+
+def _scratch_databases_beside(server_url: str) -> list[str]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", ("%\\_restore\\_%",)
+        ).fetchall()
+    return [row[0] for row in rows]

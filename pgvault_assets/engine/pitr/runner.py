@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgvault_assets.engine.interrupts import CHILD_GROUP
+from pgvault_assets.engine.interrupts import run_in_own_group
 from pgvault_assets.engine.pitr.config import OS_USER, pgbackrest_binary
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
@@ -69,15 +69,12 @@ class PgBackRest:
     ) -> str:
         """Run a command; its standard output, or `PitrFailed` with pgBackRest's reason."""
         try:
-            result = subprocess.run(
+            result = run_in_own_group(
                 self.command(command, *options, path=path),
-                capture_output=True,
                 text=True,
                 timeout=timeout,
-                check=False,
                 cwd="/",
                 env=self.env(),
-                **CHILD_GROUP,
             )
         except subprocess.TimeoutExpired:
             raise PitrFailed(
