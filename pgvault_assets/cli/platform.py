@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 import threading
 import uuid
@@ -32,12 +33,12 @@ from pgvault_assets.cli.args import (
     parse_date,
     retry_count,
 )
-from pgvault_assets.cli.console import console
+from pgvault_assets.cli.console import console, errors
 from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import each_database_apart, load_fleet
-from pgvault_assets.engine.interrupts import Interrupted
+from pgvault_assets.engine.interrupts import SIGNALS, Interrupted, handled_here, signals_seen
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     FLEET_BACKUPS,
@@ -231,6 +232,62 @@ class RetryAnnouncer:
                 )
 
 
+class InterruptWatch:
+    """End the CLI's run at once on SIGINT or SIGTERM that arrives while Dagster holds the
+    signals: between attempts (it waits out a retry's backoff, minutes on end, and would then
+    take the signal for a failed attempt to retry) or between steps.
+
+    Inside a step, the engine takes the signal itself, undoes its work and ends the run
+    CANCELED (defs/backup.py). Outside one nothing of pgvault's is running, no child and no
+    upload, so the run is marked CANCELED here and the process ends with the signal's status,
+    without waiting for Dagster.
+    """
+
+    def __init__(self, instance: DagsterInstance, token: str, day: date) -> None:
+        self._instance = instance
+        self._token = token
+        self._day = day
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="pgvault-signals", daemon=True)
+
+    def __enter__(self) -> InterruptWatch:
+        self._seen = contextlib.ExitStack()
+        self._wait = self._seen.enter_context(signals_seen())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._seen.close()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for signum in self._wait(RETRY_POLL_SECONDS):
+                if signum in SIGNALS and not handled_here():
+                    self._end(signum)
+
+    def _end(self, signum: int) -> None:
+        from dagster import RunsFilter  # deferred on purpose: see the module docstring
+
+        name = signal.Signals(signum).name
+        line = (
+            f"backup of {self._day.isoformat()} interrupted between its attempts or steps "
+            f"({name}); what is stored is what pgvault list-backups shows"
+        )
+        with contextlib.suppress(Exception):  # the exit matters more than the record
+            runs = self._instance.get_runs(
+                filters=RunsFilter(tags={INVOCATION_TAG: self._token}), limit=1
+            )
+            if runs:
+                self._instance.report_run_canceling(runs[0], message=line)
+                self._instance.report_run_canceled(runs[0], message=line)
+        errors.print(f"error: {line}", markup=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+
 def materialize_backup(
     day: date,
     *,
@@ -280,7 +337,11 @@ def materialize_backup(
         else:
             assets = [backup]
         token = uuid.uuid4().hex
-        with open_instance(instance) as active, RetryAnnouncer(active, token, say or _silent):
+        with (
+            open_instance(instance) as active,
+            RetryAnnouncer(active, token, say or _silent),
+            InterruptWatch(active, token, day),
+        ):
             result = materialize(
                 assets,
                 instance=active,

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -48,10 +50,55 @@ def _ignore_further(signum: int, frame: FrameType | None) -> None:
     """A second signal while the first one's cleanup runs: that cleanup finishes anyway."""
 
 
+_taken = threading.Event()
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    _taken.set()
     for each in SIGNALS:
         signal.signal(each, _ignore_further)
     raise Interrupted(signum)
+
+
+def handled_here() -> bool:
+    """Whether a signal now is (or one already was) raised as `Interrupted`: false while a
+    library's own handler holds the signals, as Dagster's does between a run's steps."""
+    return _taken.is_set() or signal.getsignal(signal.SIGINT) in (_raise, _ignore_further)
+
+
+@contextlib.contextmanager
+def signals_seen() -> Iterator[Callable[[float], list[int]]]:
+    """A way to learn, from any thread, which signals arrived, whoever's handler took them:
+    `wait(seconds)` returns those that came meanwhile. (Python writes each signal's number
+    to the wakeup fd whatever its handler does with it.) Off the main thread, where no
+    signal is handled, none is ever seen."""
+    if threading.current_thread() is not threading.main_thread():
+
+        def nothing(seconds: float) -> list[int]:
+            time.sleep(seconds)
+            return []
+
+        yield nothing
+        return
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write)
+
+    def wait(seconds: float) -> list[int]:
+        ready, _, _ = select.select([read], [], [], seconds)
+        if not ready:
+            return []
+        with contextlib.suppress(BlockingIOError):
+            return list(os.read(read, 64))
+        return []
+
+    try:
+        yield wait
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
 
 
 @contextlib.contextmanager

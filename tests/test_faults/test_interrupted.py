@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -284,8 +285,11 @@ def test_restore_proof_interrupted_in_its_dagster_step_ends_the_run_canceled(
     code, lines = child.interrupt(signal.SIGTERM)
 
     assert code == 143
-    _one_line(lines, f"error: restore of {DAY} into ")
-    assert lines[0].endswith("(SIGTERM)")
+    _one_line(
+        lines,
+        f"error: restore proof of {DAY} interrupted: its scratch database was dropped; "
+        "the backup itself is stored, not yet proven restorable (SIGTERM)",
+    )
     assert not set(before) & set(_scratch_databases_beside(server))
     _runs_canceled_without_retry()
 
@@ -296,3 +300,49 @@ def _scratch_databases_beside(server_url: str) -> list[str]:
             "SELECT datname FROM pg_database WHERE datname LIKE %s", ("%\\_restore\\_%",)
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def test_backup_interrupted_while_waiting_to_retry_ends_at_once_and_canceled(local_env) -> None:
+    """Between attempts Dagster holds the signals and waits out the backoff; the command still
+    ends at once, and the run is CANCELED with no further attempt."""
+    with socket.socket() as probe:  # nothing listens on it once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(PGVAULT), "backup", "--retries", "2"],
+        env={
+            **os.environ,
+            "DATABASE_URL": f"postgresql://app@127.0.0.1:{port}/app",
+            "BACKUP_RETRY_DELAY_SECONDS": "600",
+        },
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    child = Interruptible(proc, [])
+    try:
+        assert proc.stdout is not None
+        wait_for(
+            lambda: proc.stdout.readline().startswith(b"attempt 1 failed: "),
+            "the first failed attempt",
+        )
+
+        code, lines = child.interrupt(signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert code == 143
+    # Dagster's first-run notices come before it; pgvault's own line is the one error.
+    _one_line(
+        [line for line in lines if line.startswith("error: ")],
+        f"error: backup of {DAY} interrupted between its attempts or steps (SIGTERM)",
+    )
+    assert lines[-1].startswith("error: ") and not any("Traceback" in line for line in lines)
+    with DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+        retries = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+    assert run.status == DagsterRunStatus.CANCELED
+    assert len(retries) == 1
