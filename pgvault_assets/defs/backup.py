@@ -238,7 +238,6 @@ def make_database_backup(
         notifier.checkin("in_progress", check_in_id=checkin_id, **_monitor_times(budget))
         started = time.monotonic()
         try:
-            # Interrupted, the Sentry check-in stays open: no backup of the day came of this run.
             with canceled_on_interrupt(context):
                 manifest = backup_database(
                     store,
@@ -253,6 +252,10 @@ def make_database_backup(
             if final:
                 _close_checkin(notifier, checkin_id, "error", started, budget)
             raise Failure(description=str(exc), allow_retries=not final) from None
+        except Failure:
+            # Interrupted (the run ends CANCELED): the check-in stays open, and Sentry hears
+            # of a missed backup only if no other run backs the day up in time.
+            raise
         except BaseException:
             if context.retry_number >= config.max_retries:
                 _close_checkin(notifier, checkin_id, "error", started, budget)

@@ -346,3 +346,21 @@ def test_backup_interrupted_while_waiting_to_retry_ends_at_once_and_canceled(loc
         retries = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
     assert run.status == DagsterRunStatus.CANCELED
     assert len(retries) == 1
+
+
+def test_interrupted_last_attempt_sends_sentry_no_error_and_alerts_nothing(
+    local_env, make_database, alerts_captured, cli
+) -> None:
+    """A Ctrl-C is no failed backup: its monitor's check-in stays open and nothing is alerted,
+    even on the attempt after which no retry would come."""
+    url = make_database("intr")
+    fill(url, ROWS)
+    child = cli("backup", "--retries", "0", pause_at="dump", DATABASE_URL=url)
+    child.wait_for_pause("dump")
+    wait_for(alerts_captured.checkins, "the in-progress check-in")
+
+    code, _ = child.interrupt(signal.SIGINT)
+
+    assert code == 130
+    assert [c["status"] for c in alerts_captured.checkins()] == ["in_progress"]
+    assert [path for path, _ in alerts_captured.requests if path.startswith("/hook")] == []
