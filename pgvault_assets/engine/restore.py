@@ -377,8 +377,8 @@ def restore_backup(
     maintenance_url = target_url.with_dbname("postgres")
     with (
         said_as(
-            f"restore of {day.isoformat()} into {target} interrupted: psql ended and the "
-            f"half-built database was dropped; {target} is as it was"
+            f"restore of {day.isoformat()} into {target} interrupted: the half-built "
+            f"database was dropped; {target} is as it was"
         ),
         _connection_loss_keeps(target),
         connect(maintenance_url) as maintenance,

@@ -14,6 +14,7 @@ import pytest
 
 from pgvault_assets.engine.cluster import CLUSTER_PREFIX
 from tests.test_faults.test_interrupted import cli  # noqa: F401 (shared fixture)
+from tests.test_faults.test_killed import _scratches
 from tests.test_pitr.conftest import ArchivingServer
 from tests.test_pitr.test_recover_to_time import staging_rows
 
@@ -52,6 +53,7 @@ def test_restore_to_time_interrupted_removes_its_cluster_and_leaves_staging(
     )
     child.wait_for_pause("swap")  # the recovered cluster is up, its copy about to swap in
     assert list(clusters.glob(f"{CLUSTER_PREFIX}*")), "no throwaway cluster at the pause"
+    assert _scratches(os.environ["STAGING_DATABASE_URL"]), "no copy being built at the pause"
 
     code, lines = child.interrupt(signal.SIGINT)
 
@@ -61,3 +63,4 @@ def test_restore_to_time_interrupted_removes_its_cluster_and_leaves_staging(
     assert line.endswith("is as it was (SIGINT)")
     assert list(clusters.glob(f"{CLUSTER_PREFIX}*")) == []
     assert staging_rows() == [42]
+    assert _scratches(os.environ["STAGING_DATABASE_URL"]) == []
