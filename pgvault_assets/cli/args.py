@@ -130,6 +130,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_RETRIES = 20  # as BACKUP_MAX_RETRIES allows
+
+
+def retry_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_RETRIES:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r} is not a whole number of retries from 0 to {MAX_RETRIES}"
+        )
+    return value
+
+
 def confirm(database: str) -> None:
     if not sys.stdin.isatty():
         raise ConfigError(

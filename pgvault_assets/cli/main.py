@@ -15,6 +15,7 @@ from pgvault_assets.cli import backups, deploy, fleet, metrics, pitr, platform, 
 from pgvault_assets.cli.args import Parser, shows_every_database
 from pgvault_assets.cli.console import errors, print_warnings
 from pgvault_assets.engine.fleet import pin_database
+from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import load_settings
@@ -61,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print_warnings()
     try:
-        settings = load_settings()
-        if hasattr(args, "fleet_database") and not shows_every_database(args, settings):
-            settings = pin_database(settings, os.environ, args.fleet_database)
-        code = int(args.handler(args, settings))
-        sys.stdout.flush()  # a closed pipe is met here, not at exit, where it would print
-        return code
+        with signals_interrupt():
+            settings = load_settings()
+            if hasattr(args, "fleet_database") and not shows_every_database(args, settings):
+                settings = pin_database(settings, os.environ, args.fleet_database)
+            code = int(args.handler(args, settings))
+            sys.stdout.flush()  # a closed pipe is met here, not at exit, where it would print
+            return code
+    except Interrupted as exc:
+        errors.print(f"error: {redact(str(exc))}", markup=False)
+        return exc.exit_code
     except PgvaultError as exc:
         if args.debug:
             raise

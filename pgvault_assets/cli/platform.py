@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
+import signal
+import sys
 import threading
 import uuid
 import warnings
@@ -24,12 +27,18 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from pgvault_assets.cli.args import add_database_option, add_every_database_option, parse_date
-from pgvault_assets.cli.console import console
+from pgvault_assets.cli.args import (
+    add_database_option,
+    add_every_database_option,
+    parse_date,
+    retry_count,
+)
+from pgvault_assets.cli.console import console, errors
 from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import each_database_apart, load_fleet
+from pgvault_assets.engine.interrupts import SIGNALS, Interrupted, handled_here, signals_seen
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import (
     FLEET_BACKUPS,
@@ -68,6 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="back up this database though the environment's backups come from another "
         "(a server replaced, say); recorded in the manifest",
+    )
+    sub.add_argument(
+        "--retries",
+        type=retry_count,
+        default=None,
+        metavar="N",
+        help="retry a failed backup N times (default: none at a terminal, where you see the "
+        "reason at once; BACKUP_MAX_RETRIES otherwise, as from cron)",
     )
     add_database_option(sub)
     sub.set_defaults(handler=backup_command)
@@ -110,10 +127,24 @@ def open_instance(instance: DagsterInstance | None = None) -> Iterator[DagsterIn
         return
     if os.environ.get("DAGSTER_HOME"):
         with DagsterInstance.get() as configured:
-            yield configured
+            yield _output_in_the_terminal(configured)
         return
     with DagsterInstance.from_config(str(dagster_home())) as embedded:
-        yield embedded
+        yield _output_in_the_terminal(embedded)
+
+
+def _output_in_the_terminal(instance: DagsterInstance) -> DagsterInstance:
+    """The CLI's runs print straight to the terminal, not through Dagster's compute logs.
+
+    The local compute log manager mirrors a run's output back with a `tail` child and a
+    Python watcher child in pgvault's process group: a Ctrl-C reaches them too, and the
+    watcher prints a traceback. The operator reads this output in the terminal anyway; the
+    run's events stay in the UI. Set before the instance first reads its own manager.
+    """
+    from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
+
+    instance._compute_log_manager = NoOpComputeLogManager()
+    return instance
 
 
 @contextlib.contextmanager
@@ -207,6 +238,62 @@ class RetryAnnouncer:
                 )
 
 
+class InterruptWatch:
+    """End the CLI's run at once on SIGINT or SIGTERM that arrives while Dagster holds the
+    signals: between attempts (it waits out a retry's backoff, minutes on end, and would then
+    take the signal for a failed attempt to retry) or between steps.
+
+    Inside a step, the engine takes the signal itself, undoes its work and ends the run
+    CANCELED (defs/backup.py). Outside one nothing of pgvault's is running, no child and no
+    upload, so the run is marked CANCELED here and the process ends with the signal's status,
+    without waiting for Dagster.
+    """
+
+    def __init__(self, instance: DagsterInstance, token: str, day: date) -> None:
+        self._instance = instance
+        self._token = token
+        self._day = day
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="pgvault-signals", daemon=True)
+
+    def __enter__(self) -> InterruptWatch:
+        self._seen = contextlib.ExitStack()
+        self._wait = self._seen.enter_context(signals_seen())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._seen.close()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for signum in self._wait(RETRY_POLL_SECONDS):
+                if signum in SIGNALS and not handled_here():
+                    self._end(signum)
+
+    def _end(self, signum: int) -> None:
+        from dagster import RunsFilter  # deferred on purpose: see the module docstring
+
+        name = signal.Signals(signum).name
+        line = (
+            f"backup of {self._day.isoformat()} interrupted between its attempts or steps "
+            f"({name}); what is stored is what pgvault list-backups shows"
+        )
+        with contextlib.suppress(Exception):  # the exit matters more than the record
+            runs = self._instance.get_runs(
+                filters=RunsFilter(tags={INVOCATION_TAG: self._token}), limit=1
+            )
+            if runs:
+                self._instance.report_run_canceling(runs[0], message=line)
+                self._instance.report_run_canceled(runs[0], message=line)
+        errors.print(f"error: {line}", markup=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+
 def materialize_backup(
     day: date,
     *,
@@ -215,6 +302,7 @@ def materialize_backup(
     say: Callable[[str], None] | None = None,
     settings: Settings | None = None,
     accept_new_source: bool = False,
+    retries: int | None = None,
 ) -> Manifest:
     """Run partition `day` of the backup asset with its checks; return the new manifest.
 
@@ -224,6 +312,7 @@ def materialize_backup(
     With `say`, each failed attempt that Dagster retries is said as it happens.
     `settings` pinned to a fleet database (main.py) back up that database's asset.
     `accept_new_source` tags the run so the asset accepts another source database.
+    `retries` replaces BACKUP_MAX_RETRIES for this run.
     """
     settings = settings or load_settings()
     with dagster_previews_hidden():
@@ -233,28 +322,36 @@ def materialize_backup(
 
         from pgvault_assets.defs.backup import (
             ACCEPT_NEW_SOURCE_TAG,
+            CONFIG,
             database_backup,
             decrypts_fully,
+            make_database_backup,
         )
         from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
         from pgvault_assets.defs.restorable import restorable
 
         check_backup_date(day, utcnow())
+        config = CONFIG if retries is None else dataclasses.replace(CONFIG, max_retries=retries)
+        backup = database_backup if retries is None else make_database_backup(config)
         if settings.database is not None:
             from pgvault_assets.defs.fleet import backup_asset, make_decrypts_fully, make_restorable
 
             fleet = load_fleet(settings.platform.fleet_file)
             database = fleet.choose(settings.database)
-            assets = [backup_asset(fleet, settings.database)]
+            assets = [backup_asset(fleet, settings.database, config)]
             if prove_restorable:
                 assets += [make_decrypts_fully(database), make_restorable(database)]
         elif prove_restorable:
-            assets = [database_backup, decrypts_fully, restorable]
+            assets = [backup, decrypts_fully, restorable]
         else:
-            assets = [database_backup]
+            assets = [backup]
         token = uuid.uuid4().hex
-        with open_instance(instance) as active, RetryAnnouncer(active, token, say or _silent):
+        with (
+            open_instance(instance) as active,
+            RetryAnnouncer(active, token, say or _silent),
+            InterruptWatch(active, token, day),
+        ):
             result = materialize(
                 assets,
                 instance=active,
@@ -272,6 +369,7 @@ def materialize_backup(
                 run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             )
     if not result.success:
+        _raise_if_interrupted(result)
         raise BackupFailed(
             f"backup of {day.isoformat()} failed: {_first_failure(result)}; "
             f"see run {result.run_id[:8]} in the Dagster UI"
@@ -281,6 +379,21 @@ def materialize_backup(
 
 def _silent(line: str) -> None:
     """No one to tell: a caller that reports the result only."""
+
+
+def _raise_if_interrupted(result: ExecuteInProcessResult) -> None:
+    """A run a signal ended (CANCELED, see defs/backup.py) ends the command as that signal."""
+    from dagster import DagsterEventType  # deferred on purpose: see the module docstring
+
+    from pgvault_assets.defs.backup import INTERRUPTED_METADATA_KEY
+
+    for event in result.all_events:
+        if event.event_type != DagsterEventType.STEP_FAILURE:
+            continue
+        failure = event.step_failure_data.user_failure_data
+        if failure and INTERRUPTED_METADATA_KEY in failure.metadata:
+            signum = failure.metadata[INTERRUPTED_METADATA_KEY].value
+            raise Interrupted(int(signum), " ".join((failure.description or "").split()))
 
 
 def _first_failure(result: ExecuteInProcessResult) -> str:
@@ -300,12 +413,16 @@ def _first_failure(result: ExecuteInProcessResult) -> str:
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
     day = args.date or latest_complete_day(utcnow())
     console.print(f"backing up {settings.require_database()} as {day.isoformat()} …")
+    retries = args.retries
+    if retries is None and sys.stdin.isatty():
+        retries = 0  # someone is waiting: the reason now beats a retry in minutes
     manifest = materialize_backup(
         day,
         prove_restorable=args.prove_restorable,
         say=lambda line: console.print(line, markup=False),
         settings=settings,
         accept_new_source=args.accept_new_source,
+        retries=retries,
     )
     console.print(
         f"backup {manifest.date.isoformat()} stored: {format_bytes(manifest.size_bytes)} "

@@ -5,11 +5,12 @@ can be dumped (a dump taken later would hold later data under D's name), so mate
 older partition fails at once without touching the database; backfills re-run the checks.
 """
 
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 
 from dagster import (
@@ -30,6 +31,7 @@ from dagster import (
     Jitter,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
     RetryPolicy,
     RunRequest,
     ScheduleEvaluationContext,
@@ -46,6 +48,7 @@ from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.catalog import first_backup_day
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import FleetDatabase, pool_name
+from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
@@ -83,6 +86,8 @@ BACKUP_PARTITIONS = DailyPartitionsDefinition(
     start_date=partitions_start(CONFIG, utcnow()).isoformat(), timezone="UTC", end_offset=0
 )
 CHECKIN_NAMESPACE = uuid.UUID("1b0f6a52-8a2e-4c1e-9a53-5d2f0c4be0a7")
+# On the step failure of an interrupted run: the signal that ended it (SIGINT 2, SIGTERM 15).
+INTERRUPTED_METADATA_KEY = "interrupted_by_signal"
 
 CHECKSUM_MATCHES = "checksum_matches"
 DURATION_WITHIN_AVERAGE = "duration_within_average"
@@ -271,20 +276,25 @@ def make_database_backup(
         notifier.checkin("in_progress", check_in_id=checkin_id, **_monitor_times(budget))
         started = time.monotonic()
         try:
-            manifest = backup_database(
-                store,
-                url,
-                day,
-                level=settings.compression_level,
-                role_passwords=settings.role_passwords == "include",
-                lock_wait_seconds=settings.lock_wait_seconds,
-                accept_new_source=context.run.tags.get(ACCEPT_NEW_SOURCE_TAG) == "true",
-            )
+            with canceled_on_interrupt(context):
+                manifest = backup_database(
+                    store,
+                    url,
+                    day,
+                    level=settings.compression_level,
+                    role_passwords=settings.role_passwords == "include",
+                    lock_wait_seconds=settings.lock_wait_seconds,
+                    accept_new_source=context.run.tags.get(ACCEPT_NEW_SOURCE_TAG) == "true",
+                )
         except PgvaultError as exc:
             final = isinstance(exc, ConfigError) or context.retry_number >= config.max_retries
             if final:
                 _close_checkin(notifier, checkin_id, "error", started, budget)
             raise Failure(description=str(exc), allow_retries=not final) from None
+        except Failure:
+            # Interrupted (the run ends CANCELED): the check-in stays open, and Sentry hears
+            # of a missed backup only if no other run backs the day up in time.
+            raise
         except BaseException:
             if context.retry_number >= config.max_retries:
                 _close_checkin(notifier, checkin_id, "error", started, budget)
@@ -312,6 +322,29 @@ def make_database_backup(
 
 
 database_backup = make_database_backup()
+
+
+@contextlib.contextmanager
+def canceled_on_interrupt(
+    context: AssetExecutionContext | AssetCheckExecutionContext | OpExecutionContext,
+) -> Iterator[None]:
+    """SIGINT or SIGTERM inside (Ctrl-C, a cancel from the UI) ends the step's run as
+    CANCELED, never retried, once the engine has undone what it half-did.
+
+    Dagster's own handling of an interrupt retries the step when it has a retry policy, and
+    fails the run otherwise: a Ctrl-C would then be a failed backup in the health figures and
+    an alert. Marking the run as canceling first makes Dagster end it CANCELED.
+    """
+    try:
+        with signals_interrupt():
+            yield
+    except Interrupted as exc:
+        context.instance.report_run_canceling(context.run, message=str(exc))
+        raise Failure(
+            description=str(exc),
+            metadata={INTERRUPTED_METADATA_KEY: exc.signum},
+            allow_retries=False,
+        ) from None
 
 
 def recent_run_budget(open_vault: Callable[[], Vault]) -> RunBudget:
@@ -352,7 +385,8 @@ def _close_checkin(
     description="the whole backup decrypts and authenticates with its key and context",
 )
 def decrypts_fully(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
-    return decrypts_fully_result(vault.vault(), date.fromisoformat(context.partition_key))
+    with canceled_on_interrupt(context):
+        return decrypts_fully_result(vault.vault(), date.fromisoformat(context.partition_key))
 
 
 def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:

@@ -35,6 +35,7 @@ from pgvault_assets.defs.backup import (
     CONFIG,
     DECRYPTS_FULLY,
     RESTORABLE,
+    canceled_on_interrupt,
     decrypts_fully_result,
     fleet_backup_key,
     make_database_backup,
@@ -115,7 +116,8 @@ def make_decrypts_fully(database: FleetDatabase) -> AssetChecksDefinition:
             return AssetCheckResult(
                 passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
             )
-        return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
+        with canceled_on_interrupt(context):
+            return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
 
     return decrypts_fully
 
@@ -138,9 +140,10 @@ def make_restorable(database: FleetDatabase) -> AssetChecksDefinition:
             return AssetCheckResult(
                 passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
             )
-        return restorable_result(
-            settings, vault.vault(settings), date.fromisoformat(context.partition_key)
-        )
+        with canceled_on_interrupt(context):
+            return restorable_result(
+                settings, vault.vault(settings), date.fromisoformat(context.partition_key)
+            )
 
     return restorable
 
@@ -206,9 +209,9 @@ def fleet_definitions(
     )
 
 
-def backup_asset(fleet: Fleet, name: str) -> AssetsDefinition:
+def backup_asset(fleet: Fleet, name: str, config: PlatformSettings = CONFIG) -> AssetsDefinition:
     """The backup asset of the fleet database `name` (for `pgvault backup --database`)."""
-    return make_database_backup(CONFIG, fleet.choose(name))
+    return make_database_backup(config, fleet.choose(name))
 
 
 FLEET = load_fleet(CONFIG.fleet_file)

@@ -32,7 +32,7 @@ from dagster import (
 )
 
 from pgvault_assets.alerts import Alert
-from pgvault_assets.defs.backup import BACKUP_KEY
+from pgvault_assets.defs.backup import BACKUP_KEY, canceled_on_interrupt
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.drill import DrillReport, run_configured_drill, store_report
@@ -83,9 +83,10 @@ def disaster_recovery_drill(
     try:
         settings = vault.settings()
         store = vault.vault(settings)
-        report = run_configured_drill(
-            store, settings, rto_hours=config.recovery_time_objective_hours
-        )
+        with canceled_on_interrupt(context):
+            report = run_configured_drill(
+                store, settings, rto_hours=config.recovery_time_objective_hours
+            )
         key = store_report(store, report)
     except PgvaultError as exc:
         raise Failure(description=str(exc)) from None
@@ -186,17 +187,22 @@ def restore_from_backup(
     except ValueError:
         raise Failure(description=f"{config.date!r} is not a date; use YYYY-MM-DD") from None
     try:
-        if config.target == "production":
-            url, result = _restore_production(vault, day, config)
-        else:
-            if config.request_id:
-                raise ConfigError("request_id is only for production restores; drop it")
-            settings = vault.settings()
-            store = vault.vault(settings)
-            url = staging_target(settings, vault.environ())
-            result = restore_staging(
-                store, day, url, actor=f"dagster run {context.run_id}", full_verify=config.verify
-            )
+        with canceled_on_interrupt(context):
+            if config.target == "production":
+                url, result = _restore_production(vault, day, config)
+            else:
+                if config.request_id:
+                    raise ConfigError("request_id is only for production restores; drop it")
+                settings = vault.settings()
+                store = vault.vault(settings)
+                url = staging_target(settings, vault.environ())
+                result = restore_staging(
+                    store,
+                    day,
+                    url,
+                    actor=f"dagster run {context.run_id}",
+                    full_verify=config.verify,
+                )
     except PgvaultError as exc:
         raise Failure(description=str(exc)) from None
     context.log.info(

@@ -14,7 +14,12 @@ from dagster import (
     asset_check,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY, BACKUP_PARTITIONS, RESTORABLE
+from pgvault_assets.defs.backup import (
+    BACKUP_KEY,
+    BACKUP_PARTITIONS,
+    RESTORABLE,
+    canceled_on_interrupt,
+)
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.policy import SUNDAY
@@ -79,9 +84,10 @@ def restorable_result(settings: Settings, vault: Vault, day: date) -> AssetCheck
 )
 def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
     settings = vault.settings()
-    return restorable_result(
-        settings, vault.vault(settings), date.fromisoformat(context.partition_key)
-    )
+    with canceled_on_interrupt(context):
+        return restorable_result(
+            settings, vault.vault(settings), date.fromisoformat(context.partition_key)
+        )
 
 
 defs = Definitions(asset_checks=[restorable])

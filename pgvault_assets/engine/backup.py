@@ -21,6 +21,7 @@ from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
 from pgvault_assets.engine.copy_rows import CopyRowCounter
 from pgvault_assets.engine.immutability import backup_retain_until
+from pgvault_assets.engine.interrupts import CHILD_GROUP, said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import backup_lock_name, retention_lock_name
 from pgvault_assets.engine.pipeline import Progress, encrypt_stream
@@ -224,7 +225,40 @@ def backup_database(
     A backup of another database than the namespace's latest backup is refused before the
     dump unless `accept_new_source`. A re-run of a date says whose backup it replaces, and
     keeps that one's object (and what it replaced) stored and listed until retention.
+
+    A signal (`Interrupted`) ends pg_dump and aborts the upload on its way out.
     """
+    with said_as(
+        f"backup of {day.isoformat()} interrupted: no backup was recorded, "
+        "the previous one is intact"
+    ):
+        return _backup_database(
+            vault,
+            url,
+            day,
+            now=now,
+            level=level,
+            progress=progress,
+            enforce_date=enforce_date,
+            role_passwords=role_passwords,
+            lock_wait_seconds=lock_wait_seconds,
+            accept_new_source=accept_new_source,
+        )
+
+
+def _backup_database(
+    vault: Vault,
+    url: DatabaseUrl,
+    day: date,
+    *,
+    now: Clock,
+    level: int,
+    progress: Progress | None,
+    enforce_date: bool,
+    role_passwords: bool,
+    lock_wait_seconds: int,
+    accept_new_source: bool,
+) -> Manifest:
     started_at = now()
     if enforce_date:
         check_backup_date(day, started_at)
@@ -292,6 +326,7 @@ def backup_database(
                         stderr=subprocess.PIPE,
                         env=tool_env(url),
                         bufsize=1024 * 1024,
+                        **CHILD_GROUP,
                     )
                 except BaseException:
                     writer.abort()
@@ -309,6 +344,7 @@ def backup_database(
                 )
                 stderr_thread.start()
                 try:
+                    pause_point("dump")
                     result = encrypt_stream(
                         dump, writer, keys, context, level=level, progress=progress, rows=rows
                     )
@@ -338,10 +374,10 @@ def backup_database(
                         vault, day, context_of_server, level=level, retain_until=retain_until
                     )
                 except BaseException:
-                    writer.abort()
                     if proc.poll() is None:
                         proc.kill()
                     proc.wait()
+                    writer.abort()
                     raise
             finished_at = now()
             manifest = Manifest(
@@ -390,11 +426,20 @@ def backup_database(
                     stored.sha256[:12],
                 )
             # Versions no manifest pins (a killed run's) go; the replaced backups' stay.
-            vault.store.prune_versions(
-                vault.object_key(day), {m.object_version_id for m in manifest.versions}
-            )
-            vault.store.prune_versions(
-                context_record.object_key,
-                {m.server_context.object_version_id for m in manifest.versions if m.server_context},
-            )
+            with said_as(
+                f"backup of {day.isoformat()} was recorded, then interrupted while removing "
+                "versions no backup records; cleanup removes those later",
+                settled=True,
+            ):
+                vault.store.prune_versions(
+                    vault.object_key(day), {m.object_version_id for m in manifest.versions}
+                )
+                vault.store.prune_versions(
+                    context_record.object_key,
+                    {
+                        m.server_context.object_version_id
+                        for m in manifest.versions
+                        if m.server_context
+                    },
+                )
             return manifest

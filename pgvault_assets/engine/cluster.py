@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pgvault_assets.engine.interrupts import run_in_own_group
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
@@ -109,14 +110,7 @@ def _owner_prefix() -> list[str]:
 
 
 def _run_as_owner(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*_owner_prefix(), *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd="/",
-    )
+    return run_in_own_group([*_owner_prefix(), *command], text=True, timeout=120, cwd="/")
 
 
 def _free_port() -> int:

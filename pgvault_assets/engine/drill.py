@@ -26,6 +26,7 @@ from pgvault_assets.engine.audit import unique_name
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.cluster import major_of, proof_server
 from pgvault_assets.engine.integrity import CheckResult, check_database_integrity
+from pgvault_assets.engine.interrupts import said_as
 from pgvault_assets.engine.postgres import connect, one_row, user_tables
 from pgvault_assets.engine.restore import restore_into_scratch, verify_backup
 from pgvault_assets.engine.server_context import read_context
@@ -272,8 +273,34 @@ def run_drill(
     return its report (also when it failed). The cluster keeps fsync on: its timings stand
     for production's recovery.
 
-    Only choosing no backup at all raises; a failure after that is the drill's finding.
+    Only choosing no backup at all raises; a failure after that is the drill's finding, and
+    an interruption (`Interrupted`) ends it with its scratch database and cluster removed.
     """
+    with said_as(
+        "drill interrupted: its scratch database and throwaway cluster were removed; "
+        "no report was stored"
+    ):
+        return _run_drill(
+            vault,
+            server_url,
+            production_url=production_url,
+            queries_file=queries_file,
+            recovery_time_objective=recovery_time_objective,
+            now=now,
+            timer=timer,
+        )
+
+
+def _run_drill(
+    vault: Vault,
+    server_url: DatabaseUrl | None,
+    *,
+    production_url: DatabaseUrl | None,
+    queries_file: Path | None,
+    recovery_time_objective: timedelta,
+    now: Clock,
+    timer: Timer,
+) -> DrillReport:
     started_at = now()
     manifests = {m.date: m for m in vault.list_manifests()}
     day, choice = choose_backup(manifests, started_at.astimezone(UTC).date())

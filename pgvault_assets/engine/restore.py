@@ -29,6 +29,7 @@ from pgvault_assets.engine import audit, shape
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, utcnow
+from pgvault_assets.engine.interrupts import CHILD_GROUP, said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import database_beside, restore_claim
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
@@ -222,6 +223,7 @@ def _feed_psql(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=tool_env(url),
+        **CHILD_GROUP,
     )
     if proc.stdin is None or proc.stderr is None:  # asked for above; never None
         proc.kill()
@@ -376,6 +378,10 @@ def restore_backup(
     target = target_url.dbname
     maintenance_url = target_url.with_dbname("postgres")
     with (
+        said_as(
+            f"restore of {day.isoformat()} into {target} interrupted: the half-built "
+            f"database was dropped; {target} is as it was"
+        ),
         _connection_loss_keeps(target),
         connect(maintenance_url) as maintenance,
     ):
@@ -497,14 +503,21 @@ def _copy_with_pg_dump(source: DatabaseUrl, scratch: DatabaseUrl, major: int) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=tool_env(source),
+        **CHILD_GROUP,
     )
-    load = subprocess.run(
-        [psql, "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"],
-        stdin=dump.stdout,
-        capture_output=True,
-        env=tool_env(scratch),
-        check=False,
-    )
+    try:
+        load = subprocess.run(
+            [psql, "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"],
+            stdin=dump.stdout,
+            capture_output=True,
+            env=tool_env(scratch),
+            check=False,
+            **CHILD_GROUP,
+        )
+    except BaseException:  # interrupted: run() ended psql, and pg_dump ends here
+        dump.kill()
+        dump.wait()
+        raise
     if dump.stdout is not None:
         dump.stdout.close()
     if load.returncode != 0 and dump.poll() is None:
@@ -935,9 +948,15 @@ def restore_staging_to_time(
     """Recover a throwaway cluster to `target_time`, then copy `source`'s database from it
     into staging by the checked swap, and record it, failed or not."""
     body = {"time": time_key(target_time), "database": url.dbname}
-    with audit.staging_operation(
-        vault, audit.STAGING_RESTORE_TO_TIME, body, actor=actor, now=now
-    ) as learned:
+    with (
+        said_as(
+            f"restore of {url.dbname} to {time_key(target_time)} interrupted: the throwaway "
+            f"cluster and the half-built database were removed; {url.dbname} is as it was"
+        ),
+        audit.staging_operation(
+            vault, audit.STAGING_RESTORE_TO_TIME, body, actor=actor, now=now
+        ) as learned,
+    ):
         with recover_to_time(
             tool,
             target_time,

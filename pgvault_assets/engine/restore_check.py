@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime
 
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.cluster import major_of, proof_server
+from pgvault_assets.engine.interrupts import said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, restore_verified_key
 from pgvault_assets.engine.postgres import connect, drop_database
@@ -60,7 +61,13 @@ def verify_restorable(
     exists nowhere makes its swap a plain rename.
     """
     source_major = major_of(vault.read_manifest(day).server_version)
-    with proof_server(configured_server, source_major=source_major) as server_url:
+    with (
+        said_as(
+            f"restore proof of {day.isoformat()} interrupted: its scratch database was dropped; "
+            "the backup itself is stored, not yet proven restorable"
+        ),
+        proof_server(configured_server, source_major=source_major) as server_url,
+    ):
         started = now()
         target = server_url.with_dbname(throwaway_name(day))
         try:

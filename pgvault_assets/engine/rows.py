@@ -33,6 +33,7 @@ from pgvault_assets.engine import audit
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.compare import pin_output_formats, qualified
+from pgvault_assets.engine.interrupts import said_as
 from pgvault_assets.engine.postgres import connect
 from pgvault_assets.engine.restore import restore_into_scratch
 from pgvault_assets.engine.vault import Vault
@@ -660,6 +661,39 @@ def recover_rows(
     _checked_where(where)
     _checked_related(with_dependents, parents_only)
     table = resolve_table(target_url, table)
+    with said_as(
+        f"row recovery from {day.isoformat()} interrupted: its scratch database was dropped; "
+        f"{target_url.dbname} is as it was"
+    ):
+        return _recover_rows(
+            vault,
+            day,
+            target_url,
+            table,
+            where=where,
+            with_dependents=with_dependents,
+            parents_only=parents_only,
+            apply=apply,
+            scratch_server=scratch_server,
+            now=now,
+            before_apply=before_apply,
+        )
+
+
+def _recover_rows(
+    vault: Vault,
+    day: date,
+    target_url: DatabaseUrl,
+    table: str,
+    *,
+    where: str | None,
+    with_dependents: bool,
+    parents_only: bool,
+    apply: bool,
+    scratch_server: DatabaseUrl | None,
+    now: Clock,
+    before_apply: Callable[[RowRecovery], None] | None,
+) -> RowRecovery:
     with restore_into_scratch(vault, day, scratch_server or target_url, label="rows", now=now) as (
         scratch
     ):

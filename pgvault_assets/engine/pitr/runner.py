@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgvault_assets.engine.interrupts import run_in_own_group
 from pgvault_assets.engine.pitr.config import OS_USER, pgbackrest_binary
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
@@ -68,12 +69,10 @@ class PgBackRest:
     ) -> str:
         """Run a command; its standard output, or `PitrFailed` with pgBackRest's reason."""
         try:
-            result = subprocess.run(
+            result = run_in_own_group(
                 self.command(command, *options, path=path),
-                capture_output=True,
                 text=True,
                 timeout=timeout,
-                check=False,
                 cwd="/",
                 env=self.env(),
             )

@@ -20,6 +20,7 @@ import botocore.exceptions
 
 from pgvault_assets.engine.store.failures import s3_error
 from pgvault_assets.engine.store.s3_access import S3Bucket
+from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.errors import StoreError
 
 MIN_PART_SIZE = 8 * 1024 * 1024  # above S3's 5 MiB floor for every part but the last
@@ -119,6 +120,8 @@ class _S3Writer:
         try:
             while len(self._buffer) >= self._next_part_size():
                 self._flush(self._next_part_size())
+            if self._parts and self._parts[0].done():
+                pause_point("upload")
         except Exception as exc:
             self.abort()
             raise s3_error(exc, f"upload of {self._key}") from None
