@@ -121,7 +121,9 @@ def test_metrics_write_gives_a_textfile_promtool_accepts_with_the_last_backup(
 def test_the_restore_proof_and_a_stale_database_show_in_the_figures(local_env, make_database):
     manifest = back_up(make_database())
     proven_at = manifest.finished_at + timedelta(hours=1)
-    record_restore_verified(vault(), RestoreProof(manifest.date, proven_at, "scratch", 1, 3, 0.5))
+    record_restore_verified(
+        vault(), RestoreProof(manifest.date, proven_at, "scratch", 1, 3, 0.5, manifest.sha256)
+    )
     later = [manifest.finished_at + timedelta(hours=37)]
     reader = MetricsReader(load_settings(), os.environ, clock=lambda: later[0])
 

@@ -54,7 +54,8 @@ def at_monday(monkeypatch) -> datetime:
 
 @pytest.fixture
 def instance():
-    return DagsterInstance.ephemeral()
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
 
 
 def test_retention_expires_each_databases_backups_by_its_own_policy(

@@ -345,11 +345,11 @@ def shop_rows(url: str) -> dict[str, list[tuple]]:
 
 @pytest.fixture
 def shop(local_env, make_database, monkeypatch) -> tuple[DatabaseUrl, dict[str, list[tuple]]]:
-    """A shop backed up as yesterday, its own staging target; returns it and its rows then."""
+    """A shop backed up as yesterday, then a staging target (production is gone from this
+    environment's settings: staging is never production); returns it and its rows then."""
     url = make_database("shop")
     execute(url, SHOP)
     back_up(url)
-    monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("STAGING_DATABASE_URL", url)
     return DatabaseUrl(url), shop_rows(url)
 
