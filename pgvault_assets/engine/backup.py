@@ -8,7 +8,7 @@ import re
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import date, datetime
 
@@ -21,7 +21,7 @@ from pgvault_assets.engine import server_context as sc
 from pgvault_assets.engine.clock import Clock, latest_complete_day, utcnow
 from pgvault_assets.engine.copy_rows import CopyRowCounter
 from pgvault_assets.engine.immutability import backup_retain_until
-from pgvault_assets.engine.interrupts import CHILD_GROUP, said_as
+from pgvault_assets.engine.interrupts import CHILD_GROUP, Interrupted, said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import backup_lock_name, retention_lock_name
 from pgvault_assets.engine.pipeline import Progress, encrypt_stream
@@ -202,6 +202,40 @@ def _clean_partials(vault: Vault, day: date) -> int:
     return removed
 
 
+Committed = list[tuple[str, str | None, str | None]]
+"""Each object version a run committed, as (key, version id, the version the date's manifest
+records for that key), until the run's manifest records them."""
+
+
+@contextlib.contextmanager
+def _withdrawn_if_interrupted(vault: Vault, day: date) -> Iterator[Committed]:
+    """A signal before the manifest is written withdraws what the run committed (the object,
+    its server context), so the store is as it was; clear the list before the manifest write.
+    Further signals are only noted meanwhile (`interrupts`), so none cuts this short."""
+    committed: Committed = []
+    try:
+        yield committed
+    except Interrupted as exc:
+        locked, failed = [], []
+        for key, version_id, back_to in committed:
+            try:
+                if not vault.store.withdraw(key, version_id, back_to):
+                    locked.append(key)
+            except StoreError as error:
+                failed.append(f"{key} stays until cleanup removes it ({error})")
+        if locked:
+            failed.insert(
+                0, f"{' and '.join(locked)} stays until its Object Lock ends and cleanup removes it"
+            )
+        if failed:
+            raise exc.saying(
+                f"backup of {day.isoformat()} interrupted: no backup was recorded, the previous "
+                f"one is intact; an unrecorded version of {'; of '.join(failed)}",
+                settled=True,
+            ) from None
+        raise
+
+
 def backup_database(
     vault: Vault,
     url: DatabaseUrl,
@@ -369,9 +403,26 @@ def _backup_database(
                     # A lock lost meanwhile (S3 unreachable for a lease) may have let another
                     # run of this date start: it must not find a half-replaced object.
                     date_lock.check()
+                    committed = committing.enter_context(_withdrawn_if_interrupted(vault, day))
                     version_id = writer.commit()
+                    committed.append(
+                        (
+                            vault.object_key(day),
+                            version_id,
+                            stored.object_version_id if stored else None,
+                        )
+                    )
                     context_record = sc.store_context(
                         vault, day, context_of_server, level=level, retain_until=retain_until
+                    )
+                    committed.append(
+                        (
+                            context_record.object_key,
+                            context_record.object_version_id,
+                            stored.server_context.object_version_id
+                            if stored and stored.server_context
+                            else None,
+                        )
                     )
                 except BaseException:
                     if proc.poll() is None:
@@ -414,6 +465,8 @@ def _backup_database(
             pause_point("manifest")
             date_lock.check()
             retention_lock.check()
+            # Not withdrawn from here on: a signal during the write may land once it is written.
+            committed.clear()
             vault.store.put_bytes(
                 vault.manifest_key(day), manifest.to_json(), retain_until=retain_until
             )

@@ -10,6 +10,7 @@ holds the command at the stage under test, so the signal lands there every time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -24,10 +25,10 @@ import psycopg
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from pgvault_assets.engine.names import object_key
+from pgvault_assets.engine.names import object_key, server_context_key
 from pgvault_assets.engine.restore import verify_backup
 from pgvault_assets.settings import DatabaseUrl
-from tests.conftest import PrivateCluster
+from tests.conftest import AwsEnv, PrivateCluster
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_faults.conftest import REPO, Pgvault, fill, wait_for
 from tests.test_faults.test_killed import ROWS, _marked_target, _oid, _psql_restoring, _scratches
@@ -108,6 +109,25 @@ def _one_line(lines: list[str], start: str) -> str:
     return lines[0]
 
 
+def _date_stored(env: Path | AwsEnv) -> list[tuple[str, ...]]:
+    """Everything stored under the date's folder, hidden versions too, byte for byte: the
+    local store's files (`.versions/` links included) with their hashes, or every version and
+    delete marker in the bucket."""
+    folder = f"test/{DAY.isoformat()}/"
+    if isinstance(env, Path):
+        root = env / "store"
+        return sorted(
+            (path.relative_to(root).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())
+            for path in (root / folder).rglob("*")
+            if path.is_file()
+        )
+    listing = env.s3.list_object_versions(Bucket=env.bucket, Prefix=folder)
+    return sorted(
+        (item["Key"], item["VersionId"], item.get("ETag", "marker"), str(item["IsLatest"]))
+        for item in listing.get("Versions", []) + listing.get("DeleteMarkers", [])
+    )
+
+
 def _runs_canceled_without_retry() -> None:
     with DagsterInstance.get() as instance:
         runs = instance.get_runs()
@@ -123,15 +143,17 @@ def _runs_canceled_without_retry() -> None:
         ("s3", "dump", signal.SIGTERM),
         ("s3", "upload", signal.SIGINT),
         ("local", "manifest", signal.SIGINT),
+        ("s3", "manifest", signal.SIGTERM),
     ],
 )
 def test_interrupted_backup_exits_with_the_signal_and_keeps_the_previous_backup_alone(
     request: pytest.FixtureRequest, make_database, cli, store: str, stage: str, signum: int
 ) -> None:
-    request.getfixturevalue("aws_env" if store == "s3" else "local_env")
+    env = request.getfixturevalue("aws_env" if store == "s3" else "local_env")
     url = make_database("intr")
     fill(url, ROWS)
     previous = back_up(url)
+    before = _date_stored(env)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO t SELECT * FROM t")  # the new backup would differ
     child = cli("backup", pause_at=stage, DATABASE_URL=url)
@@ -154,10 +176,73 @@ def test_interrupted_backup_exits_with_the_signal_and_keeps_the_previous_backup_
     assert [m.sha256 for m in vault().list_manifests()] == [previous.sha256]
     assert verify_backup(vault(), DAY, full=True).sha256 == previous.sha256
     assert vault().store.pending_uploads(f"test/{DAY.isoformat()}/") == []
-    if stage != "manifest":  # from the manifest stage on, the object itself was complete
-        with contextlib.closing(vault().store.open_reader(object_key("test", DAY))) as current:
-            assert hashlib.sha256(current.read()).hexdigest() == previous.sha256
+    with contextlib.closing(vault().store.open_reader(object_key("test", DAY))) as current:
+        assert hashlib.sha256(current.read()).hexdigest() == previous.sha256
+    assert _date_stored(env) == before, "the interrupted backup left a new object behind"
     _runs_canceled_without_retry()
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_backup_interrupted_before_its_manifest_leaves_nothing_of_a_date_never_backed_up(
+    request: pytest.FixtureRequest, make_database, cli, store: str
+) -> None:
+    env = request.getfixturevalue("aws_env" if store == "s3" else "local_env")
+    url = make_database("intr")
+    fill(url, ROWS)
+    child = cli("backup", pause_at="manifest", DATABASE_URL=url)
+    child.wait_for_pause("manifest")
+    assert vault().store.exists(object_key("test", DAY)), "no object was committed at the pause"
+    assert vault().store.exists(server_context_key("test", DAY))
+
+    code, lines = child.interrupt(signal.SIGINT)
+
+    assert code == 130
+    _one_line(lines, f"error: backup of {DAY} interrupted: no backup was recorded")
+    assert vault().list_manifests() == []
+    assert _date_stored(env) == []
+    if isinstance(env, Path):
+        assert not (env / "store" / "test" / DAY.isoformat()).exists()
+
+
+@pytest.fixture
+def locked_env(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> AwsEnv:
+    """pgvault pointed at a bucket created with S3 Object Lock (governance by default)."""
+    bucket = f"pgvault-locked-{os.urandom(6).hex()}"
+    aws_env.s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    monkeypatch.setenv("BACKUP_S3_BUCKET", bucket)
+    return dataclasses.replace(aws_env, bucket=bucket)
+
+
+def test_backup_interrupted_before_its_manifest_says_a_locked_version_stays_until_cleanup(
+    locked_env: AwsEnv, make_database, cli
+) -> None:
+    """Object Lock refuses to delete the fresh version: it stays, unrecorded, and the line
+    says so rather than claim the store is as it was."""
+    url = make_database("intr")
+    fill(url, ROWS)
+    previous = back_up(url)
+    before = _date_stored(locked_env)
+    child = cli("backup", pause_at="manifest", DATABASE_URL=url)
+    child.wait_for_pause("manifest")
+
+    code, lines = child.interrupt(signal.SIGINT)
+
+    assert code == 130
+    line = _one_line(
+        lines,
+        f"error: backup of {DAY} interrupted: no backup was recorded, the previous one is "
+        f"intact; an unrecorded version of {object_key('test', DAY)}",
+    )
+    assert line.endswith("stays until its Object Lock ends and cleanup removes it (SIGINT)")
+    assert [m.sha256 for m in vault().list_manifests()] == [previous.sha256]
+    assert verify_backup(vault(), DAY, full=True).sha256 == previous.sha256
+    added = {(key, version) for key, version, *_ in _date_stored(locked_env)} - {
+        (key, version) for key, version, *_ in before
+    }
+    assert sorted(key for key, _ in added) == [
+        object_key("test", DAY),
+        server_context_key("test", DAY),
+    ]
 
 
 @pytest.fixture

@@ -277,6 +277,30 @@ class LocalStore:
     def remove_version(self, version: KeptVersion) -> None:
         self._unlink(_version_path(self._path(version.key), version.version_id), version.stored_as)
 
+    def withdraw(self, key: str, version_id: str | None, back_to: str | None) -> bool:
+        """Remove the kept version; the object goes back to the `back_to` version's bytes (linked
+        into place as a write is) or is removed when the date had no backup before."""
+        final = self._path(key)
+        try:
+            withdrawn = final if version_id is None else _version_path(final, version_id)
+            ours = withdrawn.exists() and final.exists() and final.samefile(withdrawn)
+            previous = None if back_to is None else _version_path(final, back_to)
+            if ours and previous is not None and previous.exists():
+                tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
+                os.link(previous, tmp)
+                os.replace(tmp, final)
+            elif ours:
+                final.unlink()
+            withdrawn.unlink(missing_ok=True)
+            for folder in (final.parent / _VERSIONS, final.parent):
+                with contextlib.suppress(OSError):  # only an empty one goes
+                    folder.rmdir()
+            if final.parent.exists():
+                fsync_dir(final.parent)
+        except OSError as exc:
+            raise local_error(exc, "withdrawing", final) from None
+        return True
+
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         """Temporary files a killed writer left (each write's own `.partial-` file)."""
         found = []

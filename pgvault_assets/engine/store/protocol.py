@@ -131,6 +131,13 @@ class Store(Protocol):
 
     def remove_version(self, version: KeptVersion) -> None: ...
 
+    def withdraw(self, key: str, version_id: str | None, back_to: str | None) -> bool:
+        """Undo the commit of `version_id` of `key` that no manifest records yet (a backup
+        interrupted before its manifest), so `back_to` (the version the date's manifest
+        records; None when there is none) is `key`'s object again. False when the store may
+        not delete that version yet (Object Lock): it stays until cleanup can remove it."""
+        ...
+
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         """Every unfinished write under `prefix`, so a backup or cleanup can judge each one."""
         ...

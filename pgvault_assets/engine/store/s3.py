@@ -281,6 +281,21 @@ class S3Store:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise s3_error(exc, f"delete of a version of {version.key}") from None
 
+    def withdraw(self, key: str, version_id: str | None, back_to: str | None) -> bool:
+        """Delete that version: the one before it is current again, as `back_to` expects. A
+        version under Object Lock refuses (AccessDenied), and is left to its lock."""
+        version = {} if version_id is None else {"VersionId": version_id}
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, **version)
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "AccessDenied" and self.bucket_settings().object_lock:
+                return False
+            raise s3_error(exc, f"withdrawal of an unrecorded version of {key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise s3_error(exc, f"withdrawal of an unrecorded version of {key}") from None
+        return True
+
     def pending_uploads(self, prefix: str) -> list[PendingUpload]:
         """Every unfinished multipart upload under `prefix`, so cleanup can judge each one."""
         found = []
