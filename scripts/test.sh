@@ -7,4 +7,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
 .venv/bin/lint-imports --no-logo --no-cache
-exec .venv/bin/python -m pytest "$@"
+# Random order (pytest-randomly; its seed is printed: `-p randomly -p "randomly_seed=N"` repeats
+# one) and two workers, one per core (pytest-xdist; `-n 0` runs in this process, for -x or pdb).
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -252,6 +252,17 @@ def no_pgvault_variables_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.fixture(autouse=True)
+def no_dagster_instance_left_current() -> Iterator[None]:
+    """Each test starts with no earlier test's Dagster instance current. Entering an instance
+    makes its definitions-state storage the current one (a context variable), and one left
+    there after its instance is gone fails the next in-process definitions load with
+    "undefined DagsterInstance weakref", in whatever test runs next. An ephemeral instance
+    (it has no such storage) is current instead, for the length of the test."""
+    with DagsterInstance.ephemeral():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def pgvault_home_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_pgvault_variables_from_the_shell: None
 ) -> None:
