@@ -18,7 +18,7 @@ from pgvault_assets.defs.backup import partitions_start
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.store.local import LocalStore
 from pgvault_assets.settings import DatabaseUrl, PlatformSettings
-from tests.test_defs.test_webserver import REPO, WEBSERVER, _free_port, _graphql, _wait_until_up
+from tests.test_defs.test_webserver import REPO, _graphql, running_webserver
 
 PGVAULT = str(Path(sys.executable).with_name("pgvault"))
 NOW = utcnow()  # one clock for the test run: the day the CLI backs up is this one's yesterday
@@ -142,25 +142,8 @@ def test_the_quickstarts_ui_shows_its_own_history_and_runs_only_what_is_set_up(
     assert backed_up.returncode == 0, backed_up.stderr
     assert f"backup {latest_complete_day(utcnow()).isoformat()} stored" in backed_up.stdout
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [WEBSERVER, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env={**os.environ},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_until_up(base, process)
+    with running_webserver() as base:
         seen = _graphql(base, FIRST_LOOK, {})
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
     assert seen["shouldShowNux"] is False
     # One backup, one partition: 100% filled, nothing missing before it.

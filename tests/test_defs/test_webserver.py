@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,31 @@ def _wait_until_up(base: str, process: subprocess.Popen, seconds: float = 90) ->
     raise AssertionError("dagster-webserver did not come up")
 
 
+@contextlib.contextmanager
+def running_webserver() -> Iterator[str]:
+    """dagster-webserver on the repository's workspace, on a free loopback port, in this
+    test's environment; yields its base URL and stops it afterwards."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [WEBSERVER, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_until_up(base, process)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 # dagster-webserver and its code server do not start under time-machine's shifted clock.
 @pytest.mark.external_clock
 def test_the_ui_launches_yesterdays_backup_and_it_succeeds(backup_env, local_env, yesterday):
@@ -79,17 +106,7 @@ def test_the_ui_launches_yesterdays_backup_and_it_succeeds(backup_env, local_env
         "  class: DefaultRunCoordinator\n"
         "telemetry:\n  enabled: false\n"
     )
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [WEBSERVER, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env={**os.environ},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_until_up(base, process)
+    with running_webserver() as base:
         launched = _graphql(
             base,
             LAUNCH,
@@ -121,10 +138,3 @@ def test_the_ui_launches_yesterdays_backup_and_it_succeeds(backup_env, local_env
         assert status == "SUCCESS"
         manifest = Vault.from_settings(load_settings()).read_manifest(yesterday)
         assert manifest.database == backup_env.rsplit("/", 1)[1]
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
