@@ -318,10 +318,11 @@ def materialize_backup(
     with dagster_previews_hidden():
         # Deferred on purpose (see the module docstring), and inside the block because
         # loading the checks' definitions is what warns.
-        from dagster import materialize
+        from dagster import AssetSelection, Definitions, define_asset_job
 
         from pgvault_assets.defs.backup import (
             ACCEPT_NEW_SOURCE_TAG,
+            BACKUP_JOB_NAME,
             CONFIG,
             database_backup,
             decrypts_fully,
@@ -335,27 +336,39 @@ def materialize_backup(
         config = CONFIG if retries is None else dataclasses.replace(CONFIG, max_retries=retries)
         backup = database_backup if retries is None else make_database_backup(config)
         if settings.database is not None:
-            from pgvault_assets.defs.fleet import backup_asset, make_decrypts_fully, make_restorable
+            from pgvault_assets.defs.fleet import (
+                FLEET_JOB_NAME,
+                backup_asset,
+                make_decrypts_fully,
+                make_restorable,
+            )
+
+            job_name = FLEET_JOB_NAME
 
             fleet = load_fleet(settings.platform.fleet_file)
             database = fleet.choose(settings.database)
             assets = [backup_asset(fleet, settings.database, config)]
             if prove_restorable:
                 assets += [make_decrypts_fully(database), make_restorable(database)]
-        elif prove_restorable:
-            assets = [backup, decrypts_fully, restorable]
         else:
-            assets = [backup]
+            job_name = BACKUP_JOB_NAME
+            assets = [backup, decrypts_fully, restorable] if prove_restorable else [backup]
+        # The run carries the scheduled job's name, so the UI lists it with the scheduled
+        # runs rather than as an unnamed ephemeral job.
+        job = Definitions(
+            assets=assets[:1],
+            asset_checks=assets[1:],
+            jobs=[define_asset_job(job_name, selection=AssetSelection.all())],
+            resources=resource_defs(),
+        ).resolve_job_def(job_name)
         token = uuid.uuid4().hex
         with (
             open_instance(instance) as active,
             RetryAnnouncer(active, token, say or _silent),
             InterruptWatch(active, token, day),
         ):
-            result = materialize(
-                assets,
+            result = job.execute_in_process(
                 instance=active,
-                resources=resource_defs(),
                 partition_key=day.isoformat(),
                 raise_on_error=False,
                 tags={

@@ -65,6 +65,7 @@ from pgvault_assets.settings import (
 log = logging.getLogger(__name__)
 BACKUP_KEY = AssetKey("database_backup")
 BACKUP_POOL = "pgvault_backup"
+BACKUP_JOB_NAME = "daily_backup_job"
 CONFIG = platform_section()
 
 
@@ -405,7 +406,7 @@ def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:
 
 
 daily_backup_job = define_asset_job(
-    "daily_backup_job",
+    BACKUP_JOB_NAME,
     selection=AssetSelection.assets(BACKUP_KEY),
     partitions_def=BACKUP_PARTITIONS,
     description="Back up one day and run every check of its backup.",

@@ -12,7 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
+from dagster import DagsterInstance
 
+from pgvault_assets.cli import main
 from pgvault_assets.cli.console import ago
 from pgvault_assets.defs.backup import partitions_start
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
@@ -171,3 +173,15 @@ def test_the_quickstarts_ui_shows_its_own_history_and_runs_only_what_is_set_up(
 )
 def test_a_backups_age_is_said_in_the_unit_a_person_would_use(hours, said):
     assert ago(hours) == said
+
+
+def test_a_cli_backup_run_is_named_and_tagged_with_its_environment_and_database(
+    local_env, demo_like, monkeypatch, capsys
+):
+    monkeypatch.setenv("DATABASE_URL", demo_like)
+    assert main(["backup", "--retries", "0"]) == 0
+    with DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+    assert run.job_name == "daily_backup_job"
+    assert run.tags["pgvault/environment"] == "test"
+    assert run.tags["pgvault/database"] == "default"
