@@ -73,9 +73,7 @@ class Window:
 
     @property
     def earliest(self) -> datetime | None:
-        """The window's start: the second after the oldest base backup stopped (the repository
-        lists its stop truncated to the second, and a recovery needs the backup consistent)."""
-        return self.backups[0].stopped_at + LISTED_TIME_RESOLUTION if self.backups else None
+        return self.backups[0].stopped_at if self.backups else None
 
     @property
     def latest(self) -> datetime | None:
@@ -93,7 +91,7 @@ class Window:
 
     def backup_for(self, at: datetime) -> BaseBackup | None:
         """The newest base backup a recovery to `at` starts from (one that ended by then)."""
-        usable = [b for b in self.backups if b.stopped_at + LISTED_TIME_RESOLUTION <= at]
+        usable = [b for b in self.backups if b.stopped_at <= at]
         return usable[-1] if usable else None
 
 
