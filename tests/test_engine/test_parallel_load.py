@@ -1,0 +1,171 @@
+"""A restore loads the one streamed dump over several psql sessions and gets the same database
+as one session does: the schema first, tables side by side, keys before the foreign keys
+that need them. A failure in any session stops all of them, and the read-ahead is bounded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgvault_assets.engine.compare import compare_databases
+from pgvault_assets.engine.parallel_load import ParallelLoad
+from pgvault_assets.engine.restore import restore_backup
+from pgvault_assets.errors import RestoreFailed
+from pgvault_assets.settings import DatabaseUrl
+from tests.conftest import FIXTURES_DIR, load_sql_file
+from tests.dbcompare import database_snapshot
+from tests.test_engine.helpers import DAY, back_up, marked, marker_intact, vault
+
+MIB = 1024 * 1024
+
+
+def _restore_with(target: str, loaders: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTORE_PARALLEL_LOADERS", str(loaders))
+    restore_backup(vault(), DAY, DatabaseUrl(target))
+
+
+@pytest.mark.parametrize("schema", ["awkward_schema.sql", "regression_like.sql"])
+def test_a_parallel_restore_is_identical_to_a_serial_one(
+    local_env, make_database, monkeypatch, schema
+):
+    source = make_database("src")
+    load_sql_file(source, FIXTURES_DIR / schema)
+    back_up(source)
+    serial, parallel = make_database("serial"), make_database("parallel")
+
+    _restore_with(serial, 1, monkeypatch)
+    _restore_with(parallel, 4, monkeypatch)
+
+    assert database_snapshot(parallel) == database_snapshot(serial) == database_snapshot(source)
+    # Owners, grants, policies, comments, large objects' bytes: the whole database.
+    whole = compare_databases(DatabaseUrl(serial), DatabaseUrl(parallel))
+    assert whole.equal, [d for d in whole.sections if d] + list(whole.differing)
+    assert compare_databases(DatabaseUrl(source), DatabaseUrl(parallel)).equal
+
+
+def _frozen_pages(url: str, table: str) -> tuple[int, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+        row = conn.execute(
+            "SELECT all_frozen, pg_relation_size(%s::regclass) / current_setting('block_size')::int "
+            "FROM pg_visibility_map_summary(%s::regclass)",
+            (table, table),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_tables_are_loaded_frozen_so_no_later_vacuum_rewrites_them(
+    local_env, make_database, monkeypatch
+):
+    source = make_database("src")
+    load_sql_file(source, FIXTURES_DIR / "regression_like.sql")
+    back_up(source)
+    target = make_database("staging")
+
+    _restore_with(target, 2, monkeypatch)
+
+    frozen, pages = _frozen_pages(target, "shop.order_lines")
+    assert pages > 100
+    assert frozen == pages
+    # A partition is an ordinary table: frozen too.
+    frozen, pages = _frozen_pages(target, "public.measurements_2024")
+    assert pages > 0
+    assert frozen == pages
+
+
+FAILS_IN_ONE_SESSION = """
+    CREATE FUNCTION only_at_home(id int) RETURNS boolean LANGUAGE sql
+        AS $$ SELECT $1 < 100 OR current_database() = '{home}' $$;
+    CREATE TABLE a_fails (id int CHECK (only_at_home(id)));
+    INSERT INTO a_fails SELECT 100 FROM generate_series(1, 50000);
+    CREATE TABLE b_big AS
+        SELECT g, md5(g::text) || md5((g + 1)::text) AS h FROM generate_series(1, 400000) g;
+    CREATE TABLE c_small AS SELECT g FROM generate_series(1, 1000) g;
+"""
+
+
+def _psql_children() -> list[int]:
+    """psql processes this test process started and has not reaped."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError):
+            continue
+        if name == "psql" and int(fields[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_failing_session_stops_every_session_and_leaves_the_target_untouched(
+    local_env, make_database, monkeypatch
+):
+    """a_fails breaks its CHECK anywhere but at home while b_big loads on another session:
+    the restore says psql's reason, every session is gone, the scratch is dropped."""
+    source = make_database("src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(FAILS_IN_ONE_SESSION.format(home=DatabaseUrl(source).dbname))
+    back_up(source)
+    target = marked(make_database("staging"))
+    monkeypatch.setenv("RESTORE_PARALLEL_LOADERS", "3")
+
+    with pytest.raises(RestoreFailed, match=r"psql failed while restoring \(.*a_fails_id_check"):
+        restore_backup(vault(), DAY, DatabaseUrl(target))
+
+    assert _psql_children() == []
+    assert marker_intact(target)
+    with psycopg.connect(target, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
+            (DatabaseUrl(target).dbname, DatabaseUrl(target).dbname),
+        ).fetchall()
+    assert left == []
+
+
+def _dump(url: str) -> bytes:
+    pg_dump = shutil.which("pg_dump")
+    assert pg_dump is not None
+    return subprocess.run(
+        [pg_dump, "--no-password", "--format=plain", "-d", url], capture_output=True, check=True
+    ).stdout
+
+
+def test_a_table_larger_than_the_read_ahead_streams_through_one_session_within_the_bound(
+    make_database,
+):
+    source = make_database("src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 150000) g;"
+            "CREATE TABLE small_a AS SELECT g FROM generate_series(1, 100) g;"
+            "CREATE TABLE small_b AS SELECT g FROM generate_series(1, 100) g;"
+        )
+    dump = _dump(source)
+    big_rows = dump.index(b"\n\\.\n") - dump.index(b"COPY public.big")
+    assert big_rows > 4 * MIB
+    target = make_database("target")
+
+    sink = ParallelLoad(shutil.which("psql") or "psql", DatabaseUrl(target), 2, MIB)
+    try:
+        for start in range(0, len(dump), 256 * 1024):
+            sink.write(dump[start : start + 256 * 1024])
+        sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+
+    assert 0 < sink.peak_queued <= MIB
+    assert sum(tables.count("public.big") for tables in sink.tables_by_session) == 1
+    assert sorted(t for tables in sink.tables_by_session for t in tables) == [
+        "public.big",
+        "public.small_a",
+        "public.small_b",
+    ]
+    assert database_snapshot(target) == database_snapshot(source)
