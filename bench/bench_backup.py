@@ -62,7 +62,8 @@ PGVAULT_VARIABLES = (
 GOALS = {  # ratio name -> upper bound
     "backup / bare dump": 1.30,
     "stored size / gzip -6 size": 1.10,
-    "pgvault peak RSS (MB)": 512.0,
+    "backup peak RSS (MB)": 256.0,
+    "restore peak RSS (MB)": 512.0,
 }
 # A verified restore with the default number of sessions against `gunzip | psql`, by layout
 # (bench/make_dataset.py's marker): one big table, or many tables with keys and indexes.
@@ -399,9 +400,10 @@ def report(results: dict[str, Series], layout: str, default_loaders: int) -> Non
             ratios[name] = series.median / results["gunzip_psql"].median
             if loaders == default_loaders:
                 goals[name] = RESTORE_GOALS.get(layout, 1.00)
-    peaks = [p for s in results.values() for p in s.peak_rss]
-    if peaks:
-        ratios["pgvault peak RSS (MB)"] = max(peaks) / mb
+    for stage in ("backup", "restore"):
+        peaks = [p for k, s in results.items() if k.startswith(stage) for p in s.peak_rss]
+        if peaks:
+            ratios[f"{stage} peak RSS (MB)"] = max(peaks) / mb
 
     print()
     print(f"{'measure':<28} {'value':>9}   {'goal':>7}")
