@@ -294,8 +294,12 @@ class ParallelLoad:
                 self._wait()
 
     def _least_busy(self) -> _Session:
+        """An idle session (all it was given has run), else the one with least queued."""
         with self.cond:
-            return min(self.sessions, key=lambda session: session.queued)
+            return min(
+                self.sessions,
+                key=lambda session: (session.acked < session.sent, session.queued),
+            )
 
     # -- reading the stream ----------------------------------------------------------------------
 
@@ -399,6 +403,8 @@ class ParallelLoad:
     def _begin(self, kind: bytes, header: bytes) -> None:
         """A new entry: it may end a section, and says where its text goes."""
         self._flush()
+        if self._section == "data" and self._target is not None:
+            self._mark(self._target)  # so it counts as busy until its entry has run
         if self._section == "prologue":
             prologue = b"".join(self._prologue)
             for session in self.sessions:
