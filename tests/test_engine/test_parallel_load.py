@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.parallel_load import ParallelLoad
+from pgvault_assets.engine.parallel_load import ParallelLoad, _Unit
 from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.errors import RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
@@ -169,3 +169,29 @@ def test_a_table_larger_than_the_read_ahead_streams_through_one_session_within_t
         "public.small_b",
     ]
     assert database_snapshot(target) == database_snapshot(source)
+
+
+def _unit(kind: bytes, text: str) -> _Unit:
+    return _Unit(kind, {}, [text.encode()])
+
+
+def test_post_data_statements_lock_the_tables_they_alter_so_two_never_share_one_at_once():
+    foreign_key = _unit(
+        b"FK CONSTRAINT",
+        'ALTER TABLE ONLY "My Schema"."or""ders"\n'
+        "    ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES public.customers(id);\n",
+    )
+    key = _unit(
+        b"CONSTRAINT",
+        "ALTER TABLE ONLY public.customers\n    ADD CONSTRAINT pk PRIMARY KEY (id);\n",
+    )
+    index = _unit(b"INDEX", "CREATE INDEX i ON public.customers USING btree (email);\n")
+    domain = _unit(
+        b"CHECK CONSTRAINT", "ALTER DOMAIN public.d\n    ADD CONSTRAINT c CHECK (VALUE > 0);\n"
+    )
+
+    assert foreign_key.locks() == {'"My Schema"."or""ders"', "public.customers"}
+    assert key.locks() == {"public.customers"}
+    assert index.locks() == frozenset()  # CREATE INDEX takes a share lock: nothing waits on it
+    assert domain.locks() is None  # not understood: it runs alone
+    assert (key.phase, index.phase, foreign_key.phase, domain.phase) == (0, 0, 2, 3)
