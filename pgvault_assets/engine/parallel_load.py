@@ -501,7 +501,7 @@ class ParallelLoad:
 
     def _run_side_by_side(self, units: list[_Unit]) -> None:
         """Each unit on an idle session, never two at once that lock the same table."""
-        pending = [(unit, unit.locks()) for unit in units]
+        pending = [(unit, self._ordinary_only(unit.locks())) for unit in units]
         running: dict[int, tuple[frozenset[str] | None, int]] = {}
         while pending or running:
             with self.cond:
@@ -530,6 +530,13 @@ class ParallelLoad:
                 with self.cond:
                     if all(self.sessions[i].acked < mark for i, (_, mark) in running.items()):
                         self._wait()
+
+    def _ordinary_only(self, locks: frozenset[str] | None) -> frozenset[str] | None:
+        """A statement on a partitioned table also locks its partitions, in an order another
+        statement may take the other way round: it runs alone."""
+        if locks is None or all(_split_name(t.encode()) in self._freezable for t in locks):
+            return locks
+        return None
 
     def abort(self) -> None:
         """Stop every session at once (a failure elsewhere, an interrupt); idempotent."""
