@@ -105,7 +105,6 @@ class _Session:
         self.sent = 0
         self.acked = 0
         self.closing = False
-        self.ended = False
         self.applied: dict[bytes, bytes] = {}
         self.errors: deque[str] = deque(maxlen=20)
         self.proc = subprocess.Popen(
@@ -124,6 +123,11 @@ class _Session:
             stderr=subprocess.PIPE,
             env=tool_env(url),
         )
+        stdin, stdout, stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+        if stdin is None or stdout is None or stderr is None:  # asked for above; never None
+            self.proc.kill()
+            raise RestoreFailed("psql started without its pipes; nothing was restored")
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.threads = [
             threading.Thread(target=self._write, daemon=True),
             threading.Thread(target=self._read_markers, daemon=True),
@@ -134,9 +138,7 @@ class _Session:
 
     def _write(self) -> None:
         cond = self.owner.cond
-        stdin = self.proc.stdin
-        assert stdin is not None  # asked for with PIPE
-        fd = stdin.fileno()
+        fd = self.stdin.fileno()
         while True:
             with cond:
                 while not self.queue and not self.closing and not self.owner.halted:
@@ -157,27 +159,20 @@ class _Session:
                 self.owner.queued -= len(piece)
                 cond.notify_all()
         with contextlib.suppress(OSError):
-            stdin.close()
+            self.stdin.close()
 
     def _read_markers(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
         prefix = self.owner.marker_prefix
-        for line in iter(stdout.readline, b""):
+        for line in iter(self.stdout.readline, b""):
             if line.startswith(prefix):
                 with self.owner.cond:
                     self.acked = int(line[len(prefix) :])
                     self.owner.cond.notify_all()
-        with self.owner.cond:
-            self.ended = True
-            self.owner.cond.notify_all()
         if not self.closing:
             self.owner.failed(self)
 
     def _collect_errors(self) -> None:
-        stderr = self.proc.stderr
-        assert stderr is not None
-        for line in iter(stderr.readline, b""):
+        for line in iter(self.stderr.readline, b""):
             self.errors.append(line.decode(errors="replace").rstrip())
 
     def reason(self) -> str:
@@ -326,9 +321,8 @@ class ParallelLoad:
             at_line_start = buffer[found - 1] == 0x0A if found > position else self._copy_line_start
             if at_line_start:
                 self._stream(memoryview(buffer)[position:found])
-                self._flush()
-                assert self._target is not None
-                self._send(self._target, _TERMINATOR + (b"COMMIT;\n" if self._copy_commit else b""))
+                end = _TERMINATOR + (b"COMMIT;\n" if self._copy_commit else b"")
+                self._send(self._current(), end)
                 self._in_copy = False
                 return found + len(_TERMINATOR)
             search = found + 1
@@ -340,10 +334,15 @@ class ParallelLoad:
         self._carry = buffer[keep:]
         return len(buffer)
 
+    def _current(self) -> _Session:
+        """The session the entry being read goes to (chosen by then, always)."""
+        if self._target is None:
+            raise RestoreFailed("the dump's rows came before their COPY; nothing was swapped in")
+        return self._target
+
     def _stream(self, data: bytes | memoryview) -> None:
         if data:
-            assert self._target is not None
-            self._send(self._target, data)
+            self._send(self._current(), data)
 
     def _line(self, line: bytes) -> None:
         if (
@@ -396,8 +395,7 @@ class ParallelLoad:
 
     def _flush(self) -> None:
         if self._pending:
-            assert self._target is not None
-            self._send(self._target, b"".join(self._pending))
+            self._send(self._current(), b"".join(self._pending))
             self._pending, self._pending_size = [], 0
 
     def _begin(self, kind: bytes, header: bytes) -> None:
