@@ -44,6 +44,9 @@ _COPY = re.compile(
 _IDENT = r'(?:"(?:[^"]|"")+"|[^\s".(),;]+)'
 _ALTER_TABLE = re.compile(rf"^ALTER TABLE (?:ONLY )?({_IDENT}\.{_IDENT})\s", re.M)
 _REFERENCES = re.compile(rf"\bREFERENCES ({_IDENT}\.{_IDENT})\s*\(")
+_INDEX_ON = re.compile(
+    rf"^CREATE (?:UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?({_IDENT}\.{_IDENT})\s", re.M
+)
 _TERMINATOR = b"\\.\n"
 _FLUSH_AT = 64 * 1024
 
@@ -79,6 +82,12 @@ class _Unit:
         if self.kind == b"FK CONSTRAINT":
             return 2
         return 3
+
+    def tables(self) -> list[str]:
+        """The tables it works on, as the dump names them."""
+        text = b"".join(self.lines).decode(errors="replace")
+        found = [_INDEX_ON.search(text), _ALTER_TABLE.search(text), _REFERENCES.search(text)]
+        return [match.group(1) for match in found if match]
 
     def locks(self) -> frozenset[str] | None:
         if self.kind == b"INDEX":
@@ -223,6 +232,8 @@ class ParallelLoad:
         self._pending_size = 0
         self._units: list[_Unit] = []
         self._freezable: set[tuple[str, str]] = set()
+        self._table_bytes: dict[str, int] = {}
+        self._copying = ""
         self.sessions: list[_Session] = []
         try:
             for index in range(loaders):
@@ -342,6 +353,7 @@ class ParallelLoad:
 
     def _stream(self, data: bytes | memoryview) -> None:
         if data:
+            self._table_bytes[self._copying] = self._table_bytes.get(self._copying, 0) + len(data)
             self._send(self._current(), data)
 
     def _line(self, line: bytes) -> None:
@@ -438,6 +450,7 @@ class ParallelLoad:
             self._apply_state(self._target, self._state)
         self._flush()
         name = _split_name(target)
+        self._copying = target.decode(errors="replace")
         self.tables_by_session[self._target.index].append(".".join(name))
         # FREEZE needs the table truncated in the same transaction, and applies to ordinary
         # tables only: not a partitioned table (a dump made with --load-via-partition-root
@@ -499,6 +512,10 @@ class ParallelLoad:
 
     def _run_side_by_side(self, units: list[_Unit]) -> None:
         """Each unit on an idle session, never two at once that lock the same table."""
+        # Largest tables first: the longest statements start early, the short fill in after.
+        units = sorted(
+            units, key=lambda u: -max((self._table_bytes.get(t, 0) for t in u.tables()), default=0)
+        )
         pending = [(unit, self._ordinary_only(unit.locks())) for unit in units]
         running: dict[int, tuple[frozenset[str] | None, int]] = {}
         while pending or running:

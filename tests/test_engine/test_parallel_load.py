@@ -195,3 +195,6 @@ def test_post_data_statements_lock_the_tables_they_alter_so_two_never_share_one_
     assert index.locks() == frozenset()  # CREATE INDEX takes a share lock: nothing waits on it
     assert domain.locks() is None  # not understood: it runs alone
     assert (key.phase, index.phase, foreign_key.phase, domain.phase) == (0, 0, 2, 3)
+    # What they work on, so the largest tables' statements start first.
+    assert index.tables() == ["public.customers"]
+    assert foreign_key.tables() == ['"My Schema"."or""ders"', "public.customers"]
