@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.parallel_load import ParallelLoad, _Unit
@@ -198,3 +200,70 @@ def test_post_data_statements_lock_the_tables_they_alter_so_two_never_share_one_
     # What they work on, so the largest tables' statements start first.
     assert index.tables() == ["public.customers"]
     assert foreign_key.tables() == ['"My Schema"."or""ders"', "public.customers"]
+
+
+def test_an_index_in_its_own_tablespace_is_built_there_whichever_session_builds_it(
+    private_postgres,
+):
+    """pg_dump sets default_tablespace before an entry and not again for the next ones in the
+    same place: each session must be told, or an index lands in the default tablespace."""
+    name = f"pgvault_test_ts_{uuid.uuid4().hex[:8]}"
+    location = private_postgres.cluster.base / name
+    location.mkdir()
+    owner = private_postgres.cluster.data.stat()
+    os.chown(location, owner.st_uid, owner.st_gid)
+    source = private_postgres.create_database(f"{name}_src")
+    target = private_postgres.create_database(f"{name}_dst")
+    with psycopg.connect(private_postgres.url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
+                sql.Identifier(name), sql.Literal(str(location))
+            )
+        )
+    try:
+        with psycopg.connect(source, autocommit=True) as conn:
+            for table in ("a", "b", "c"):
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE {t} AS SELECT g FROM generate_series(1, 1000) g;"
+                        "CREATE INDEX {t1} ON {t} (g) TABLESPACE {ts};"
+                        "CREATE INDEX {t2} ON {t} ((g + 1)) TABLESPACE {ts};"
+                        "CREATE INDEX {t3} ON {t} ((g + 2))"
+                    ).format(
+                        t=sql.Identifier(table),
+                        t1=sql.Identifier(f"ts_{table}_1"),
+                        t2=sql.Identifier(f"ts_{table}_2"),
+                        t3=sql.Identifier(f"default_{table}"),
+                        ts=sql.Identifier(name),
+                    )
+                )
+        dump = _dump(source)
+        # Said once, before the first of the six indexes in it (they sort together by name).
+        assert dump.count(f"SET default_tablespace = {name};".encode()) == 1
+
+        sink = ParallelLoad(shutil.which("psql") or "psql", DatabaseUrl(target), 3, MIB)
+        try:
+            sink.write(dump)
+            sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+
+        with psycopg.connect(target) as conn:
+            placed = dict(
+                conn.execute(
+                    "SELECT indexname, coalesce(tablespace, '') FROM pg_indexes "
+                    "WHERE schemaname = 'public'"
+                ).fetchall()
+            )
+        in_ts = {f"ts_{t}_{n}": name for t in ("a", "b", "c") for n in (1, 2)}
+        assert placed == {**in_ts, "default_a": "", "default_b": "", "default_c": ""}
+    finally:
+        with psycopg.connect(private_postgres.url("postgres"), autocommit=True) as conn:
+            for database in (source, target):
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(DatabaseUrl(database).dbname)
+                    )
+                )
+            conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
