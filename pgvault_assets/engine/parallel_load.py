@@ -541,7 +541,7 @@ class ParallelLoad:
                 self._send(session, b"".join(unit.lines))
                 running[session.index] = (locks, self._mark(session))
                 started = True
-            if not started:
+            if running and not started:
                 with self.cond:
                     if all(self.sessions[i].acked < mark for i, (_, mark) in running.items()):
                         self._wait()
