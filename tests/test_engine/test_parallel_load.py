@@ -81,15 +81,28 @@ def test_tables_are_loaded_frozen_so_no_later_vacuum_rewrites_them(
     assert frozen == pages
 
 
-FAILS_IN_ONE_SESSION = """
-    CREATE FUNCTION only_at_home(id int) RETURNS boolean LANGUAGE sql
-        AS $$ SELECT $1 < 100 OR current_database() = '{home}' $$;
-    CREATE TABLE a_fails (id int CHECK (only_at_home(id)));
-    INSERT INTO a_fails SELECT 100 FROM generate_series(1, 50000);
+# A CHECK or a unique index that holds only in the source database: restored anywhere else,
+# one session fails while b_big loads or indexes on another.
+BIG_BESIDE = """
     CREATE TABLE b_big AS
         SELECT g, md5(g::text) || md5((g + 1)::text) AS h FROM generate_series(1, 400000) g;
+    CREATE INDEX b_big_h ON b_big (h);
     CREATE TABLE c_small AS SELECT g FROM generate_series(1, 1000) g;
 """
+FAILS = {
+    "in the data": """
+        CREATE FUNCTION only_at_home(id int) RETURNS boolean LANGUAGE sql
+            AS $$ SELECT $1 < 100 OR current_database() = '{home}' $$;
+        CREATE TABLE a_fails (id int CHECK (only_at_home(id)));
+        INSERT INTO a_fails SELECT 100 FROM generate_series(1, 50000);
+    """,
+    "after the data": """
+        CREATE FUNCTION key_at_home(id int) RETURNS int LANGUAGE sql IMMUTABLE
+            AS $$ SELECT CASE WHEN current_database() = '{home}' THEN $1 ELSE 0 END $$;
+        CREATE TABLE a_fails AS SELECT g AS id FROM generate_series(1, 1000) g;
+        CREATE UNIQUE INDEX a_fails_key ON a_fails (key_at_home(id));
+    """,
+}
 
 
 def _psql_children() -> list[int]:
@@ -97,28 +110,29 @@ def _psql_children() -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
-        except (OSError, IndexError):
+            name, rest = stat.read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError):
             continue
-        if name == "psql" and int(fields[1]) == os.getpid():
+        if name == "psql" and int(rest.split()[1]) == os.getpid():
             found.append(int(stat.parent.name))
     return found
 
 
+@pytest.mark.parametrize(
+    ("where", "reason"), [("in the data", "a_fails_id_check"), ("after the data", "a_fails_key")]
+)
 def test_a_failing_session_stops_every_session_and_leaves_the_target_untouched(
-    local_env, make_database, monkeypatch
+    local_env, make_database, monkeypatch, where, reason
 ):
-    """a_fails breaks its CHECK anywhere but at home while b_big loads on another session:
-    the restore says psql's reason, every session is gone, the scratch is dropped."""
+    """The restore says psql's reason, every session is gone, the scratch is dropped."""
     source = make_database("src")
     with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(FAILS_IN_ONE_SESSION.format(home=DatabaseUrl(source).dbname))
+        conn.execute(BIG_BESIDE + FAILS[where].format(home=DatabaseUrl(source).dbname))
     back_up(source)
     target = marked(make_database("staging"))
     monkeypatch.setenv("RESTORE_PARALLEL_LOADERS", "3")
 
-    with pytest.raises(RestoreFailed, match=r"psql failed while restoring \(.*a_fails_id_check"):
+    with pytest.raises(RestoreFailed, match=rf"psql failed while restoring \(.*{reason}"):
         restore_backup(vault(), DAY, DatabaseUrl(target))
 
     assert _psql_children() == []
