@@ -293,7 +293,8 @@ def pgvault_restore(loaders: int) -> Step:
     """A verified restore over `loaders` psql sessions."""
 
     def restore(ctx: Context, series: Series, run: int) -> None:
-        env = ctx.pgvault_env(ctx.last_store or ctx.work)
+        assert ctx.last_store is not None, "no pgvault backup to restore"
+        env = ctx.pgvault_env(ctx.last_store)
         env["RESTORE_PARALLEL_LOADERS"] = str(loaders)
         timed_restore(ctx, series, env)
 
@@ -301,7 +302,6 @@ def pgvault_restore(loaders: int) -> Step:
 
 
 def timed_restore(ctx: Context, series: Series, env: dict[str, str]) -> None:
-    assert ctx.last_store is not None, "no pgvault backup to restore"
     ctx.server.recreate(ctx.restore_name)  # a staging database exists; its swap-out is timed
     command = [
         ctx.args.pgvault,

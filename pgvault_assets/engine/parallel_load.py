@@ -215,7 +215,7 @@ class ParallelLoad:
         self.failure: _Session | None = None
         self.marker_prefix = f"pgvault-done {uuid.uuid4().hex} ".encode()
         self.tables_by_session: list[list[str]] = [[] for _ in range(loaders)]
-        """Which session loaded which table's rows, for the tests and the benchmark."""
+        """Which session loaded which table's rows (`schema.table`), for the tests."""
         self._carry = b""
         self._in_copy = False
         self._copy_line_start = True
