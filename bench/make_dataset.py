@@ -189,7 +189,7 @@ MANY_BYTES_PER_ROW = 110
 MANY_TABLE_SQL = """
 INSERT INTO public.{table}
 SELECT g, {parent}, timestamptz '2024-01-01 00:00:00+00' + g * interval '37 seconds',
-       round(((g * 7919) %% 100000) / 100.0, 2),
+       round(((g::bigint * 7919) %% 100000) / 100.0, 2),
        w[1 + (g * 31) %% nw] || ' ' || w[1 + (g * 17) %% nw] || ' ' || md5(g::text)
 FROM generate_series(1, %(rows)s) AS g,
      (SELECT %(words)s::text[] AS w, cardinality(%(words)s::text[]) AS nw) AS v
@@ -216,7 +216,7 @@ def build_many_tables(server: str, dbname: str, size_gb: float) -> int:
             parent_expr = (
                 sql.SQL("NULL")
                 if parent is None
-                else sql.SQL("1 + (g * 7) %% {}").format(sql.Literal(rows[parent]))
+                else sql.SQL("1 + (g::bigint * 7) %% {}").format(sql.Literal(rows[parent]))
             )
             started = time.monotonic()
             conn.execute(
