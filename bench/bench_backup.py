@@ -4,13 +4,14 @@ Rounds are interleaved (pgvault, gzip pipeline, bare dump, then again...) so dri
 machine's load or page cache hits every contender alike. Run bench/make_dataset.py first.
 
 Usage: .venv/bin/python bench/bench_backup.py [--runs 3] [--gzip-runs 1] [--no-restore]
-       [--only-baselines]
+       [--only-baselines] [--loaders 1,2,4] [--dbname pgvault_bench_many]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ from psycopg import sql
 
 from pgvault_assets.engine.crypto import SDK, LocalKeyProvider
 from pgvault_assets.engine.names import object_key
+from pgvault_assets.settings import default_restore_loaders
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -53,14 +55,19 @@ PGVAULT_VARIABLES = (
     "SENTRY_DSN",
     "DAGSTER_HOME",
     "ENVIRONMENT_NAME",
+    "RESTORE_PARALLEL_LOADERS",
+    "RESTORE_READ_AHEAD_MIB",
 )
 
 GOALS = {  # ratio name -> upper bound
     "backup / bare dump": 1.30,
     "stored size / gzip -6 size": 1.10,
-    "restore / (gunzip | psql)": 1.15,
-    "pgvault peak RSS (MB)": 256.0,
+    "backup peak RSS (MB)": 256.0,
+    "restore peak RSS (MB)": 512.0,
 }
+# A verified restore with the default number of sessions against `gunzip | psql`, by layout
+# (bench/make_dataset.py's marker): one big table, or many tables with keys and indexes.
+RESTORE_GOALS = {"documents": 1.00, "many-tables": 0.80}
 
 
 @dataclass
@@ -191,6 +198,21 @@ class Server:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(datname))
             )
 
+    def layout(self, name: str) -> str:
+        """The dataset's layout from make_dataset.py's marker: documents or many-tables."""
+        row = self.conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            [name],
+        ).fetchone()
+        try:
+            return (
+                str(json.loads(row[0]).get("layout", "documents"))
+                if row and row[0]
+                else "documents"
+            )
+        except ValueError:
+            return "documents"
+
     def recreate(self, name: str) -> None:
         self.drop_family(name)
         self.conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -267,8 +289,19 @@ def bare_dump(ctx: Context, series: Series, run: int) -> None:
     series.seconds.append(run_shell(f"pg_dump -d {shlex.quote(ctx.source_url)} > /dev/null"))
 
 
-def pgvault_restore(ctx: Context, series: Series, run: int) -> None:
-    assert ctx.last_store is not None, "no pgvault backup to restore"
+def pgvault_restore(loaders: int) -> Step:
+    """A verified restore over `loaders` psql sessions."""
+
+    def restore(ctx: Context, series: Series, run: int) -> None:
+        assert ctx.last_store is not None, "no pgvault backup to restore"
+        env = ctx.pgvault_env(ctx.last_store)
+        env["RESTORE_PARALLEL_LOADERS"] = str(loaders)
+        timed_restore(ctx, series, env)
+
+    return restore
+
+
+def timed_restore(ctx: Context, series: Series, env: dict[str, str]) -> None:
     ctx.server.recreate(ctx.restore_name)  # a staging database exists; its swap-out is timed
     command = [
         ctx.args.pgvault,
@@ -280,7 +313,7 @@ def pgvault_restore(ctx: Context, series: Series, run: int) -> None:
         "--verify",
         "--skip-confirmation",
     ]
-    seconds, peak = run_pgvault(command, ctx.pgvault_env(ctx.last_store))
+    seconds, peak = run_pgvault(command, env)
     series.seconds.append(seconds)
     series.peak_rss.append(peak)
 
@@ -333,7 +366,7 @@ def interleave(ctx: Context, steps: list[tuple[Series, Step]]) -> None:
             print(f"  round {run + 1}: {series.label:<28} {series.seconds[-1]:8.2f} s", flush=True)
 
 
-def report(results: dict[str, Series]) -> None:
+def report(results: dict[str, Series], layout: str, default_loaders: int) -> None:
     mb = 1024 * 1024
     print()
     print(f"{'contender':<28} {'median s':>9}   runs")
@@ -358,19 +391,24 @@ def report(results: dict[str, Series]) -> None:
         ratios["stored size / gzip -6 size"] = sizes["backup"] / sizes["gzip"]
     else:
         ratios["gzip pipeline / bare dump"] = results["gzip"].median / results["bare"].median
-    if "restore" in results:
-        # On the same dump: gunzip | psql loads the gzip stream pgvault stored.
-        ratios["restore / (gunzip | psql)"] = (
-            results["restore"].median / results["gunzip_psql"].median
-        )
-    peaks = [p for s in results.values() for p in s.peak_rss]
-    if peaks:
-        ratios["pgvault peak RSS (MB)"] = max(peaks) / mb
+    goals = dict(GOALS)
+    for key, series in results.items():
+        if key.startswith("restore_"):
+            # On the same dump: gunzip | psql loads the gzip stream pgvault stored.
+            loaders = int(key.removeprefix("restore_"))
+            name = f"restore N={loaders} / (gunzip | psql)"
+            ratios[name] = series.median / results["gunzip_psql"].median
+            if loaders == default_loaders:
+                goals[name] = RESTORE_GOALS.get(layout, 1.00)
+    for stage in ("backup", "restore"):
+        peaks = [p for k, s in results.items() if k.startswith(stage) for p in s.peak_rss]
+        if peaks:
+            ratios[f"{stage} peak RSS (MB)"] = max(peaks) / mb
 
     print()
     print(f"{'measure':<28} {'value':>9}   {'goal':>7}")
     for name, value in ratios.items():
-        goal = GOALS.get(name)
+        goal = goals.get(name)
         verdict = "" if goal is None else ("ok" if value <= goal else "MISSED")
         goal_text = "" if goal is None else f"<= {goal:g}"
         print(f"{name:<28} {value:>9.2f}   {goal_text:>7}  {verdict}")
@@ -387,6 +425,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time pg_dump | gzip -6 only this often (default: --runs); its size is the same each time",
     )
     parser.add_argument("--no-restore", action="store_true", help="skip the restore rounds")
+    parser.add_argument(
+        "--loaders",
+        default="1,2,4",
+        help="restore with each of these numbers of psql sessions (RESTORE_PARALLEL_LOADERS)",
+    )
     parser.add_argument("--only-baselines", action="store_true", help="skip pgvault itself")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="postgresql:// URL, no dbname")
     parser.add_argument("--dbname", default=DEFAULT_DBNAME)
@@ -397,6 +440,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    try:
+        args.loaders = sorted({int(n) for n in args.loaders.split(",")})
+    except ValueError:
+        parser.error("--loaders must be numbers separated by commas, like 1,2,4")
+    if not all(1 <= n <= 16 for n in args.loaders):
+        parser.error("--loaders must each be from 1 to 16")
     if args.gzip_runs is None:
         args.gzip_runs = args.runs
     if not 1 <= args.gzip_runs <= args.runs:
@@ -446,13 +495,15 @@ def main(argv: list[str] | None = None) -> int:
             restore_steps: list[tuple[Series, Step]] = []
             if not args.only_baselines:
                 ctx.stored_gz = export_stored_gzip(ctx)
-                restore_steps.append(
-                    (series("restore", "pgvault restore --verify"), pgvault_restore)
-                )
+                for loaders in args.loaders:
+                    label = f"pgvault restore N={loaders}"
+                    restore_steps.append(
+                        (series(f"restore_{loaders}", label), pgvault_restore(loaders))
+                    )
             restore_steps.append((series("gunzip_psql", "gunzip | psql"), gunzip_psql))
             interleave(ctx, restore_steps)
 
-        report(results)
+        report(results, server.layout(args.dbname), default_restore_loaders())
     finally:
         if args.keep:
             print(f"kept {work} and databases {ctx.restore_name}*, {ctx.baseline_name}*")

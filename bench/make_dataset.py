@@ -6,7 +6,7 @@ tokens, jsonb documents, timestamps, money and uuids, tuned so that gzip -6 give
 Rows are generated server-side with generate_series + random() (minutes, not hours), in chunks
 so progress is visible. The database is reused when its size marker matches.
 
-Usage: .venv/bin/python bench/make_dataset.py [--size-gb 1.5] [--force]
+Usage: .venv/bin/python bench/make_dataset.py [--size-gb 1.5] [--many-tables] [--force]
 """
 
 from __future__ import annotations
@@ -165,11 +165,104 @@ POST_DATA_SQL = (
 )
 
 
-def marker_matches(marker: dict[str, Any] | None, size_gb: float) -> bool:
+# The many-table layout: what a restore splits across sessions. Each table references the one
+# named (a foreign key, and an index on its column); `share` is its part of the rows, `None` a
+# fixed 1,000 rows. 12 tables, 12 primary keys, 11 foreign keys, 9 secondary indexes.
+MANY_TABLES: tuple[tuple[str, float | None, str | None], ...] = (
+    ("regions", None, None),
+    ("warehouses", None, "regions"),
+    ("suppliers", 0.004, "regions"),
+    ("customers", 0.06, "regions"),
+    ("products", 0.01, "suppliers"),
+    ("orders", 0.16, "customers"),
+    ("order_items", 0.36, "orders"),
+    ("payments", 0.12, "orders"),
+    ("shipments", 0.10, "warehouses"),
+    ("reviews", 0.07, "products"),
+    ("events", 0.09, "customers"),
+    ("audit_log", 0.026, None),
+)
+MANY_EXTRA_FOREIGN_KEYS = (("order_items", "product", "products"),)
+UNINDEXED = {"warehouses", "suppliers"}  # their foreign keys only: 9 secondary indexes
+MANY_BYTES_PER_ROW = 110
+
+MANY_TABLE_SQL = """
+INSERT INTO public.{table}
+SELECT g, {parent}, timestamptz '2024-01-01 00:00:00+00' + g * interval '37 seconds',
+       round(((g::bigint * 7919) %% 100000) / 100.0, 2),
+       w[1 + (g * 31) %% nw] || ' ' || w[1 + (g * 17) %% nw] || ' ' || md5(g::text)
+FROM generate_series(1, %(rows)s) AS g,
+     (SELECT %(words)s::text[] AS w, cardinality(%(words)s::text[]) AS nw) AS v
+"""
+
+
+def build_many_tables(server: str, dbname: str, size_gb: float) -> int:
+    """Fill `dbname` with the many-table layout; return the estimated plain dump size."""
+    total_rows = int(size_gb * 1e9 / MANY_BYTES_PER_ROW)
+    rows = {
+        name: 1000 if share is None else max(1000, int(total_rows * share))
+        for name, share, _ in MANY_TABLES
+    }
+    with psycopg.connect(f"{server}/{dbname}", autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = off")
+        for name, _, parent in MANY_TABLES:
+            # order_items' second foreign key: a column added after its rows, filled in place.
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE public.{} (id bigint, parent bigint, created_at timestamptz, "
+                    "amount numeric(12, 2), note text)"
+                ).format(sql.Identifier(name))
+            )
+            parent_expr = (
+                sql.SQL("NULL")
+                if parent is None
+                else sql.SQL("1 + (g::bigint * 7) %% {}").format(sql.Literal(rows[parent]))
+            )
+            started = time.monotonic()
+            conn.execute(
+                sql.SQL(MANY_TABLE_SQL).format(table=sql.Identifier(name), parent=parent_expr),
+                {"rows": rows[name], "words": WORDS},
+            )
+            if name == "order_items":
+                conn.execute(
+                    sql.SQL(
+                        "ALTER TABLE public.order_items ADD COLUMN product bigint;"
+                        "UPDATE public.order_items SET product = 1 + id % {}"
+                    ).format(sql.Literal(rows["products"]))
+                )
+            print(
+                f"  {name:<12} {rows[name]:>12,} rows ({time.monotonic() - started:4.0f}s)",
+                flush=True,
+            )
+        for name, _, _ in MANY_TABLES:
+            conn.execute(
+                sql.SQL("ALTER TABLE public.{} ADD PRIMARY KEY (id)").format(sql.Identifier(name))
+            )
+        foreign_keys = [(n, "parent", p) for n, _, p in MANY_TABLES if p] + list(
+            MANY_EXTRA_FOREIGN_KEYS
+        )
+        for name, column, parent in foreign_keys:
+            conn.execute(
+                sql.SQL(
+                    "ALTER TABLE public.{} ADD FOREIGN KEY ({}) REFERENCES public.{} (id)"
+                ).format(sql.Identifier(name), sql.Identifier(column), sql.Identifier(parent))
+            )
+            if name not in UNINDEXED:
+                conn.execute(
+                    sql.SQL("CREATE INDEX ON public.{} ({})").format(
+                        sql.Identifier(name), sql.Identifier(column)
+                    )
+                )
+        conn.execute("VACUUM (FREEZE, ANALYZE)")
+    return sum(rows.values()) * MANY_BYTES_PER_ROW
+
+
+def marker_matches(marker: dict[str, Any] | None, size_gb: float, layout: str) -> bool:
     return bool(
         marker
         and marker.get("pgvault_bench") == MARKER_VERSION
         and marker.get("size_gb") == size_gb
+        and marker.get("layout", "documents") == layout
         and isinstance(marker.get("estimated_dump_bytes"), int)
     )
 
@@ -249,16 +342,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=1.5, help="plain pg_dump size target")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="postgresql:// URL, no dbname")
-    parser.add_argument("--dbname", default=DEFAULT_DBNAME)
+    parser.add_argument("--dbname", default=None, help="default: pgvault_bench[_many]")
+    parser.add_argument(
+        "--many-tables",
+        action="store_true",
+        help="12 tables of 1 k to millions of rows with keys, indexes and foreign keys",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the marker matches")
     args = parser.parse_args(argv)
     if args.size_gb <= 0:
         parser.error("--size-gb must be positive")
+    layout = "many-tables" if args.many_tables else "documents"
+    if args.dbname is None:
+        args.dbname = DEFAULT_DBNAME + ("_many" if args.many_tables else "")
 
     with psycopg.connect(f"{args.server}/postgres", autocommit=True, connect_timeout=5) as admin:
         ident = sql.Identifier(args.dbname)
         marker = existing_marker(admin, args.dbname)
-        if not args.force and marker_matches(marker, args.size_gb):
+        if not args.force and marker_matches(marker, args.size_gb, layout):
             print(f"{args.dbname} already holds the {args.size_gb} GB dataset; reusing it")
         else:
             if database_exists(admin, args.dbname):
@@ -267,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
             started = time.monotonic()
             try:
-                estimate = build(args.server, args.dbname, args.size_gb)
+                build_it = build_many_tables if args.many_tables else build
+                estimate = build_it(args.server, args.dbname, args.size_gb)
             except BaseException:
                 # Half a dataset must not pass for a whole one next time: no marker, no reuse.
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
@@ -275,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             marker = {
                 "pgvault_bench": MARKER_VERSION,
                 "size_gb": args.size_gb,
+                "layout": layout,
                 "estimated_dump_bytes": estimate,
             }
             admin.execute(
@@ -286,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with psycopg.connect(f"{args.server}/{args.dbname}") as conn:
         db_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-        rows = conn.execute("SELECT count(*) FROM public.documents").fetchone()[0]
-    print(f"{args.dbname}: {rows:,} documents, pg_database_size {db_size / 1e9:.2f} GB")
+        rows = conn.execute(
+            "SELECT sum(n_live_tup) FROM pg_stat_user_tables WHERE schemaname = 'public'"
+        ).fetchone()[0]
+    print(f"{args.dbname} ({layout}): {rows:,} rows, pg_database_size {db_size / 1e9:.2f} GB")
     assert marker is not None
     estimate = marker["estimated_dump_bytes"] / 1e9
     print(f"plain pg_dump size estimate: {estimate:.2f} GB (COPY text of a sample, extrapolated)")

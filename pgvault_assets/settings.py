@@ -141,6 +141,27 @@ class PlatformSettings:
     alone, under the environment's own prefix, as a fleet of one."""
 
 
+MIB = 1024 * 1024
+
+
+def default_restore_loaders() -> int:
+    """The cores this host may use (the server's, as far as it can tell), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+@dataclass(frozen=True)
+class RestoreLoad:
+    """How a restore loads the dump: `RESTORE_PARALLEL_LOADERS` psql sessions, and at most
+    `RESTORE_READ_AHEAD_MIB` of it read ahead of them (held in memory, spilled nowhere)."""
+
+    loaders: int = field(default_factory=default_restore_loaders)
+    read_ahead_bytes: int = 256 * MIB
+
+
 PITR_URI_STYLES = ("host", "path")
 
 
@@ -224,6 +245,7 @@ class Settings:
     backup_hour: int = 2
     """The UTC hour the backup is scheduled: 02:00, or a fleet database's `schedule_hour`."""
     pagerduty: PagerDutySettings = field(default_factory=PagerDutySettings)
+    restore_load: RestoreLoad = field(default_factory=RestoreLoad)
 
     @property
     def restore_verify_weekly(self) -> bool:
@@ -510,4 +532,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         platform=platform_section(env),
         pitr=pitr,
         pagerduty=pagerduty_section(env),
+        restore_load=RestoreLoad(
+            loaders=_int(env, "RESTORE_PARALLEL_LOADERS", default_restore_loaders(), 1, 16),
+            read_ahead_bytes=_int(env, "RESTORE_READ_AHEAD_MIB", 256, 1, 1024) * MIB,
+        ),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -58,6 +60,10 @@ def test_retention_days_come_from_the_environment(tmp_path):
         ({"BACKUP_STORAGE_BUDGET_BYTES": "-5"}, "BACKUP_STORAGE_BUDGET_BYTES"),
         ({"ALERT_WEBHOOK_URL": "ftp://x"}, "ALERT_WEBHOOK_URL"),
         ({"BACKUP_ROLE_PASSWORDS": "no"}, "BACKUP_ROLE_PASSWORDS"),
+        ({"RESTORE_PARALLEL_LOADERS": "0"}, "RESTORE_PARALLEL_LOADERS"),
+        ({"RESTORE_PARALLEL_LOADERS": "many"}, "RESTORE_PARALLEL_LOADERS"),
+        ({"RESTORE_READ_AHEAD_MIB": "0"}, "RESTORE_READ_AHEAD_MIB"),
+        ({"RESTORE_READ_AHEAD_MIB": "1.5"}, "RESTORE_READ_AHEAD_MIB"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(tmp_path, env, variable):
@@ -136,4 +142,15 @@ def test_the_point_in_time_window_stays_inside_the_daily_tier(tmp_path):
     assert str(refused.value) == (
         "PITR_RETENTION_DAYS (8) is longer than BACKUP_RETENTION_DAYS_DAILY (7); keep the "
         "point-in-time window inside the daily tier"
+    )
+
+
+def test_a_restore_loads_over_the_hosts_cores_at_most_eight_with_256_mib_read_ahead(tmp_path):
+    load = load_settings({"XDG_DATA_HOME": str(tmp_path)}).restore_load
+    assert load.loaders == min(8, len(os.sched_getaffinity(0)))
+    assert load.read_ahead_bytes == 256 * 1024 * 1024
+    chosen = load_settings({"RESTORE_PARALLEL_LOADERS": "3", "RESTORE_READ_AHEAD_MIB": "2"})
+    assert (chosen.restore_load.loaders, chosen.restore_load.read_ahead_bytes) == (
+        3,
+        2 * 1024 * 1024,
     )

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -226,6 +226,13 @@ def check_tool_fits_server(name: str, server_major: int) -> tuple[str, str]:
             f"install postgresql-client-{server_major}"
         )
     return path, text
+
+
+def tool_reason(lines: Iterable[str], fallback: str) -> str:
+    """A tool's reason: its first ERROR or FATAL line, else its last line, else `fallback`."""
+    said = [line.strip() for line in lines if line.strip()]
+    reason = next((line for line in said if "ERROR" in line or "FATAL" in line), None)
+    return (reason or (said[-1] if said else fallback)).removeprefix("psql:")
 
 
 def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:

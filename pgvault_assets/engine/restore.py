@@ -13,10 +13,8 @@ import contextlib
 import logging
 import re
 import subprocess
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -32,6 +30,7 @@ from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.interrupts import CHILD_GROUP, said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import database_beside, restore_claim
+from pgvault_assets.engine.parallel_load import ParallelLoad
 from pgvault_assets.engine.pipeline import HashingReader, Progress, decrypt_stream
 from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
 from pgvault_assets.engine.pitr.runner import PgBackRest
@@ -210,32 +209,15 @@ def _feed_psql(
     vault: Vault, manifest: Manifest, url: DatabaseUrl, psql: str, progress: Progress | None
 ) -> None:
     """Verify and restore in one read of the object: SHA-256 over the ciphertext while only
-    authenticated frames, gunzipped, reach psql in the side database.
+    authenticated frames, gunzipped, reach the psql sessions loading the side database.
 
     The caller swaps only after this returns, that is after the whole object's SHA-256 and
     size matched the manifest and the final frame authenticated; anything else raises and the
-    side database is dropped. psql stopping on an error ends the download at once.
+    side database is dropped. The statements after the data run only once all of it proved
+    intact; any session stopping on an error ends the download at once.
     """
-    errors: deque[str] = deque(maxlen=20)
-    proc = subprocess.Popen(
-        [psql, "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=tool_env(url),
-        **CHILD_GROUP,
-    )
-    if proc.stdin is None or proc.stderr is None:  # asked for above; never None
-        proc.kill()
-        raise RestoreFailed("psql started without its pipes; nothing was restored")
-    stderr = proc.stderr
-
-    def collect() -> None:
-        for line in iter(stderr.readline, b""):
-            errors.append(line.decode(errors="replace").rstrip())
-
-    collector = threading.Thread(target=collect, daemon=True)
-    collector.start()
+    load = vault.restore_load
+    sink = ParallelLoad(psql, url, load.loaders, load.read_ahead_bytes)
     try:
         with contextlib.closing(
             vault.store.open_reader(manifest.object_key, manifest.object_version_id)
@@ -247,17 +229,10 @@ def _feed_psql(
             try:
                 with contextlib.closing(plaintext):
                     for chunk in plaintext:
-                        proc.stdin.write(chunk)
+                        sink.write(chunk)
                         plain += len(chunk)
-            except BrokenPipeError:
-                # psql has stopped: its reason is the news, not the rest of the object.
-                code = proc.wait()
-                collector.join(5)
-                raise RestoreFailed(
-                    f"psql failed while restoring ({_psql_reason(errors, f'exit status {code}')})"
-                ) from None
             except IntegrityError:
-                proc.kill()
+                sink.abort()
                 if reader.failure is not None:
                     raise reader.failure from None
                 # A replaced or truncated object is named as such, as verify-backup names it.
@@ -271,18 +246,9 @@ def _feed_psql(
                 f"backup {manifest.date} decrypts to {plain} bytes, not the "
                 f"{manifest.dump_size_bytes} its manifest records; do not restore it"
             )
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        code = proc.wait()
-        collector.join(5)
-        if code != 0:
-            raise RestoreFailed(
-                f"psql failed while restoring ({_psql_reason(errors, f'exit status {code}')})"
-            )
+        sink.finish()
     except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        sink.abort()
         raise
 
 

@@ -16,7 +16,7 @@ from pgvault_assets.engine.crypto import (
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.store import Store, open_store
 from pgvault_assets.errors import BackupNotFound, IntegrityError, KeyUnavailable, PgvaultError
-from pgvault_assets.settings import RetentionPolicy, Settings
+from pgvault_assets.settings import RestoreLoad, RetentionPolicy, Settings
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Vault:
     kms_key_id: str | None = None
     _kms: KmsKeyProvider | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    restore_load: RestoreLoad = field(default_factory=RestoreLoad)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
@@ -51,12 +52,14 @@ class Vault:
                 None,
                 settings.kms_key_id,
                 retention=settings.retention,
+                restore_load=settings.restore_load,
             )
         return cls(
             namespace,
             store,
             LocalKeyProvider(settings.local_key_file),
             retention=settings.retention,
+            restore_load=settings.restore_load,
         )
 
     def encryption_keys(self) -> KeyProvider:

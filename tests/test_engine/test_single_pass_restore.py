@@ -119,9 +119,12 @@ FAILS_ON_RESTORE = """
 """
 
 
-def test_a_psql_failure_is_reported_without_reading_the_rest(local_env, make_database):
+def test_a_psql_failure_is_reported_without_reading_the_rest(local_env, make_database, monkeypatch):
     """The first table's rows break a CHECK on any other database: psql stops there, and the
-    restore stops reading the object once psql has, not at its end."""
+    restore stops reading the object once psql has, not at its end (one session, so that
+    nothing else drains the read-ahead meanwhile)."""
+    monkeypatch.setenv("RESTORE_PARALLEL_LOADERS", "1")
+    monkeypatch.setenv("RESTORE_READ_AHEAD_MIB", "1")
     source = make_database("src")
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute(FAILS_ON_RESTORE.format(home=DatabaseUrl(source).dbname))
@@ -132,8 +135,9 @@ def test_a_psql_failure_is_reported_without_reading_the_rest(local_env, make_dat
     with pytest.raises(RestoreFailed, match=r"psql failed while restoring \(.*a_fails_id_check"):
         restore_backup(counted, DAY, DatabaseUrl(target), full_verify=True)
 
-    # Decryption reads ahead of psql by a bounded queue, never to the object's end.
-    read_ahead = (QUEUE_DEPTH + 4) * SDK_READ
+    # Decryption reads ahead of psql by a bounded queue and the read-ahead setting (1 MiB,
+    # and a pipe's worth), never to the object's end.
+    read_ahead = (QUEUE_DEPTH + 4) * SDK_READ + 2 * 1024 * 1024
     assert manifest.size_bytes > 2 * read_ahead
     assert store.counts["bytes"] <= read_ahead
     assert marker_intact(target)
