@@ -46,6 +46,7 @@ from pgvault_assets.engine.postgres import (
     table_row_counts,
     terminate_connections,
     tool_env,
+    tool_reason,
 )
 from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
@@ -196,13 +197,6 @@ def _drop_scratch(maintenance: psycopg.Connection, url: DatabaseUrl, scratch: st
 
 def _connection_loss_keeps(target: str) -> contextlib.AbstractContextManager[None]:
     return connection_loss_raises(RestoreFailed, "the restore", f"{target} was left as it was")
-
-
-def _psql_reason(lines: Iterable[str], fallback: str) -> str:
-    """A tool's reason: its first ERROR or FATAL line, else its last line, else `fallback`."""
-    said = [line.strip() for line in lines if line.strip()]
-    reason = next((line for line in said if "ERROR" in line or "FATAL" in line), None)
-    return (reason or (said[-1] if said else fallback)).removeprefix("psql:")
 
 
 def _feed_psql(
@@ -492,10 +486,10 @@ def _copy_with_pg_dump(source: DatabaseUrl, scratch: DatabaseUrl, major: int) ->
     code = dump.wait()
     if code != 0:
         raise RestoreFailed(
-            f"pg_dump of the recovered database failed ({_psql_reason(dump_errors.splitlines(), 'no message')})"
+            f"pg_dump of the recovered database failed ({tool_reason(dump_errors.splitlines(), 'no message')})"
         )
     if load.returncode != 0:
-        reason = _psql_reason(load.stderr.decode(errors="replace").splitlines(), "no message")
+        reason = tool_reason(load.stderr.decode(errors="replace").splitlines(), "no message")
         raise RestoreFailed(f"psql failed while loading the recovered database ({reason})")
 
 
