@@ -68,7 +68,7 @@ def test_drill_materializes_its_report_and_passes_the_objective_check(drill_env,
 
 
 def test_drill_restores_on_a_throwaway_cluster_and_never_on_production(
-    private_production, instance
+    private_production, instance, own_tempdir
 ):
     last_month = (utcnow().date().replace(day=1) - timedelta(days=1)).replace(day=1)
     back_up(private_production.url, day=last_month)

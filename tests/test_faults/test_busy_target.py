@@ -37,7 +37,9 @@ def test_restore_swaps_in_the_new_data_while_clients_hold_connections_to_the_tar
 
     runner = threading.Thread(target=long_query)
     runner.start()
-    with psycopg.connect(target) as probe:
+    # Autocommit: inside one transaction pg_stat_activity is read once and cached, so a probe
+    # that first looked before the query started would never see it start.
+    with psycopg.connect(target, autocommit=True) as probe:
         wait_for(
             lambda: probe.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'", (busy_pid,)
