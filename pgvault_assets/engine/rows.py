@@ -665,53 +665,24 @@ def recover_rows(
         f"row recovery from {day.isoformat()} interrupted: its scratch database was dropped; "
         f"{target_url.dbname} is as it was"
     ):
-        return _recover_rows(
-            vault,
-            day,
-            target_url,
-            table,
-            where=where,
-            with_dependents=with_dependents,
-            parents_only=parents_only,
-            apply=apply,
-            scratch_server=scratch_server,
-            now=now,
-            before_apply=before_apply,
-        )
-
-
-def _recover_rows(
-    vault: Vault,
-    day: date,
-    target_url: DatabaseUrl,
-    table: str,
-    *,
-    where: str | None,
-    with_dependents: bool,
-    parents_only: bool,
-    apply: bool,
-    scratch_server: DatabaseUrl | None,
-    now: Clock,
-    before_apply: Callable[[RowRecovery], None] | None,
-) -> RowRecovery:
-    with restore_into_scratch(vault, day, scratch_server or target_url, label="rows", now=now) as (
-        scratch
-    ):
-        recovery = plan_row_recovery(
-            scratch.url,
-            target_url,
-            day,
-            table,
-            where=where,
-            with_dependents=with_dependents,
-            parents_only=parents_only,
-        )
-    recovery = replace(recovery, abandoned_scratch=scratch.abandoned)
-    if not apply or not recovery.statements:
-        return recovery
-    if before_apply is not None:
-        before_apply(recovery)
-    return apply_row_recovery(target_url, recovery)
+        with restore_into_scratch(
+            vault, day, scratch_server or target_url, label="rows", now=now
+        ) as scratch:
+            recovery = plan_row_recovery(
+                scratch.url,
+                target_url,
+                day,
+                table,
+                where=where,
+                with_dependents=with_dependents,
+                parents_only=parents_only,
+            )
+        recovery = replace(recovery, abandoned_scratch=scratch.abandoned)
+        if not apply or not recovery.statements:
+            return recovery
+        if before_apply is not None:
+            before_apply(recovery)
+        return apply_row_recovery(target_url, recovery)
 
 
 def recover_rows_staging(
