@@ -22,7 +22,7 @@ from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.compare import compare_databases
 from pgvault_assets.engine.drill import run_configured_drill, store_report
 from pgvault_assets.engine.kept_databases import kept_until
-from pgvault_assets.engine.pitr.archive import base_backup_for
+from pgvault_assets.engine.pitr.archive import base_backup_for, tool_for
 from pgvault_assets.engine.rows import request_scope
 from pgvault_assets.engine.staging import staging_target
 from pgvault_assets.engine.vault import Vault
@@ -49,7 +49,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--kind", choices=auth.KINDS, default="restore")
     sub.add_argument("--date", type=parse_date, default=None, help="the backup (not for rollback)")
     sub.add_argument(
-        "--time", type=parse_time, default=None, help="restore-to-time: the point in time"
+        "--time",
+        type=parse_time,
+        default=None,
+        help="restore-to-time, or recover-rows as of a time: the point in time",
     )
     sub.add_argument("--target", choices=("production",), required=True)
     sub.add_argument("--reason", required=True, help="why production must change")
@@ -80,9 +83,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=cmd_audit)
 
     sub = commands.add_parser(
-        "recover-rows", help="put back rows deleted since a backup (dry run unless --apply)"
+        "recover-rows",
+        help="put back rows deleted since a backup or a point in time (dry run unless --apply)",
     )
-    sub.add_argument("--date", type=parse_date, required=True)
+    origin = sub.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--date", type=parse_date, help="rows as the backup of this day has them")
+    origin.add_argument(
+        "--time",
+        type=parse_time,
+        help="rows as they were at this time, ISO 8601 with a zone (needs pgvault pitr init)",
+    )
     sub.add_argument("--table", required=True, help="SCHEMA.TABLE")
     sub.add_argument("--where", default=None, help="SQL predicate on the backup's rows")
     sub.add_argument("--target", choices=("staging", "production"), required=True)
@@ -142,6 +152,13 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
             with_dependents=args.with_dependents,
             parents_only=args.parents_only,
         )
+        if args.time is not None:
+            if args.date is not None:
+                raise ConfigError("a recover-rows request takes --date or --time, not both")
+            scope |= {
+                "time": restore.time_key(args.time),
+                "base_backup": base_backup_for(settings, args.time).label,
+            }
     if args.kind == "restore-to-time":
         if args.time is None:
             raise ConfigError("a restore-to-time request needs --time, like 2026-11-30T09:15:00Z")
@@ -209,9 +226,9 @@ def _describe(record: audit.AuditRecord) -> tuple[str, str]:
         return "", f"{body.get('database')}{swapped}{by}{outcome}"
     if record.record == audit.ROW_RECOVERY:
         inserted = f"{body['inserted']} rows of " if "inserted" in body else "rows of "
+        origin = f"as of {body['time']}" if "time" in body else f"from {body.get('date')}"
         return "", (
-            f"{inserted}{body.get('table')} from {body.get('date')} into {body.get('database')}"
-            f"{by}{outcome}"
+            f"{inserted}{body.get('table')} {origin} into {body.get('database')}{by}{outcome}"
         )
     if record.record == audit.STAGING_RESTORE_TO_TIME:
         return "", (
@@ -252,10 +269,18 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _origin(args: argparse.Namespace, settings: Settings) -> rows.Origin:
+    """The backup of `--date`, or `--time` in the cluster pgBackRest archives (DATABASE_URL's)."""
+    if args.time is None:
+        return args.date
+    return rows.PointInTime(tool_for(settings), settings.require_database(), args.time)
+
+
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
     vault = Vault.from_settings(settings)
     url = target_to_write(settings, args.target)
     scratch_server = settings.staging_database_url or url
+    origin = _origin(args, settings)
     if args.apply and args.target == "production":
         if not args.request:
             raise ConfigError(
@@ -270,7 +295,11 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             with_dependents=args.with_dependents,
             parents_only=args.parents_only,
         )
-        if request.scope != wanted or request.date != args.date:
+        if args.time is not None:
+            wanted["time"] = restore.time_key(args.time)
+        # The base backup is the engine's to check: it says so when a newer one replaced it.
+        approved = {k: v for k, v in request.scope.items() if k != "base_backup"}
+        if approved != wanted or request.date != args.date:
             raise ConfigError(
                 f"request {request.id} approved {request.summary()} with {request.scope}; "
                 "run exactly what was approved, or request again"
@@ -281,6 +310,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             url,
             settings.recovery.require_approvers_file(),
             scratch_server=scratch_server,
+            point_in_time=origin if isinstance(origin, rows.PointInTime) else None,
             confirm=None if args.skip_confirmation else confirm,
         )
     elif args.request:
@@ -288,7 +318,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
     elif args.apply:
         result = rows.recover_rows_staging(
             vault,
-            args.date,
+            origin,
             url,
             args.table,
             actor=audit.operator(),
@@ -300,7 +330,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
     else:
         result = rows.recover_rows(
             vault,
-            args.date,
+            origin,
             url,
             args.table,
             where=args.where,
@@ -311,6 +341,12 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
     comment = "" if args.apply else "-- "  # a dry run's output stays runnable SQL
     for name in result.abandoned_scratch:
         console.print(f"{comment}dropped {name}, the scratch database an interrupted run left")
+    if result.time is not None:
+        console.print(
+            f"{comment}rows as of {restore.time_key(result.time)}: recovered from base backup "
+            f"{result.base_backup}, recovery stopped at {result.stopped_at}",
+            markup=False,
+        )
     if not result.statements:
         present = (
             f"the 1 matching row is present in {url.dbname}"

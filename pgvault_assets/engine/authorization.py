@@ -107,7 +107,12 @@ class RestoreRequest:
     def summary(self) -> str:
         what = {
             "restore": f"restore the {self.date} backup (sha256 {str(self.sha256)[:12]}…)",
-            "recover-rows": f"recover rows of {self.scope.get('table')} from the {self.date} backup",
+            "recover-rows": (
+                f"recover rows of {self.scope.get('table')} as of {self.scope['time']} (base "
+                f"backup {self.scope.get('base_backup')})"
+                if "time" in self.scope
+                else f"recover rows of {self.scope.get('table')} from the {self.date} backup"
+            ),
             "rollback": f"swap {self.scope.get('swap_in')} back in",
             "restore-to-time": (
                 f"recover to {self.scope.get('time')} from base backup "
@@ -176,14 +181,20 @@ def create_request(
             )
         scope["swap_in"] = kept[0]
         day = None
-    elif kind == "restore-to-time":
+    elif kind == "restore-to-time" or (kind == "recover-rows" and "time" in scope):
         if not scope.get("time") or not scope.get("base_backup"):
-            raise ConfigError("a restore-to-time request needs --time")
+            raise ConfigError(f"a {kind} request needs --time")
+        if kind == "recover-rows" and day is not None:
+            raise ConfigError("a recover-rows request takes --date or --time, not both")
         day = None
         require_staging_recovered_first(vault, scope["time"], scope["base_backup"])
     else:
         if day is None:
-            raise ConfigError(f"a {kind} request needs --date")
+            raise ConfigError(
+                "a recover-rows request needs --date or --time"
+                if kind == "recover-rows"
+                else f"a {kind} request needs --date"
+            )
         sha256 = vault.read_manifest(day).sha256
         require_staging_first(vault, day, sha256)
     created = now().astimezone(UTC)
@@ -247,10 +258,18 @@ class PinnedTime:
 
 
 def authorize_pinned_time(
-    vault: Vault, request_id: str, approvers_file: Path, *, database: str, now: Clock = utcnow
+    vault: Vault,
+    request_id: str,
+    approvers_file: Path,
+    *,
+    database: str,
+    kind: str = "restore-to-time",
+    now: Clock = utcnow,
 ) -> PinnedTime:
+    """Authorize a request that recovers production's cluster to a time (`restore-to-time`,
+    or `recover-rows` as of a time): staging must hold that same recovery first."""
     authorization = authorize(
-        vault, request_id, approvers_file, kind="restore-to-time", database=database, now=now
+        vault, request_id, approvers_file, kind=kind, database=database, now=now
     )
     scope = authorization.request.scope
     time, base_backup = scope.get("time"), scope.get("base_backup")

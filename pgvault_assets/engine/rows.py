@@ -14,15 +14,21 @@ only because a row needs it does not bring back its own dependents: the operator
 names what was deleted, and a parent's other children are not part of that. The operator's
 `--where` predicate runs only in the scratch database, inside a read-only transaction, as one
 statement.
+
+The rows come from a day's backup, or, with point-in-time recovery set up, from any second:
+then the scratch database is the source's own database in a throwaway cluster that pgBackRest
+recovered to that time (as `restore-to-time` recovers one), read there and removed with it, so
+rows deleted at 14:03 come back as they were at 14:02, not as last night's backup had them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +40,11 @@ from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.compare import pin_output_formats, qualified
 from pgvault_assets.engine.interrupts import said_as
+from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
+from pgvault_assets.engine.pitr.runner import PgBackRest
 from pgvault_assets.engine.postgres import connect
-from pgvault_assets.engine.restore import restore_into_scratch
+from pgvault_assets.engine.restore import Scratch, restore_into_scratch, time_key
+from pgvault_assets.engine.testpoints import pause_point
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
@@ -92,8 +101,34 @@ class Row:
 
 
 @dataclass(frozen=True)
+class PointInTime:
+    """Rows as they were at `time`: `source`'s database (the cluster pgBackRest archives)
+    recovered to it in a throwaway cluster, which is removed afterwards whatever happens."""
+
+    tool: PgBackRest
+    source: DatabaseUrl
+    time: datetime
+    base_backup: str | None = None
+    """Pinned by an approved request: a recovery from any other base backup is refused."""
+    cluster_root: Path | None = None
+    """Where the throwaway cluster lives (default: the temporary directory)."""
+
+
+Origin = date | PointInTime
+"""Where the rows come from: the backup of a day, or a recovery to a point in time."""
+
+
+def described(origin: Origin) -> str:
+    """The origin as messages and the audit trail name it."""
+    if isinstance(origin, PointInTime):
+        return f"the recovery to {time_key(origin.time)}"
+    return f"the {origin.isoformat()} backup"
+
+
+@dataclass(frozen=True)
 class RowRecovery:
-    day: date
+    day: date | None
+    """The backup the rows came from; None when they came from a recovery to `time`."""
     table: str
     tables: tuple[tuple[str, int], ...]
     statements: tuple[str, ...]
@@ -104,6 +139,10 @@ class RowRecovery:
     """Scratch databases of dead runs, dropped before this one restored its own."""
     matched: int = 0
     """Rows of the table in the backup that `--where` matched, present in the target or not."""
+    time: datetime | None = None
+    base_backup: str | None = None
+    stopped_at: str | None = None
+    """Of a recovery to `time`: the base backup it started from and where replay stopped."""
 
     @property
     def total(self) -> int:
@@ -543,7 +582,7 @@ def _related_rows(
 def plan_row_recovery(
     scratch_url: DatabaseUrl,
     target_url: DatabaseUrl,
-    day: date,
+    origin: Origin,
     table: str,
     *,
     where: str | None = None,
@@ -579,11 +618,12 @@ def plan_row_recovery(
                 f"--where failed in the scratch database ({str(exc).strip().splitlines()[0]})"
             ) from None
         if not candidates:
+            option = "--time" if isinstance(origin, PointInTime) else "--date"
             raise ConfigError(
-                f"no row of {root.qualified_name} in the {day} backup matches --where {where!r}; "
-                "nothing to recover: check the predicate and --date"
+                f"no row of {root.qualified_name} in {described(origin)} matches --where "
+                f"{where!r}; nothing to recover: check the predicate and {option}"
                 if where
-                else f"the {day} backup has no rows in {root.qualified_name}; nothing to recover"
+                else f"{described(origin)} has no rows in {root.qualified_name}; nothing to recover"
             )
         missing = _missing(target, root, candidates)
         if with_dependents or parents_only:
@@ -606,12 +646,13 @@ def plan_row_recovery(
         )
         scratch.rollback()
     return RowRecovery(
-        day,
+        None if isinstance(origin, PointInTime) else origin,
         root.qualified_name,
         tuple((name, len(found[name])) for name in order if found[name]),
         statements,
         preamble=("SET CONSTRAINTS ALL DEFERRED;",) if deferred else (),
         matched=len(candidates),
+        time=origin.time if isinstance(origin, PointInTime) else None,
     )
 
 
@@ -637,9 +678,34 @@ def apply_row_recovery(target_url: DatabaseUrl, recovery: RowRecovery) -> RowRec
     return replace(recovery, inserted=inserted)
 
 
+@contextlib.contextmanager
+def _scratch(
+    vault: Vault, origin: Origin, server_url: DatabaseUrl, now: Clock
+) -> Iterator[tuple[Scratch, dict[str, str]]]:
+    """The database to read the rows from, and what its making learned for the record: a
+    day's backup restored into a scratch database on `server_url`'s server, or the source's
+    database in a cluster recovered to a time. Either is gone when the block ends."""
+    if isinstance(origin, date):
+        with restore_into_scratch(vault, origin, server_url, label="rows", now=now) as scratch:
+            yield scratch, {}
+        return
+    with recover_to_time(
+        origin.tool,
+        origin.time,
+        superuser=source_user(origin.source),
+        root=origin.cluster_root,
+        base_backup=origin.base_backup,
+    ) as recovered:
+        pause_point("scratch")
+        yield (
+            Scratch(recovered.database(origin.source.dbname)),
+            {"base_backup": recovered.backup_label, "stopped_at": recovered.stopped_at},
+        )
+
+
 def recover_rows(
     vault: Vault,
-    day: date,
+    origin: Origin,
     target_url: DatabaseUrl,
     table: str,
     *,
@@ -651,33 +717,35 @@ def recover_rows(
     now: Clock = utcnow,
     before_apply: Callable[[RowRecovery], None] | None = None,
 ) -> RowRecovery:
-    """Restore `day` into a scratch database, plan the recovery, and (with `apply`) run it.
+    """Read `origin` as a scratch database, plan the recovery, and (with `apply`) run it.
 
-    An unqualified `table` is found through the target's `search_path`. The scratch database
-    lives on `scratch_server` (default: the target's server) and is dropped whatever happens;
-    scratch databases that killed runs left there are dropped first. `before_apply` sees the
-    plan first and may refuse by raising.
+    An unqualified `table` is found through the target's `search_path`. A backup's scratch
+    database lives on `scratch_server` (default: the target's server) and is dropped whatever
+    happens; scratch databases that killed runs left there are dropped first. A time's lives
+    in its throwaway cluster, removed whatever happens, before anything is inserted.
+    `before_apply` sees the plan first and may refuse by raising.
     """
     _checked_where(where)
     _checked_related(with_dependents, parents_only)
     table = resolve_table(target_url, table)
-    with said_as(
-        f"row recovery from {day.isoformat()} interrupted: its scratch database was dropped; "
-        f"{target_url.dbname} is as it was"
-    ):
-        with restore_into_scratch(
-            vault, day, scratch_server or target_url, label="rows", now=now
-        ) as scratch:
+    if isinstance(origin, PointInTime):
+        what = f"row recovery as of {time_key(origin.time)}"
+        undone = "the throwaway cluster was removed"
+    else:
+        what = f"row recovery from {origin.isoformat()}"
+        undone = "its scratch database was dropped"
+    with said_as(f"{what} interrupted: {undone}; {target_url.dbname} is as it was"):
+        with _scratch(vault, origin, scratch_server or target_url, now) as (scratch, learned):
             recovery = plan_row_recovery(
                 scratch.url,
                 target_url,
-                day,
+                origin,
                 table,
                 where=where,
                 with_dependents=with_dependents,
                 parents_only=parents_only,
             )
-        recovery = replace(recovery, abandoned_scratch=scratch.abandoned)
+        recovery = replace(recovery, abandoned_scratch=scratch.abandoned, **learned)
         if not apply or not recovery.statements:
             return recovery
         if before_apply is not None:
@@ -687,7 +755,7 @@ def recover_rows(
 
 def recover_rows_staging(
     vault: Vault,
-    day: date,
+    origin: Origin,
     target_url: DatabaseUrl,
     table: str,
     *,
@@ -698,9 +766,14 @@ def recover_rows_staging(
     scratch_server: DatabaseUrl | None = None,
     now: Clock = utcnow,
 ) -> RowRecovery:
-    """Apply a row recovery outside production, recorded in the audit trail however it ends."""
+    """Apply a row recovery outside production, recorded in the audit trail however it ends:
+    the backup's date and SHA-256, or the time and the base backup recovered from."""
+    if isinstance(origin, PointInTime):
+        pinned = {"time": time_key(origin.time)}
+    else:
+        pinned = {"date": origin.isoformat()}
     body = {
-        "date": day.isoformat(),
+        **pinned,
         "database": target_url.dbname,
         "table": table,
         "where": where or "",
@@ -708,10 +781,11 @@ def recover_rows_staging(
         "parents_only": parents_only,
     }
     with audit.staging_operation(vault, audit.ROW_RECOVERY, body, actor=actor, now=now) as learned:
-        learned["sha256"] = vault.read_manifest(day).sha256
+        if isinstance(origin, date):
+            learned["sha256"] = vault.read_manifest(origin).sha256
         result = recover_rows(
             vault,
-            day,
+            origin,
             target_url,
             table,
             where=where,
@@ -723,6 +797,8 @@ def recover_rows_staging(
         )
         learned["table"] = result.table
         learned["inserted"] = result.inserted or 0
+        if result.base_backup is not None:
+            learned.update(base_backup=result.base_backup, stopped_at=result.stopped_at)
     return result
 
 
@@ -753,20 +829,43 @@ def recover_rows_production(
     approvers_file: Path,
     *,
     scratch_server: DatabaseUrl | None = None,
+    point_in_time: PointInTime | None = None,
     now: Clock = utcnow,
     confirm: Callable[[str], None] | None = None,
 ) -> RowRecovery:
-    """Apply a dual-authorized `recover-rows` request to production, exactly as it was approved."""
-    pinned = auth.authorize_pinned_backup(
-        vault,
-        request_id,
-        approvers_file,
-        kind="recover-rows",
-        database=target_url.dbname,
-        undone="nothing was inserted",
-        now=now,
-    )
-    authorization = pinned.authorization
+    """Apply a dual-authorized `recover-rows` request to production, exactly as it was approved.
+
+    A request for rows as of a time is run with `point_in_time` (how to recover the cluster),
+    at the time it names and from the base backup it pins; one for a backup, without."""
+    origin: Origin
+    if point_in_time is not None:
+        pinned_time = auth.authorize_pinned_time(
+            vault,
+            request_id,
+            approvers_file,
+            kind="recover-rows",
+            database=target_url.dbname,
+            now=now,
+        )
+        if pinned_time.time != time_key(point_in_time.time):
+            raise auth.AuthorizationRefused(
+                f"request {request_id} approved rows as of {pinned_time.time}, not "
+                f"{time_key(point_in_time.time)}; nothing was inserted"
+            )
+        authorization = pinned_time.authorization
+        origin = replace(point_in_time, base_backup=pinned_time.base_backup)
+    else:
+        pinned = auth.authorize_pinned_backup(
+            vault,
+            request_id,
+            approvers_file,
+            kind="recover-rows",
+            database=target_url.dbname,
+            undone="nothing was inserted",
+            now=now,
+        )
+        authorization = pinned.authorization
+        origin = pinned.day
     request = authorization.request
     scope = request.scope
     claimed: list[bool] = []
@@ -780,7 +879,7 @@ def recover_rows_production(
     try:
         result = recover_rows(
             vault,
-            pinned.day,
+            origin,
             target_url,
             scope["table"],
             where=scope["where"] or None,
@@ -795,7 +894,10 @@ def recover_rows_production(
         if claimed:
             auth.record_outcome(vault, request, succeeded=False, detail=str(exc), now=now)
         raise
+    as_of = (
+        f" as of {time_key(result.time)} (base backup {result.base_backup})" if result.time else ""
+    )
     auth.record_outcome(
-        vault, request, succeeded=True, detail=f"inserted {result.inserted} rows", now=now
+        vault, request, succeeded=True, detail=f"inserted {result.inserted} rows{as_of}", now=now
     )
     return result
