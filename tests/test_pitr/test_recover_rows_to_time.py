@@ -377,16 +377,22 @@ def test_interrupted_removes_its_cluster_and_leaves_the_target(
     assert table_rows(staging, history.table) == before
 
 
-def test_bad_input_is_one_line_and_a_non_zero_exit(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (
-        ["--time", "2026-11-30T09:00:00"],  # no zone: refused, never guessed
-        ["--time", "2026-11-30T09:00:00Z", "--date", "2026-11-30"],
-        [],
-    ):
-        with pytest.raises(SystemExit) as exited:
-            pgvault("recover-rows", *argv, "--table", "public.t", "--target", "staging")
-        assert exited.value.code == 2
-        assert one_error_line(capsys.readouterr().err).startswith("error:")
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--time", "2026-11-30T09:00:00"], "has no time zone; add Z (UTC)"),  # never guessed
+        (["--time", "2026-11-30T09:00:00Z", "--date", "2026-11-30"], "not allowed with"),
+        ([], "one of the arguments --date --time is required"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        pgvault("recover-rows", *argv, "--table", "public.t", "--target", "staging")
+    assert exited.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error:") and said in line
 
 
 def test_without_pitr_init_it_says_to_run_it(
