@@ -204,6 +204,32 @@ def test_rows_deleted_after_the_time_come_back_as_they_were_then_and_no_others(
     assert gone(clusters_made)
 
 
+def test_with_dependents_brings_back_what_a_cascade_deleted_after_the_time(
+    server: ArchivingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    customers, orders = f"public.customers_{suffix}", f"public.orders_{suffix}"
+    server.sql(f"CREATE TABLE {customers} (id int PRIMARY KEY)")
+    server.sql(
+        f"CREATE TABLE {orders} (id int PRIMARY KEY, "
+        f"customer_id int NOT NULL REFERENCES {customers} ON DELETE CASCADE)"
+    )
+    server.sql(f"INSERT INTO {customers} VALUES (1), (2)")
+    server.sql(f"INSERT INTO {orders} VALUES (10, 1), (11, 1), (20, 2)")
+    time = server.now()
+    server.sql(f"DELETE FROM {customers} WHERE id = 1")
+    server.switch_and_wait()
+    argv = ("recover-rows", "--time", time.isoformat(), "--table", customers, "--where", "id = 1")
+
+    code, out, err = run(capsys, *argv, "--target", "production", "--with-dependents")
+
+    assert code == 0, err
+    assert f"3 rows missing from app ({customers}: 1, {orders}: 2)" in out
+    code, out, err = run(capsys, *argv, "--target", "production")
+    assert code == 0, err
+    assert f"1 row missing from app ({customers}: 1)" in out
+
+
 def test_dry_run_prints_the_rows_as_of_the_time_and_changes_nothing(
     server: ArchivingServer, clusters_made: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
