@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
+AMTOOL = shutil.which("amtool")
 needs_prometheus = pytest.mark.skipif(
     PROMTOOL is None or PROMETHEUS is None,
     reason="Debian's prometheus package is missing; run scripts/setup.sh",
@@ -357,6 +358,74 @@ def test_the_dashboard_and_the_rules_ask_only_for_metrics_pgvault_emits():
         "pgvault_drill_last_rto_seconds",
         "pgvault_alerts_open",
     } <= emitted
+
+
+@pytest.mark.skipif(
+    AMTOOL is None, reason="Debian's prometheus-alertmanager is missing; run scripts/setup.sh"
+)
+def test_amtool_accepts_the_alertmanager_example_and_routes_critical_to_pagerduty_and_slack():
+    checked = subprocess.run(
+        [AMTOOL, "check-config", "alertmanager.yml"], cwd=RULES, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout and "2 receivers" in checked.stdout
+
+    def receivers(*labels: str) -> str:
+        routed = subprocess.run(
+            [AMTOOL, "config", "routes", "test", "--config.file=alertmanager.yml", *labels],
+            cwd=RULES,
+            capture_output=True,
+            text=True,
+        )
+        assert routed.returncode == 0, routed.stdout + routed.stderr
+        return routed.stdout.strip()
+
+    rules = yaml.safe_load((RULES / "pgvault.rules.yml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        labels = [f"alertname={rule['alert']}", f"severity={rule['labels']['severity']}"]
+        expected = {
+            "critical": "pagerduty-oncall,slack-ops-alerts",
+            "warning": "slack-ops-alerts",
+        }[rule["labels"]["severity"]]
+        assert receivers(*labels) == expected, rule["alert"]
+
+
+def test_the_dashboard_is_a_grafana_dashboard_over_metrics_write_output(
+    local_env, make_database, tmp_path
+):
+    """Every panel has a datasource and at least one query, each query asks only for metric
+    names `pgvault metrics write` actually wrote (not merely declared), and the layout fits
+    Grafana's 24-column grid."""
+    back_up(make_database())
+    target = tmp_path / "pgvault.prom"
+    settings_env = {**os.environ, "BACKUP_STORAGE_BUDGET_BYTES": str(10**12)}
+    subprocess.run(
+        [PGVAULT, "metrics", "write", str(target)],
+        env=settings_env,
+        check=True,
+        capture_output=True,
+    )
+    written = set(re.findall(r"^# TYPE (pgvault_[a-z_]+) gauge$", target.read_text(), re.M))
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "pgvault-dashboard.json").read_text())
+    assert isinstance(dashboard["title"], str) and dashboard["uid"]
+    assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 30
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert {"datasource", "environment", "database"} <= variables
+    panels = dashboard["panels"]
+    assert panels and len({panel["id"] for panel in panels}) == len(panels)
+    for panel in panels:
+        assert panel["type"] in {"stat", "table", "timeseries", "gauge", "bargauge"}, panel
+        assert panel["datasource"]["uid"] == "${datasource}"
+        grid = panel["gridPos"]
+        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert panel["targets"], f"panel {panel['title']} queries nothing"
+        for query in panel["targets"]:
+            assert query["refId"] and query["expr"]
+            asked = set(re.findall(r"\bpgvault_[a-z_]+", query["expr"]))
+            assert asked and asked <= written, (panel["title"], asked - written)
+            for variable in re.findall(r"\$(\w+)", query["expr"]):
+                assert variable in variables, (panel["title"], variable)
 
 
 def test_the_alertmanager_example_pages_critical_and_posts_everything_to_slack():
