@@ -15,6 +15,10 @@ fi
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
 fi
+# amtool checks the shipped Alertmanager routing (deploy/prometheus/alertmanager.yml).
+if ! command -v amtool >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq prometheus-alertmanager >/dev/null
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'

@@ -4,10 +4,13 @@ the same `dedup_key`, a valid payload, bounded retries, and nothing secret in it
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import sentry_sdk
 from dagster import AssetCheckEvaluation, AssetCheckSeverity
@@ -28,6 +31,9 @@ from pgvault_assets.settings import Settings, load_settings
 ROUTING_KEY = "R0ut1ngKeyR0ut1ngKeyR0ut1ngKey00"
 DB_PASSWORD = "s3cret-db-pass"
 SEVERITIES = ("critical", "error", "warning", "info")
+EVENTS_V2 = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).parent / "fixtures" / "pagerduty-events-v2.schema.json").read_text())
+)
 
 
 @pytest.fixture
@@ -43,6 +49,8 @@ def receiver(local_env, monkeypatch, tmp_path) -> Iterator[Captured]:
         monkeypatch.setenv("DAGSTER_UI_URL", "https://dagster.internal")
         monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{DB_PASSWORD}@db.internal:5432/app")
         yield captured
+        for event in captured.pagerduty_events():  # every event any test sent, not a sample
+            assert_events_v2(event)
     sentry_sdk.init()
 
 
@@ -55,6 +63,7 @@ def notifier(settings: Settings, database: str | None = None) -> Notifier:
 
 def assert_events_v2(event: dict[str, Any]) -> None:
     """The Events API v2 schema's required fields and bounds."""
+    EVENTS_V2.validate(event)
     assert event["routing_key"] == ROUTING_KEY
     assert event["event_action"] in ("trigger", "acknowledge", "resolve")
     assert isinstance(event["dedup_key"], str) and len(event["dedup_key"]) <= 255
@@ -306,3 +315,26 @@ def test_a_fleet_databases_resolved_notice_resolves_its_own_incident(receiver):
         ("trigger", "pgvault/test/billing/backup_stale"),
         ("resolve", "pgvault/test/billing/backup_stale"),
     ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event_action": "fire"},
+        {"payload": {"summary": "x" * 1025, "source": "db", "severity": "critical"}},
+        {"payload": {"summary": "s", "source": "db", "severity": "fatal"}},
+        {"payload": {"summary": "s", "severity": "critical"}},
+        {"routing_key": None},
+    ],
+)
+def test_the_events_v2_schema_refuses_what_pagerduty_would(change):
+    """The schema every sent event is held to is not vacuous."""
+    event = {
+        "routing_key": ROUTING_KEY,
+        "event_action": "trigger",
+        "dedup_key": "pgvault/test/default/backup_stale",
+        "payload": {"summary": "s", "source": "db", "severity": "critical"},
+    }
+    EVENTS_V2.validate(event)
+    with pytest.raises(jsonschema.ValidationError):
+        EVENTS_V2.validate({**event, **change})

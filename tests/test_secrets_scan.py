@@ -2,11 +2,13 @@
 pgvault wrote or sent anywhere is scanned for them.
 
 The secrets are a password in DATABASE_URL (percent-encoded, so both spellings are searched),
-another in STAGING_DATABASE_URL, AWS access keys, the Sentry DSN's key and a webhook token.
+another in STAGING_DATABASE_URL, AWS access keys, the Sentry DSN's key, a webhook token and a
+PagerDuty routing key.
 The scan covers each command's output, every file under the test's folder (the Dagster
 instance's SQLite event log and compute logs, the local store, reports), every version of
 every object in the bucket (manifests, audit records, reports, locks), Dagster's event log
-read through its API, and the bodies that reached Sentry and the webhook. It must find none.
+read through its API, the metrics pgvault exports, and the bodies that reached Sentry, the
+webhook and PagerDuty (less the routing key field the Events API needs). It must find none.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ AWS_ACCESS_KEY_ID = "AKIASCANSECRETS12345"
 AWS_SECRET_ACCESS_KEY = "scan/Secret+Access+Key/0123456789abcdefXYZ"
 SENTRY_KEY = "sentrykeyscan0123456789abcdef"
 WEBHOOK_TOKEN = "T0KEN-scan-webhook-9d8e7f"
+ROUTING_KEY = "PdScanRoutingKey0123456789abcdef"
 MAINTENANCE_JOB = "weekly_maintenance_job"
 
 
@@ -57,6 +60,7 @@ def secret_spellings() -> dict[str, bytes]:
         "AWS secret access key": AWS_SECRET_ACCESS_KEY,
         "Sentry DSN key": SENTRY_KEY,
         "webhook token": WEBHOOK_TOKEN,
+        "PagerDuty routing key": ROUTING_KEY,
     }
     spellings = {name: value.encode() for name, value in values.items()}
     for name, value in values.items():
@@ -93,11 +97,19 @@ def captured() -> Iterator[Captured]:
 
 
 @pytest.fixture
+def pagerduty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Captured]:
+    """PagerDuty's Events API, over HTTPS (its client speaks nothing else)."""
+    with capture_http(tmp_path_factory.mktemp("pagerduty")) as capture:
+        yield capture
+
+
+@pytest.fixture
 def secret_env(
     aws_env: AwsEnv,
     make_database: Callable[..., str],
     approvers: Approvers,
     captured: Captured,
+    pagerduty: Captured,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     """pgvault on moto with every kind of secret configured, in this process and for children."""
@@ -112,6 +124,9 @@ def secret_env(
         "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
         "SENTRY_DSN": f"http://{SENTRY_KEY}@127.0.0.1:{captured.port}/1",
         "ALERT_WEBHOOK_URL": f"http://127.0.0.1:{captured.port}/hook/{WEBHOOK_TOKEN}",
+        "PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
+        "PAGERDUTY_EVENTS_URL": pagerduty.events_url,
+        "SSL_CERT_FILE": str(pagerduty.cert_file),
         "BACKUP_MAX_RETRIES": "0",
         "BACKUP_RETRY_DELAY_SECONDS": "0",
     }
@@ -203,6 +218,7 @@ def test_every_command_with_secrets_set_leaves_no_secret_anywhere(
     aws_env: AwsEnv,
     approvers: Approvers,
     captured: Captured,
+    pagerduty: Captured,
     local_env: Path,
 ) -> None:
     scan = Scan()
@@ -250,6 +266,8 @@ def test_every_command_with_secrets_set_leaves_no_secret_anywhere(
     run("audit", "--json")
     run("cleanup", "--dry-run")
     run("cleanup")
+    run("metrics", "write", str(local_env / "pgvault.prom"))  # scanned with the files
+    run("alerts", "test", "--resolve")
 
     # The weekly maintenance job, as the schedule runs it, writes the health report.
     maintenance = subprocess.run(
@@ -278,6 +296,8 @@ def test_every_command_with_secrets_set_leaves_no_secret_anywhere(
     run("check-database-integrity", "--database", "production", expect={1, 2}, DATABASE_URL=missing)
     run("doctor", expect={1}, DATABASE_URL=f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:1/x")
     run("list-backups", expect={1, 2}, BACKUP_S3_BUCKET="pgvault-test-no-such-bucket")
+    pagerduty.statuses.extend([500] * 4)  # every attempt of the first page refused
+    assert "PagerDuty did not accept" in run("alerts", "test", expect={2})
     assert alert_on_failed_runs(scan) >= 1
 
     assert scan_dagster(scan) >= 3  # the backups, the failed backup, the maintenance job
@@ -289,11 +309,23 @@ def test_every_command_with_secrets_set_leaves_no_secret_anywhere(
             # are what Sentry stores and shows, and they must be clean.
             body = body.split(b"\n", 1)[1]
         scan.add(f"HTTP body #{index} to {path.replace(WEBHOOK_TOKEN, '<token>')}", body)
+    pages = pagerduty.pagerduty_events()
+    for index, event in enumerate(pages):
+        # The routing key addresses the event to its service, as the DSN does to Sentry;
+        # everything else (summary, custom_details, links) must be clean.
+        assert event.pop("routing_key") == ROUTING_KEY
+        scan.add(f"PagerDuty event #{index}", json.dumps(event))
 
     # The scan saw the real thing: events reached Sentry and the webhook, audit records and
     # a report reached the bucket, the Dagster instance holds runs.
     assert captured.events(), "no Sentry event arrived"
     assert any(WEBHOOK_TOKEN in path for path, _ in captured.requests), "no webhook arrived"
+    actions = {event["event_action"] for event in pages}
+    assert actions == {"trigger", "resolve"}, "no page or no resolve reached PagerDuty"
+    assert any(event.get("payload", {}).get("class") == "backup_failed" for event in pages), (
+        "the failed backup did not page"
+    )
+    assert (local_env / "pgvault.prom").read_text().count("pgvault_backup_last_success") > 1
     assert any("/audit/" in key for key in keys) and any("/reports/" in key for key in keys)
     assert any(key.endswith("manifest.json") for key in keys)
     assert files > 5
@@ -327,3 +359,14 @@ def test_the_local_key_never_leaves_its_file(
     found = [where for where, data in scan.places.items() for s in spellings if s in data]
     assert found == []
     assert scan.leaks() == []
+
+
+def test_redact_masks_the_pagerduty_routing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any text pgvault prints, logs or sends passes through redact: the routing key is one of
+    the secrets it knows, whichever path the text took."""
+    from pgvault_assets.redact import REDACTED, redact
+
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
+    assert redact(f"Events API refused key {ROUTING_KEY}: 400") == (
+        f"Events API refused key {REDACTED}: 400"
+    )

@@ -22,7 +22,12 @@ from prometheus_client.registry import Collector
 from pgvault_assets.alerts import Alert, Notifier
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import console
-from pgvault_assets.engine.metrics import DEFAULT_REFRESH, MetricsReader, Snapshot
+from pgvault_assets.engine.metrics import (
+    DEFAULT_REFRESH,
+    SINGLE_DATABASE,
+    MetricsReader,
+    Snapshot,
+)
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
@@ -62,6 +67,16 @@ def families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
             "proof",
             "when a backup was last proven to restore",
         ),
+        (
+            "restore_proof_last_attempt_timestamp_seconds",
+            "proof_attempt",
+            "when the last restore proof finished, passed or failed",
+        ),
+        (
+            "restore_proof_last_result",
+            "proof_result",
+            "1 when the last restore proof passed, 0 when it failed",
+        ),
         ("drill_last_timestamp_seconds", "drill_at", "when the last recovery drill started"),
         ("drill_last_rto_seconds", "drill_last_rto_seconds", "last drill's scaled recovery time"),
         ("drill_last_passed", "drill_passed", "1 when the last drill passed, 0 when it failed"),
@@ -85,6 +100,10 @@ def families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
             "backups_stored": figures.backups_stored if figures.error is None else None,
             "storage_bytes": figures.storage_bytes if figures.error is None else None,
             "proof": _seconds(figures.restore_proof_last_success_at),
+            "proof_attempt": _seconds(figures.restore_proof_last_attempt_at),
+            "proof_result": None
+            if figures.restore_proof_last_passed is None
+            else int(figures.restore_proof_last_passed),
             "drill_at": _seconds(figures.drill_last_at),
             "drill_last_rto_seconds": figures.drill_last_rto_seconds,
             "drill_passed": None
@@ -100,6 +119,8 @@ def families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
                 gauges[attribute].add_metric([env, figures.database], float(value))
         for kind, count in figures.open_alerts(snapshot.read_at).items():
             alerts.add_metric([env, figures.database, kind], float(count))
+    for kind, count in snapshot.open_alerts().items():
+        alerts.add_metric([env, SINGLE_DATABASE, kind], float(count))
     found = [*gauges.values(), alerts]
     if snapshot.storage_budget_bytes is not None:
         budget = GaugeMetricFamily(

@@ -22,7 +22,12 @@ from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.fleet import each_database_apart
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.pitr.archive import pitr_status
-from pgvault_assets.engine.report import STALE_AFTER
+from pgvault_assets.engine.report import (
+    STALE_AFTER,
+    duration_exceeds_average,
+    over_budget,
+    size_shrank,
+)
 from pgvault_assets.engine.store import StoredObject
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
@@ -33,6 +38,41 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH = timedelta(seconds=60)
 DRILLS = "drills"
+SINGLE_DATABASE = "default"  # the fleet of one's name; an environment-wide alert's database too
+
+# `pgvault_alerts_open` has a series for each alert kind the store's records show (0 or the
+# count open), so a rule or a panel can tell "healthy" from "not exported".
+DATABASE_KINDS = (
+    "backup_stale",
+    "restorable",  # the last restore proof failed (the check's name, as the sensors alert it)
+    "drill_failed",
+    "drill_over_objective",
+    "duration_within_average",
+    "size_not_shrunk",
+    "manifest_unreadable",
+    "store_unreadable",
+)
+PITR_KINDS = (
+    "pitr_not_archiving",
+    "pitr_archive_failing",
+    "pitr_archive_lag",
+    "pitr_archive_gap",
+    "pitr_repository_unreadable",
+    "pitr_no_base_backup",
+    "pitr_status_unreadable",
+)
+ENVIRONMENT_KINDS = ("storage_over_budget",)
+# Alerts only Dagster sees: a run's or a check's history, which the store holds no record of
+# (a failed run leaves no manifest; a failed checksum or decryption check is an event), and
+# PagerDuty's own refusals. The sinks carry them; the metrics cannot, and say so in the README.
+RUN_HISTORY_KINDS = (
+    "backup_failed",
+    "upload_failing",
+    "checksum_mismatch",
+    "decrypts_fully",
+    "success_rate_low",
+    "pagerduty_failed",
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +95,16 @@ class DatabaseFigures:
     backups_stored: int = 0
     storage_bytes: int = 0
     restore_proof_last_success_at: datetime | None = None
+    restore_proof_last_attempt_at: datetime | None = None
+    restore_proof_last_passed: bool | None = None
+    """Whether the newest restore proof attempt (a success or a failure record) succeeded."""
     drill_last_at: datetime | None = None
     drill_last_rto_seconds: float | None = None
     drill_last_passed: bool | None = None
+    drill_last_kind: str | None = None
+    """The alert the last drill raised (`drill_failed`, `drill_over_objective`), if any."""
+    slower_than_average: bool = False
+    shrank: bool = False
     unreadable: int = 0
     pitr: PitrFigures | None = None
     error: str | None = None
@@ -67,13 +114,19 @@ class DatabaseFigures:
         """What the sensors would hold open now, from the same figures: a dashboard and a
         rule see the same episodes the alerts do."""
         stale = self.last_success_at is None or now - self.last_success_at > STALE_AFTER
+        readable = self.error is None
         found = {
-            "backup_stale": int(self.error is None and stale),
+            "backup_stale": int(readable and stale),
+            "restorable": int(self.restore_proof_last_passed is False),
+            "drill_failed": int(self.drill_last_kind == "drill_failed"),
+            "drill_over_objective": int(self.drill_last_kind == "drill_over_objective"),
+            "duration_within_average": int(self.slower_than_average),
+            "size_not_shrunk": int(self.shrank),
             "manifest_unreadable": self.unreadable,
-            "store_unreadable": int(self.error is not None),
+            "store_unreadable": int(not readable),
         }
-        for kind in self.pitr.problems if self.pitr else ():
-            found[kind] = 1
+        if self.pitr is not None:
+            found.update({kind: int(kind in self.pitr.problems) for kind in PITR_KINDS})
         return found
 
 
@@ -83,6 +136,14 @@ class Snapshot:
     read_at: datetime
     databases: tuple[DatabaseFigures, ...]
     storage_budget_bytes: int | None = None
+
+    def open_alerts(self) -> dict[str, int]:
+        """The environment's own alerts: the budget is one for the whole bucket (a fleet's
+        databases together), as the health sensors compare it."""
+        used = sum(figures.storage_bytes for figures in self.databases)
+        return {
+            "storage_over_budget": int(over_budget(used, self.storage_budget_bytes) is not None)
+        }
 
 
 @dataclass
@@ -173,6 +234,7 @@ class MetricsReader:
         namespace = database.vault.environment
         manifests: list[Manifest] = []
         proofs: list[datetime] = []
+        proof_failures: list[datetime] = []
         drills: list[dict[str, Any]] = []
         unreadable = 0
         seen = set()
@@ -185,6 +247,8 @@ class MetricsReader:
                 kind = "manifest"
             elif name == names.RESTORE_VERIFIED_NAME:
                 kind = "proof"
+            elif name == names.RESTORE_FAILED_NAME:
+                kind = "proof_failed"
             elif folder == DRILLS and name.endswith(".json"):
                 kind = "drill"
             else:
@@ -198,6 +262,8 @@ class MetricsReader:
                     unreadable += 1
             elif kind == "proof" and isinstance(value, datetime):
                 proofs.append(value)
+            elif kind == "proof_failed" and isinstance(value, datetime):
+                proof_failures.append(value)
             elif kind == "drill" and isinstance(value, dict):
                 drills.append(value)
         for key in set(database.cache) - seen:
@@ -205,6 +271,8 @@ class MetricsReader:
         manifests.sort(key=lambda m: m.finished_at)
         newest = manifests[-1] if manifests else None
         drill = max(drills, key=lambda d: d["started_at"], default=None)
+        proven, failed = max(proofs, default=None), max(proof_failures, default=None)
+        attempted = max((t for t in (proven, failed) if t is not None), default=None)
         return DatabaseFigures(
             database.name,
             last_success_at=newest.finished_at if newest else None,
@@ -212,11 +280,18 @@ class MetricsReader:
             last_duration_seconds=newest.duration_seconds if newest else None,
             oldest_backup_at=manifests[0].finished_at if manifests else None,
             backups_stored=len(manifests),
-            storage_bytes=sum(m.size_bytes for m in manifests),
-            restore_proof_last_success_at=max(proofs, default=None),
+            # The backups re-runs replaced take space until retention, as health_figures counts.
+            storage_bytes=sum(v.size_bytes for m in manifests for v in m.versions),
+            restore_proof_last_success_at=proven,
+            restore_proof_last_attempt_at=attempted,
+            restore_proof_last_passed=None if attempted is None else attempted == proven,
             drill_last_at=drill["started_at"] if drill else None,
             drill_last_rto_seconds=drill["scaled_seconds"] if drill else None,
             drill_last_passed=drill["passed"] if drill else None,
+            drill_last_kind=drill["alert"] if drill else None,
+            slower_than_average=newest is not None
+            and duration_exceeds_average(newest, manifests)[0],
+            shrank=newest is not None and size_shrank(newest, manifests)[0],
             unreadable=unreadable,
             pitr=self.pitr(database.settings) if database.settings else None,
         )
@@ -248,8 +323,21 @@ def _parse(kind: str, raw: bytes, key: str) -> Any:
     data = json.loads(raw)
     if kind == "proof":
         return datetime.fromisoformat(data["verified_at"])
+    if kind == "proof_failed":
+        return datetime.fromisoformat(data["failed_at"])
+    passed = bool(data["passed"])
+    checked = [*data.get("checks", ()), *data.get("queries", ())]
+    # As the drill asset's alert names it (defs/recovery.py drill_alert).
+    alert = (
+        None
+        if passed
+        else "drill_over_objective"
+        if data.get("failure") is None and all(c["passed"] for c in checked)
+        else "drill_failed"
+    )
     return {
         "started_at": datetime.fromisoformat(data["started_at"]),
         "scaled_seconds": float(data["scaled_seconds"]),
-        "passed": bool(data["passed"]),
+        "passed": passed,
+        "alert": alert,
     }

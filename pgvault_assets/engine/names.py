@@ -8,6 +8,7 @@ Layout of one environment's folder in the store::
     {environment}/{YYYY-MM-DD}/server_context.sql.gz.enc  roles, database properties, extensions
     {environment}/{YYYY-MM-DD}/manifest.json            written last: the backup exists
     {environment}/{YYYY-MM-DD}/restore_verified.json    the last restore proof
+    {environment}/{YYYY-MM-DD}/restore_failed.json      the last failed restore proof
     {environment}/pitr/cipher-passphrase.enc            pgBackRest's repository passphrase, sealed
     {environment}/reports/{YYYY-MM-DD}-fleet-health.md  a fleet's weekly health report
 
@@ -26,9 +27,11 @@ OBJECT_NAME = "db_backup.sql.gz.enc"
 SERVER_CONTEXT_NAME = "server_context.sql.gz.enc"
 MANIFEST_NAME = "manifest.json"
 RESTORE_VERIFIED_NAME = "restore_verified.json"
+# Its own name, never the proof's: a failure record must not make a backup count as verified.
+RESTORE_FAILED_NAME = "restore_failed.json"
 MAX_IDENTIFIER = 63  # PostgreSQL's limit on a name, in bytes
 # Files that belong to one day's backup, beside its manifest.
-BACKUP_FILES = (OBJECT_NAME, SERVER_CONTEXT_NAME, RESTORE_VERIFIED_NAME)
+BACKUP_FILES = (OBJECT_NAME, SERVER_CONTEXT_NAME, RESTORE_VERIFIED_NAME, RESTORE_FAILED_NAME)
 
 
 def namespace(environment: str, database: str | None) -> str:
@@ -67,6 +70,10 @@ def manifest_key(environment: str, day: date) -> str:
 
 def restore_verified_key(environment: str, day: date) -> str:
     return f"{day_folder(environment, day)}/{RESTORE_VERIFIED_NAME}"
+
+
+def restore_failed_key(environment: str, day: date) -> str:
+    return f"{day_folder(environment, day)}/{RESTORE_FAILED_NAME}"
 
 
 def database_beside(target: str, label: str, stamp: str) -> str:

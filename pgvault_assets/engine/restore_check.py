@@ -8,6 +8,8 @@ an empty server", and proofs run one at a time.
 The last successful proof is recorded beside the backup (`{env}/{D}/restore_verified.json`)
 with the SHA-256 of the object it restored, so `list-backups` and the UI show it for that
 object only: not for a backup that replaced it, nor for a record without one (older proofs).
+The last failed proof is recorded apart (`restore_failed.json`), for the metrics' "last
+result": under another name, so nothing that looks for proofs can take a failure for one.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.cluster import major_of, proof_server
 from pgvault_assets.engine.interrupts import said_as
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, restore_verified_key
+from pgvault_assets.engine.names import (
+    RESTORE_VERIFIED_NAME,
+    restore_failed_key,
+    restore_verified_key,
+)
 from pgvault_assets.engine.postgres import connect, drop_database
 from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.redact import redact
 from pgvault_assets.settings import DatabaseUrl
 
 
@@ -58,9 +65,27 @@ def verify_restorable(
     The server is `configured_server` (RESTORE_CHECK_DATABASE_URL) or else a throwaway
     cluster of the backup's major version. The engine's restore already refuses a checksum
     mismatch and compares every table's row count with the manifest; a scratch name that
-    exists nowhere makes its swap a plain rename.
+    exists nowhere makes its swap a plain rename. A proof that fails leaves a failure record
+    (`record_restore_failed`) before the error goes on.
     """
-    source_major = major_of(vault.read_manifest(day).server_version)
+    manifest = vault.read_manifest(day)
+    try:
+        proof = _prove(vault, day, manifest, configured_server, now)
+    except PgvaultError as exc:
+        record_restore_failed(vault, day, now(), manifest.sha256, str(exc))
+        raise
+    record_restore_verified(vault, proof)
+    return proof
+
+
+def _prove(
+    vault: Vault,
+    day: date,
+    manifest: Manifest,
+    configured_server: DatabaseUrl | None,
+    now: Clock,
+) -> RestoreProof:
+    source_major = major_of(manifest.server_version)
     with (
         said_as(
             f"restore proof of {day.isoformat()} interrupted: its scratch database was dropped; "
@@ -79,7 +104,7 @@ def verify_restorable(
             ):
                 drop_database(maintenance, target.dbname)
         finished = now()
-    proof = RestoreProof(
+    return RestoreProof(
         day,
         finished,
         target.dbname,
@@ -88,8 +113,6 @@ def verify_restorable(
         round((finished - started).total_seconds(), 3),
         result.manifest.sha256,
     )
-    record_restore_verified(vault, proof)
-    return proof
 
 
 def record_restore_verified(vault: Vault, proof: RestoreProof) -> None:
@@ -103,6 +126,23 @@ def record_restore_verified(vault: Vault, proof: RestoreProof) -> None:
     }
     key = restore_verified_key(vault.environment, proof.day)
     vault.store.put_bytes(key, json.dumps(body, indent=2).encode())
+
+
+def record_restore_failed(
+    vault: Vault, day: date, failed_at: datetime, sha256: str, reason: str
+) -> None:
+    """When a proof of `day` last failed and why (redacted): what the metrics' last result
+    reads. Best effort: a store that cannot take it must not hide the proof's own error."""
+    body = {
+        "date": day.isoformat(),
+        "failed_at": failed_at.astimezone(UTC).isoformat(),
+        "sha256": sha256,
+        "reason": redact(reason),
+    }
+    with contextlib.suppress(PgvaultError):
+        vault.store.put_bytes(
+            restore_failed_key(vault.environment, day), json.dumps(body, indent=2).encode()
+        )
 
 
 def restore_proofs(vault: Vault) -> dict[date, tuple[datetime, str]]:

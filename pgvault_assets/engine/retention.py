@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import (
+    RESTORE_FAILED_NAME,
     RESTORE_VERIFIED_NAME,
     SERVER_CONTEXT_NAME,
     retention_lock_name,
@@ -183,6 +184,7 @@ def delete_expired(vault: Vault, plan: RetentionPlan, lock: HeldLock | None = No
             decision.object_key,
             f"{folder}/{SERVER_CONTEXT_NAME}",
             f"{folder}/{RESTORE_VERIFIED_NAME}",
+            f"{folder}/{RESTORE_FAILED_NAME}",
         ):
             if vault.store.delete(key):
                 deleted.append(key)
