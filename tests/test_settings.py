@@ -9,8 +9,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgvault_assets.errors import ConfigError
-from pgvault_assets.redact import redact
-from pgvault_assets.settings import DatabaseUrl, load_settings
+from pgvault_assets.redact import redact, secrets_in
+from pgvault_assets.settings import (
+    DatabaseUrl,
+    Environment,
+    PitrSettings,
+    PlatformSettings,
+    RecoverySettings,
+    RestoreLoad,
+    RetentionPolicy,
+    _bounds,
+    declared,
+    load_settings,
+    secret_variables,
+)
 
 
 def test_embedded_default_needs_no_settings(tmp_path):
@@ -154,3 +166,50 @@ def test_a_restore_loads_over_the_hosts_cores_at_most_eight_with_256_mib_read_ah
         3,
         2 * 1024 * 1024,
     )
+
+
+def test_every_variable_declared_secret_is_redacted():
+    assert "PAGERDUTY_ROUTING_KEY" in secret_variables("value")
+    for name in secret_variables("value"):
+        value = f"value-of-{name.lower()}"
+        assert value in secrets_in({name: value}), name
+    for name in secret_variables("password"):
+        assert "pw-in-url" in secrets_in({name: "postgresql://u:pw-in-url@h/db"}), name
+
+
+def test_secret_values_never_show_in_the_read_environment():
+    read = Environment.read(
+        {"SENTRY_DSN": "https://dsnkey@sentry.example/1", "AWS_SECRET_ACCESS_KEY": "awssecret"}
+    )
+    assert "dsnkey" not in repr(read) and "awssecret" not in repr(read)
+    assert read.sentry_dsn is not None
+    assert read.sentry_dsn.get_secret_value() == "https://dsnkey@sentry.example/1"
+
+
+@pytest.mark.parametrize(
+    ("name", "bounds"),
+    [
+        (name, _bounds(info))
+        for name, info in declared().items()
+        if _bounds(info) != (None, None) and name != "RESTORE_REQUEST_TTL_HOURS"
+    ],
+)
+def test_each_bounded_variable_refuses_a_value_past_its_bound_in_one_line(name, bounds):
+    low, high = bounds
+    for value in (str(high * 2 + 1), str(low - 1), "many"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({name: value})
+        message = str(caught.value)
+        assert message.startswith(f"{name} must be ") and "\n" not in message
+        assert f"from {low} to {high}" in message
+
+
+def test_the_records_defaults_are_the_declared_ones(tmp_path):
+    loaded = load_settings({"XDG_DATA_HOME": str(tmp_path)})
+    assert loaded.retention == RetentionPolicy()
+    assert loaded.platform == PlatformSettings()
+    assert loaded.pitr == PitrSettings(tmp_path / "pgvault" / "pitr")
+    assert loaded.recovery == RecoverySettings()
+    assert loaded.restore_load == RestoreLoad()
+    declared_lock_mode = declared()["BACKUP_OBJECT_LOCK_MODE"].default
+    assert loaded.object_lock_mode == declared_lock_mode == "governance"
