@@ -220,7 +220,7 @@ class Variables(BaseSettings):
         try:
             return int(value)
         except ValueError:
-            low, high = _bounds(declaration)
+            low, high = bounds(declaration)
             raise ConfigError(
                 f"{_variable_name(info)} must be a whole number from {low} to {high} "
                 f"(got {value!r})"
@@ -238,7 +238,7 @@ def _kind(info: FieldInfo) -> str | None:
     return extra.get("secret") if isinstance(extra, dict) else None  # type: ignore[return-value]
 
 
-def _bounds(info: FieldInfo) -> tuple[Any, Any]:
+def bounds(info: FieldInfo) -> tuple[Any, Any]:
     low = high = None
     for rule in info.metadata:
         if isinstance(rule, annotated_types.Ge):
@@ -255,17 +255,17 @@ def _config_error(cls: type[Variables], exc: ValidationError) -> ConfigError:
     raw = error.get("input")
     info = cls.model_fields.get(name.lower())
     if info is not None and error["type"] == "literal_error":
-        choices = " or ".join(str(c) for c in _choices(info.annotation))
-        return ConfigError(f"{name} must be {choices} (got {raw!r})")
-    if info is not None and _bounds(info) != (None, None):
-        low, high = _bounds(info)
+        allowed = " or ".join(str(c) for c in choices(info.annotation))
+        return ConfigError(f"{name} must be {allowed} (got {raw!r})")
+    if info is not None and bounds(info) != (None, None):
+        low, high = bounds(info)
         if _is_int(info.annotation):
             return ConfigError(f"{name} must be a whole number from {low} to {high} (got {raw})")
         return ConfigError(f"{name} must be a number from {low:g} to {high:g} (got {raw!r})")
     return ConfigError(f"{name} is not valid: {error['msg']} (got {raw!r})")
 
 
-def _choices(annotation: Any) -> tuple[Any, ...]:
+def choices(annotation: Any) -> tuple[Any, ...]:
     for candidate in (annotation, *get_args(annotation)):
         if get_origin(candidate) is Literal:
             return get_args(candidate)
@@ -445,7 +445,7 @@ class StorageVariables(NameVariables):
     )
     restore_verify_schedule: Literal["daily", "weekly"] = variable(
         "daily",
-        "`daily`: prove every backup restorable; `weekly`: only Sunday backups (large "
+        "how often backups are proven restorable: every one, or only Sunday's (for large "
         'databases); see "How long the daily run takes"',
     )
     restore_check_database_url: DatabaseUrl | None = variable(
@@ -457,8 +457,7 @@ class StorageVariables(NameVariables):
     )
     dagster_pg_url: SecretStr | None = variable(
         None,
-        "Dagster's own database for the production instance (`dagster.yaml`); Dagster reads "
-        "it, pgvault only hides its password",
+        "Dagster's own database for the production instance (`dagster.yaml`), read by Dagster",
         shown="—",
         secret="password",
     )
@@ -576,7 +575,6 @@ class PlatformVariables(Variables):
     backup_retry_delay_seconds: float = variable(
         60.0,
         "the first retry's delay, doubled for each next one",
-        shown="60",
         ge=0,
         le=3600,
         allow_inf_nan=False,
@@ -628,7 +626,7 @@ class RecoveryVariables(Variables):
         shown="unset: production refused",
     )
     restore_request_ttl_hours: float = variable(
-        4.0, "how long a production request stays valid", shown="4", ge=1 / 60, le=72
+        4.0, "how long a production request stays valid", ge=1 / 60, le=72
     )
     drill_queries_file: Path | None = variable(
         None,
@@ -709,7 +707,7 @@ class PitrVariables(Variables):
         shown="`s3.<region>.amazonaws.com`",
     )
     pitr_s3_uri_style: Literal["host", "path"] = variable(
-        "host", "how pgBackRest addresses the bucket: `host` or `path` style"
+        "host", "how pgBackRest addresses the bucket"
     )
     pitr_s3_ca_file: Path | None = variable(
         None, "a CA file for a private S3 endpoint", shown="system CAs"

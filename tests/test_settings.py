@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pgvault_assets import settings
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.redact import redact, secrets_in
 from pgvault_assets.settings import (
@@ -18,7 +21,7 @@ from pgvault_assets.settings import (
     RecoverySettings,
     RestoreLoad,
     RetentionPolicy,
-    _bounds,
+    bounds,
     declared,
     load_settings,
     secret_variables,
@@ -189,9 +192,9 @@ def test_secret_values_never_show_in_the_read_environment():
 @pytest.mark.parametrize(
     ("name", "bounds"),
     [
-        (name, _bounds(info))
+        (name, bounds(info))
         for name, info in declared().items()
-        if _bounds(info) != (None, None) and name != "RESTORE_REQUEST_TTL_HOURS"
+        if bounds(info) != (None, None) and name != "RESTORE_REQUEST_TTL_HOURS"
     ],
 )
 def test_each_bounded_variable_refuses_a_value_past_its_bound_in_one_line(name, bounds):
@@ -213,3 +216,33 @@ def test_the_records_defaults_are_the_declared_ones(tmp_path):
     assert loaded.restore_load == RestoreLoad()
     declared_lock_mode = declared()["BACKUP_OBJECT_LOCK_MODE"].default
     assert loaded.object_lock_mode == declared_lock_mode == "governance"
+
+
+def _settings_table_script():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "settings_table.py"
+    spec = importlib.util.spec_from_file_location("settings_table", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_table_is_the_one_generated_from_the_declarations():
+    script = _settings_table_script()
+    readme = script.README.read_text()
+    assert script.rewritten(readme) == readme, "run scripts/settings_table.py"
+    for name in declared():
+        assert f"| `{name}` |" in readme
+
+
+def test_a_variable_declared_without_regenerating_the_table_is_caught(monkeypatch):
+    script = _settings_table_script()
+    readme = script.README.read_text()
+
+    class Added(settings.PitrVariables):
+        pitr_new_knob: int = settings.variable(1, "a knob added without the table", ge=1, le=2)
+
+    groups = tuple(Added if g is settings.PitrVariables else g for g in settings.GROUPS)
+    monkeypatch.setattr(settings, "GROUPS", groups)
+    assert script.rewritten(readme) != readme
+    assert "| `PITR_NEW_KNOB` | a knob added without the table (1 to 2) | `1` |" in script.table()
