@@ -288,15 +288,11 @@ def _absolute(value: Any) -> Any:
     return Path(value).expanduser().absolute() if isinstance(value, str) else value
 
 
-def _http_url(value: Any, name: str, schemes: tuple[str, ...]) -> Any:
-    text = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if isinstance(text, str) and (
-        urlsplit(text).scheme not in schemes or not urlsplit(text).netloc
-    ):
+def _check_http_url(value: str | None, name: str, schemes: tuple[str, ...]) -> None:
+    if value is not None and (urlsplit(value).scheme not in schemes or not urlsplit(value).netloc):
         raise ConfigError(
-            f"{name} must be an {' or '.join(s + '://' for s in schemes)} URL (got {text!r})"
+            f"{name} must be an {' or '.join(s + '://' for s in schemes)} URL (got {value!r})"
         )
-    return value
 
 
 class HomeVariables(Variables):
@@ -549,12 +545,14 @@ class PagerDutyVariables(Variables):
     @classmethod
     def _events_url(cls, value: str | None) -> str | None:
         # PagerDuty's client speaks HTTPS only.
-        return _http_url(value, "PAGERDUTY_EVENTS_URL", ("https",))
+        _check_http_url(value, "PAGERDUTY_EVENTS_URL", ("https",))
+        return value
 
     @field_validator("dagster_ui_url")
     @classmethod
     def _ui_url(cls, value: str | None) -> str | None:
-        return _http_url(value, "DAGSTER_UI_URL", ("http", "https"))
+        _check_http_url(value, "DAGSTER_UI_URL", ("http", "https"))
+        return value
 
 
 class PlatformVariables(Variables):

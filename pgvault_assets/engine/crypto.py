@@ -49,7 +49,8 @@ SDK = aws_encryption_sdk.EncryptionSDKClient(
 class KeyProvider(Protocol):
     """Gives the Encryption SDK a master key provider and names the key for the manifest."""
 
-    key_id: str
+    @property
+    def key_id(self) -> str: ...
 
     def master_key_provider(self) -> MasterKeyProvider: ...
 
