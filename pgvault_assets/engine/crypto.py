@@ -55,7 +55,7 @@ class KeyProvider(Protocol):
     def master_key_provider(self) -> MasterKeyProvider: ...
 
 
-class _LocalMasterKeyProvider(RawMasterKeyProvider):
+class _LocalMasterKeyProvider(RawMasterKeyProvider):  # type: ignore[misc]  # the SDK ships no types
     provider_id = LOCAL_PROVIDER_ID
 
     wrapping_key: WrappingKey
