@@ -144,13 +144,18 @@ def variable(
     *,
     shown: str | None = None,
     secret: SecretKind | None = None,
+    shared: bool = False,
     **bounds: Any,
 ) -> Any:
     """One variable's declaration: `meaning` and `shown` (its default as the README says it,
-    when the value alone would not tell) feed the README's table, `secret` the redaction."""
+    when the value alone would not tell) feed the README's table, `secret` the redaction.
+    `shared` marks another tool's variable (boto3's, XDG's, Dagster's) that pgvault reads as it
+    finds it: the Dagster resources leave it unbound, so a run never needs it set."""
     extra: dict[str, Any] = {"shown": shown}
     if secret:
         extra["secret"] = secret
+    if shared:
+        extra["shared"] = True
     if "default_factory" in bounds:
         return Field(description=meaning, json_schema_extra=extra, **bounds)
     return Field(default, description=meaning, json_schema_extra=extra, **bounds)
@@ -233,9 +238,14 @@ class Variables(BaseSettings):
             yield name.upper(), info
 
 
-def _kind(info: FieldInfo) -> str | None:
+def _extra(info: FieldInfo) -> dict[str, Any]:
     extra = info.json_schema_extra
-    return extra.get("secret") if isinstance(extra, dict) else None  # type: ignore[return-value]
+    return extra if isinstance(extra, dict) else {}
+
+
+def _kind(info: FieldInfo) -> str | None:
+    kind = _extra(info).get("secret")
+    return kind if isinstance(kind, str) else None
 
 
 def bounds(info: FieldInfo) -> tuple[Any, Any]:
@@ -305,7 +315,10 @@ class HomeVariables(Variables):
         shown="`$XDG_DATA_HOME/pgvault`, else `~/.local/share/pgvault`",
     )
     xdg_data_home: Path | None = variable(
-        None, "the XDG base directory `PGVAULT_HOME` defaults under", shown="`~/.local/share`"
+        None,
+        "the XDG base directory `PGVAULT_HOME` defaults under",
+        shown="`~/.local/share`",
+        shared=True,
     )
 
     _home_paths = field_validator("pgvault_home", "xdg_data_home", mode="before")(_absolute)
@@ -456,6 +469,7 @@ class StorageVariables(NameVariables):
         "Dagster's own database for the production instance (`dagster.yaml`), read by Dagster",
         shown="—",
         secret="password",
+        shared=True,
     )
 
     @field_validator(
@@ -714,21 +728,24 @@ class PitrVariables(Variables):
         None,
         "the S3 region pgBackRest writes into its configuration (boto3 reads it too)",
         shown="`AWS_DEFAULT_REGION`, else `us-east-1`",
+        shared=True,
     )
     aws_default_region: str | None = variable(
-        None, "the region when `AWS_REGION` is unset", shown="unset"
+        None, "the region when `AWS_REGION` is unset", shown="unset", shared=True
     )
     aws_access_key_id: str | None = variable(
         None,
         "with `AWS_SECRET_ACCESS_KEY`, the S3 keys pgBackRest writes into its 0600 "
         "configuration (the archive command runs with the server's environment)",
         shown="unset: the instance role",
+        shared=True,
     )
     aws_secret_access_key: SecretStr | None = variable(
         None,
         "the secret half of `AWS_ACCESS_KEY_ID`",
         shown="unset: the instance role",
         secret="value",
+        shared=True,
     )
 
     _lowered_style = field_validator("pitr_s3_uri_style", mode="before")(_lowered)
@@ -787,6 +804,11 @@ GROUPS: tuple[type[Variables], ...] = (
 def declared() -> dict[str, FieldInfo]:
     """Every variable pgvault reads, by name, with its declaration, in the README's order."""
     return {name: info for group in GROUPS for name, info in group.variables()}
+
+
+def own_variables() -> tuple[str, ...]:
+    """The variables that are pgvault's own, not another tool's it also reads."""
+    return tuple(name for name, info in declared().items() if not _extra(info).get("shared"))
 
 
 def secret_variables(kind: SecretKind) -> tuple[str, ...]:

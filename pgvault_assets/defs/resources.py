@@ -20,13 +20,21 @@ from pydantic import Field, create_model
 from pgvault_assets.alerts import Notifier
 from pgvault_assets.engine.fleet import pin_database
 from pgvault_assets.engine.vault import Vault
-from pgvault_assets.settings import PlatformVariables, Settings, declared, load_settings
+from pgvault_assets.settings import (
+    PlatformVariables,
+    Settings,
+    declared,
+    load_settings,
+    own_variables,
+)
 
 SETTINGS_VARIABLES = tuple(
-    name for name in declared() if name not in dict(PlatformVariables.variables())
+    name for name in own_variables() if name not in dict(PlatformVariables.variables())
 )
-"""What a run reads: every variable but the platform's, which shape the definitions themselves
-and are read once, when the code location loads (a run's environment need not repeat them)."""
+"""What a run reads of pgvault's own: every variable but the platform's, which shape the
+definitions themselves and are read once, when the code location loads, and but the ones
+other tools share (AWS_*, XDG_DATA_HOME, DAGSTER_PG_URL), read where they are found: a run's
+environment need repeat none of those, and a worker with an instance role has no AWS keys."""
 ALERT_VARIABLES = ("SENTRY_DSN", "ALERT_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY")
 """Where alerts go: the alerts resource can point them elsewhere than the settings do."""
 
