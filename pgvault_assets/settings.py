@@ -249,6 +249,8 @@ def _kind(info: FieldInfo) -> str | None:
 
 
 def bounds(info: FieldInfo) -> tuple[Any, Any]:
+    """A declaration's (lowest, highest) allowed value, None where it has none: the error
+    messages and the README's table both say them."""
     low = high = None
     for rule in info.metadata:
         if isinstance(rule, annotated_types.Ge):
@@ -272,10 +274,13 @@ def _config_error(cls: type[Variables], exc: ValidationError) -> ConfigError:
         if _is_int(info.annotation):
             return ConfigError(f"{name} must be a whole number from {low} to {high} (got {raw})")
         return ConfigError(f"{name} must be a number from {low:g} to {high:g} (got {raw!r})")
+    if info is not None and _kind(info):  # never repeat a secret
+        return ConfigError(f"{name} is not valid: {error['msg']}")
     return ConfigError(f"{name} is not valid: {error['msg']} (got {raw!r})")
 
 
 def choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a `Literal` declaration allows, in order; () for any other type."""
     for candidate in (annotation, *get_args(annotation)):
         if get_origin(candidate) is Literal:
             return get_args(candidate)
