@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
+from pgvault_assets.settings import secret_variables
+
 REDACTED = "[redacted]"
 _URL_CREDENTIALS = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s/]*@", re.I
@@ -16,20 +18,9 @@ _SECRET_ASSIGNMENT = re.compile(
     r"(?P<name>password|passwd|secret|token|aws_secret_access_key|pgpassword)(?P<sep>\s*[=:]\s*)\S+",
     re.I,
 )
-_SECRET_VARIABLES = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "SENTRY_DSN",
-    "PGPASSWORD",
-    "ALERT_WEBHOOK_URL",
-    "PAGERDUTY_ROUTING_KEY",
-)
-_URL_VARIABLES = (
-    "DATABASE_URL",
-    "STAGING_DATABASE_URL",
-    "RESTORE_CHECK_DATABASE_URL",
-    "DAGSTER_PG_URL",
-)
+# The variables settings.py declares secret, and two it does not read but children inherit.
+_SECRET_VARIABLES = (*secret_variables("value"), "AWS_SESSION_TOKEN", "PGPASSWORD")
+_URL_VARIABLES = secret_variables("password")
 
 
 def secrets_in(env: Mapping[str, str] | None = None) -> list[str]:

@@ -7,7 +7,6 @@ never touch databases they did not create.
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import re
@@ -47,27 +46,15 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # itself removes it.
 os.environ["BACKUP_START_DATE"] = "2024-01-01"
 
-_ENVIRONMENT_VARIABLE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
-
 
 def pgvault_variables() -> frozenset[str]:
-    """Every variable pgvault reads: each name settings.py spells, the URL and secret variables
-    redact.py hides, the fault tests' pause point and each name a README table row starts
-    with. Found there, so a variable added to any of them is cleared without anyone
+    """Every variable pgvault reads: each one settings.py declares, the secret variables
+    redact.py hides besides (children's `PGPASSWORD`, say) and the fault tests' pause point.
+    Taken from the declarations, so a variable added there is cleared without anyone
     remembering to. PGVAULT_HOME is left out: every test gets a home of its own instead
     (`pgvault_home_of_its_own`)."""
-    tree = ast.parse(Path(settings.__file__).read_text())
-    constants = {
-        node.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str)
-    }
-    readme = (Path(__file__).parent.parent / "README.md").read_text().splitlines()
-    first_cells = [line.split("|")[1] for line in readme if line.startswith("| `")]
-    documented = {n for cell in first_cells for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
     hidden = {*redact._SECRET_VARIABLES, *redact._URL_VARIABLES, testpoints.VARIABLE}
-    named = {n for n in constants | documented if _ENVIRONMENT_VARIABLE.fullmatch(n)}
-    return frozenset(named | hidden) - {"PGVAULT_HOME"}
+    return frozenset(settings.declared().keys() | hidden) - {"PGVAULT_HOME"}
 
 
 # Real credentials or profiles in the developer's shell must never reach moto-backed tests.

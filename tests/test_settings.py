@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pgvault_assets import settings
 from pgvault_assets.errors import ConfigError
-from pgvault_assets.redact import redact
-from pgvault_assets.settings import DatabaseUrl, load_settings
+from pgvault_assets.redact import redact, secrets_in
+from pgvault_assets.settings import (
+    DatabaseUrl,
+    Environment,
+    PitrSettings,
+    PlatformSettings,
+    RecoverySettings,
+    RestoreLoad,
+    RetentionPolicy,
+    bounds,
+    declared,
+    load_settings,
+    secret_variables,
+)
 
 
 def test_embedded_default_needs_no_settings(tmp_path):
@@ -154,3 +169,80 @@ def test_a_restore_loads_over_the_hosts_cores_at_most_eight_with_256_mib_read_ah
         3,
         2 * 1024 * 1024,
     )
+
+
+def test_every_variable_declared_secret_is_redacted():
+    assert "PAGERDUTY_ROUTING_KEY" in secret_variables("value")
+    for name in secret_variables("value"):
+        value = f"value-of-{name.lower()}"
+        assert value in secrets_in({name: value}), name
+    for name in secret_variables("password"):
+        assert "pw-in-url" in secrets_in({name: "postgresql://u:pw-in-url@h/db"}), name
+
+
+def test_secret_values_never_show_in_the_read_environment():
+    read = Environment.read(
+        {"SENTRY_DSN": "https://dsnkey@sentry.example/1", "AWS_SECRET_ACCESS_KEY": "awssecret"}
+    )
+    assert "dsnkey" not in repr(read) and "awssecret" not in repr(read)
+    assert read.sentry_dsn is not None
+    assert read.sentry_dsn.get_secret_value() == "https://dsnkey@sentry.example/1"
+
+
+@pytest.mark.parametrize(
+    ("name", "bounds"),
+    [
+        (name, bounds(info))
+        for name, info in declared().items()
+        if bounds(info) != (None, None) and name != "RESTORE_REQUEST_TTL_HOURS"
+    ],
+)
+def test_each_bounded_variable_refuses_a_value_past_its_bound_in_one_line(name, bounds):
+    low, high = bounds
+    for value in (str(high * 2 + 1), str(low - 1), "many"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({name: value})
+        message = str(caught.value)
+        assert message.startswith(f"{name} must be ") and "\n" not in message
+        assert f"from {low} to {high}" in message
+
+
+def test_the_records_defaults_are_the_declared_ones(tmp_path):
+    loaded = load_settings({"XDG_DATA_HOME": str(tmp_path)})
+    assert loaded.retention == RetentionPolicy()
+    assert loaded.platform == PlatformSettings()
+    assert loaded.pitr == PitrSettings(tmp_path / "pgvault" / "pitr")
+    assert loaded.recovery == RecoverySettings()
+    assert loaded.restore_load == RestoreLoad()
+    declared_lock_mode = declared()["BACKUP_OBJECT_LOCK_MODE"].default
+    assert loaded.object_lock_mode == declared_lock_mode == "governance"
+
+
+def _settings_table_script():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "settings_table.py"
+    spec = importlib.util.spec_from_file_location("settings_table", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_table_is_the_one_generated_from_the_declarations():
+    script = _settings_table_script()
+    readme = script.README.read_text()
+    assert script.rewritten(readme) == readme, "run scripts/settings_table.py"
+    for name in declared():
+        assert f"| `{name}` |" in readme
+
+
+def test_a_variable_declared_without_regenerating_the_table_is_caught(monkeypatch):
+    script = _settings_table_script()
+    readme = script.README.read_text()
+
+    class Added(settings.PitrVariables):
+        pitr_new_knob: int = settings.variable(1, "a knob added without the table", ge=1, le=2)
+
+    groups = tuple(Added if g is settings.PitrVariables else g for g in settings.GROUPS)
+    monkeypatch.setattr(settings, "GROUPS", groups)
+    assert script.rewritten(readme) != readme
+    assert "| `PITR_NEW_KNOB` | a knob added without the table (1 to 2) | `1` |" in script.table()

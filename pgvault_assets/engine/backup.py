@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import date, datetime
+from typing import IO
 
 import psycopg
 
@@ -65,7 +66,7 @@ def check_backup_date(day: date, now: datetime) -> None:
         )
 
 
-def _tail_reader(stream, lines: deque[str]) -> None:
+def _tail_reader(stream: IO[bytes], lines: deque[str]) -> None:
     for raw in iter(stream.readline, b""):
         lines.append(raw.decode(errors="replace").rstrip())
 

@@ -6,6 +6,7 @@ The store reads them on first use (to warn, and to know whether writes carry Obj
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,7 @@ def read_bucket_settings(
     """
     values: dict[str, Any] = {}
     unreadable: list[str] = []
-    reads = [
+    reads: list[tuple[str, str, Callable[[], Any]]] = [
         (
             "versioning",
             "s3:GetBucketVersioning",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from pgvault_assets.engine import names
 from pgvault_assets.engine.manifest import Manifest
@@ -15,7 +16,7 @@ from pgvault_assets.settings import Settings
 
 def backup_rows(
     settings: Settings, *, days: int | None, now: datetime, versions: bool = False
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One dict per complete backup, newest first, as `list-backups --json` prints them. With
     `versions`, also the backups a re-run of the date replaced (kept until retention), each
     after its date's current one, with the object version that `restore-from-backup
@@ -39,7 +40,9 @@ def backup_rows(
     return rows
 
 
-def _row(m: Manifest, vault: Vault, now: datetime, *, tier: str, verified: datetime | None) -> dict:
+def _row(
+    m: Manifest, vault: Vault, now: datetime, *, tier: str, verified: datetime | None
+) -> dict[str, Any]:
     return {
         "date": m.date.isoformat(),
         "key": m.object_key,

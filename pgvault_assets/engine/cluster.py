@@ -116,7 +116,7 @@ def _run_as_owner(command: list[str]) -> subprocess.CompletedProcess[str]:
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def _pid_alive(pid: int) -> bool:

@@ -122,7 +122,7 @@ def compare_databases(
         raise ConfigError(
             f"none of the tables {', '.join(names)} exist in either database; name them as schema.table"
         )
-    sections = ()
+    sections: tuple[shape.SectionDifference, ...] = ()
     if left_shape is not None and right_shape is not None:
         sections = tuple(shape.differences(left_shape, right_shape))
     return Comparison(

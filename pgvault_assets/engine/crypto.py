@@ -49,12 +49,13 @@ SDK = aws_encryption_sdk.EncryptionSDKClient(
 class KeyProvider(Protocol):
     """Gives the Encryption SDK a master key provider and names the key for the manifest."""
 
-    key_id: str
+    @property
+    def key_id(self) -> str: ...
 
     def master_key_provider(self) -> MasterKeyProvider: ...
 
 
-class _LocalMasterKeyProvider(RawMasterKeyProvider):
+class _LocalMasterKeyProvider(RawMasterKeyProvider):  # type: ignore[misc]  # the SDK ships no types
     provider_id = LOCAL_PROVIDER_ID
 
     wrapping_key: WrappingKey

@@ -102,16 +102,16 @@ def database_checks(settings: Settings) -> list[Check]:
         checks.append(Check(name, Status.OK, f"{version} at {url}"))
 
     tools = [("pg_dump", majors.get("DATABASE_URL")), ("psql", max(majors.values(), default=None))]
-    for tool, major in tools:
-        if major is None:
+    for tool, server_major in tools:
+        if server_major is None:
             checks.append(Check(tool, Status.SKIP, "no reachable server to compare with"))
             continue
         try:
-            _, version = check_tool_fits_server(tool, major)
+            _, version = check_tool_fits_server(tool, server_major)
         except PgvaultError as exc:
             checks.append(Check(tool, Status.FAIL, str(exc)))
             continue
-        checks.append(Check(tool, Status.OK, f"{version} fits server {major}"))
+        checks.append(Check(tool, Status.OK, f"{version} fits server {server_major}"))
     return checks
 
 
@@ -149,7 +149,7 @@ def key_check(vault: Vault, today: date) -> Check:
         if opened != _PROBE or dict(header.encryption_context).get("purpose") != "backup":
             return Check(name, Status.FAIL, f"{keys.key_id} returned a different message")
         where = (
-            f"local key file {local.path} (fingerprint {keys.fingerprint()})"
+            f"local key file {keys.path} (fingerprint {keys.fingerprint()})"
             if isinstance(keys, LocalKeyProvider)
             else keys.key_id
         )

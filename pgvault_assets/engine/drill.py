@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -120,7 +121,7 @@ class DrillReport:
             found.append(f"slowest stage: {slowest}")
         return found
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["started_at"] = self.started_at.astimezone(UTC).isoformat()
         data["backup_date"] = self.backup_date.isoformat()
@@ -228,7 +229,7 @@ def run_queries(url: DatabaseUrl, queries_file: Path | None) -> tuple[QueryResul
         for statement in read_queries(queries_file, conn):
             conn.rollback()
             try:
-                rows = conn.execute(statement).fetchall()  # type: ignore[arg-type]
+                rows = conn.execute(statement).fetchall()
                 results.append(QueryResult(statement, True, f"{len(rows)} rows"))
             except psycopg.Error as exc:
                 results.append(QueryResult(statement, False, str(exc).strip().splitlines()[0]))

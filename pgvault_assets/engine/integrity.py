@@ -222,7 +222,7 @@ def _amcheck_schema(conn: psycopg.Connection, *, install: bool) -> str | None:
         "WHERE e.extname = 'amcheck'"
     ).fetchone()
     if found is not None:
-        return found[0]
+        return str(found[0])
     if not install:
         return None
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(_AMCHECK_SCHEMA)))

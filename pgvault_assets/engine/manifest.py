@@ -20,6 +20,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
+from typing import Any
 
 from pgvault_assets.engine.clock import aware
 from pgvault_assets.engine.names import (
@@ -268,7 +269,7 @@ def _iso(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _source(data: dict) -> SourceIdentity | None:
+def _source(data: dict[str, Any]) -> SourceIdentity | None:
     if data.get("source") is None:
         return None
     record = _dict(data, "source")
@@ -281,7 +282,7 @@ def _source(data: dict) -> SourceIdentity | None:
     )
 
 
-def _replaced(data: dict, expected_key: str | None) -> tuple[Manifest, ...]:
+def _replaced(data: dict[str, Any], expected_key: str | None) -> tuple[Manifest, ...]:
     """The backups this one replaced, each validated as a manifest of the same key."""
     entries = data.get("replaced") or []
     if not isinstance(entries, list):
@@ -294,7 +295,7 @@ def _replaced(data: dict, expected_key: str | None) -> tuple[Manifest, ...]:
     return tuple(found)
 
 
-def _server_context(data: dict) -> ServerContextRecord | None:
+def _server_context(data: dict[str, Any]) -> ServerContextRecord | None:
     if data.get("server_context") is None:
         return None
     record = _dict(data, "server_context")
@@ -309,14 +310,14 @@ def _server_context(data: dict) -> ServerContextRecord | None:
     )
 
 
-def _str(data: dict, name: str) -> str:
+def _str(data: dict[str, Any], name: str) -> str:
     value = data[name]
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
     return value
 
 
-def _int(data: dict, name: str) -> int:
+def _int(data: dict[str, Any], name: str) -> int:
     return _nonneg(data[name], name)
 
 
@@ -326,7 +327,7 @@ def _nonneg(value: object, name: str) -> int:
     return value
 
 
-def _dict(data: dict, name: str) -> dict:
+def _dict(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data[name]
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be an object")

@@ -376,8 +376,8 @@ class ParallelLoad:
             self._held = []
             self._begin(header.group(2), b"--\n" + line)
             return
-        held, self._held = self._held, []
-        for each in held:
+        waiting, self._held = self._held, []
+        for each in waiting:
             self._add(each)
         self._add(line)
 

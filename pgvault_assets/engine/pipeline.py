@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 from cryptography.exceptions import InvalidTag
@@ -176,7 +176,7 @@ def _compress_into(
 
 
 def encrypt_stream(
-    source: BinaryIO,
+    source: IO[bytes],
     writer: ObjectWriter,
     keys: KeyProvider,
     context: dict[str, str],
@@ -365,7 +365,7 @@ def _decrypted(source: BinaryIO, keys: KeyProvider, context: dict[str, str]) -> 
                 raise IntegrityError("the backup has data after its end; do not restore it")
     except IntegrityError:
         raise
-    except isal_zlib.error as exc:
+    except isal_zlib.error as exc:  # type: ignore[misc]  # isal's stubs do not type it as an exception
         raise IntegrityError(
             f"the backup's compressed stream is corrupt ({exc}); do not restore it"
         ) from None

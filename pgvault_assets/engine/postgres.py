@@ -76,7 +76,7 @@ def tool_env(url: DatabaseUrl) -> dict[str, str]:
 
 # TCP keepalives for a connection that idles for a long time on purpose (one holding a lock):
 # a dead peer is noticed in about a minute, and no middlebox drops it for being idle.
-KEEPALIVES = {
+KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
@@ -150,7 +150,9 @@ def connect(
     keepalive: bool = False,
     application_name: str | None = None,
 ) -> Iterator[psycopg.Connection]:
-    named = {} if application_name is None else {"application_name": application_name}
+    named: dict[str, Any] = (
+        {} if application_name is None else {"application_name": application_name}
+    )
     try:
         conn = psycopg.connect(
             url.secret,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 from psycopg import sql
@@ -678,10 +678,17 @@ def apply_row_recovery(target_url: DatabaseUrl, recovery: RowRecovery) -> RowRec
     return replace(recovery, inserted=inserted)
 
 
+class _Learned(TypedDict, total=False):
+    """What recovering to a time learned, for the record: the base backup and where it stopped."""
+
+    base_backup: str
+    stopped_at: str
+
+
 @contextlib.contextmanager
 def _scratch(
     vault: Vault, origin: Origin, server_url: DatabaseUrl, now: Clock
-) -> Iterator[tuple[Scratch, dict[str, str]]]:
+) -> Iterator[tuple[Scratch, _Learned]]:
     """The database to read the rows from, and what its making learned for the record: a
     day's backup restored into a scratch database on `server_url`'s server, or the source's
     database in a cluster recovered to a time. Either is gone when the block ends."""

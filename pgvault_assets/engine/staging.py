@@ -83,8 +83,8 @@ def staging_target(settings: Settings, env: Mapping[str, str]) -> DatabaseUrl:
         for group in servers.values():
             first = group[0]
             try:
-                with connect(first.url.with_dbname(MAINTENANCE_DATABASE)) as production:
-                    seen = production.execute(
+                with connect(first.url.with_dbname(MAINTENANCE_DATABASE)) as conn:
+                    seen = conn.execute(
                         "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (token,)
                     ).fetchone()
             except DatabaseUnavailable as exc:

@@ -7,6 +7,7 @@ readable (its manifest records it) until retention deletes the date.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import re
@@ -260,7 +261,7 @@ class LocalStore:
             if old.name not in pinned:
                 old.unlink(missing_ok=True)
 
-    def kept_versions(self, prefix: str) -> list[KeptVersion]:
+    def kept_versions(self, prefix: str) -> builtins.list[KeptVersion]:
         """Each `.versions/` file: a backup killed between keeping its version and its
         manifest leaves one, and so does one killed before pruning the version it replaced."""
         found = []
@@ -301,7 +302,7 @@ class LocalStore:
             raise local_error(exc, "withdrawing", final) from None
         return True
 
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]:
         """Temporary files a killed writer left (each write's own `.partial-` file)."""
         found = []
         for path in self._walk(prefix, ".*.partial-*"):

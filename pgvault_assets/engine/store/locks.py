@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 import botocore.exceptions
 
@@ -147,7 +148,7 @@ def _process_space() -> str:
     return "/".join(parts)
 
 
-def _holder_died_here(info: dict) -> bool:
+def _holder_died_here(info: dict[str, Any]) -> bool:
     """A lock holder in this process space whose process is gone: a crash need not wait for
     the lease. Anything less certain (another host, container or boot) waits for it."""
     pid = info.get("pid")
@@ -174,7 +175,7 @@ def _lease_clock() -> float:
     return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
 
-def _lease_left(info: dict, response: dict | None = None) -> float:
+def _lease_left(info: dict[str, Any], response: dict[str, Any] | None = None) -> float:
     """Seconds until a lock object's lease ends (negative once it has).
 
     Measured on S3's clock when it can be: the object's `LastModified` (the holder's last
@@ -187,7 +188,7 @@ def _lease_left(info: dict, response: dict | None = None) -> float:
         if response is not None and isinstance(info.get("ttl_seconds"), int | float):
             server_now = parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
             ends = response["LastModified"] + timedelta(seconds=info["ttl_seconds"] + 1)
-            return (ends - server_now).total_seconds()
+            return float((ends - server_now).total_seconds())
     except (KeyError, TypeError, ValueError):
         pass
     try:
@@ -342,7 +343,7 @@ class _S3Lease:
         self._replace(_LockVersion(response["ETag"], response.get("VersionId")), lease_ends)
         return True
 
-    def _read(self) -> tuple[dict, _LockVersion, dict] | None:
+    def _read(self) -> tuple[dict[str, Any], _LockVersion, dict[str, Any]] | None:
         found = self._store.get_with_response(self._key)
         if found is None:
             return None
@@ -355,7 +356,7 @@ class _S3Lease:
             info = {}
         return info, _LockVersion(response["ETag"], response.get("VersionId")), response
 
-    def _adopt(self, info: dict, version: _LockVersion, response: dict) -> None:
+    def _adopt(self, info: dict[str, Any], version: _LockVersion, response: dict[str, Any]) -> None:
         self._replace(version, _lease_clock() + _lease_left(info, response))
 
     def _replace(self, version: _LockVersion, lease_ends: float) -> None:

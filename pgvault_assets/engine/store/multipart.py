@@ -69,7 +69,7 @@ class _S3Writer:
         self._lock = lock or {}
         self._first_part = first_part_size(expected_bytes)
         self._buffer = bytearray()
-        self._parts: list[Future[dict]] = []
+        self._parts: list[Future[dict[str, Any]]] = []
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="s3-part")
         self._digests: list[bytes] = []
         try:
@@ -84,7 +84,7 @@ class _S3Writer:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise s3_error(exc, f"upload of {key}") from None
 
-    def _upload(self, number: int, data: bytes, digest: bytes) -> dict:
+    def _upload(self, number: int, data: bytes, digest: bytes) -> dict[str, Any]:
         checksum = base64.b64encode(digest).decode()
         response = self._store.client.upload_part(
             Bucket=self._store.bucket,
@@ -146,7 +146,7 @@ class _S3Writer:
         reported = response.get("ChecksumSHA256")
         if reported and reported.split("-")[0] != expected:
             raise StoreError(f"S3 reported a different checksum for {self._key}; re-run the backup")
-        version_id = response.get("VersionId")
+        version_id: str | None = response.get("VersionId")
         if self._lock and version_id:
             self._store.ensure_retention(self._key, version_id, self._lock)
         return version_id

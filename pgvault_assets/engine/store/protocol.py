@@ -9,6 +9,7 @@ trace.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class Store(Protocol):
         the versions the date's manifest records), once a backup is recorded."""
         ...
 
-    def kept_versions(self, prefix: str) -> list[KeptVersion]:
+    def kept_versions(self, prefix: str) -> builtins.list[KeptVersion]:
         """The versions under `prefix` this store keeps itself, for cleanup to judge."""
         ...
 
@@ -138,7 +139,7 @@ class Store(Protocol):
         not delete that version yet (Object Lock): it stays until cleanup can remove it."""
         ...
 
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]:
         """Every unfinished write under `prefix`, so a backup or cleanup can judge each one."""
         ...
 

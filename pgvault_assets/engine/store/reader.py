@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import BinaryIO
+from typing import Any
 
 import botocore.exceptions
 
@@ -34,7 +34,7 @@ class _ResumingReader:
         self._offset = 0
         self._body = self._open()
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> Any:  # botocore's StreamingBody, which ships no types
         extra = dict(self._pin)
         if self._offset:
             extra["Range"] = f"bytes={self._offset}-"
@@ -51,7 +51,7 @@ class _ResumingReader:
         attempt = 0
         while True:
             try:
-                chunk = self._body.read(size if size >= 0 else None)
+                chunk: bytes = self._body.read(size if size >= 0 else None)
             except RESUMABLE_READ_ERRORS as exc:
                 attempt += 1
                 if attempt > RESUME_ATTEMPTS:

@@ -7,6 +7,7 @@ logged once per process. Writing a large object is `multipart`'s job, reading on
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 from collections.abc import Collection
@@ -59,7 +60,7 @@ class S3Store:
         self.kms_key_id = kms_key_id
         self.lock_mode = lock_mode.upper()
         self._bucket_settings: BucketSettings | None = None
-        self.client = client or boto3.client(
+        self.client: Any = client or boto3.client(
             "s3", config=BOTO_CONFIG.merge(Config(read_timeout=read_timeout_seconds))
         )
         self.location = f"s3://{bucket}"
@@ -269,7 +270,7 @@ class S3Store:
     def prune_versions(self, key: str, keep: Collection[str | None]) -> None:
         """Nothing to do: the bucket keeps earlier versions, and retention deletes them."""
 
-    def kept_versions(self, prefix: str) -> list[KeptVersion]:
+    def kept_versions(self, prefix: str) -> builtins.list[KeptVersion]:
         """None: earlier versions are the bucket's to keep and its lifecycle's to expire."""
         return []
 
@@ -296,7 +297,7 @@ class S3Store:
             raise s3_error(exc, f"withdrawal of an unrecorded version of {key}") from None
         return True
 
-    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+    def pending_uploads(self, prefix: str) -> builtins.list[PendingUpload]:
         """Every unfinished multipart upload under `prefix`, so cleanup can judge each one."""
         found = []
         try:
