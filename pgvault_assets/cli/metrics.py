@@ -150,23 +150,19 @@ def families(snapshot: Snapshot, history: RunHistory) -> list[GaugeMetricFamily]
     return found
 
 
-def registry_for(
+def collector_for(
     settings: Settings, refresh: timedelta, instance: DagsterInstance
-) -> CollectorRegistry:
+) -> SnapshotCollector:
     from pgvault_assets.cli.platform import dagster_previews_hidden
 
     with dagster_previews_hidden():
         from pgvault_assets.defs.run_episodes import RunHistoryReader, backup_keys
 
     keys = backup_keys(load_fleet(settings.platform.fleet_file))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        SnapshotCollector(
-            MetricsReader(settings, os.environ, refresh=refresh),
-            RunHistoryReader(instance, settings.environment, keys, refresh),
-        )
+    return SnapshotCollector(
+        MetricsReader(settings, os.environ, refresh=refresh),
+        RunHistoryReader(instance, settings.environment, keys, refresh),
     )
-    return registry
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -206,14 +202,18 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--refresh-seconds must be at least 1 (got {args.refresh_seconds})")
     from pgvault_assets.cli.platform import open_instance
 
+    registry = CollectorRegistry(auto_describe=False)
+    try:
+        server, thread = start_http_server(args.port, args.host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port"
+        ) from None
+    # The port first: a port in use is refused before the instance is opened (and its
+    # warnings printed).
     with open_instance() as instance:
-        registry = registry_for(settings, timedelta(seconds=args.refresh_seconds), instance)
-        try:
-            server, thread = start_http_server(args.port, args.host, registry=registry)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port"
-            ) from None
+        refresh = timedelta(seconds=args.refresh_seconds)
+        registry.register(collector_for(settings, refresh, instance))
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
@@ -235,7 +235,9 @@ def write_command(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         with open_instance() as instance:
-            write_to_textfile(str(target), registry_for(settings, DEFAULT_REFRESH, instance))
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(collector_for(settings, DEFAULT_REFRESH, instance))
+            write_to_textfile(str(target), registry)
     except OSError as exc:
         raise ConfigError(f"cannot write {target} ({exc.strerror}); check its folder") from None
     console.print(f"wrote {target}")
