@@ -15,7 +15,6 @@ once. Only the first read looks back, at the runs of the last 31 days, bounded.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from pgvault_assets.defs.backup import (
     fleet_backup_key,
 )
 from pgvault_assets.defs.history import (
+    DATABASE_TAG,
+    ENVIRONMENT_TAG,
     PARTITION_TAG,
     backup_keys_of_run,
     failure_reason,
@@ -220,6 +221,17 @@ class RunHistoryReader:
             for run in self.instance.get_runs(filters=RunsFilter(run_ids=list(ended))):
                 self._observe(run, event_type == DagsterEventType.RUN_FAILURE, ended[run.run_id])
 
+    def _counts_for(self, run: DagsterRun, name: str) -> bool:
+        """Whether a failed run counts in `name`'s success rate, as `failed_runs_by_key` counts
+        it for the health sensors: tagged as this environment's and this database's, dated."""
+        if run.tags.get(ENVIRONMENT_TAG) != self.environment or run.tags.get(DATABASE_TAG) != name:
+            return False
+        try:
+            date.fromisoformat(run.tags.get(PARTITION_TAG, ""))
+        except ValueError:
+            return False
+        return True
+
     def _observe(self, run: DagsterRun, failed: bool, ended_at: float) -> None:
         if of_another_environment(run, self.environment) or not _may_concern(run, self.keys):
             return
@@ -237,8 +249,7 @@ class RunHistoryReader:
             elif reason is not None:
                 opens = failed_run_alert(reason, day, run.run_id).kind
                 outcomes.append(Outcome(name, BACKUP_RUN, ended_at, opens))
-                # A run without a dated partition is not in the success rate.
-                with contextlib.suppress(ValueError):
+                if self._counts_for(run, name):
                     self._failures[name][run.run_id] = FailedRun(date.fromisoformat(day), reason)
         for event in events:
             data = event.event_specific_data
