@@ -7,16 +7,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, materialize
 
 from pgvault_assets.cli import main
 from pgvault_assets.definitions import defs
-from pgvault_assets.defs.backup import BACKUP_KEY
+from pgvault_assets.defs.backup import BACKUP_KEY, database_backup
+from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.defs.run_episodes import HISTORY_KINDS, RunHistoryReader
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history
+from test_defs.test_backup_asset import CorruptingVaultResource
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet.helpers import write_fleet
 from tests.test_metrics import samples
@@ -121,6 +123,25 @@ def test_a_failed_decryption_check_opens_decrypts_fully_and_a_passing_one_closes
     assert {e.check_name: e for e in result.get_asset_check_evaluations()}["decrypts_fully"].passed
 
     assert open_alerts(tmp_path)["decrypts_fully"] == 0
+
+
+def test_a_backup_whose_checksum_check_fails_opens_checksum_mismatch_and_backup_failed(
+    backup_env, yesterday, tmp_path
+):
+    """The blocking checksum check fails the run too: both episodes open, as both alert."""
+    with DagsterInstance.get() as instance:
+        result = materialize(
+            [database_backup],
+            instance=instance,
+            resources={**resource_defs(), "vault": CorruptingVaultResource()},
+            partition_key=yesterday.isoformat(),
+            raise_on_error=False,
+        )
+    assert not result.success
+
+    found = open_alerts(tmp_path)
+    assert found["checksum_mismatch"] == 1 and found["backup_failed"] == 1
+    assert found["decrypts_fully"] == 0
 
 
 @pytest.mark.parametrize("failures, low", [(2, 1), (0, 0)])
