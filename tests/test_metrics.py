@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from pgvault_assets.cli.metrics import families
+from pgvault_assets.defs.run_episodes import HISTORY_KINDS, RunHistory
 from pgvault_assets.engine import names
 from pgvault_assets.engine.metrics import DatabaseFigures, MetricsReader, Snapshot
 from pgvault_assets.engine.restore_check import (
@@ -196,7 +197,7 @@ def exposition(snapshot: Snapshot) -> str:
 
     class Fixed(Collector):
         def collect(self):
-            return families(snapshot)
+            return families(snapshot, RunHistory())
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Fixed())
@@ -340,7 +341,7 @@ def test_the_dashboard_and_the_rules_ask_only_for_metrics_pgvault_emits():
         (DatabaseFigures("default"),),
         storage_budget_bytes=1,
     )
-    emitted = {family.name for family in families(snapshot)}
+    emitted = {family.name for family in families(snapshot, RunHistory())}
     dashboard = json.loads((REPO / "deploy" / "grafana" / "pgvault-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     texts = [*exprs, (RULES / "pgvault.rules.yml").read_text()]
@@ -485,9 +486,10 @@ def raised_alert_kinds() -> set[str]:
     return {kind for kind in kinds if not kind.endswith("_resolved")}
 
 
-def test_alerts_open_has_a_series_for_every_alert_kind_the_store_shows():
-    """Each kind the alert path raises is either exported (0 when healthy, so absent means
-    "not exported", never "fine") or named as one only Dagster's run history holds."""
+def test_alerts_open_has_a_series_for_every_alert_kind_raised():
+    """Each kind the alert path raises is exported, from the store or from Dagster's run and
+    check history (0 when healthy, so absent means "not exported", never "fine"), or named as
+    one nothing records."""
     from pgvault_assets.engine.metrics import (
         DATABASE_KINDS,
         ENVIRONMENT_KINDS,
@@ -499,14 +501,19 @@ def test_alerts_open_has_a_series_for_every_alert_kind_the_store_shows():
     raised = raised_alert_kinds()
     assert {"backup_stale", "restorable", "drill_over_objective", "pitr_archive_gap"} <= raised
     assert {"pitr_status_unreadable", "success_rate_low", "pagerduty_failed"} <= raised
-    exported = set(DATABASE_KINDS) | set(PITR_KINDS) | set(ENVIRONMENT_KINDS)
+    exported = set(DATABASE_KINDS) | set(PITR_KINDS) | set(ENVIRONMENT_KINDS) | set(HISTORY_KINDS)
+    assert {"backup_failed", "checksum_mismatch", "success_rate_low"} <= exported
     assert raised <= exported | set(RUN_HISTORY_KINDS), raised - exported - set(RUN_HISTORY_KINDS)
     assert not exported & set(RUN_HISTORY_KINDS)
 
     now = datetime(2026, 3, 10, tzinfo=UTC)
     healthy = DatabaseFigures("default", last_success_at=now, pitr=PitrFigures(now, now, 0.0))
     snapshot = Snapshot("test", now, (healthy,), storage_budget_bytes=1)
-    (alerts,) = [family for family in families(snapshot) if family.name == "pgvault_alerts_open"]
+    (alerts,) = [
+        family
+        for family in families(snapshot, RunHistory())
+        if family.name == "pgvault_alerts_open"
+    ]
     series = {sample.labels["kind"]: sample.value for sample in alerts.samples}
     assert set(series) == exported and set(series.values()) == {0}
 

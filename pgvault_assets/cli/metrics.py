@@ -1,7 +1,9 @@
 """`pgvault metrics` (Prometheus exposition) and `pgvault alerts test` (the sinks' wiring).
 
-The figures come from `engine/metrics.py`; this module only names them for Prometheus, serves
-them over HTTP or writes them for node_exporter's textfile collector.
+The figures come from the store (`engine/metrics.py`) and, for the alert episodes only the
+run and check history holds, from the Dagster instance (`defs/run_episodes.py`); this module
+only names them for Prometheus, serves them over HTTP or writes them for node_exporter's
+textfile collector. Dagster is imported where it is used, as `cli/platform.py` explains.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +25,7 @@ from prometheus_client.registry import Collector
 from pgvault_assets.alerts import Alert, Notifier
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import console
+from pgvault_assets.engine.fleet import load_fleet
 from pgvault_assets.engine.metrics import (
     DEFAULT_REFRESH,
     SINGLE_DATABASE,
@@ -30,6 +34,11 @@ from pgvault_assets.engine.metrics import (
 )
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from pgvault_assets.defs.run_episodes import RunHistory, RunHistoryReader
 
 LABELS = ["environment", "database"]
 TEST_LEVELS = ("fatal", "error", "warning", "info")
@@ -40,20 +49,23 @@ def _seconds(moment: datetime | None) -> float | None:
 
 
 class SnapshotCollector(Collector):
-    """The reader's snapshot as gauges, read anew (and cached by the reader) per scrape."""
+    """The readers' snapshot and history as gauges, read anew (and cached by the readers) per
+    scrape."""
 
-    def __init__(self, reader: MetricsReader) -> None:
+    def __init__(self, reader: MetricsReader, history: RunHistoryReader) -> None:
         self.reader = reader
+        self.history = history
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield from families(self.reader.read())
+        snapshot = self.reader.read()
+        yield from families(snapshot, self.history.read(snapshot.read_at))
 
 
 def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=LABELS + (labels or []))
 
 
-def families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
+def families(snapshot: Snapshot, history: RunHistory) -> list[GaugeMetricFamily]:
     env = snapshot.environment
     per_database: list[tuple[str, str, str]] = [
         ("backup_last_success_timestamp_seconds", "last_success", "newest backup's finish"),
@@ -117,7 +129,12 @@ def families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
         for attribute, value in values.items():
             if value is not None:
                 gauges[attribute].add_metric([env, figures.database], float(value))
-        for kind, count in figures.open_alerts(snapshot.read_at).items():
+        dates = figures.backup_dates if figures.error is None else None
+        found = {
+            **figures.open_alerts(snapshot.read_at),
+            **history.open_alerts(figures.database, dates, snapshot.read_at.date()),
+        }
+        for kind, count in found.items():
             alerts.add_metric([env, figures.database, kind], float(count))
     for kind, count in snapshot.open_alerts().items():
         alerts.add_metric([env, SINGLE_DATABASE, kind], float(count))
@@ -133,10 +150,19 @@ def families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
     return found
 
 
-def registry_for(settings: Settings, refresh: timedelta) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(MetricsReader(settings, os.environ, refresh=refresh)))
-    return registry
+def collector_for(
+    settings: Settings, refresh: timedelta, instance: DagsterInstance
+) -> SnapshotCollector:
+    from pgvault_assets.cli.platform import dagster_previews_hidden
+
+    with dagster_previews_hidden():
+        from pgvault_assets.defs.run_episodes import RunHistoryReader, backup_keys
+
+    keys = backup_keys(load_fleet(settings.platform.fleet_file))
+    return SnapshotCollector(
+        MetricsReader(settings, os.environ, refresh=refresh),
+        RunHistoryReader(instance, settings.environment, keys, refresh),
+    )
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -174,21 +200,28 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--port must be from 1 to 65535 (got {args.port})")
     if args.refresh_seconds < 1:
         raise ConfigError(f"--refresh-seconds must be at least 1 (got {args.refresh_seconds})")
-    registry = registry_for(settings, timedelta(seconds=args.refresh_seconds))
+    from pgvault_assets.cli.platform import open_instance
+
+    registry = CollectorRegistry(auto_describe=False)
     try:
         server, thread = start_http_server(args.port, args.host, registry=registry)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port"
         ) from None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    console.print(f"serving metrics on http://{args.host}:{args.port}/metrics")
-    stop.wait()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    # The port first: a port in use is refused before the instance is opened (and its
+    # warnings printed).
+    with open_instance() as instance:
+        refresh = timedelta(seconds=args.refresh_seconds)
+        registry.register(collector_for(settings, refresh, instance))
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        console.print(f"serving metrics on http://{args.host}:{args.port}/metrics")
+        stop.wait()
+        server.shutdown()
+        server.server_close()
+        thread.join()
     return 0
 
 
@@ -198,8 +231,13 @@ def write_command(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"{target.parent} is not a directory; create it or write elsewhere")
     # write_to_textfile writes a temporary file beside the target and renames it over: a
     # collector never reads half a file.
+    from pgvault_assets.cli.platform import open_instance
+
     try:
-        write_to_textfile(str(target), registry_for(settings, DEFAULT_REFRESH))
+        with open_instance() as instance:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(collector_for(settings, DEFAULT_REFRESH, instance))
+            write_to_textfile(str(target), registry)
     except OSError as exc:
         raise ConfigError(f"cannot write {target} ({exc.strerror}); check its folder") from None
     console.print(f"wrote {target}")

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pgvault_assets.engine import names
@@ -62,17 +62,10 @@ PITR_KINDS = (
     "pitr_status_unreadable",
 )
 ENVIRONMENT_KINDS = ("storage_over_budget",)
-# Alerts only Dagster sees: a run's or a check's history, which the store holds no record of
-# (a failed run leaves no manifest; a failed checksum or decryption check is an event), and
-# PagerDuty's own refusals. The sinks carry them; the metrics cannot, and say so in the README.
-RUN_HISTORY_KINDS = (
-    "backup_failed",
-    "upload_failing",
-    "checksum_mismatch",
-    "decrypts_fully",
-    "success_rate_low",
-    "pagerduty_failed",
-)
+# Alerts with no durable record anywhere: PagerDuty's own refusals are logged and sent to the
+# other sinks, nothing more. The kinds only Dagster's run and check history holds
+# (`backup_failed`, a failed checksum check, ...) are the CLI's: see defs/run_episodes.py.
+RUN_HISTORY_KINDS = ("pagerduty_failed",)
 
 
 @dataclass(frozen=True)
@@ -106,6 +99,8 @@ class DatabaseFigures:
     slower_than_average: bool = False
     shrank: bool = False
     unreadable: int = 0
+    backup_dates: tuple[date, ...] = ()
+    """The dates the store holds backups of: the success rate's successes."""
     pitr: PitrFigures | None = None
     error: str | None = None
     """Why the database could not be read (its settings, its store); the rest is then unset."""
@@ -293,6 +288,7 @@ class MetricsReader:
             and duration_exceeds_average(newest, manifests)[0],
             shrank=newest is not None and size_shrank(newest, manifests)[0],
             unreadable=unreadable,
+            backup_dates=tuple(m.date for m in manifests),
             pitr=self.pitr(database.settings) if database.settings else None,
         )
 
