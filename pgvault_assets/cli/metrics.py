@@ -130,11 +130,11 @@ def families(snapshot: Snapshot, history: RunHistory) -> list[GaugeMetricFamily]
             if value is not None:
                 gauges[attribute].add_metric([env, figures.database], float(value))
         dates = figures.backup_dates if figures.error is None else None
-        found = {
+        episodes = {
             **figures.open_alerts(snapshot.read_at),
             **history.open_alerts(figures.database, dates, snapshot.read_at.date()),
         }
-        for kind, count in found.items():
+        for kind, count in episodes.items():
             alerts.add_metric([env, figures.database, kind], float(count))
     for kind, count in snapshot.open_alerts().items():
         alerts.add_metric([env, SINGLE_DATABASE, kind], float(count))

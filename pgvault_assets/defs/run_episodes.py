@@ -247,7 +247,7 @@ class RunHistoryReader:
             if not failed:
                 outcomes.append(Outcome(name, BACKUP_RUN, ended_at, None))
             elif reason is not None:
-                opens = failed_run_alert(reason, day, run.run_id).kind
+                opens: str | None = failed_run_alert(reason, day, run.run_id).kind
                 outcomes.append(Outcome(name, BACKUP_RUN, ended_at, opens))
                 if self._counts_for(run, name):
                     self._failures[name][run.run_id] = FailedRun(date.fromisoformat(day), reason)
@@ -255,9 +255,9 @@ class RunHistoryReader:
             data = event.event_specific_data
             if not isinstance(data, AssetCheckEvaluation) or data.check_name not in CHECK_KINDS:
                 continue
-            name = self.keys.get(data.asset_key)
-            if name is not None:
+            checked = self.keys.get(data.asset_key)
+            if checked is not None:
                 alert = failed_check_alert(data, data.partition or day)
                 opens = alert.kind if alert else None
-                outcomes.append(Outcome(name, data.check_name, ended_at, opens))
+                outcomes.append(Outcome(checked, data.check_name, ended_at, opens))
         self._latest = latest_outcomes(self._latest, outcomes)
