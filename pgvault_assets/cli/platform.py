@@ -34,7 +34,6 @@ from pgvault_assets.cli.args import (
     retry_count,
 )
 from pgvault_assets.cli.console import console, errors
-from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import each_database_apart, load_fleet
@@ -331,6 +330,7 @@ def materialize_backup(
         from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
         from pgvault_assets.defs.restorable import restorable
+        from pgvault_assets.engine.backup import check_backup_date
 
         check_backup_date(day, utcnow())
         config = CONFIG if retries is None else dataclasses.replace(CONFIG, max_retries=retries)

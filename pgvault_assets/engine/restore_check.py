@@ -8,6 +8,8 @@ an empty server", and proofs run one at a time.
 The last successful proof is recorded beside the backup (`{env}/{D}/restore_verified.json`)
 with the SHA-256 of the object it restored, so `list-backups` and the UI show it for that
 object only: not for a backup that replaced it, nor for a record without one (older proofs).
+Reading those records (`list-backups`) needs neither PostgreSQL nor the restore: the proof
+imports them when it runs.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from pgvault_assets.engine.cluster import major_of, proof_server
 from pgvault_assets.engine.interrupts import said_as
 from pgvault_assets.engine.manifest import Manifest
 from pgvault_assets.engine.names import RESTORE_VERIFIED_NAME, restore_verified_key
-from pgvault_assets.engine.postgres import connect, drop_database
-from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.settings import DatabaseUrl
@@ -60,6 +60,9 @@ def verify_restorable(
     mismatch and compares every table's row count with the manifest; a scratch name that
     exists nowhere makes its swap a plain rename.
     """
+    from pgvault_assets.engine.postgres import connect, drop_database  # see the docstring
+    from pgvault_assets.engine.restore import restore_backup
+
     source_major = major_of(vault.read_manifest(day).server_version)
     with (
         said_as(
