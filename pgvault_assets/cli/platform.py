@@ -257,18 +257,19 @@ class InterruptWatch:
 
     def __enter__(self) -> InterruptWatch:
         self._seen = contextlib.ExitStack()
-        self._wait = self._seen.enter_context(signals_seen())
+        self._signals = self._seen.enter_context(signals_seen())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._signals.wake()  # not a poll's wait later: the command's end waits for this
         self._thread.join()
         self._seen.close()
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            for signum in self._wait(RETRY_POLL_SECONDS):
+            for signum in self._signals.wait(RETRY_POLL_SECONDS):
                 if signum in SIGNALS and not handled_here():
                     self._end(signum)
 
