@@ -46,7 +46,7 @@ TRACED = (
     ("run", "dagster", "JobDefinition.execute_in_process"),
     ("backup", "pgvault_assets.defs.backup", "backup_database"),
     ("encryption key", "pgvault_assets.engine.vault", "Vault.encryption_keys"),
-    ("connect to PostgreSQL", "pgvault_assets.engine.backup", "connect"),
+    ("connect to PostgreSQL", "psycopg", "connect"),
     ("server context and shape", "pgvault_assets.engine.server_context", "capture"),
     ("server context and shape", "pgvault_assets.engine.shape", "read_objects"),
     ("pg_dump --version", "pgvault_assets.engine.backup", "check_tool_fits_server"),
@@ -98,7 +98,8 @@ def trace(report: Path, argv: list[str]) -> None:
             owner = getattr(owner, parent)
         setattr(owner, name, stamped(label, getattr(owner, name)))
     stamps["tracer ready"] = time.time() - start
-    code = main(argv)
+    sys.argv = ["pgvault", *argv]
+    code = main()  # as the console script calls it, so it ends as the command does
     stamps["command done"] = time.time() - start
     report.write_text(json.dumps({"code": code, "spans": spans, "stamps": stamps}))
 
