@@ -28,7 +28,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from pgvault_assets.engine.crypto import SDK, LocalKeyProvider
+from pgvault_assets.engine.crypto import SDK
+from pgvault_assets.engine.keys import LocalKeyProvider
 from pgvault_assets.engine.names import object_key
 from pgvault_assets.settings import default_restore_loaders
 

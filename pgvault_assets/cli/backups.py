@@ -1,4 +1,8 @@
-"""The backup commands: list, verify, restore and roll back, integrity checks, the demo database."""
+"""The backup commands: list, verify, restore and roll back, integrity checks, the demo database.
+
+Listing reads the store only. The commands that reach PostgreSQL or decrypt import the engine
+modules that do so when they run (main.py says why).
+"""
 
 from __future__ import annotations
 
@@ -29,13 +33,7 @@ from pgvault_assets.cli.recovery import (
 from pgvault_assets.engine.audit import operator, record_integrity_check
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.demo import create_demo_database
 from pgvault_assets.engine.fleet import each_database_apart
-from pgvault_assets.engine.integrity import check_database_integrity
-from pgvault_assets.engine.pitr.archive import tool_for
-from pgvault_assets.engine.pitr.window import read_window
-from pgvault_assets.engine.restore import restore_staging, rollback_staging, verify_backup
-from pgvault_assets.engine.server_context import read_context
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.redact import redact
@@ -125,6 +123,9 @@ def _print_recoverable_window(settings: Settings) -> None:
     """Where point-in-time recovery is set up, the times it can reach, after the dumps."""
     if not settings.pitr.config_file.exists() or settings.platform.fleet_file is not None:
         return
+    from pgvault_assets.engine.pitr.archive import tool_for
+    from pgvault_assets.engine.pitr.window import read_window
+
     try:
         window = read_window(tool_for(settings))
     except PgvaultError as exc:
@@ -209,6 +210,8 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.restore import verify_backup
+
     vault = Vault.from_settings(settings)
     with progress(f"verifying {args.date}") as advance:
         result = verify_backup(vault, args.date, full=True, progress=advance)
@@ -227,6 +230,8 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
                 "approves the backup its date holds now; nothing was restored"
             )
         return restore_production_command(args, settings)
+    from pgvault_assets.engine.restore import restore_staging
+
     url = target_to_write(settings, args.target)
     if not args.skip_confirmation and args.target != "staging":
         confirm(url.dbname)
@@ -262,6 +267,8 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "production":
         return rollback_production_command(args, settings)
+    from pgvault_assets.engine.restore import rollback_staging
+
     url = target_to_write(settings, args.target)
     restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
     console.print(
@@ -284,6 +291,9 @@ def _integrity_target(args: argparse.Namespace) -> str:
 
 
 def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.integrity import check_database_integrity
+    from pgvault_assets.engine.server_context import read_context
+
     target = _integrity_target(args)
     url = target_to_write(settings, target)
     vault = Vault.from_settings(settings)
@@ -321,6 +331,8 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.demo import create_demo_database
+
     url, created = create_demo_database(args.server, args.name)
     console.print(f"{'created' if created else 'found'} demo database {url}")
     return 0

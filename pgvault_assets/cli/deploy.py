@@ -1,6 +1,8 @@
 """The deployment commands: `init-storage` sets up the AWS side, `doctor` checks everything.
 
-A thin shell like the rest of the CLI: parse, call the engine, print.
+A thin shell like the rest of the CLI: parse, call the engine, print. Each command imports
+boto3's and the doctor's modules (Dagster's, for the instance check) when it runs (main.py
+says why).
 """
 
 from __future__ import annotations
@@ -15,10 +17,7 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import add_database_option, add_environment_wide
 from pgvault_assets.cli.console import console, errors
-from pgvault_assets.defs.instance_storage import instance_storage_check
-from pgvault_assets.engine.crypto import LocalKeyProvider
-from pgvault_assets.engine.doctor import failed, run_checks
-from pgvault_assets.engine.storage_setup import init_storage
+from pgvault_assets.engine.keys import LocalKeyProvider
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
@@ -67,6 +66,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.storage_setup import init_storage
+
     setup = init_storage(settings, object_lock=args.object_lock)
     table = Table(title=f"storage for {settings.environment}")
     for column in ("what", "result", "detail"):
@@ -89,6 +90,9 @@ def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.defs.instance_storage import instance_storage_check
+    from pgvault_assets.engine.doctor import failed, run_checks
+
     checks = run_checks(settings, today=datetime.now(UTC).date())
     checks.append(instance_storage_check())
     table = Table(title=f"pgvault doctor: {settings.environment}")

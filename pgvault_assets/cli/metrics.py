@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pgvault_assets.alerts import Alert, Notifier
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import console
 from pgvault_assets.engine.fleet import load_fleet
@@ -256,6 +255,8 @@ class _Failures(logging.Handler):
 
 
 def alerts_test_command(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.alerts import Alert, Notifier
+
     notifier = Notifier.from_settings(settings)
     sinks = [
         name

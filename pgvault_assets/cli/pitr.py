@@ -1,6 +1,7 @@
 """Point-in-time recovery: set up WAL archiving, see the window, recover to a time.
 
-A thin shell over `engine.pitr` and `engine.restore`: parse, call, print.
+A thin shell over `engine.pitr` and `engine.restore`: parse, call, print. Each command
+imports pgBackRest's and the restore's modules when it runs (main.py says why).
 """
 
 from __future__ import annotations
@@ -11,15 +12,7 @@ from pgvault_assets.cli.args import Parser, confirm, parse_time
 from pgvault_assets.cli.console import console, human_bytes, on_target
 from pgvault_assets.cli.recovery import target_to_write
 from pgvault_assets.engine import audit
-from pgvault_assets.engine.pitr.archive import (
-    BACKUP_KINDS,
-    init_pitr,
-    pitr_status,
-    require_single_cluster,
-    take_base_backup,
-    tool_for,
-)
-from pgvault_assets.engine.restore import restore_production_to_time, restore_staging_to_time
+from pgvault_assets.engine.pitr import BACKUP_KINDS
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
@@ -77,6 +70,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.pitr.archive import init_pitr
+
     result = init_pitr(settings, Vault.from_settings(settings))
     console.print(f"pgBackRest configuration: {result.config_file} (stanza {result.stanza})")
     if result.archiving:
@@ -93,6 +88,8 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.pitr.archive import take_base_backup
+
     backup = take_base_backup(settings, args.kind, annotations={"pgvault": "cli"})
     console.print(
         f"{backup.kind} base backup {backup.label}: WAL {backup.wal_start}..{backup.wal_stop}, "
@@ -102,6 +99,8 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.pitr.archive import pitr_status
+
     status = pitr_status(settings)
     window, archiver = status.window, status.archiver
     if window is not None and window.earliest and window.latest:
@@ -124,6 +123,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.pitr.archive import require_single_cluster, tool_for
+    from pgvault_assets.engine.restore import restore_production_to_time, restore_staging_to_time
+
     require_single_cluster(settings)
     source = settings.require_database()
     url = target_to_write(settings, args.target)

@@ -34,7 +34,6 @@ from pgvault_assets.cli.args import (
     retry_count,
 )
 from pgvault_assets.cli.console import console, errors
-from pgvault_assets.engine.backup import check_backup_date
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import each_database_apart, load_fleet
@@ -258,18 +257,19 @@ class InterruptWatch:
 
     def __enter__(self) -> InterruptWatch:
         self._seen = contextlib.ExitStack()
-        self._wait = self._seen.enter_context(signals_seen())
+        self._signals = self._seen.enter_context(signals_seen())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._signals.wake()  # not a poll's wait later: the command's end waits for this
         self._thread.join()
         self._seen.close()
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            for signum in self._wait(RETRY_POLL_SECONDS):
+            for signum in self._signals.wait(RETRY_POLL_SECONDS):
                 if signum in SIGNALS and not handled_here():
                     self._end(signum)
 
@@ -331,6 +331,7 @@ def materialize_backup(
         from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
         from pgvault_assets.defs.restorable import restorable
+        from pgvault_assets.engine.backup import check_backup_date
 
         check_backup_date(day, utcnow())
         config = CONFIG if retries is None else dataclasses.replace(CONFIG, max_retries=retries)

@@ -11,23 +11,21 @@ import getpass
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
 from pgvault_assets.cli.args import add_database_option, confirm, parse_date, parse_time
 from pgvault_assets.cli.console import console, human_bytes, progress
-from pgvault_assets.engine import audit, restore, rows, shape
+from pgvault_assets.engine import audit
 from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.drill import run_configured_drill, store_report
-from pgvault_assets.engine.kept_databases import kept_until
-from pgvault_assets.engine.pitr.archive import base_backup_for, tool_for
-from pgvault_assets.engine.rows import request_scope
-from pgvault_assets.engine.staging import staging_target
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
+
+if TYPE_CHECKING:
+    from pgvault_assets.engine.rows import Origin
 
 EXAMPLES = """\
 production restores need a request approved by two approvers:
@@ -134,12 +132,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 def target_to_write(settings: Settings, target: str) -> DatabaseUrl:
     """The database behind `target` that a command is about to write into: staging only
     once no production database is behind it (engine/staging.py)."""
+    from pgvault_assets.engine.staging import staging_target
+
     if target == "staging":
         return staging_target(settings, os.environ)
     return settings.target_url(target)
 
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine import restore
+    from pgvault_assets.engine.pitr.archive import base_backup_for
+    from pgvault_assets.engine.rows import request_scope
+
     recovery = settings.recovery
     scope = None
     if args.kind == "recover-rows":
@@ -269,14 +273,19 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _origin(args: argparse.Namespace, settings: Settings) -> rows.Origin:
+def _origin(args: argparse.Namespace, settings: Settings) -> Origin:
     """The backup of `--date`, or `--time` in the cluster pgBackRest archives (DATABASE_URL's)."""
     if args.time is None:
         return args.date
-    return rows.PointInTime(tool_for(settings), settings.require_database(), args.time)
+    from pgvault_assets.engine.pitr.archive import tool_for
+    from pgvault_assets.engine.rows import PointInTime
+
+    return PointInTime(tool_for(settings), settings.require_database(), args.time)
 
 
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine import restore, rows
+
     vault = Vault.from_settings(settings)
     url = target_to_write(settings, args.target)
     scratch_server = settings.staging_database_url or url
@@ -375,6 +384,9 @@ def _rows_text(count: int) -> str:
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine import shape
+    from pgvault_assets.engine.compare import compare_databases
+
     if args.source == args.target:
         raise ConfigError("--source and --target are the same database; compare two")
     source, target = settings.target_url(args.source), settings.target_url(args.target)
@@ -409,6 +421,8 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
+    from pgvault_assets.engine.drill import run_configured_drill, store_report
+
     vault = Vault.from_settings(settings)
     report = run_configured_drill(vault, settings, rto_hours=args.rto_hours)
     key = store_report(vault, report)
@@ -422,6 +436,8 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 
 def restore_production_command(args: argparse.Namespace, settings: Settings) -> int:
     """`restore-from-backup --target production`: only under a dual-authorized request."""
+    from pgvault_assets.engine import restore
+
     if not args.request:
         raise ConfigError(
             "restoring to production needs an approved request (--skip-confirmation does not bypass it): "
@@ -459,6 +475,8 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
 def kept_as(name: str, settings: Settings) -> str:
     """`kept as <name> until <time> UTC`: how long the way back stays, as the maintenance
     will count it (from the time in the name)."""
+    from pgvault_assets.engine.kept_databases import kept_until
+
     until = kept_until(name, settings.restore_keep_previous_hours)
     when = f" until {until:%Y-%m-%d %H:%M} UTC (RESTORE_KEEP_PREVIOUS_HOURS)" if until else ""
     return f"kept as {name}{when}"
@@ -466,6 +484,8 @@ def kept_as(name: str, settings: Settings) -> str:
 
 def rollback_production_command(args: argparse.Namespace, settings: Settings) -> int:
     """`rollback-restore --target production`: only under a dual-authorized `rollback` request."""
+    from pgvault_assets.engine import restore
+
     if not args.request:
         raise ConfigError(
             "rolling back production needs an approved request: "

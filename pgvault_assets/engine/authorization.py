@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from pgvault_assets.engine import audit, names
 from pgvault_assets.engine.clock import Clock, aware, utcnow
-from pgvault_assets.engine.postgres import previous_databases
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.redact import redact
@@ -174,6 +173,9 @@ def create_request(
     sha256 = None
     scope = dict(scope or {})
     if kind == "rollback":
+        # psycopg only for a rollback: the CLI's parser reads KINDS from this module.
+        from pgvault_assets.engine.postgres import previous_databases
+
         kept = previous_databases(target_url)
         if not kept:
             raise ConfigError(

@@ -23,12 +23,8 @@ from sentry_sdk.utils import BadDsn, Dsn
 
 from pgvault_assets.engine import manifest as mf
 from pgvault_assets.engine.bucket import BucketSettings
-from pgvault_assets.engine.crypto import (
-    ALGORITHM,
-    SDK,
-    LocalKeyProvider,
-    key_provider_for_manifest,
-)
+from pgvault_assets.engine.crypto import ALGORITHM, SDK
+from pgvault_assets.engine.keys import LocalKeyProvider, key_provider_for_manifest
 from pgvault_assets.engine.pitr.archive import pitr_status
 from pgvault_assets.engine.postgres import check_tool_fits_server, connect, server_version
 from pgvault_assets.engine.store import Store

@@ -18,8 +18,7 @@ import select
 import signal
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -66,35 +65,46 @@ def handled_here() -> bool:
     return _taken.is_set() or signal.getsignal(signal.SIGINT) in (_raise, _ignore_further)
 
 
-@contextlib.contextmanager
-def signals_seen() -> Iterator[Callable[[float], list[int]]]:
-    """A way to learn, from any thread, which signals arrived, whoever's handler took them:
-    `wait(seconds)` returns those that came meanwhile. (Python writes each signal's number
-    to the wakeup fd whatever its handler does with it.) Off the main thread, where no
-    signal is handled, none is ever seen."""
-    if threading.current_thread() is not threading.main_thread():
+class SignalsSeen:
+    """`wait(seconds)` returns the signals that arrived meanwhile, whoever's handler took them
+    (Python writes each signal's number to the wakeup fd whatever its handler does with it);
+    `wake()` ends a wait at once, so a thread that watches stops without waiting it out."""
 
-        def nothing(seconds: float) -> list[int]:
-            time.sleep(seconds)
+    def __init__(self, read: int | None = None, write: int | None = None) -> None:
+        self._read, self._write = read, write
+        self._woken = threading.Event()
+
+    def wait(self, seconds: float) -> list[int]:
+        if self._read is None:  # off the main thread no signal is ever seen
+            self._woken.wait(seconds)
             return []
+        ready, _, _ = select.select([self._read], [], [], seconds)
+        if not ready:
+            return []
+        with contextlib.suppress(BlockingIOError):
+            return [signum for signum in os.read(self._read, 64) if signum]
+        return []
 
-        yield nothing
+    def wake(self) -> None:
+        self._woken.set()
+        if self._write is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write, b"\0")  # no signal is numbered 0
+
+
+@contextlib.contextmanager
+def signals_seen() -> Iterator[SignalsSeen]:
+    """The signals that arrive inside, for any thread to learn of. Off the main thread, where
+    no signal is handled, none is ever seen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield SignalsSeen()
         return
     read, write = os.pipe()
     os.set_blocking(read, False)
     os.set_blocking(write, False)
     previous = signal.set_wakeup_fd(write)
-
-    def wait(seconds: float) -> list[int]:
-        ready, _, _ = select.select([read], [], [], seconds)
-        if not ready:
-            return []
-        with contextlib.suppress(BlockingIOError):
-            return list(os.read(read, 64))
-        return []
-
     try:
-        yield wait
+        yield SignalsSeen(read, write)
     finally:
         signal.set_wakeup_fd(previous)
         os.close(read)

@@ -21,7 +21,6 @@ from pgvault_assets.engine import names
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.fleet import each_database_apart
 from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.pitr.archive import pitr_status
 from pgvault_assets.engine.report import (
     STALE_AFTER,
     duration_exceeds_average,
@@ -154,6 +153,10 @@ def read_pitr(settings: Settings) -> PitrFigures | None:
     """The window and lag where `pgvault pitr init` set PITR up on this host; else None."""
     if settings.database is not None or not settings.pitr.config_file.exists():
         return None
+    # pgBackRest's modules (and psycopg) only where PITR is set up: the CLI's parser reads
+    # DEFAULT_REFRESH from this module.
+    from pgvault_assets.engine.pitr.archive import pitr_status
+
     try:
         status = pitr_status(settings)
     except PgvaultError as exc:

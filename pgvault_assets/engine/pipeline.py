@@ -22,7 +22,8 @@ from cryptography.exceptions import InvalidTag
 from isal import isal_zlib
 
 from pgvault_assets.engine.copy_rows import CopyRowCounter
-from pgvault_assets.engine.crypto import ALGORITHM, FRAME_LENGTH, SDK, KeyProvider
+from pgvault_assets.engine.crypto import ALGORITHM, FRAME_LENGTH, SDK
+from pgvault_assets.engine.keys import KeyProvider
 from pgvault_assets.engine.store import ObjectWriter
 from pgvault_assets.errors import IntegrityError, KeyUnavailable
 

@@ -10,6 +10,8 @@ with the SHA-256 of the object it restored, so `list-backups` and the UI show it
 object only: not for a backup that replaced it, nor for a record without one (older proofs).
 The last failed proof is recorded apart (`restore_failed.json`), for the metrics' "last
 result": under another name, so nothing that looks for proofs can take a failure for one.
+Reading those records (`list-backups`) needs neither PostgreSQL nor the restore: the proof
+imports them when it runs.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from pgvault_assets.engine.names import (
     restore_failed_key,
     restore_verified_key,
 )
-from pgvault_assets.engine.postgres import connect, drop_database
-from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact
@@ -85,6 +85,9 @@ def _prove(
     configured_server: DatabaseUrl | None,
     now: Clock,
 ) -> RestoreProof:
+    from pgvault_assets.engine.postgres import connect, drop_database  # see the docstring
+    from pgvault_assets.engine.restore import restore_backup
+
     source_major = major_of(manifest.server_version)
     with (
         said_as(

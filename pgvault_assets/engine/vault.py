@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from pgvault_assets.engine import names
-from pgvault_assets.engine.crypto import (
+from pgvault_assets.engine.keys import (
     KeyProvider,
     KmsKeyProvider,
     LocalKeyProvider,

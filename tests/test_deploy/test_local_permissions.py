@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgvault_assets.engine import audit
-from pgvault_assets.engine.crypto import LocalKeyProvider
+from pgvault_assets.engine.keys import LocalKeyProvider
 from pgvault_assets.engine.restore_check import RestoreProof, record_restore_verified
 from tests.test_engine.helpers import DAY, back_up, vault
 

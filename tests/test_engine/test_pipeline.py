@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pgvault_assets.engine.crypto import FRAME_LENGTH, SDK, LocalKeyProvider
+from pgvault_assets.engine.crypto import FRAME_LENGTH, SDK
+from pgvault_assets.engine.keys import LocalKeyProvider
 from pgvault_assets.engine.pipeline import (
     SDK_READ,
     HashingReader,

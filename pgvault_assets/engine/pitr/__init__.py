@@ -4,3 +4,7 @@ pgvault does not archive WAL itself. pgBackRest does (encrypted before upload, r
 of another cluster); pgvault writes its configuration, runs it as the `postgres` OS user,
 reads its JSON, and proves a recovery by replaying into a throwaway cluster.
 """
+
+# pgBackRest's backup types; here, where `pgvault pitr backup --type` can name them without
+# loading the modules that run pgBackRest.
+BACKUP_KINDS = ("full", "diff", "incr")

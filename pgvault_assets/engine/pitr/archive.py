@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from pgvault_assets.engine.pitr import BACKUP_KINDS
 from pgvault_assets.engine.pitr import config as pc
 from pgvault_assets.engine.pitr.passphrase import ensure_passphrase
 from pgvault_assets.engine.pitr.runner import PgBackRest, PitrFailed
@@ -29,7 +30,6 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
 
-BACKUP_KINDS = ("full", "diff", "incr")
 SEGMENT_BYTES = 16 * 1024 * 1024
 LOG_HINT = "the server's log and pgBackRest's archive-push log in PITR_DIR/log"
 

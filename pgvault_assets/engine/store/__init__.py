@@ -1,7 +1,9 @@
 """Where backups live: a local directory (the embedded default) or an S3 bucket.
 
 Callers see only the `Store` protocol and its records; `open_store` picks the store the
-settings ask for, so nothing outside this package names a concrete store.
+settings ask for, so nothing outside this package names a concrete store. The S3 store, and
+boto3 with it, is imported only when the settings name a bucket: the embedded default never
+pays for it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pgvault_assets.engine.store.protocol import (
     Store,
     StoredObject,
 )
-from pgvault_assets.engine.store.s3 import S3Store
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
@@ -37,6 +38,8 @@ def open_store(settings: Settings) -> Store:
     """The store `settings` configure: their S3 bucket, else their local directory."""
     if not settings.uses_s3:
         return LocalStore(settings.local_dir)
+    from pgvault_assets.engine.store.s3 import S3Store  # boto3: see the module docstring
+
     bucket, key_id = settings.s3_bucket, settings.kms_key_id
     if not (bucket and key_id):  # `load_settings` refuses this; settings built by hand may not
         raise ConfigError(

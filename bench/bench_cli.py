@@ -1,0 +1,277 @@
+"""Time the CLI's fixed costs against the interpreter's own start, and say where a backup's go.
+
+Three commands on the embedded default (local store and key, the quickstart's SQLite Dagster
+instance): `pgvault --help`, `pgvault list-backups` (one backup stored) and `pgvault backup` of
+an empty database, each against `python -c pass` timed in the same rounds. Rounds are
+interleaved so load drift hits every contender alike; medians are reported.
+
+A backup is then run again under a tracer (this script in `--trace` mode, in a child of its
+own) that stamps when chosen functions start and end; the medians of those spans itemise the
+fixed cost. The tracer adds a little of its own, so its total is shown beside the untraced one.
+
+Usage: .venv/bin/python bench/bench_cli.py [--runs 5] [--server URL] [--keep]
+(`PYTHONPATH=/another/checkout` times that checkout's pgvault with this environment.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
+DBNAME = "pgvault_bench_cli"
+# Only these reach the children: no pgvault setting from the caller's shell.
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
+
+GOALS = {"pgvault --help": 0.4, "pgvault list-backups": 0.4, "pgvault backup (empty database)": 1.5}
+
+# What the tracer stamps: (label, module, attribute path). Spans of one label add up.
+TRACED = (
+    ("settings", "pgvault_assets.cli.main", "load_settings"),
+    ("materialize", "pgvault_assets.cli.platform", "materialize_backup"),
+    ("build the job", "dagster", "Definitions.resolve_job_def"),
+    ("open the instance", "dagster", "DagsterInstance.get"),  # DAGSTER_HOME is set
+    ("run", "dagster", "JobDefinition.execute_in_process"),
+    ("backup", "pgvault_assets.defs.backup", "backup_database"),
+    ("encryption key", "pgvault_assets.engine.vault", "Vault.encryption_keys"),
+    ("connect to PostgreSQL", "psycopg", "connect"),
+    ("server context and shape", "pgvault_assets.engine.server_context", "capture"),
+    ("server context and shape", "pgvault_assets.engine.shape", "read_objects"),
+    ("pg_dump --version", "pgvault_assets.engine.backup", "check_tool_fits_server"),
+    ("pg_dump through the pipeline", "pgvault_assets.engine.backup", "encrypt_stream"),
+    ("server context stored", "pgvault_assets.engine.server_context", "store_context"),
+    ("checks (checksum, history)", "pgvault_assets.defs.backup", "checksum_result"),
+    ("checks (checksum, history)", "pgvault_assets.engine.vault", "Vault.list_manifests"),
+    ("read the manifest", "pgvault_assets.engine.vault", "Vault.read_manifest"),
+)
+# How the spans itemise a backup, in order; each is a span, or a gap between spans.
+BACKUP_INSIDE = (
+    "encryption key",
+    "connect to PostgreSQL",
+    "server context and shape",
+    "pg_dump --version",
+    "pg_dump through the pipeline",
+    "server context stored",
+)
+
+
+def trace(report: Path, argv: list[str]) -> None:
+    """`--trace` mode, in the child: run `pgvault ARGV` here, stamping the traced calls."""
+    start = float(os.environ["PGVAULT_BENCH_STARTED"])
+    spans: list[tuple[str, float, float]] = []
+    stamps: dict[str, float] = {"interpreter started": time.time() - start}
+
+    def stamped(label: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            began = time.time() - start
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans.append((label, began, time.time() - start))
+
+        return wrapper
+
+    from pgvault_assets.cli import main
+
+    stamps["CLI imported"] = time.time() - start
+    from pgvault_assets.cli.platform import dagster_previews_hidden
+
+    with dagster_previews_hidden():  # as materialize_backup imports them
+        importlib.import_module("pgvault_assets.defs.backup")
+    for label, module_name, path in TRACED:
+        owner = importlib.import_module(module_name)
+        *parents, name = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        setattr(owner, name, stamped(label, getattr(owner, name)))
+    stamps["tracer ready"] = time.time() - start
+    sys.argv = ["pgvault", *argv]
+    code = main()  # as the console script calls it, so it ends as the command does
+    stamps["command done"] = time.time() - start
+    report.write_text(json.dumps({"code": code, "spans": spans, "stamps": stamps}))
+
+
+def itemise(found: dict, ended: float) -> dict[str, float]:
+    """The backup's seconds by phase, from one traced run that ended at `ended`."""
+    spans, stamps = found["spans"], found["stamps"]
+
+    def span(label: str, nth: int = 0) -> tuple[float, float]:
+        return [(s, e) for name, s, e in spans if name == label][nth]
+
+    def total(label: str, within: tuple[float, float]) -> float:
+        return sum(
+            e - s for name, s, e in spans if name == label and within[0] <= s and e <= within[1]
+        )
+
+    materialize, run, backup = span("materialize"), span("run"), span("backup")
+    instance = span("open the instance")
+    inside = {label: total(label, backup) for label in BACKUP_INSIDE}
+    checks = total("checks (checksum, history)", (backup[1], run[1]))
+    phases = {
+        "interpreter start": stamps["interpreter started"],
+        "import the CLI (the parser, the light commands)": (
+            stamps["CLI imported"] - stamps["interpreter started"]
+        ),
+        # The tracer imports what it wraps, so this is where the backup's imports show.
+        "import Dagster, the definitions, the backup's engine": (
+            stamps["tracer ready"] - stamps["CLI imported"]
+        ),
+        "settings": total("settings", (0, ended)),
+        "the job and its definitions built": instance[0] - materialize[0],
+        "open the Dagster instance": instance[1] - instance[0],
+        "Dagster: run record, planned events, step start": backup[0] - instance[1],
+        **{f"backup: {label}": seconds for label, seconds in inside.items()},
+        "backup: locks, listing, manifest written": backup[1] - backup[0] - sum(inside.values()),
+        "checks (checksum, history)": checks,
+        "Dagster: materialization, check results, run end": run[1] - backup[1] - checks,
+        "after the run (watchers stop, instance closed, manifest read)": materialize[1] - run[1],
+        "print, and the interpreter's exit": ended - stamps["command done"],
+    }
+    phases["(the rest)"] = ended - sum(phases.values())
+    return phases
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.python = str(Path(args.pgvault).with_name("python"))
+        self.url = f"{args.server.rstrip('/')}/{DBNAME}"
+
+    def env(self, store: str) -> dict[str, str]:
+        env = {k: os.environ[k] for k in INHERITED if k in os.environ}
+        env.update(
+            DATABASE_URL=self.url,
+            BACKUP_LOCAL_DIR=str(self.work / store),
+            BACKUP_LOCAL_KEY_FILE=str(self.work / "key" / "backup.key"),
+            DAGSTER_HOME=str(self.work / "dagster_home"),
+            PGVAULT_HOME=str(self.work / "home"),
+            ENVIRONMENT_NAME="bench",
+            # Compiled once, as an installed package is: not rewritten per run, nor in the tree.
+            PYTHONPYCACHEPREFIX=str(self.work / "pycache"),
+        )
+        return env
+
+    def timed(
+        self,
+        argv: list[str],
+        store: str,
+        *,
+        extra: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> float:
+        env = self.env(store) | (extra or {})
+        started = time.perf_counter()
+        result = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - started
+        if check and result.returncode != 0:
+            sys.exit(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+        return seconds
+
+    def backup(self, round_no: int) -> float:
+        store = f"store-{round_no}"
+        seconds = self.timed([self.args.pgvault, "backup"], store)
+        shutil.rmtree(self.work / store)  # each run backs up into a store of its own
+        return seconds
+
+    def traced_backup(self, round_no: int) -> dict[str, float]:
+        report = self.work / "trace.json"
+        store = f"store-traced-{round_no}"
+        started = time.time()
+        self.timed(
+            [self.python, __file__, "--trace", str(report), "backup"],
+            store,
+            extra={"PGVAULT_BENCH_STARTED": repr(started)},
+        )
+        ended = time.time() - started
+        shutil.rmtree(self.work / store)
+        return itemise(json.loads(report.read_text()), ended) | {"total (traced)": ended}
+
+
+def psql(server: str, sql: str) -> None:
+    subprocess.run(
+        ["psql", "-X", "-q", "-d", f"{server.rstrip('/')}/postgres", "-c", sql], check=True
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--server", default=DEFAULT_SERVER)
+    parser.add_argument("--pgvault", default=str(Path(sys.executable).with_name("pgvault")))
+    parser.add_argument("--keep", action="store_true", help="keep the database and temp dir")
+    parser.add_argument("--trace", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.trace:
+        trace(Path(args.trace[0]), args.trace[1:])
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="pgvault-bench-cli-"))
+    psql(args.server, f"DROP DATABASE IF EXISTS {DBNAME}")
+    psql(args.server, f"CREATE DATABASE {DBNAME}")
+    bench = Bench(args, work)
+    try:
+        (work / "dagster_home").mkdir()
+        subprocess.run(  # the quickstart's instance: the repository's dagster.yaml on SQLite
+            [
+                bench.python,
+                str(REPO / "scripts" / "quickstart_instance.py"),
+                str(REPO / "dagster.yaml"),
+                str(work / "dagster_home" / "dagster.yaml"),
+            ],
+            check=True,
+        )
+        # Untimed: the instance's storage is created, the bytecode compiled, the key made,
+        # and `listed` gets the backup that list-backups shows.
+        bench.timed([args.pgvault, "status"], "listed", check=False)  # no backup yet: exit 1
+        bench.timed([args.pgvault, "backup"], "listed")
+        contenders: dict[str, Callable[[int], float]] = {
+            "python -c pass": lambda _: bench.timed([bench.python, "-c", "pass"], "listed"),
+            "pgvault --help": lambda _: bench.timed([args.pgvault, "--help"], "listed"),
+            "pgvault list-backups": lambda _: bench.timed([args.pgvault, "list-backups"], "listed"),
+            "pgvault backup (empty database)": bench.backup,
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        phases: list[dict[str, float]] = []
+        for round_no in range(args.runs):
+            for name, run in contenders.items():
+                seconds[name].append(run(round_no))
+            phases.append(bench.traced_backup(round_no))
+            print(f"round {round_no + 1}/{args.runs} done", file=sys.stderr)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            psql(args.server, f"DROP DATABASE IF EXISTS {DBNAME}")
+
+    baseline = statistics.median(seconds["python -c pass"])
+    print(f"\nmedians of {args.runs} (seconds; ratio to `python -c pass`, {baseline:.3f} s)")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        goal = GOALS.get(name)
+        verdict = (
+            "" if goal is None else f"  goal <= {goal} s: {'ok' if median <= goal else 'MISSED'}"
+        )
+        print(f"  {name:<34} {median:6.3f} s  {median / baseline:6.1f}x{verdict}")
+    print(f"\nwhere a CLI backup of an empty database goes (medians of {args.runs} traced runs)")
+    for phase in phases[0]:
+        print(f"  {phase:<58} {statistics.median(p[phase] for p in phases):6.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
