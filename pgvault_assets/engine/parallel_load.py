@@ -17,6 +17,7 @@ statement, meta-command and `COPY` block is read exactly as `psql < dump` would 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -50,6 +51,33 @@ _INDEX_ON = re.compile(
 )
 _TERMINATOR = b"\\.\n"
 _FLUSH_AT = 64 * 1024
+# A psql's stdin as large as Linux lets anyone make it (fs.pipe-max-size's default): a
+# 64 KiB pipe makes the writer wake and write sixteen times per MiB of rows.
+_PIPE_BYTES = MIB
+
+
+# A hop from one backslash to the next (memchr) costs about what a search for the three
+# bytes costs over this many: past that density, the plain search is cheaper.
+_BYTES_PER_HOP = 256
+
+
+def _find_terminator(buffer: bytes, start: int) -> int:
+    """Where the next `\\.\\n` begins at or after `start`; -1 if nowhere.
+
+    In most rows backslashes are rare (an escaped newline, tab or backslash), and a jump
+    from one to the next is memchr's speed, several times a search for three bytes; where
+    they are dense (bytea, say) the plain search takes over.
+    """
+    at = buffer.find(b"\\", start)
+    hops = 0
+    while at >= 0:
+        if buffer.startswith(b".\n", at + 1):
+            return at
+        hops += 1
+        if hops * _BYTES_PER_HOP > at - start + 16 * _BYTES_PER_HOP:
+            return buffer.find(_TERMINATOR, at + 1)
+        at = buffer.find(b"\\", at + 1)
+    return -1
 
 
 def _unquote(part: str) -> str:
@@ -139,6 +167,8 @@ class _Session:
             self.proc.kill()
             raise RestoreFailed("psql started without its pipes; nothing was restored")
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more system calls
+            fcntl.fcntl(stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self.threads = [
             threading.Thread(target=self._write, daemon=True),
             threading.Thread(target=self._read_markers, daemon=True),
@@ -314,8 +344,13 @@ class ParallelLoad:
     def write(self, chunk: bytes) -> None:
         """Take the next bytes of the dump; raise `RestoreFailed` once any session failed."""
         self._raise_if_failed()
-        buffer, self._carry = (self._carry + chunk if self._carry else chunk), b""
         position = 0
+        if self._in_copy and self._carry and len(chunk) >= len(_TERMINATOR):
+            # Inside a table's rows only the few bytes that may begin its end line are
+            # carried: they are looked at beside the chunk's first bytes, never joined to it.
+            buffer, position = chunk, self._copy_seam(chunk)
+        else:
+            buffer, self._carry = (self._carry + chunk if self._carry else chunk), b""
         while position < len(buffer):
             if self._in_copy:
                 position = self._copy_data(buffer, position)
@@ -327,16 +362,29 @@ class ParallelLoad:
             self._line(buffer[position : end + 1])
             position = end + 1
 
+    def _copy_seam(self, chunk: bytes) -> int:
+        """The carried bytes, with `chunk` after them: where in `chunk` the rows go on."""
+        carry, self._carry = self._carry, b""
+        seam = carry + chunk[: len(_TERMINATOR)]
+        search = 0
+        while 0 <= (found := seam.find(_TERMINATOR, search)) < len(carry):
+            if seam[found - 1] == 0x0A if found else self._copy_line_start:
+                self._stream(carry[:found])
+                self._end_copy()
+                return found + len(_TERMINATOR) - len(carry)
+            search = found + 1
+        self._stream(carry)
+        self._copy_line_start = carry[-1] == 0x0A
+        return 0
+
     def _copy_data(self, buffer: bytes, position: int) -> int:
         """Pass a table's rows to its session up to the `\\.` line that ends them."""
         search = position
-        while (found := buffer.find(_TERMINATOR, search)) >= 0:
+        while (found := _find_terminator(buffer, search)) >= 0:
             at_line_start = buffer[found - 1] == 0x0A if found > position else self._copy_line_start
             if at_line_start:
                 self._stream(memoryview(buffer)[position:found])
-                end = _TERMINATOR + (b"COMMIT;\n" if self._copy_commit else b"")
-                self._send(self._current(), end)
-                self._in_copy = False
+                self._end_copy()
                 return found + len(_TERMINATOR)
             search = found + 1
         # The last two bytes may begin the terminator: keep them for the next chunk.
@@ -346,6 +394,11 @@ class ParallelLoad:
             self._copy_line_start = buffer[keep - 1] == 0x0A
         self._carry = buffer[keep:]
         return len(buffer)
+
+    def _end_copy(self) -> None:
+        end = _TERMINATOR + (b"COMMIT;\n" if self._copy_commit else b"")
+        self._send(self._current(), end)
+        self._in_copy = False
 
     def _current(self) -> _Session:
         """The session the entry being read goes to (chosen by then, always)."""

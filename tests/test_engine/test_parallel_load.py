@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.parallel_load import ParallelLoad, _Unit
+from pgvault_assets.engine.parallel_load import ParallelLoad, _find_terminator, _Unit
 from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.errors import RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
@@ -281,3 +281,48 @@ def test_an_index_in_its_own_tablespace_is_built_there_whichever_session_builds_
                     )
                 )
             conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+# Rows whose bytes look like the end line in every way but one: `\.` inside a value (written
+# `\\.`), a backslash before a newline escape, and an end line that is the table's first.
+LOOKALIKES = r"""
+    CREATE TABLE edges (id int, t text);
+    INSERT INTO edges VALUES (1, E'\\.'), (2, E'a\\.\n'), (3, E'\\'), (4, E'.\n\\.'), (5, '');
+    CREATE TABLE empty_one (id int);
+    CREATE TABLE after (id int);
+    INSERT INTO after VALUES (1), (2);
+"""
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+def test_a_dump_cut_anywhere_loads_the_same(make_database, chunk):
+    """However the stream is cut, even right inside a table's end line, each table gets
+    exactly its rows (the parser carries only the bytes that may begin that line)."""
+    source = make_database("src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(LOOKALIKES)
+    dump = _dump(source)
+    target = make_database("target")
+
+    sink = ParallelLoad(shutil.which("psql") or "psql", DatabaseUrl(target), 2, MIB)
+    try:
+        for start in range(0, len(dump), chunk):
+            sink.write(dump[start : start + chunk])
+        sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+
+    assert database_snapshot(target) == database_snapshot(source)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        (b"a\\tb\n" * 5000 + b"\\.\n", 25000),  # backslashes dense: the plain search takes over
+        (b"x" * 9000 + b"\\\\.\\n\n\\.\n", 9006),  # the first `\.` is not followed by a newline
+        (b"\\.x\n" * 3, -1),
+    ],
+)
+def test_the_end_of_a_tables_rows_is_found_however_many_backslashes_come_before(rows, expected):
+    assert _find_terminator(rows, 0) == expected == rows.find(b"\\.\n")
