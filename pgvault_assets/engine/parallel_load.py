@@ -50,6 +50,16 @@ _INDEX_ON = re.compile(
     rf"^CREATE (?:UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?({_IDENT}\.{_IDENT})\s", re.M
 )
 _TERMINATOR = b"\\.\n"
+# What a database-wide ANALYZE takes (tables, materialized views, partitioned tables) and
+# this role may analyze (superuser, owner, or the database's owner but for shared catalogs).
+_ANALYZED = """
+    SELECT format('%I.%I', n.nspname, c.relname), pg_relation_size(c.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+      AND (pg_has_role(c.relowner, 'USAGE') OR (NOT c.relisshared AND pg_has_role(
+          (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')))
+    ORDER BY 2 DESC, 1
+"""
 _FLUSH_AT = 64 * 1024
 # A psql's stdin as large as Linux lets anyone make it (fs.pipe-max-size's default): a
 # 64 KiB pipe makes the writer wake and write sixteen times per MiB of rows.
@@ -84,8 +94,8 @@ def _unquote(part: str) -> str:
     return part[1:-1].replace('""', '"') if part.startswith('"') else part
 
 
-def _split_name(qualified: bytes) -> tuple[str, str]:
-    text = qualified.decode(errors="replace")
+def _split_name(qualified: bytes, encoding: str = "utf-8") -> tuple[str, str]:
+    text = qualified.decode(encoding, errors="replace")
     parts = re.findall(r'"(?:[^"]|"")+"|[^".]+', text)
     return _unquote(parts[0]), _unquote(parts[-1])
 
@@ -203,12 +213,15 @@ class _Session:
             self.stdin.close()
 
     def _read_markers(self) -> None:
-        prefix = self.owner.marker_prefix
+        prefix, rows = self.owner.marker_prefix, self.owner.rows_prefix
         for line in iter(self.stdout.readline, b""):
             if line.startswith(prefix):
                 with self.owner.cond:
                     self.acked = int(line[len(prefix) :])
                     self.owner.cond.notify_all()
+            elif line.startswith(rows):
+                copy, count = line[len(rows) :].split()
+                self.owner.copied(int(copy), int(count))
         if not self.closing:
             self.owner.failed(self)
 
@@ -245,7 +258,13 @@ class ParallelLoad:
         self.peak_queued = 0
         """The most bytes ever handed to sessions and not yet written to them."""
         self.failure: _Session | None = None
-        self.marker_prefix = f"pgvault-done {uuid.uuid4().hex} ".encode()
+        token = uuid.uuid4().hex
+        self.marker_prefix = f"pgvault-done {token} ".encode()
+        self.rows_prefix = f"pgvault-rows {token} ".encode()
+        self.copied_rows: dict[str, int] = {}
+        """Rows each table's COPY loaded, as the server counted them (`schema.table`)."""
+        self._copies: list[str] = []
+        self._encoding = "utf-8"
         self.tables_by_session: list[list[str]] = [[] for _ in range(loaders)]
         """Which session loaded which table's rows (`schema.table`), for the tests."""
         self._carry = b""
@@ -285,6 +304,11 @@ class ParallelLoad:
             if self.failure is None:
                 self.failure = session
             self.cond.notify_all()
+
+    def copied(self, copy: int, rows: int) -> None:
+        """A session's report that the `copy`-th table's COPY loaded `rows`."""
+        with self.cond:
+            self.copied_rows[self._copies[copy]] = rows
 
     def _raise_if_failed(self) -> None:
         if self.failure is not None:
@@ -396,7 +420,10 @@ class ParallelLoad:
         return len(buffer)
 
     def _end_copy(self) -> None:
-        end = _TERMINATOR + (b"COMMIT;\n" if self._copy_commit else b"")
+        # The rows the server loaded, said by psql before anything else can change them.
+        # (A query, not \echo: a dump's \restrict allows no meta-command, only variables.)
+        rows = b"SELECT '%s%d ' || :ROW_COUNT;\n" % (self.rows_prefix, len(self._copies) - 1)
+        end = _TERMINATOR + rows + (b"COMMIT;\n" if self._copy_commit else b"")
         self._send(self._current(), end)
         self._in_copy = False
 
@@ -497,6 +524,7 @@ class ParallelLoad:
 
     def _ordinary_tables(self) -> set[tuple[str, str]]:
         with connect(self.url) as conn:
+            self._encoding = conn.info.encoding  # the dump's, in which it names the tables
             return set(user_tables(conn))
 
     def _begin_copy(self, line: bytes, target: bytes) -> None:
@@ -504,7 +532,8 @@ class ParallelLoad:
             self._target = self._least_busy()
             self._apply_state(self._target, self._state)
         self._flush()
-        name = _split_name(target)
+        name = _split_name(target, self._encoding)
+        self._copies.append(".".join(name))
         self._copying = target.decode(errors="replace")
         self.tables_by_session[self._target.index].append(".".join(name))
         # FREEZE needs the table truncated in the same transaction, and applies to ordinary
@@ -527,7 +556,7 @@ class ParallelLoad:
     # -- after the last byte ------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Run what comes after the data, wait for every session, and close them."""
+        """Run what comes after the data, analyze, wait for every session, and close them."""
         self._raise_if_failed()
         if self._in_copy:
             raise RestoreFailed("the dump ended inside a table's rows; nothing was swapped in")
@@ -547,6 +576,7 @@ class ParallelLoad:
                 self._run_side_by_side(units)
             elif units:
                 self._run_in_order(units)
+        self._analyze()
         with self.cond:
             for session in self.sessions:
                 session.closing = True
@@ -557,6 +587,19 @@ class ParallelLoad:
             if session.proc.returncode != 0:
                 self.failed(session)
         self._raise_if_failed()
+
+    def _analyze(self) -> None:
+        """What a database-wide `ANALYZE` does, one table at a time spread over the sessions,
+        largest first, each to the session with the fewest bytes to sample so far: on two
+        cores the statistics of the big table and of all the others are taken side by side."""
+        with connect(self.url) as conn:
+            relations = conn.execute(_ANALYZED).fetchall()
+        load = dict.fromkeys(self.sessions, 0)
+        for name, size in relations:
+            session = min(load, key=lambda each: (load[each], each.index))
+            load[session] += max(size, 1)
+            self._send(session, b"ANALYZE %s;\n" % name.encode(self._encoding))
+        self._sync(self.sessions)
 
     def _run_in_order(self, units: list[_Unit]) -> None:
         session = self.sessions[0]
