@@ -51,11 +51,13 @@ _INDEX_ON = re.compile(
 )
 _TERMINATOR = b"\\.\n"
 # What a database-wide ANALYZE takes (tables, materialized views, partitioned tables) and
-# this role may analyze (superuser, owner, or the database's owner but for shared catalogs).
+# this role may analyze (superuser, owner, or the database's owner but for shared catalogs)
+# and name (a table is named through its schema, which needs USAGE).
 _ANALYZED = """
     SELECT format('%I.%I', n.nspname, c.relname), pg_relation_size(c.oid)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+      AND has_schema_privilege(n.oid, 'USAGE')
       AND (pg_has_role(c.relowner, 'USAGE') OR (NOT c.relisshared AND pg_has_role(
           (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')))
     ORDER BY 2 DESC, 1
