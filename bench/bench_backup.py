@@ -4,7 +4,7 @@ Rounds are interleaved (pgvault, gzip pipeline, bare dump, then again...) so dri
 machine's load or page cache hits every contender alike. Run bench/make_dataset.py first.
 
 Usage: .venv/bin/python bench/bench_backup.py [--runs 3] [--gzip-runs 1] [--no-restore]
-       [--only-baselines] [--loaders 1,2,4] [--dbname pgvault_bench_many]
+       [--only-baselines] [--restore-only] [--loaders 1,2,4] [--dbname pgvault_bench_many]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from isal import isal_zlib
 from psycopg import sql
 
 from pgvault_assets.engine.crypto import SDK
@@ -79,6 +81,10 @@ class Series:
     seconds: list[float] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     peak_rss: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    """CPU seconds of pgvault's own process (or of the whole baseline pipeline)."""
+    child_cpu: list[float] = field(default_factory=list)
+    """CPU seconds of the client tools pgvault ran and waited for (psql, pg_dump)."""
 
     @property
     def median(self) -> float:
@@ -130,8 +136,28 @@ def python_peak_rss(root: int, peak: int) -> int:
     return peak
 
 
-def run_pgvault(args: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run pgvault; return (seconds, peak RSS bytes of its Python process)."""
+@dataclass(frozen=True)
+class Usage:
+    """What one pgvault run cost: wall seconds, peak RSS, and CPU seconds of its own process
+    and of the client tools it waited for. CPU seconds hold on a shared machine, where wall
+    time mostly measures the neighbours."""
+
+    seconds: float
+    peak_rss: int
+    cpu: float
+    child_cpu: float
+
+
+def _cpu_of_exited(pid: int) -> tuple[float, float]:
+    """(own, waited-for children's) CPU seconds of an exited, not yet reaped process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (utime + stime) / tick, (cutime + cstime) / tick
+
+
+def run_pgvault(args: list[str], env: dict[str, str]) -> Usage:
+    """Run pgvault; return what it cost."""
     started = time.perf_counter()
     with subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -141,26 +167,35 @@ def run_pgvault(args: list[str], env: dict[str, str]) -> tuple[float, int]:
         reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
         reader.start()
         peak = 0
-        while proc.poll() is None:
+        # Wait without reaping, so /proc still holds the exited process's CPU times.
+        flags = os.WEXITED | os.WNOWAIT | os.WNOHANG
+        while os.waitid(os.P_PID, proc.pid, flags) is None:
             peak = python_peak_rss(proc.pid, peak)
             time.sleep(POLL_SECONDS)
         elapsed = time.perf_counter() - started
+        cpu, child_cpu = _cpu_of_exited(proc.pid)
+        proc.wait()
         reader.join()
     if proc.returncode != 0:
         tail = "".join(output[-40:])
         raise SystemExit(f"{shlex.join(args)} failed with exit code {proc.returncode}:\n{tail}")
-    return elapsed, peak
+    return Usage(elapsed, peak, cpu, child_cpu)
 
 
-def run_shell(command: str) -> float:
-    """Run a pipeline under bash with pipefail; return its wall-clock seconds."""
+def run_shell(command: str, cpu: list[float] | None = None) -> float:
+    """Run a pipeline under bash with pipefail; return its wall-clock seconds, and append the
+    CPU seconds of all its processes to `cpu`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(
         ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, check=False
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{command!r} failed with exit code {result.returncode}:\n{result.stderr}")
+    if cpu is not None:
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return elapsed
 
 
@@ -236,6 +271,10 @@ class Context:
     gz_file: Path
     last_store: Path | None = None
     stored_gz: Path | None = None
+    dump_bytes: int = 0
+    """The plain dump's size, for CPU seconds per GB of it."""
+    import_cpu: float = 0.0
+    """CPU seconds of `pgvault --help`: what every command pays before its first byte."""
 
     @property
     def restore_name(self) -> str:
@@ -271,10 +310,10 @@ def warm_up(ctx: Context) -> None:
 
 def pgvault_backup(ctx: Context, series: Series, run: int) -> None:
     store = ctx.work / f"store-{run}"
-    seconds, peak = run_pgvault([ctx.args.pgvault, "backup"], ctx.pgvault_env(store))
-    series.seconds.append(seconds)
+    usage = run_pgvault([ctx.args.pgvault, "backup"], ctx.pgvault_env(store))
+    series.seconds.append(usage.seconds)
     series.sizes.append(tree_size(store))
-    series.peak_rss.append(peak)
+    series.peak_rss.append(usage.peak_rss)
     if ctx.last_store is not None:  # keep only the newest store, for the restore runs
         shutil.rmtree(ctx.last_store, ignore_errors=True)
     ctx.last_store = store
@@ -314,22 +353,27 @@ def timed_restore(ctx: Context, series: Series, env: dict[str, str]) -> None:
         "--verify",
         "--skip-confirmation",
     ]
-    seconds, peak = run_pgvault(command, env)
-    series.seconds.append(seconds)
-    series.peak_rss.append(peak)
+    usage = run_pgvault(command, env)
+    series.seconds.append(usage.seconds)
+    series.peak_rss.append(usage.peak_rss)
+    series.cpu.append(usage.cpu)
+    series.child_cpu.append(usage.child_cpu)
 
 
 def export_stored_gzip(ctx: Context) -> Path:
     """The gzip stream pgvault stored, decrypted once and untimed: `gunzip | psql` then loads
-    the very dump pgvault restores, so the ratio compares the pipelines, not two dumps."""
+    the very dump pgvault restores, so the ratio compares the pipelines, not two dumps.
+    Sets `ctx.dump_bytes` to the plain dump's size."""
     assert ctx.last_store is not None, "no pgvault backup to export"
     encrypted = ctx.last_store / object_key("bench", dt.date.fromisoformat(ctx.args.restore_date))
     keys = LocalKeyProvider(ctx.work / "key" / "backup.key")
     out = ctx.work / "stored.sql.gz"
     with open(encrypted, "rb") as source, open(out, "wb") as sink:
         decryptor = SDK.stream(mode="d", source=source, key_provider=keys.master_key_provider())
+        gunzip = isal_zlib.decompressobj(31)
         while chunk := decryptor.read(4 * 1024 * 1024):
             sink.write(chunk)
+            ctx.dump_bytes += len(gunzip.decompress(chunk))
     return out
 
 
@@ -338,7 +382,9 @@ def gunzip_psql(ctx: Context, series: Series, run: int) -> None:
     dump = ctx.stored_gz or ctx.gz_file
     gz, target = shlex.quote(str(dump)), shlex.quote(ctx.baseline_url)
     series.seconds.append(
-        run_shell(f"gunzip -c {gz} | psql -X -q -v ON_ERROR_STOP=1 -d {target} > /dev/null")
+        run_shell(
+            f"gunzip -c {gz} | psql -X -q -v ON_ERROR_STOP=1 -d {target} > /dev/null", series.cpu
+        )
     )
 
 
@@ -367,6 +413,33 @@ def interleave(ctx: Context, steps: list[tuple[Series, Step]]) -> None:
             print(f"  round {run + 1}: {series.label:<28} {series.seconds[-1]:8.2f} s", flush=True)
 
 
+def import_cpu(ctx: Context) -> float:
+    """Median CPU seconds of three `pgvault --help`: the imports every restore pays first."""
+    env = ctx.pgvault_env(ctx.work / "store-help")
+    return statistics.median(run_pgvault([ctx.args.pgvault, "--help"], env).cpu for _ in range(3))
+
+
+def report_cpu(results: dict[str, Series], dump_bytes: int, fixed: float) -> None:
+    """CPU seconds per GB of plain dump, medians: pgvault's own process (decrypting,
+    decompressing, hashing, splitting the dump) and the psql sessions it feeds, beside the
+    gunzip and psql of the baseline. They hold on a busy machine, where wall ratios drift."""
+    rows = [(k, s) for k, s in results.items() if s.cpu]
+    if not rows or not dump_bytes:
+        return
+    gb = dump_bytes / 1e9
+    print()
+    print(f"CPU seconds per GB of plain dump ({dump_bytes / 1e9:.2f} GB)")
+    print(f"(pgvault's own includes {fixed:.2f} s of imports, `pgvault --help`'s CPU)")
+    print(f"{'contender':<28} {'own':>9} {'psql':>9} {'total':>9}")
+    for key, series in rows:
+        own = statistics.median(series.cpu) / gb
+        if key.startswith("restore_"):
+            psql = statistics.median(series.child_cpu) / gb
+            print(f"{series.label:<28} {own:>9.2f} {psql:>9.2f} {own + psql:>9.2f}")
+        else:
+            print(f"{series.label:<28} {'':>9} {'':>9} {own:>9.2f}")
+
+
 def report(results: dict[str, Series], layout: str, default_loaders: int) -> None:
     mb = 1024 * 1024
     print()
@@ -390,7 +463,7 @@ def report(results: dict[str, Series], layout: str, default_loaders: int) -> Non
         )
         ratios["backup / gzip pipeline"] = results["backup"].median / results["gzip"].median
         ratios["stored size / gzip -6 size"] = sizes["backup"] / sizes["gzip"]
-    else:
+    elif "gzip" in results:
         ratios["gzip pipeline / bare dump"] = results["gzip"].median / results["bare"].median
     goals = dict(GOALS)
     for key, series in results.items():
@@ -432,6 +505,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="restore with each of these numbers of psql sessions (RESTORE_PARALLEL_LOADERS)",
     )
     parser.add_argument("--only-baselines", action="store_true", help="skip pgvault itself")
+    parser.add_argument(
+        "--restore-only",
+        action="store_true",
+        help="time only the restores, from one untimed backup",
+    )
     parser.add_argument("--server", default=DEFAULT_SERVER, help="postgresql:// URL, no dbname")
     parser.add_argument("--dbname", default=DEFAULT_DBNAME)
     parser.add_argument("--pgvault", default=str(REPO / ".venv" / "bin" / "pgvault"))
@@ -451,6 +529,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.gzip_runs = args.runs
     if not 1 <= args.gzip_runs <= args.runs:
         parser.error("--gzip-runs must be between 1 and --runs")
+    if args.restore_only and (args.only_baselines or args.no_restore):
+        parser.error("--restore-only needs pgvault and the restore rounds")
     if not args.only_baselines and not os.access(args.pgvault, os.X_OK):
         parser.error(f"{args.pgvault} is not executable; install pgvault or use --only-baselines")
     return args
@@ -480,22 +560,28 @@ def main(argv: list[str] | None = None) -> int:
         return results.setdefault(key, Series(label))
 
     try:
-        print(f"backup: {args.runs} interleaved rounds against {args.dbname}", flush=True)
-        backup_steps: list[tuple[Series, Step]] = []
-        if not args.only_baselines:
+        if args.restore_only:
+            print(f"backup: one untimed pgvault backup of {args.dbname}", flush=True)
             warm_up(ctx)
-            backup_steps.append((series("backup", "pgvault backup"), pgvault_backup))
-        backup_steps.append(
-            (series("gzip", "pg_dump | gzip -6"), at_most(args.gzip_runs, gzip_pipeline))
-        )
-        backup_steps.append((series("bare", "pg_dump > /dev/null"), bare_dump))
-        interleave(ctx, backup_steps)
+            pgvault_backup(ctx, Series("untimed backup"), 0)
+        else:
+            print(f"backup: {args.runs} interleaved rounds against {args.dbname}", flush=True)
+            backup_steps: list[tuple[Series, Step]] = []
+            if not args.only_baselines:
+                warm_up(ctx)
+                backup_steps.append((series("backup", "pgvault backup"), pgvault_backup))
+            backup_steps.append(
+                (series("gzip", "pg_dump | gzip -6"), at_most(args.gzip_runs, gzip_pipeline))
+            )
+            backup_steps.append((series("bare", "pg_dump > /dev/null"), bare_dump))
+            interleave(ctx, backup_steps)
 
         if not args.no_restore:
             print(f"restore: {args.runs} interleaved rounds", flush=True)
             restore_steps: list[tuple[Series, Step]] = []
             if not args.only_baselines:
                 ctx.stored_gz = export_stored_gzip(ctx)
+                ctx.import_cpu = import_cpu(ctx)
                 for loaders in args.loaders:
                     label = f"pgvault restore N={loaders}"
                     restore_steps.append(
@@ -505,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             interleave(ctx, restore_steps)
 
         report(results, server.layout(args.dbname), default_restore_loaders())
+        report_cpu(results, ctx.dump_bytes, ctx.import_cpu)
     finally:
         if args.keep:
             print(f"kept {work} and databases {ctx.restore_name}*, {ctx.baseline_name}*")

@@ -17,6 +17,7 @@ statement, meta-command and `COPY` block is read exactly as `psql < dump` would 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -49,15 +50,54 @@ _INDEX_ON = re.compile(
     rf"^CREATE (?:UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?({_IDENT}\.{_IDENT})\s", re.M
 )
 _TERMINATOR = b"\\.\n"
+# What a database-wide ANALYZE takes (tables, materialized views, partitioned tables) and
+# this role may analyze (superuser, owner, or the database's owner but for shared catalogs)
+# and name (a table is named through its schema, which needs USAGE).
+_ANALYZED = """
+    SELECT format('%I.%I', n.nspname, c.relname), pg_relation_size(c.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+      AND has_schema_privilege(n.oid, 'USAGE')
+      AND (pg_has_role(c.relowner, 'USAGE') OR (NOT c.relisshared AND pg_has_role(
+          (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')))
+    ORDER BY 2 DESC, 1
+"""
 _FLUSH_AT = 64 * 1024
+# A psql's stdin as large as Linux lets anyone make it (fs.pipe-max-size's default): a
+# 64 KiB pipe makes the writer wake and write sixteen times per MiB of rows.
+_PIPE_BYTES = MIB
+
+
+# A hop from one backslash to the next (memchr) costs about what a search for the three
+# bytes costs over this many: past that density, the plain search is cheaper.
+_BYTES_PER_HOP = 256
+
+
+def _find_terminator(buffer: bytes, start: int) -> int:
+    """Where the next `\\.\\n` begins at or after `start`; -1 if nowhere.
+
+    In most rows backslashes are rare (an escaped newline, tab or backslash), and a jump
+    from one to the next is memchr's speed, several times a search for three bytes; where
+    they are dense (bytea, say) the plain search takes over.
+    """
+    at = buffer.find(b"\\", start)
+    hops = 0
+    while at >= 0:
+        if buffer.startswith(b".\n", at + 1):
+            return at
+        hops += 1
+        if hops * _BYTES_PER_HOP > at - start + 16 * _BYTES_PER_HOP:
+            return buffer.find(_TERMINATOR, at + 1)
+        at = buffer.find(b"\\", at + 1)
+    return -1
 
 
 def _unquote(part: str) -> str:
     return part[1:-1].replace('""', '"') if part.startswith('"') else part
 
 
-def _split_name(qualified: bytes) -> tuple[str, str]:
-    text = qualified.decode(errors="replace")
+def _split_name(qualified: bytes, encoding: str = "utf-8") -> tuple[str, str]:
+    text = qualified.decode(encoding, errors="replace")
     parts = re.findall(r'"(?:[^"]|"")+"|[^".]+', text)
     return _unquote(parts[0]), _unquote(parts[-1])
 
@@ -139,6 +179,8 @@ class _Session:
             self.proc.kill()
             raise RestoreFailed("psql started without its pipes; nothing was restored")
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more system calls
+            fcntl.fcntl(stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         self.threads = [
             threading.Thread(target=self._write, daemon=True),
             threading.Thread(target=self._read_markers, daemon=True),
@@ -173,12 +215,15 @@ class _Session:
             self.stdin.close()
 
     def _read_markers(self) -> None:
-        prefix = self.owner.marker_prefix
+        prefix, rows = self.owner.marker_prefix, self.owner.rows_prefix
         for line in iter(self.stdout.readline, b""):
             if line.startswith(prefix):
                 with self.owner.cond:
                     self.acked = int(line[len(prefix) :])
                     self.owner.cond.notify_all()
+            elif line.startswith(rows):
+                copy, count = line[len(rows) :].split()
+                self.owner.copied(int(copy), int(count))
         if not self.closing:
             self.owner.failed(self)
 
@@ -215,7 +260,13 @@ class ParallelLoad:
         self.peak_queued = 0
         """The most bytes ever handed to sessions and not yet written to them."""
         self.failure: _Session | None = None
-        self.marker_prefix = f"pgvault-done {uuid.uuid4().hex} ".encode()
+        token = uuid.uuid4().hex
+        self.marker_prefix = f"pgvault-done {token} ".encode()
+        self.rows_prefix = f"pgvault-rows {token} ".encode()
+        self.copied_rows: dict[str, int] = {}
+        """Rows each table's COPY loaded, as the server counted them (`schema.table`)."""
+        self._copies: list[str] = []
+        self._encoding = "utf-8"
         self.tables_by_session: list[list[str]] = [[] for _ in range(loaders)]
         """Which session loaded which table's rows (`schema.table`), for the tests."""
         self._carry = b""
@@ -255,6 +306,11 @@ class ParallelLoad:
             if self.failure is None:
                 self.failure = session
             self.cond.notify_all()
+
+    def copied(self, copy: int, rows: int) -> None:
+        """A session's report that the `copy`-th table's COPY loaded `rows`."""
+        with self.cond:
+            self.copied_rows[self._copies[copy]] = rows
 
     def _raise_if_failed(self) -> None:
         if self.failure is not None:
@@ -314,8 +370,13 @@ class ParallelLoad:
     def write(self, chunk: bytes) -> None:
         """Take the next bytes of the dump; raise `RestoreFailed` once any session failed."""
         self._raise_if_failed()
-        buffer, self._carry = (self._carry + chunk if self._carry else chunk), b""
         position = 0
+        if self._in_copy and self._carry and len(chunk) >= len(_TERMINATOR):
+            # Inside a table's rows only the few bytes that may begin its end line are
+            # carried: they are looked at beside the chunk's first bytes, never joined to it.
+            buffer, position = chunk, self._copy_seam(chunk)
+        else:
+            buffer, self._carry = (self._carry + chunk if self._carry else chunk), b""
         while position < len(buffer):
             if self._in_copy:
                 position = self._copy_data(buffer, position)
@@ -327,16 +388,29 @@ class ParallelLoad:
             self._line(buffer[position : end + 1])
             position = end + 1
 
+    def _copy_seam(self, chunk: bytes) -> int:
+        """The carried bytes, with `chunk` after them: where in `chunk` the rows go on."""
+        carry, self._carry = self._carry, b""
+        seam = carry + chunk[: len(_TERMINATOR)]
+        search = 0
+        while 0 <= (found := seam.find(_TERMINATOR, search)) < len(carry):
+            if seam[found - 1] == 0x0A if found else self._copy_line_start:
+                self._stream(carry[:found])
+                self._end_copy()
+                return found + len(_TERMINATOR) - len(carry)
+            search = found + 1
+        self._stream(carry)
+        self._copy_line_start = carry[-1] == 0x0A
+        return 0
+
     def _copy_data(self, buffer: bytes, position: int) -> int:
         """Pass a table's rows to its session up to the `\\.` line that ends them."""
         search = position
-        while (found := buffer.find(_TERMINATOR, search)) >= 0:
+        while (found := _find_terminator(buffer, search)) >= 0:
             at_line_start = buffer[found - 1] == 0x0A if found > position else self._copy_line_start
             if at_line_start:
                 self._stream(memoryview(buffer)[position:found])
-                end = _TERMINATOR + (b"COMMIT;\n" if self._copy_commit else b"")
-                self._send(self._current(), end)
-                self._in_copy = False
+                self._end_copy()
                 return found + len(_TERMINATOR)
             search = found + 1
         # The last two bytes may begin the terminator: keep them for the next chunk.
@@ -346,6 +420,14 @@ class ParallelLoad:
             self._copy_line_start = buffer[keep - 1] == 0x0A
         self._carry = buffer[keep:]
         return len(buffer)
+
+    def _end_copy(self) -> None:
+        # The rows the server loaded, said by psql before anything else can change them.
+        # (A query, not \echo: a dump's \restrict allows no meta-command, only variables.)
+        rows = b"SELECT '%s%d ' || :ROW_COUNT;\n" % (self.rows_prefix, len(self._copies) - 1)
+        end = _TERMINATOR + rows + (b"COMMIT;\n" if self._copy_commit else b"")
+        self._send(self._current(), end)
+        self._in_copy = False
 
     def _current(self) -> _Session:
         """The session the entry being read goes to (chosen by then, always)."""
@@ -444,6 +526,7 @@ class ParallelLoad:
 
     def _ordinary_tables(self) -> set[tuple[str, str]]:
         with connect(self.url) as conn:
+            self._encoding = conn.info.encoding  # the dump's, in which it names the tables
             return set(user_tables(conn))
 
     def _begin_copy(self, line: bytes, target: bytes) -> None:
@@ -451,7 +534,8 @@ class ParallelLoad:
             self._target = self._least_busy()
             self._apply_state(self._target, self._state)
         self._flush()
-        name = _split_name(target)
+        name = _split_name(target, self._encoding)
+        self._copies.append(".".join(name))
         self._copying = target.decode(errors="replace")
         self.tables_by_session[self._target.index].append(".".join(name))
         # FREEZE needs the table truncated in the same transaction, and applies to ordinary
@@ -474,7 +558,7 @@ class ParallelLoad:
     # -- after the last byte ------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Run what comes after the data, wait for every session, and close them."""
+        """Run what comes after the data, analyze, wait for every session, and close them."""
         self._raise_if_failed()
         if self._in_copy:
             raise RestoreFailed("the dump ended inside a table's rows; nothing was swapped in")
@@ -494,6 +578,7 @@ class ParallelLoad:
                 self._run_side_by_side(units)
             elif units:
                 self._run_in_order(units)
+        self._analyze()
         with self.cond:
             for session in self.sessions:
                 session.closing = True
@@ -504,6 +589,19 @@ class ParallelLoad:
             if session.proc.returncode != 0:
                 self.failed(session)
         self._raise_if_failed()
+
+    def _analyze(self) -> None:
+        """What a database-wide `ANALYZE` does, one table at a time spread over the sessions,
+        largest first, each to the session with the fewest bytes to sample so far: on two
+        cores the statistics of the big table and of all the others are taken side by side."""
+        with connect(self.url) as conn:
+            relations = conn.execute(_ANALYZED).fetchall()
+        load = dict.fromkeys(self.sessions, 0)
+        for name, size in relations:
+            session = min(load, key=lambda each: (load[each], each.index))
+            load[session] += max(size, 1)
+            self._send(session, b"ANALYZE %s;\n" % name.encode(self._encoding))
+        self._sync(self.sessions)
 
     def _run_in_order(self, units: list[_Unit]) -> None:
         session = self.sessions[0]

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -254,12 +254,18 @@ def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return [(schema, table) for schema, table in rows]
 
 
-def table_row_counts(conn: psycopg.Connection, *, own_rows: bool = True) -> dict[str, int]:
+def table_row_counts(
+    conn: psycopg.Connection, *, own_rows: bool = True, known: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Rows per user table: each table's own (`own_rows`, as a dump's COPY holds them), or
-    with its inheritance children's, as backups before dump-stream counts recorded them."""
+    with its inheritance children's, as backups before dump-stream counts recorded them.
+    `known`: counts already had (what a restore's COPY loaded), not counted again."""
     counts = {}
     only = sql.SQL("ONLY " if own_rows else "")
     for schema, table in user_tables(conn):
+        if known and f"{schema}.{table}" in known:
+            counts[f"{schema}.{table}"] = known[f"{schema}.{table}"]
+            continue
         query = sql.SQL("SELECT count(*) FROM {}{}.{}").format(
             only, sql.Identifier(schema), sql.Identifier(table)
         )

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.parallel_load import ParallelLoad, _Unit
+from pgvault_assets.engine.parallel_load import ParallelLoad, _find_terminator, _Unit
 from pgvault_assets.engine.restore import restore_backup
 from pgvault_assets.errors import RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
@@ -48,6 +48,34 @@ def test_a_parallel_restore_is_identical_to_a_serial_one(
     whole = compare_databases(DatabaseUrl(serial), DatabaseUrl(parallel))
     assert whole.equal, [d for d in whole.sections if d] + list(whole.differing)
     assert compare_databases(DatabaseUrl(source), DatabaseUrl(parallel)).equal
+
+
+def test_a_restored_database_is_analyzed_table_by_table_across_the_sessions(
+    local_env, make_database, monkeypatch
+):
+    """Planner statistics for every table and materialized view, as a database-wide ANALYZE
+    leaves them, though each was analyzed on whichever session was free."""
+    source = make_database("src")
+    load_sql_file(source, FIXTURES_DIR / "regression_like.sql")
+    back_up(source)
+    target = make_database("staging")
+
+    _restore_with(target, 2, monkeypatch)
+
+    with psycopg.connect(target) as conn:
+        unanalyzed = conn.execute(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%' AND c.reltuples > 0 "
+            "AND NOT EXISTS (SELECT 1 FROM pg_statistic s WHERE s.starelid = c.oid)"
+        ).fetchall()
+        analyzed = conn.execute(
+            "SELECT count(DISTINCT starelid) FROM pg_statistic s JOIN pg_class c ON c.oid = s.starelid "
+            "WHERE c.relnamespace <> 'pg_catalog'::regnamespace"
+        ).fetchone()
+    assert unanalyzed == []
+    assert analyzed is not None and analyzed[0] > 5
 
 
 def _frozen_pages(url: str, table: str) -> tuple[int, int]:
@@ -178,6 +206,8 @@ def test_a_table_larger_than_the_read_ahead_streams_through_one_session_within_t
         raise
 
     assert 0 < sink.peak_queued <= MIB
+    # What each COPY loaded, as the server counted it: a restore's row counts, no count(*).
+    assert sink.copied_rows == {"public.big": 150000, "public.small_a": 100, "public.small_b": 100}
     assert sum(tables.count("public.big") for tables in sink.tables_by_session) == 1
     assert sorted(t for tables in sink.tables_by_session for t in tables) == [
         "public.big",
@@ -281,3 +311,48 @@ def test_an_index_in_its_own_tablespace_is_built_there_whichever_session_builds_
                     )
                 )
             conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+# Rows whose bytes look like the end line in every way but one: `\.` inside a value (written
+# `\\.`), a backslash before a newline escape, and an end line that is the table's first.
+LOOKALIKES = r"""
+    CREATE TABLE edges (id int, t text);
+    INSERT INTO edges VALUES (1, E'\\.'), (2, E'a\\.\n'), (3, E'\\'), (4, E'.\n\\.'), (5, '');
+    CREATE TABLE empty_one (id int);
+    CREATE TABLE after (id int);
+    INSERT INTO after VALUES (1), (2);
+"""
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+def test_a_dump_cut_anywhere_loads_the_same(make_database, chunk):
+    """However the stream is cut, even right inside a table's end line, each table gets
+    exactly its rows (the parser carries only the bytes that may begin that line)."""
+    source = make_database("src")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(LOOKALIKES)
+    dump = _dump(source)
+    target = make_database("target")
+
+    sink = ParallelLoad(shutil.which("psql") or "psql", DatabaseUrl(target), 2, MIB)
+    try:
+        for start in range(0, len(dump), chunk):
+            sink.write(dump[start : start + chunk])
+        sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+
+    assert database_snapshot(target) == database_snapshot(source)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        (b"a\\tb\n" * 5000 + b"\\.\n", 25000),  # backslashes dense: the plain search takes over
+        (b"x" * 9000 + b"\\\\.\\n\n\\.\n", 9006),  # the first `\.` is not followed by a newline
+        (b"\\.x\n" * 3, -1),
+    ],
+)
+def test_the_end_of_a_tables_rows_is_found_however_many_backslashes_come_before(rows, expected):
+    assert _find_terminator(rows, 0) == expected == rows.find(b"\\.\n")
