@@ -11,8 +11,11 @@ import ast
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
+import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +30,10 @@ from dagster import DagsterInstance, instance_for_test
 from psycopg import sql
 
 from pgvault_assets import redact, settings
+from pgvault_assets.engine import cluster as cluster_module
 from pgvault_assets.engine import testpoints
 from pgvault_assets.engine.cluster import Cluster, start_cluster
+from pgvault_assets.engine.interrupts import run_in_own_group
 from tests.test_defs.http_capture import Captured, capture_http
 from tests.test_engine import helpers  # noqa: F401 (imported first: pins the run's one clock)
 
@@ -222,6 +227,82 @@ class PrivateCluster:
             )
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
+
+
+class InitdbTemplate:
+    """One data directory initdb'd the engine's way, made at its first use in a run (on each
+    worker); a throwaway cluster's directory is a copy of it instead of an initdb of its own,
+    with the new cluster's own random password set in single-user mode. initdb builds the
+    system catalogs and template databases from scratch, a copy and a password are a
+    fraction of that, and a test makes a cluster per proof, drill and fault."""
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+        self._bindir: Path | None = None
+        self._lock = threading.Lock()
+
+    def _data(self, bindir: Path) -> Path | None:
+        """The template for `bindir`'s major version; None for another (initdb runs then)."""
+        with self._lock:
+            if self._root is None:
+                root = Path(tempfile.mkdtemp(prefix="pgv-initdb-", dir="/tmp"))
+                root.chmod(0o755)  # the postgres OS user reads the copy's source
+                base = root / "template"
+                base.mkdir()
+                if cluster_module._owner_prefix():
+                    shutil.chown(base, cluster_module.OS_USER, cluster_module.OS_USER)
+                _REAL_INITDB(bindir, base, secrets.token_urlsafe(24))
+                self._root, self._bindir = root, bindir
+        return self._root / "template" / "data" if bindir == self._bindir else None
+
+    def initdb(self, bindir: Path, base: Path, password: str) -> None:
+        """What the engine's `_initdb` leaves in `base`: a data directory whose postgres role
+        has `password`, and the same configuration and authentication."""
+        template = self._data(bindir)
+        if template is None:
+            _REAL_INITDB(bindir, base, password)
+            return
+        owner = cluster_module._owner_prefix()
+        copied = run_in_own_group([*owner, "cp", "-a", str(template), str(base / "data")])
+        assert copied.returncode == 0, copied.stderr
+        # A token_urlsafe password: letters, digits, - and _, nothing to escape.
+        single = subprocess.run(
+            [*owner, str(bindir / "postgres"), "--single", "-D", str(base / "data"), "postgres"],
+            input=f"ALTER ROLE postgres PASSWORD '{password}'\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            check=False,
+        )
+        assert single.returncode == 0, single.stderr
+
+    def remove(self) -> None:
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+_REAL_INITDB = cluster_module._initdb
+
+
+@pytest.fixture(scope="session")
+def initdb_template() -> Iterator[InitdbTemplate]:
+    template = InitdbTemplate()
+    yield template
+    template.remove()
+
+
+@pytest.fixture(autouse=True)
+def clusters_copied_from_a_template(
+    request: pytest.FixtureRequest,
+    initdb_template: InitdbTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every throwaway cluster this process starts (the tests' own, the restore proofs' and
+    drills') is a copy of the run's initdb'd template. A test of how a cluster is created
+    (`@pytest.mark.real_initdb`) runs initdb itself."""
+    if request.node.get_closest_marker("real_initdb") is None:
+        monkeypatch.setattr(cluster_module, "_initdb", initdb_template.initdb)
 
 
 @pytest.fixture(scope="session")
