@@ -24,8 +24,14 @@ import psycopg
 import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
-
-from tests.test_engine.helpers import NOW
+from dagster._core.scheduler.instigation import (
+    InstigatorState,
+    InstigatorStatus,
+    InstigatorType,
+    ScheduleInstigatorData,
+)
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
@@ -60,23 +66,16 @@ def wait_for(
 
 
 def tick_caught_up_at_start(home: Path, monkeypatch: pytest.MonkeyPatch) -> datetime:
-    """Have the test location's schedule tick once, at the run's pinned minute (NOW, already
-    past), and record it as started a second before that tick: the daemon's first scheduler
-    pass, as soon as it has loaded the code location, catches the one missed tick up. Ticking
-    at a future whole minute instead idles 60-120 s for a daemon that is ready in seconds.
+    """Have the test location's schedule tick once, at the current minute (already begun),
+    and record it as started a second before that tick: the daemon's first scheduler pass,
+    as soon as it has loaded the code location, catches the one missed tick up. Ticking at a
+    future whole minute instead idles 60-120 s for a daemon that is ready in seconds.
 
-    The record is what `dagster schedule start` writes, with an earlier start; it names the
-    schedule as the daemon loads it (the same workspace file), so the daemon finds it."""
-    from dagster._core.scheduler.instigation import (
-        InstigatorState,
-        InstigatorStatus,
-        InstigatorType,
-        ScheduleInstigatorData,
-    )
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-
-    tick = NOW.replace(second=0, microsecond=0)
+    The wall clock, not the run's pinned one: the backups refuse any day but the latest
+    complete one by the clock they run at. The record is what `dagster schedule start`
+    writes, with an earlier start; it names the schedule as the daemon loads it (the same
+    workspace file), so the daemon finds it."""
+    tick = datetime.now(UTC).replace(second=0, microsecond=0)
     monkeypatch.setenv("PGVAULT_TEST_TICK_AT", f"{tick.hour}:{tick.minute}")
     target = WorkspaceFileTarget(paths=[str(home / "workspace.yaml")])
     with (
