@@ -213,6 +213,8 @@ def test_a_cli_backup_run_is_named_and_tagged_with_its_environment_and_database(
     # The code location's run, as the UI's Overview timeline needs it to list the run at all.
     assert run.remote_job_origin.location_name == CODE_LOCATION
     assert run.remote_job_origin.repository_origin.repository_name == "__repository__"
+    # ... and which the daemon's run retries leave alone: the CLI retries with --retries.
+    assert run.tags["dagster/max_retries"] == "0"
     assert run.tags["pgvault/environment"] == "test"
     assert run.tags["pgvault/database"] == "default"
 
