@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Screenshots of what a newcomer sees after `bash quickstart.sh`: the asset graph, the backup's
-# partitions and Automation, taken by headless Chromium (Debian's `chromium`) from a webserver
+# partitions, Automation and the Overview timeline, taken by headless Chromium (Debian's `chromium`) from a webserver
 # on the quickstart's instance. Run the quickstart first (`bash quickstart.sh --no-ui`).
 #   bash scripts/screenshots.sh [OUT_DIR]     default docs/screenshots
 set -euo pipefail
@@ -30,3 +30,4 @@ shot() {  # name path: the page after its scripts have had 15 s of virtual time 
 shot asset-graph "/locations/pgvault/asset-groups/backups"
 shot partitions "/assets/database_backup?view=partitions"
 shot automation "/automation"
+shot timeline "/overview/activity/timeline"

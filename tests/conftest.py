@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
+import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,8 +29,10 @@ from dagster import DagsterInstance, instance_for_test
 from psycopg import sql
 
 from pgvault_assets import redact, settings
+from pgvault_assets.engine import cluster as cluster_module
 from pgvault_assets.engine import testpoints
 from pgvault_assets.engine.cluster import Cluster, start_cluster
+from pgvault_assets.engine.interrupts import run_in_own_group
 from tests.test_defs.http_capture import Captured, capture_http
 from tests.test_engine import helpers  # noqa: F401 (imported first: pins the run's one clock)
 
@@ -209,6 +214,129 @@ class PrivateCluster:
             )
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C, the checksum PostgreSQL keeps at the end of pg_control."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+class InitdbTemplate:
+    """One data directory initdb'd the engine's way, made at its first use in a run (on each
+    worker); a throwaway cluster's directory is a copy of it instead of an initdb of its own.
+    initdb builds the system catalogs and template databases from scratch, a copy is a
+    fraction of that, and a test makes a cluster per proof, drill and fault.
+
+    A copy is made another cluster, as initdb would make it: a database system identifier of
+    its own (in pg_control, with its checksum, and the WAL rewritten for it by pg_resetwal:
+    pgBackRest tells clusters apart by it) and its own random password (single-user mode)."""
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+        self._bindir: Path | None = None
+        self._crc_at = 0
+        self._lock = threading.Lock()
+
+    def _data(self, bindir: Path) -> Path | None:
+        """The template for `bindir`'s major version; None for another (initdb runs then)."""
+        with self._lock:
+            if self._root is None:
+                root = Path(tempfile.mkdtemp(prefix="pgv-initdb-", dir="/tmp"))
+                root.chmod(0o755)  # the postgres OS user reads the copy's source
+                base = root / "template"
+                base.mkdir()
+                if cluster_module._owner_prefix():
+                    shutil.chown(base, cluster_module.OS_USER, cluster_module.OS_USER)
+                _REAL_INITDB(bindir, base, secrets.token_urlsafe(24))
+                control = (base / "data" / "global" / "pg_control").read_bytes()
+                # Where pg_control's checksum sits: after the bytes it sums.
+                (self._crc_at,) = [
+                    n
+                    for n in range(8, 1024, 4)
+                    if crc32c(control[:n]) == int.from_bytes(control[n : n + 4], "little")
+                ]
+                self._root, self._bindir = root, bindir
+        return self._root / "template" / "data" if bindir == self._bindir else None
+
+    def _another_system(self, bindir: Path, data: Path, owner: list[str]) -> None:
+        """A new database system identifier in the copy's pg_control, and its WAL reset to it."""
+        control_file = data / "global" / "pg_control"
+        control = bytearray(control_file.read_bytes())
+        # Below 2**63, as initdb's (seconds << 32 | ...) are: PostgreSQL shows it as a bigint.
+        control[:8] = secrets.randbits(63).to_bytes(8, "little")
+        at = self._crc_at
+        control[at : at + 4] = crc32c(bytes(control[:at])).to_bytes(4, "little")
+        control_file.write_bytes(bytes(control))
+        reset = run_in_own_group(
+            [*owner, str(bindir / "pg_resetwal"), "-f", "-D", str(data)], text=True, cwd="/"
+        )
+        assert reset.returncode == 0, reset.stderr
+
+    def initdb(self, bindir: Path, base: Path, password: str) -> None:
+        """What the engine's `_initdb` leaves in `base`: a data directory whose postgres role
+        has `password`, and the same configuration and authentication."""
+        template = self._data(bindir)
+        if template is None:
+            _REAL_INITDB(bindir, base, password)
+            return
+        owner = cluster_module._owner_prefix()
+        copied = run_in_own_group([*owner, "cp", "-a", str(template), str(base / "data")])
+        assert copied.returncode == 0, copied.stderr
+        self._another_system(bindir, base / "data", owner)
+        # A token_urlsafe password: letters, digits, - and _, nothing to escape.
+        single = subprocess.run(
+            [*owner, str(bindir / "postgres"), "--single", "-D", str(base / "data"), "postgres"],
+            input=f"ALTER ROLE postgres PASSWORD '{password}'\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            check=False,
+        )
+        assert single.returncode == 0, single.stderr
+
+    def remove(self) -> None:
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+_REAL_INITDB = cluster_module._initdb
+
+
+@pytest.fixture(scope="session")
+def initdb_template() -> Iterator[InitdbTemplate]:
+    template = InitdbTemplate()
+    yield template
+    template.remove()
+
+
+@pytest.fixture(autouse=True)
+def clusters_copied_from_a_template(
+    request: pytest.FixtureRequest,
+    initdb_template: InitdbTemplate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every throwaway cluster this process starts (the tests' own, the restore proofs' and
+    drills') is a copy of the run's initdb'd template. A test of how a cluster is created
+    (`@pytest.mark.real_initdb`) runs initdb itself."""
+    if request.node.get_closest_marker("real_initdb") is None:
+        monkeypatch.setattr(cluster_module, "_initdb", initdb_template.initdb)
 
 
 @pytest.fixture(scope="session")

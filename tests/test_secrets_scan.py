@@ -32,7 +32,7 @@ from pgvault_assets.engine.backup import backup_database
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
-from tests.conftest import AWKWARD_SCHEMA, AwsEnv, load_sql_file
+from tests.conftest import AwsEnv
 from tests.test_recovery import conftest as recovery_fixtures
 from tests.test_recovery.conftest import Approvers
 
@@ -107,14 +107,14 @@ def pagerduty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Captured]:
 def secret_env(
     aws_env: AwsEnv,
     make_database: Callable[..., str],
+    awkward_template: str,
     approvers: Approvers,
     captured: Captured,
     pagerduty: Captured,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     """pgvault on moto with every kind of secret configured, in this process and for children."""
-    source = make_database("scansrc")
-    load_sql_file(source, AWKWARD_SCHEMA)
+    source = make_database("scansrc", template=awkward_template)
     staging = make_database("scanstg")
     # moto accepts any credentials; these stand in for real ones.
     settings = {

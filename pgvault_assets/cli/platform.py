@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import signal
@@ -294,6 +295,38 @@ class InterruptWatch:
         os._exit(128 + signum)
 
 
+# workspace.yaml's name for pgvault's code location (and pyproject's [tool.dagster]).
+CODE_LOCATION = "pgvault"
+SINGLE_REPOSITORY = "__repository__"  # Dagster's name for a Definitions object's repository
+
+
+@contextlib.contextmanager
+def runs_of_the_code_location(instance: DagsterInstance, job_name: str) -> Iterator[None]:
+    """Runs created in this block carry the code location's origin, as the runs the schedule,
+    the daemon or the UI launch do. The UI's Overview timeline lists runs by their job in a
+    code location and leaves out a run without one: every CLI backup was missing there.
+    `execute_in_process` takes no origin, so the instance's run creation is handed one for
+    the length of the block; the origin names the location only (the workspace knows how to
+    load it), which is all the UI reads of it."""
+    from dagster._core.remote_origin import (  # deferred on purpose: see the module docstring
+        RegisteredCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+
+    repository = RemoteRepositoryOrigin(
+        RegisteredCodeLocationOrigin(CODE_LOCATION), SINGLE_REPOSITORY
+    )
+    create = instance.create_run_for_job
+    instance.create_run_for_job = functools.partial(  # type: ignore[method-assign]
+        create, remote_job_origin=RemoteJobOrigin(repository, job_name)
+    )
+    try:
+        yield
+    finally:
+        del instance.create_run_for_job
+
+
 def materialize_backup(
     day: date,
     *,
@@ -365,6 +398,7 @@ def materialize_backup(
         token = uuid.uuid4().hex
         with (
             open_instance(instance) as active,
+            runs_of_the_code_location(active, job_name),
             RetryAnnouncer(active, token, say or _silent),
             InterruptWatch(active, token, day),
         ):
@@ -374,6 +408,9 @@ def materialize_backup(
                 raise_on_error=False,
                 tags={
                     "pgvault/launched_by": "cli",
+                    # The CLI retries with --retries, in this process; the daemon's run retries
+                    # (dagster.yaml) are for runs it launched, not for a run a terminal started.
+                    "dagster/max_retries": "0",
                     INVOCATION_TAG: token,
                     **backup_run_tags(settings.environment, settings.database),
                     **({ACCEPT_NEW_SOURCE_TAG: "true"} if accept_new_source else {}),

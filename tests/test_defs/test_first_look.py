@@ -16,6 +16,7 @@ from dagster import DagsterInstance
 
 from pgvault_assets.cli import main
 from pgvault_assets.cli.console import ago
+from pgvault_assets.cli.platform import CODE_LOCATION
 from pgvault_assets.defs.backup import partitions_start
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.store.local import LocalStore
@@ -35,12 +36,33 @@ query FirstLook {
     repositorySelector: {repositoryLocationName: "pgvault", repositoryName: "__repository__"}
   ) {
     ... on Repository {
+      pipelines { name }
       schedules { name scheduleState { status } }
       sensors { name sensorState { status } }
     }
   }
+  runsOrError {
+    ... on Runs {
+      results { pipelineName startTime repositoryOrigin { repositoryLocationName repositoryName } }
+    }
+  }
 }
 """
+
+
+def timeline_rows(runs: list[dict]) -> set[tuple[str, str, str]]:
+    """The rows the Overview timeline draws for `runs`, as Dagster's UI builds them
+    (ui-core's useRunsForTimeline): one per job of a code location; a run that has not
+    started, or carries no code location (repositoryOrigin), is left out."""
+    return {
+        (
+            run["repositoryOrigin"]["repositoryLocationName"],
+            run["repositoryOrigin"]["repositoryName"],
+            run["pipelineName"],
+        )
+        for run in runs
+        if run["startTime"] is not None and run["repositoryOrigin"] is not None
+    }
 
 
 def _quickstart_instance(home: Path) -> None:
@@ -165,6 +187,11 @@ def test_the_quickstarts_ui_shows_its_own_history_and_runs_only_what_is_set_up(
     assert {name for name, status in sensors.items() if status == "RUNNING"} >= {
         "backup_staleness_sensor"
     }
+    # The CLI's backup is on the Overview timeline, in the row of the scheduled job's.
+    assert timeline_rows(seen["runsOrError"]["results"]) == {
+        ("pgvault", "__repository__", "daily_backup_job")
+    }
+    assert "daily_backup_job" in {job["name"] for job in repository["pipelines"]}
 
 
 @pytest.mark.parametrize(
@@ -183,5 +210,15 @@ def test_a_cli_backup_run_is_named_and_tagged_with_its_environment_and_database(
     with DagsterInstance.get() as instance:
         (run,) = instance.get_runs()
     assert run.job_name == "daily_backup_job"
+    # The code location's run, as the UI's Overview timeline needs it to list the run at all.
+    assert run.remote_job_origin.location_name == CODE_LOCATION
+    assert run.remote_job_origin.repository_origin.repository_name == "__repository__"
+    # ... and which the daemon's run retries leave alone: the CLI retries with --retries.
+    assert run.tags["dagster/max_retries"] == "0"
     assert run.tags["pgvault/environment"] == "test"
     assert run.tags["pgvault/database"] == "default"
+
+
+def test_the_cli_names_the_code_location_the_workspace_loads():
+    (entry,) = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
+    assert entry["python_module"]["location_name"] == CODE_LOCATION

@@ -24,6 +24,8 @@ from pgvault_assets.engine.cluster import (
 from pgvault_assets.errors import ConfigError
 
 REPO = Path(__file__).parents[2]
+# How the engine creates a cluster is what these tests look at: no copied template here.
+pytestmark = pytest.mark.real_initdb
 
 
 def _postmaster_pid(base: Path) -> int:

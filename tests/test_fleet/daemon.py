@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,20 @@ import psycopg
 import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster._core.scheduler.instigation import (
+    InstigatorState,
+    InstigatorStatus,
+    InstigatorType,
+    ScheduleInstigatorData,
+)
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
 LOCATION = Path(__file__).with_name("fleet_location.py")
-SCHEDULE = "fleet_backup_schedule_02"  # every database's default hour; ticks each minute here
+LOCATION_NAME = "pgvault_fleet"
+SCHEDULE = "fleet_backup_schedule_02"  # every database's default hour; see fleet_location.py
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 EVERY_CHECK = (
     "checksum_matches",
@@ -56,11 +65,35 @@ def wait_for(
     pytest.fail(f"timed out waiting for {what}\n{tail}", pytrace=False)
 
 
-def tick_soon(monkeypatch: pytest.MonkeyPatch) -> datetime:
-    """Have the test location's schedule tick once, at the first whole minute at least 60 s
-    away: time enough for the daemon to start and see the schedule before it is due."""
-    tick = (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
+def tick_caught_up_at_start(home: Path, monkeypatch: pytest.MonkeyPatch) -> datetime:
+    """Have the test location's schedule tick once, at the current minute (already begun),
+    and record it as started a second before that tick: the daemon's first scheduler pass,
+    as soon as it has loaded the code location, catches the one missed tick up. Ticking at a
+    future whole minute instead idles 60-120 s for a daemon that is ready in seconds.
+
+    The wall clock, not the run's pinned one: the backups refuse any day but the latest
+    complete one by the clock they run at. The record is what `dagster schedule start`
+    writes, with an earlier start; it names the schedule as the daemon loads it (the same
+    workspace file), so the daemon finds it."""
+    tick = datetime.now(UTC).replace(second=0, microsecond=0)
     monkeypatch.setenv("PGVAULT_TEST_TICK_AT", f"{tick.hour}:{tick.minute}")
+    target = WorkspaceFileTarget(paths=[str(home / "workspace.yaml")])
+    with (
+        DagsterInstance.get() as instance,
+        WorkspaceProcessContext(instance, target) as workspace,
+    ):
+        location = workspace.create_request_context().get_code_location(LOCATION_NAME)
+        (repository,) = location.get_repositories().values()
+        schedule = repository.get_schedule(SCHEDULE)
+        started = ScheduleInstigatorData(schedule.cron_schedule, tick.timestamp() - 1)
+        instance.add_instigator_state(
+            InstigatorState(
+                schedule.get_remote_origin(),
+                InstigatorType.SCHEDULE,
+                InstigatorStatus.RUNNING,
+                started,
+            )
+        )
     return tick
 
 
@@ -94,7 +127,7 @@ def production_home(
                 "python_file": {
                     "relative_path": str(LOCATION),
                     "working_directory": str(REPO),
-                    "location_name": "pgvault_fleet",
+                    "location_name": LOCATION_NAME,
                 }
             }
         ]

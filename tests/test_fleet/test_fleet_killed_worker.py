@@ -71,7 +71,7 @@ def test_a_killed_run_worker_frees_its_slot_and_the_next_database_is_backed_up(
 ):
     deadline = datetime.now(UTC) + DEADLINE
     daemon.wait_for(daemon.away_from_midnight, "the clock to leave 23:55-24:00 UTC", deadline)
-    daemon.tick_soon(monkeypatch)
+    daemon.tick_caught_up_at_start(instance_home, monkeypatch)
     assert main(["fleet", "apply-limits"]) == 0
     capsys.readouterr()
     log = instance_home / "daemon.log"
