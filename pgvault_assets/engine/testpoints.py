@@ -15,8 +15,14 @@ import time
 VARIABLE = "PGVAULT_TEST_PAUSE_AT"
 
 
+def pausing_at(name: str) -> bool:
+    """Whether this run is to pause at `name`: for a point that must first wait for its state
+    (an upload's first part stored) so the test sees it however fast the rest goes."""
+    return os.environ.get(VARIABLE) == name
+
+
 def pause_point(name: str) -> None:
-    if os.environ.get(VARIABLE) != name:
+    if not pausing_at(name):
         return
     sys.stderr.write(f"pgvault: paused at {name}\n")
     sys.stderr.flush()

@@ -20,7 +20,7 @@ import botocore.exceptions
 
 from pgvault_assets.engine.store.failures import s3_error
 from pgvault_assets.engine.store.s3_access import S3Bucket
-from pgvault_assets.engine.testpoints import pause_point
+from pgvault_assets.engine.testpoints import pause_point, pausing_at
 from pgvault_assets.errors import StoreError
 
 MIN_PART_SIZE = 8 * 1024 * 1024  # above S3's 5 MiB floor for every part but the last
@@ -120,7 +120,8 @@ class _S3Writer:
         try:
             while len(self._buffer) >= self._next_part_size():
                 self._flush(self._next_part_size())
-            if self._parts and self._parts[0].done():
+            if self._parts and pausing_at("upload"):
+                self._parts[0].result()  # paused with a part stored, whenever the dump ends
                 pause_point("upload")
         except Exception as exc:
             self.abort()
