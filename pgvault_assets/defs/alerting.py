@@ -31,7 +31,6 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from pgvault_assets.alerts import Alert
 from pgvault_assets.defs.backup import (
-    BACKUP_KEY,
     CHECKSUM_MATCHES,
     DECRYPTS_FULLY,
     DURATION_WITHIN_AVERAGE,
@@ -44,6 +43,7 @@ from pgvault_assets.defs.history import (
     is_backup_run,
     of_another_environment,
 )
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.report import health_figures, health_warnings

@@ -27,7 +27,6 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DefaultSensorStatus,
-    Definitions,
     RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
@@ -44,8 +43,6 @@ from pgvault_assets.defs.alerting import (
     failed_run_alert,
     staleness_step,
 )
-from pgvault_assets.defs.backup import fleet_backup_key
-from pgvault_assets.defs.fleet import FLEET, schedule_name
 from pgvault_assets.defs.history import (
     PARTITION_TAG,
     backup_keys_of_run,
@@ -54,6 +51,7 @@ from pgvault_assets.defs.history import (
     of_another_environment,
     run_events,
 )
+from pgvault_assets.defs.naming import fleet_backup_key, names_of
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
 from pgvault_assets.engine.fleet import Fleet
@@ -373,9 +371,7 @@ class FleetAlertTick:
 
 
 def make_fleet_alert_sensor(fleet: Fleet, clock: Clock = utcnow) -> SensorDefinition:
-    schedules = {
-        database.name: schedule_name(database.schedule_hour) for database in fleet.databases
-    }
+    schedules = {names.database.name: names.schedule for names in names_of(fleet).databases}
 
     @sensor(
         name=SENSOR_NAME,
@@ -400,7 +396,3 @@ def make_fleet_alert_sensor(fleet: Fleet, clock: Clock = utcnow) -> SensorDefini
         )
 
     return fleet_alert_sensor
-
-
-# None without a fleet file: the single database's sensors (alerting.py) are the location's.
-defs = Definitions(sensors=[make_fleet_alert_sensor(FLEET)]) if FLEET.from_file else None

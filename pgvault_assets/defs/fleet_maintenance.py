@@ -31,8 +31,8 @@ from dagster import (
     define_asset_job,
 )
 
-from pgvault_assets.defs.backup import fleet_backup_key
 from pgvault_assets.defs.history import failed_runs_by_key
+from pgvault_assets.defs.naming import fleet_backup_key
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine import names
 from pgvault_assets.engine.cleanup import CleanupResult, run_cleanup

@@ -25,8 +25,8 @@ from dagster import (
     define_asset_job,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY
 from pgvault_assets.defs.history import failed_backup_runs
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.cleanup import run_cleanup
 from pgvault_assets.engine.clock import utcnow

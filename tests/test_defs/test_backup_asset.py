@@ -16,16 +16,16 @@ from dagster import (
 
 from pgvault_assets.definitions import defs
 from pgvault_assets.defs.alerting import backup_check_alert_sensor
-from pgvault_assets.defs.backup import BACKUP_KEY, database_backup, decrypts_fully
 from pgvault_assets.defs.history import failed_backup_runs
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
-from pgvault_assets.defs.restorable import restorable
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.names import OBJECT_NAME
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings, load_settings
 from test_defs.backup_history import fake_manifest, write_backup
+from tests.test_defs.single import database_backup, decrypts_fully, restorable
 
 ALL = [database_backup, decrypts_fully, restorable]
 

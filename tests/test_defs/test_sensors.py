@@ -18,12 +18,12 @@ from pgvault_assets.defs.alerting import (
     make_health_sensor,
     make_staleness_sensor,
 )
-from pgvault_assets.defs.backup import database_backup
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 from test_defs.run_failure import sense_run_failure
+from tests.test_defs.single import database_backup
 
 RESOURCES = {"vault": VaultResource(), "alerts": AlertsResource()}
 

@@ -13,7 +13,6 @@ from psycopg import sql
 from test_defs.backup_history import write_history
 
 from pgvault_assets.defs import fleet_maintenance
-from pgvault_assets.defs.fleet import backup_asset
 from pgvault_assets.defs.fleet_maintenance import (
     fleet_kept_databases,
     fleet_retention_state,
@@ -27,7 +26,7 @@ from pgvault_assets.engine.names import database_beside
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL, admin_connect
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import fleet_backup, write_fleet
 
 MONDAY = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)
 SERVER = f"{PG_SERVER_URL}/postgres"
@@ -131,7 +130,7 @@ def test_the_weekly_report_has_a_row_per_database_its_failed_runs_and_is_stored(
     with monkeypatch.context() as unset:
         unset.delenv("PGVAULT_TEST_OTHER_URL")
         failed = materialize(
-            [backup_asset(load_fleet(path), "beta")],
+            [fleet_backup(load_fleet(path), "beta")],
             instance=instance,
             resources=resource_defs(),
             partition_key=yesterday.isoformat(),
