@@ -7,8 +7,9 @@ fleet it constructs, in-process.
 
 from dagster import Definitions
 
-from pgvault_assets.defs import alerting, fleet_alerting, fleet_maintenance, maintenance
+from pgvault_assets.defs import alerting, fleet_alerting
 from pgvault_assets.defs.backup import Build, backup_defs
+from pgvault_assets.defs.maintenance import maintenance_defs
 from pgvault_assets.defs.pitr import pitr_defs
 from pgvault_assets.defs.recovery import recovery_defs
 from pgvault_assets.engine.fleet import Fleet
@@ -19,11 +20,15 @@ def build_defs(fleet: Fleet, config: PlatformSettings) -> Definitions:
     """Each database's backup, checks, restore proof, drill and restore job; point-in-time
     recovery where its server archives; the weekly maintenance and the alert sensors."""
     build = Build.of(fleet, config)
-    if fleet.from_file:
-        upkeep = (
-            fleet_maintenance.defs,
-            Definitions(sensors=[fleet_alerting.make_fleet_alert_sensor(fleet)]),
-        )
-    else:
-        upkeep = (maintenance.defs, alerting.defs)
-    return Definitions.merge(backup_defs(build), recovery_defs(build), pitr_defs(build), *upkeep)
+    alerts = (
+        Definitions(sensors=[fleet_alerting.make_fleet_alert_sensor(fleet)])
+        if fleet.from_file
+        else alerting.defs
+    )
+    return Definitions.merge(
+        backup_defs(build),
+        recovery_defs(build),
+        pitr_defs(build),
+        maintenance_defs(build),
+        alerts,
+    )

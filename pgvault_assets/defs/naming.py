@@ -35,6 +35,8 @@ class DatabaseNames:
     """The schedule that backs it up, which a staleness alert sends the reader to."""
     source: str
     """What the backup dumps, for descriptions."""
+    said: str
+    """What starts a line about it among others': nothing for the one database."""
     derived_runtime: bool
     """Without a `max_runtime_seconds`, whether the schedule derives the run's limit from the
     recent backups (one store read per tick: the single database) or sets none (a fleet of
@@ -54,6 +56,7 @@ class Names:
     checks_job: str
     maintenance_prefix: tuple[str, ...]
     """Key prefix of the weekly maintenance assets and the start of their job's names."""
+    maintenance_group: str
 
     def of(self, name: str) -> DatabaseNames:
         return next(names for names in self.databases if names.database.name == name)
@@ -91,9 +94,10 @@ def names_of(fleet: Fleet) -> Names:
             group="backups",
             schedule="daily_backup_schedule",
             source="DATABASE_URL",
+            said="",
             derived_runtime=True,
         )
-        return Names((single,), "daily_backup_job", "backup_checks_job", ())
+        return Names((single,), "daily_backup_job", "backup_checks_job", (), "backups")
     return Names(
         tuple(
             DatabaseNames(
@@ -105,6 +109,7 @@ def names_of(fleet: Fleet) -> Names:
                 group=database.server,
                 schedule=schedule_name(database.schedule_hour),
                 source=f"{database.dbname} on {database.server}",
+                said=f"{database.name}: ",
                 derived_runtime=False,
             )
             for database in fleet.databases
@@ -112,4 +117,5 @@ def names_of(fleet: Fleet) -> Names:
         "fleet_backup_job",
         "fleet_backup_checks_job",
         ("fleet",),
+        "fleet_maintenance",
     )

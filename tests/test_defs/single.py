@@ -9,6 +9,7 @@ from pgvault_assets.defs.backup import (
     make_decrypts_fully,
     make_restorable,
 )
+from pgvault_assets.defs.maintenance import maintenance_assets
 from pgvault_assets.defs.pitr import pitr_defs
 from pgvault_assets.defs.recovery import make_drill
 from pgvault_assets.engine.fleet import single_fleet
@@ -27,6 +28,8 @@ database_backup = make_database_backup(BUILD, NAMES)
 decrypts_fully = make_decrypts_fully(BUILD, NAMES)
 restorable = make_restorable(BUILD, NAMES)
 disaster_recovery_drill = make_drill(NAMES)
+retention_state, weekly_health_report, kept_databases = maintenance_assets(BUILD)
+RETENTION_KEY = retention_state.key
 PITR = pitr_defs(BUILD)
 (pitr_archive_sensor,) = PITR.sensors
 pitr_diff_backup_schedule = next(s for s in PITR.schedules if s.name == "pitr_diff_backup_schedule")

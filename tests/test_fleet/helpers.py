@@ -24,8 +24,9 @@ from pgvault_assets.defs.backup import (
     make_database_backup,
     make_decrypts_fully,
 )
+from pgvault_assets.defs.maintenance import maintenance_assets
 from pgvault_assets.defs.naming import names_of
-from pgvault_assets.engine.fleet import Fleet
+from pgvault_assets.engine.fleet import Fleet, parse_fleet
 from pgvault_assets.settings import platform_section
 from tests.conftest import PG_SERVER_URL
 
@@ -135,3 +136,13 @@ def run_requests(fleet: Fleet, scheduled: datetime, environment: str) -> list[Ru
         backup_run_request(job.run_request_for_partition, names, scheduled, environment)
         for names in names_of(fleet).databases
     ]
+
+
+def fleet_maintenance_assets() -> list[AssetsDefinition]:
+    """The weekly maintenance assets under a fleet's names (`fleet/...`): they read the fleet
+    file of the environment when they run, whichever fleet named them."""
+    named_by = parse_fleet(
+        "servers: [{name: main, url_env: MAIN_URL}]\ndatabases: [{name: any, server: main, dbname: any}]",
+        Path("fleet.yaml"),
+    )
+    return maintenance_assets(Build.of(named_by, CONFIG))
