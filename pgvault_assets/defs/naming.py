@@ -55,22 +55,16 @@ class Names:
     backup_job: str
     checks_job: str
     maintenance_prefix: tuple[str, ...]
-    """Key prefix of the weekly maintenance assets and the start of their job's names."""
+    """Key prefix of the weekly maintenance assets: none for the one database."""
     maintenance_group: str
+    maintenance_job: str
+    maintenance_schedule: str
 
     def of(self, name: str) -> DatabaseNames:
         return next(names for names in self.databases if names.database.name == name)
 
     def maintenance_key(self, name: str) -> AssetKey:
         return AssetKey([*self.maintenance_prefix, name])
-
-    @property
-    def maintenance_job(self) -> str:
-        return "fleet_maintenance_job" if self.maintenance_prefix else "weekly_maintenance_job"
-
-    @property
-    def maintenance_schedule(self) -> str:
-        return self.maintenance_job.replace("_job", "_schedule")
 
 
 def fleet_backup_key(database: str) -> AssetKey:
@@ -97,7 +91,15 @@ def names_of(fleet: Fleet) -> Names:
             said="",
             derived_runtime=True,
         )
-        return Names((single,), "daily_backup_job", "backup_checks_job", (), "backups")
+        return Names(
+            (single,),
+            "daily_backup_job",
+            "backup_checks_job",
+            (),
+            "backups",
+            "weekly_maintenance_job",
+            "weekly_maintenance_schedule",
+        )
     return Names(
         tuple(
             DatabaseNames(
@@ -118,4 +120,6 @@ def names_of(fleet: Fleet) -> Names:
         "fleet_backup_checks_job",
         ("fleet",),
         "fleet_maintenance",
+        "fleet_maintenance_job",
+        "fleet_maintenance_schedule",
     )

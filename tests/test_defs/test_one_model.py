@@ -3,6 +3,9 @@ the same capabilities in Dagster as the single database does, under its own name
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from dagster import AssetCheckKey, AssetKey, Definitions
@@ -108,3 +111,22 @@ def test_the_single_database_keeps_the_names_its_history_was_recorded_under():
         "pgvault/server/small",
         "fleet_backup_schedule_05",
     )
+
+
+def test_no_module_of_defs_reads_the_environment_when_imported(tmp_path):
+    """A fleet file that does not exist breaks the code location when it builds, in one line,
+    and never an import: tests and the CLI import `defs/` without a configured environment."""
+    script = (
+        "import importlib, pkgutil, pgvault_assets.defs as package\n"
+        "for module in pkgutil.iter_modules(package.__path__):\n"
+        "    importlib.import_module(f'pgvault_assets.defs.{module.name}')\n"
+        "print('imported')\n"
+        "import pgvault_assets.definitions\n"
+    )
+    env = {**os.environ, "PGVAULT_FLEET_FILE": str(tmp_path / "absent.yaml")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == "imported", result.stderr[-2000:]
+    assert result.returncode != 0
+    assert f"PGVAULT_FLEET_FILE {tmp_path / 'absent.yaml'} does not exist" in result.stderr
