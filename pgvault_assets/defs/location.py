@@ -7,7 +7,7 @@ fleet it constructs, in-process.
 
 from dagster import Definitions
 
-from pgvault_assets.defs import alerting, fleet_alerting
+from pgvault_assets.defs.alerting import make_alert_sensor
 from pgvault_assets.defs.backup import Build, backup_defs
 from pgvault_assets.defs.maintenance import maintenance_defs
 from pgvault_assets.defs.pitr import pitr_defs
@@ -20,15 +20,10 @@ def build_defs(fleet: Fleet, config: PlatformSettings) -> Definitions:
     """Each database's backup, checks, restore proof, drill and restore job; point-in-time
     recovery where its server archives; the weekly maintenance and the alert sensors."""
     build = Build.of(fleet, config)
-    alerts = (
-        Definitions(sensors=[fleet_alerting.make_fleet_alert_sensor(fleet)])
-        if fleet.from_file
-        else alerting.defs
-    )
     return Definitions.merge(
         backup_defs(build),
         recovery_defs(build),
         pitr_defs(build),
         maintenance_defs(build),
-        alerts,
+        Definitions(sensors=[make_alert_sensor(fleet)]),
     )

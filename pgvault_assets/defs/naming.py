@@ -59,6 +59,7 @@ class Names:
     maintenance_group: str
     maintenance_job: str
     maintenance_schedule: str
+    alert_sensor: str
 
     def of(self, name: str) -> DatabaseNames:
         return next(names for names in self.databases if names.database.name == name)
@@ -99,6 +100,7 @@ def names_of(fleet: Fleet) -> Names:
             "backups",
             "weekly_maintenance_job",
             "weekly_maintenance_schedule",
+            "backup_alert_sensor",
         )
     return Names(
         tuple(
@@ -122,4 +124,5 @@ def names_of(fleet: Fleet) -> Names:
         "fleet_maintenance",
         "fleet_maintenance_job",
         "fleet_maintenance_schedule",
+        "fleet_alert_sensor",
     )

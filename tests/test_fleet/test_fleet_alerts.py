@@ -18,8 +18,8 @@ from dagster import (
     materialize,
 )
 
+from pgvault_assets.defs.alerting import make_alert_sensor as make_fleet_alert_sensor
 from pgvault_assets.defs.backup import Build, make_database_backup, make_decrypts_fully
-from pgvault_assets.defs.fleet_alerting import SENSOR_NAME, make_fleet_alert_sensor
 from pgvault_assets.defs.naming import fleet_backup_key
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
@@ -45,6 +45,7 @@ def _backup(fleet: Fleet, name: str) -> AssetsDefinition:
 
 
 SENSOR_NAMES = "sorted(s.name for s in defs.sensors)"
+SENSOR_NAME = "fleet_alert_sensor"
 
 
 class FakeClock:
@@ -290,7 +291,7 @@ def test_the_fleet_location_has_the_fleet_alert_sensor_and_the_single_one_its_ow
     local_env, monkeypatch
 ):
     single = fresh_definitions(SENSOR_NAMES)
-    assert SENSOR_NAME not in single and "backup_staleness_sensor" in single
+    assert single == ["backup_alert_sensor", "pitr_archive_sensor"]
 
     _fleet(local_env, monkeypatch, {"alpha": "alpha"})
     assert fresh_definitions(SENSOR_NAMES) == [SENSOR_NAME]
