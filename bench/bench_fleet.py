@@ -65,12 +65,17 @@ import os
 
 from dagster import Definitions
 
-from pgvault_assets.defs.fleet import FLEET, fleet_definitions
+from pgvault_assets.defs.backup import Build, backup_defs
 from pgvault_assets.defs.resources import resource_defs
+from pgvault_assets.engine.fleet import load_fleet
+from pgvault_assets.settings import platform_section
 
 HOUR, MINUTE = os.environ["PGVAULT_BENCH_TICK_AT"].split(":")
 defs = Definitions.merge(
-    fleet_definitions(FLEET, cron_for_hour=lambda _hour: f"{MINUTE} {HOUR} * * *"),
+    backup_defs(
+        Build.of(load_fleet(platform_section().fleet_file), platform_section()),
+        cron_for_hour=lambda _hour: f"{MINUTE} {HOUR} * * *",
+    ),
     Definitions(resources=resource_defs()),
 )
 """

@@ -1,36 +1,17 @@
-"""The Dagster code location: every module under `defs/` merged, with the resources.
+"""The Dagster code location: the definitions `defs/` builds for the fleet, with the resources.
 
-With a fleet file (`PGVAULT_FLEET_FILE`) the location is the fleet's backups, its weekly
-maintenance and its alert sensor instead of the single database's definitions."""
+The fleet is the fleet file's (`PGVAULT_FLEET_FILE`), or without one `DATABASE_URL` as a
+fleet of one; both are built by the same function."""
 
 from dagster import Definitions
 
-from pgvault_assets.defs import (
-    alerting,
-    backup,
-    fleet,
-    fleet_alerting,
-    fleet_maintenance,
-    maintenance,
-    pitr,
-    recovery,
-    restorable,
-)
+from pgvault_assets.defs.location import build_defs
 from pgvault_assets.defs.resources import resource_defs
+from pgvault_assets.engine.fleet import load_fleet
+from pgvault_assets.settings import platform_section
 
-single_database = (
-    backup.defs,
-    restorable.defs,
-    maintenance.defs,
-    alerting.defs,
-    recovery.defs,
-    pitr.defs,
-)
-# Without a fleet file the location is the single database's, exactly as it always was.
-fleet_wide = tuple(
-    d for d in (fleet.defs, fleet_maintenance.defs, fleet_alerting.defs) if d is not None
-)
+platform = platform_section()
 defs = Definitions.merge(
-    *(single_database if fleet.defs is None else fleet_wide),
+    build_defs(load_fleet(platform.fleet_file), platform),
     Definitions(resources=resource_defs()),
 )

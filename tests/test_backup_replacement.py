@@ -14,9 +14,8 @@ from psycopg import sql
 from test_defs.backup_history import write_history
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.backup import BACKUP_KEY, database_backup
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.defs.restorable import restorable
 from pgvault_assets.engine import names
 from pgvault_assets.engine.catalog import backup_rows
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
@@ -25,6 +24,7 @@ from pgvault_assets.engine.retention import apply_retention, plan_retention
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import RetentionPolicy, load_settings
 from tests.conftest import admin_connect
+from tests.test_defs.single import database_backup, restorable
 from tests.test_engine.helpers import back_up
 
 

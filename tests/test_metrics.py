@@ -452,7 +452,7 @@ def raised_alert_kinds() -> set[str]:
         failed_run_alert,
         staleness_step,
     )
-    from pgvault_assets.defs.backup import BACKUP_KEY
+    from pgvault_assets.defs.naming import BACKUP_KEY
     from pgvault_assets.defs.recovery import drill_alert
     from pgvault_assets.engine.drill import DrillReport
     from pgvault_assets.engine.report import FailedRun, HealthFigures, health_warnings

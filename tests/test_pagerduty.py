@@ -18,9 +18,9 @@ from test_defs.http_capture import Captured, capture_http
 
 from pgvault_assets.alerts import PAGE_ATTEMPTS, Alert, Notifier
 from pgvault_assets.cli import main
-from pgvault_assets.defs.alerting import failed_check_alert, staleness_step
-from pgvault_assets.defs.backup import BACKUP_KEY, RESTORABLE, SIZE_NOT_SHRUNK
-from pgvault_assets.defs.fleet_alerting import Channels
+from pgvault_assets.defs.alerting import Channels, failed_check_alert, staleness_step
+from pgvault_assets.defs.backup import RESTORABLE, SIZE_NOT_SHRUNK
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.pitr import archive_alert_step
 from pgvault_assets.defs.recovery import drill_alert
 from pgvault_assets.defs.resources import AlertsResource, VaultResource

@@ -355,38 +355,25 @@ def materialize_backup(
 
         from pgvault_assets.defs.backup import (
             ACCEPT_NEW_SOURCE_TAG,
-            BACKUP_JOB_NAME,
-            CONFIG,
-            database_backup,
-            decrypts_fully,
+            Build,
             make_database_backup,
+            make_decrypts_fully,
+            make_restorable,
         )
         from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
-        from pgvault_assets.defs.restorable import restorable
         from pgvault_assets.engine.backup import check_backup_date
 
         check_backup_date(day, utcnow())
-        config = CONFIG if retries is None else dataclasses.replace(CONFIG, max_retries=retries)
-        backup = database_backup if retries is None else make_database_backup(config)
-        if settings.database is not None:
-            from pgvault_assets.defs.fleet import (
-                FLEET_JOB_NAME,
-                backup_asset,
-                make_decrypts_fully,
-                make_restorable,
-            )
-
-            job_name = FLEET_JOB_NAME
-
-            fleet = load_fleet(settings.platform.fleet_file)
-            database = fleet.choose(settings.database)
-            assets = [backup_asset(fleet, settings.database, config)]
-            if prove_restorable:
-                assets += [make_decrypts_fully(database), make_restorable(database)]
-        else:
-            job_name = BACKUP_JOB_NAME
-            assets = [backup, decrypts_fully, restorable] if prove_restorable else [backup]
+        config = settings.platform
+        if retries is not None:
+            config = dataclasses.replace(config, max_retries=retries)
+        build = Build.of(load_fleet(config.fleet_file), config)
+        names = build.names.of(build.fleet.choose(settings.database).name)
+        job_name = build.names.backup_job
+        assets = [make_database_backup(build, names)]
+        if prove_restorable:
+            assets += [make_decrypts_fully(build, names), make_restorable(build, names)]
         # The run carries the scheduled job's name, so the UI lists it with the scheduled
         # runs rather than as an unnamed ephemeral job.
         job = Definitions(
@@ -542,12 +529,13 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
         return fleet_status(settings)
     with dagster_previews_hidden():
         # Deferred on purpose: both import Dagster (see the module docstring).
-        from pgvault_assets.defs.backup import BACKUP_KEY, fleet_backup_key
         from pgvault_assets.defs.history import failed_backup_runs
+        from pgvault_assets.defs.naming import names_of
 
     vault = Vault.from_settings(settings)
     now = utcnow()
-    key = BACKUP_KEY if settings.database is None else fleet_backup_key(settings.database)
+    fleet = load_fleet(settings.platform.fleet_file)
+    key = names_of(fleet).of(fleet.choose(settings.database).name).backup
     with open_instance() as instance:
         failures = failed_backup_runs(
             instance,
@@ -595,8 +583,8 @@ def fleet_status(settings: Settings) -> int:
     """One row per database of the fleet, from one read of the run history; exit 1 when any
     database is stale, warned about or cannot be read."""
     with dagster_previews_hidden():
-        from pgvault_assets.defs.backup import fleet_backup_key
         from pgvault_assets.defs.history import failed_runs_by_key
+        from pgvault_assets.defs.naming import fleet_backup_key
 
     now = utcnow()
     databases = each_database_apart(settings, os.environ)

@@ -1,62 +1,63 @@
-"""Sensors that turn backup trouble into alerts: staleness, failed runs, failed checks, health.
+"""Alerts from one sensor for every database, the fleet of one included: failed backups,
+failed checks, stale backups, health and unreadable records.
 
-Each watches something a different Dagster mechanism would miss: a run-failure sensor
-limited to named jobs misses UI launches and backfills, so it watches every run and keeps the
-backup asset's; a failed warning check leaves its run successful, so checks get their own
-sensor over evaluation records; and staleness is measured from the newest backup's own
-finish time, because a schedule that never fires produces no event at all.
+Why a plain sensor over `DagsterInstance.fetch_run_status_changes` rather than
+`@run_failure_sensor`/`@run_status_sensor`: those keep a cursor of their own, one per status,
+and hand over one run at a time, while staleness needs state of ours beside the event position
+(each database's newest backup and its episode) and failed warning checks sit in *successful*
+runs. So one cursor holds the position in the run-end events (failures and successes) and each
+database's state; a tick reads the run-end events after that position, each new run's events
+once, and nothing else: no query per asset or check, no store listing. Each database's
+manifests are read when it is first seen and in the hourly health pass only. Runs are matched
+by the backup asset in their selection, not by job name, so backups launched from the UI, a
+backfill or the CLI all count; staleness is measured from the newest backup's own finish time,
+because a schedule that never fires produces no event at all.
 """
 
+from __future__ import annotations
+
+import dataclasses
+import functools
 import json
-from datetime import datetime, timedelta
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckKey,
     AssetCheckSeverity,
+    AssetKey,
+    DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DefaultSensorStatus,
-    Definitions,
-    RunFailureSensorContext,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
-    run_failure_sensor,
     sensor,
 )
 
-# Private: used by failed_check_evaluations() only, which says why.
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
-from pgvault_assets.alerts import Alert
-from pgvault_assets.defs.backup import (
-    BACKUP_KEY,
-    CHECKSUM_MATCHES,
-    DECRYPTS_FULLY,
-    DURATION_WITHIN_AVERAGE,
-    RESTORABLE,
-    SIZE_NOT_SHRUNK,
-)
+from pgvault_assets.alerts import Alert, Notifier
+from pgvault_assets.defs.backup import CHECKSUM_MATCHES, RESTORABLE
 from pgvault_assets.defs.history import (
-    failed_backup_runs,
+    PARTITION_TAG,
+    backup_keys_of_run,
+    failed_runs_by_key,
     failure_reason,
-    is_backup_run,
     of_another_environment,
+    run_events,
 )
+from pgvault_assets.defs.naming import DatabaseNames, names_of
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.clock import Clock, utcnow
-from pgvault_assets.engine.report import health_figures, health_warnings
+from pgvault_assets.engine.fleet import Fleet
+from pgvault_assets.engine.report import FLEET_BACKUPS, health_figures, health_warnings, over_budget
+from pgvault_assets.engine.vault import Vault
+from pgvault_assets.errors import PgvaultError
+from pgvault_assets.settings import Settings
 
 STALE_AFTER = timedelta(hours=36)
-BACKUP_CHECK_NAMES = (
-    CHECKSUM_MATCHES,
-    DECRYPTS_FULLY,
-    DURATION_WITHIN_AVERAGE,
-    SIZE_NOT_SHRUNK,
-    RESTORABLE,
-)
-CURSOR_IDS_KEPT = 1000
 STALE = "stale"
 FRESH = "fresh"
 
@@ -100,49 +101,6 @@ def staleness_step(
     return None, FRESH
 
 
-def make_staleness_sensor(clock: Clock = utcnow) -> SensorDefinition:
-    @sensor(
-        name="backup_staleness_sensor",
-        minimum_interval_seconds=600,
-        default_status=DefaultSensorStatus.RUNNING,
-        description="Critical alert when no backup has succeeded for 36 h; resolved notice after.",
-    )
-    def backup_staleness_sensor(
-        context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
-    ) -> SkipReason:
-        manifests = vault.vault().list_manifests()
-        newest = max((m.finished_at for m in manifests), default=None)
-        alert, cursor = staleness_step(newest, context.cursor, clock())
-        if alert is not None:
-            alerts.notifier(vault.settings()).send(alert)
-        context.update_cursor(cursor)
-        return SkipReason(alert.message if alert else f"backups are {cursor}")
-
-    return backup_staleness_sensor
-
-
-@run_failure_sensor(
-    name="backup_failure_alert_sensor",
-    monitor_all_code_locations=True,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Critical alert for a backup run that failed after all its retries.",
-)
-def backup_failure_alert_sensor(
-    context: RunFailureSensorContext, vault: VaultResource, alerts: AlertsResource
-) -> None:
-    run = context.dagster_run
-    if not is_backup_run(context.instance, run, BACKUP_KEY):
-        return
-    settings = vault.settings()
-    if of_another_environment(run, settings.environment):
-        return
-    reason = failure_reason(context.instance, run.run_id)
-    if reason is None:  # a refused backfill: nothing was attempted, nothing is broken
-        return
-    partition = run.tags.get("dagster/partition", "?")
-    alerts.notifier(settings).send(failed_run_alert(reason, partition, run.run_id))
-
-
 def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
     """A backup run that failed after all its retries, for the single database or a fleet's."""
     return Alert(
@@ -169,152 +127,350 @@ def failed_check_alert(evaluation: AssetCheckEvaluation, day: str) -> Alert | No
     )
 
 
-def check_alert(evaluation: AssetCheckEvaluation) -> Alert | None:
-    if evaluation.asset_key != BACKUP_KEY:
-        return None
-    return failed_check_alert(evaluation, evaluation.partition or "?")
+RUN_END_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
+RUNS_PER_TICK = 200  # per run-end event type; a longer backlog is read over the next ticks
+HEALTH_EVERY = timedelta(hours=1)
+HEALTH_WINDOW = timedelta(days=31)
+UNREADABLE_KEPT = 100  # per database: the cursor stays bounded by the fleet's size
+BACKUP_EVENTS = {
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_CHECK_EVALUATION,
+}
 
 
-class FailedCheck(NamedTuple):
-    """One failed execution of a check: its record id, when it was planned, its evaluation."""
+@dataclass(frozen=True)
+class DatabaseState:
+    """What the sensor remembers of one database between ticks."""
 
-    id: int
-    created_at: float
-    evaluation: AssetCheckEvaluation | None
+    newest: datetime | None
+    """The newest backup's finish: from its manifests, then from each run that materialized."""
+    since: datetime
+    """When the sensor first saw the database: one without any backup is stale 36 h later."""
+    stale: bool = False
+    warnings: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+
+    def seen_backup(self, finished: datetime) -> DatabaseState:
+        newest = finished if self.newest is None else max(self.newest, finished)
+        return dataclasses.replace(self, newest=newest)
 
 
-def failed_check_evaluations(
-    instance: DagsterInstance, check_key: AssetCheckKey, limit: int
-) -> list[FailedCheck]:
-    """The newest `limit` executions of `check_key` whose evaluation failed.
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
-    pgvault's one private Dagster use. Dagster 1.13 has no public way to read a check's
-    evaluations across runs: `DagsterInstance.fetch_materializations` and `fetch_observations`
-    cover assets only, and `get_event_records` is deprecated (removed in 2.0) and cannot
-    select evaluations by check or outcome. So this reads the event log storage's
-    check-execution history, as Dagster's own UI does, and hands back public types only. Its
-    ids are the ids the sensor's cursor has always held, so existing cursors keep working.
-    """
-    records = instance.event_log_storage.get_asset_check_execution_history(
-        check_key, limit=limit, status={AssetCheckExecutionRecordStatus.FAILED}
-    )
-    failed = []
-    for record in records:
-        event = record.event.dagster_event if record.event else None
-        evaluation = event.event_specific_data if event else None
-        failed.append(
-            FailedCheck(
-                record.id,
-                record.create_timestamp,
-                evaluation if isinstance(evaluation, AssetCheckEvaluation) else None,
+
+@dataclass(frozen=True)
+class FleetCursor:
+    runs: dict[str, str] = field(default_factory=dict)
+    """Per run-end event type, the event log position read up to (Dagster's own cursor)."""
+    databases: dict[str, DatabaseState] = field(default_factory=dict)
+    health_at: datetime | None = None
+    over_budget: bool = False
+    """The fleet's backups were over BACKUP_STORAGE_BUDGET_BYTES at the last health pass."""
+
+    @classmethod
+    def parse(cls, text: str | None) -> FleetCursor:
+        """The cursor `dump` wrote; a missing or foreign one starts afresh, as a first tick."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            databases = {
+                name: DatabaseState(
+                    newest=_time(state["newest"]),
+                    since=datetime.fromisoformat(state["since"]),
+                    stale=bool(state["stale"]),
+                    warnings=tuple(state["warnings"]),
+                    unreadable=tuple(state["unreadable"]),
+                )
+                for name, state in data["databases"].items()
+            }
+            return cls(
+                dict(data["runs"]),
+                databases,
+                _time(data["health_at"]),
+                bool(data.get("over_budget", False)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "runs": self.runs,
+                "health_at": self.health_at.isoformat() if self.health_at else None,
+                "over_budget": self.over_budget,
+                "databases": {
+                    name: {
+                        "newest": state.newest.isoformat() if state.newest else None,
+                        "since": state.since.isoformat(),
+                        "stale": state.stale,
+                        "warnings": list(state.warnings),
+                        "unreadable": list(state.unreadable),
+                    }
+                    for name, state in self.databases.items()
+                },
+            },
+            sort_keys=True,
+        )
+
+
+class Channels:
+    """Each database's pinned settings, vault and notifier, made at most once per tick.
+
+    A database whose settings cannot be pinned (its server's variable unset) still gets its
+    alerts, through the environment's own settings: its backups fail with the same error."""
+
+    def __init__(
+        self,
+        vault: VaultResource,
+        alerts: AlertsResource,
+        databases: Sequence[DatabaseNames] = (),
+    ) -> None:
+        """`databases`: whom each name pins to and what starts its alerts; another name is a
+        fleet database's, its alerts starting with its name."""
+        self._names = {names.database.name: names for names in databases}
+        self._vault = vault
+        self._alerts = alerts
+        self._settings: dict[str, Settings | None] = {}
+        self._notifiers: dict[str, Notifier] = {}
+        self.sent = 0
+
+    def settings(self, name: str) -> Settings | None:
+        if name not in self._settings:
+            try:
+                known = self._names.get(name)
+                self._settings[name] = self._vault.settings(known.pinned if known else name)
+            except PgvaultError:
+                self._settings[name] = None
+        return self._settings[name]
+
+    def environment(self) -> Settings:
+        return self._vault.settings()
+
+    def vault(self, name: str) -> Vault | None:
+        settings = self.settings(name)
+        return None if settings is None else self._vault.vault(settings)
+
+    def send(self, name: str, alert: Alert) -> None:
+        if name not in self._notifiers:
+            settings = self.settings(name) or self._vault.settings()
+            self._notifiers[name] = self._alerts.notifier(settings)
+        known = self._names.get(name)
+        said = known.said if known else f"{name}: "
+        self._notifiers[name].send(
+            dataclasses.replace(
+                alert, message=f"{said}{alert.message}", tags={**alert.tags, "database": name}
             )
         )
-    return failed
+        self.sent += 1
+
+    def send_fleet(self, alert: Alert) -> None:
+        """An alert about the fleet as a whole, with the environment's own settings."""
+        self._alerts.notifier(self._vault.settings()).send(alert)
+        self.sent += 1
 
 
-@sensor(
-    name="backup_check_alert_sensor",
-    minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Alerts for failed backup checks, including warnings that leave their run green.",
-)
-def backup_check_alert_sensor(
-    context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
-) -> SkipReason:
-    """The cursor holds the ids of the evaluation records already alerted.
+def _names_in(keys: Iterable[AssetKey | None], fleet_keys: dict[AssetKey, str]) -> list[str]:
+    return sorted({fleet_keys[key] for key in keys if key in fleet_keys})
 
-    Ids are assigned when a check is planned, not when it finishes, so a slow check (a
-    restore) can finish after a faster, later one: a high-water mark would skip it.
-    """
-    alerted: list[int] = json.loads(context.cursor) if context.cursor else []
-    first_tick = context.cursor is None
-    seen = set(alerted)
-    not_before = utcnow().timestamp() - 86400
-    notifier = None
-    for name in BACKUP_CHECK_NAMES:
-        failed = failed_check_evaluations(context.instance, AssetCheckKey(BACKUP_KEY, name), 50)
-        for record in sorted(failed, key=lambda r: r.id):
-            if record.id in seen or (first_tick and record.created_at < not_before):
+
+def _may_concern(run: DagsterRun, fleet_keys: dict[AssetKey, str]) -> bool:
+    """Whether `run` may have touched a fleet backup; a run without a selection (a whole job,
+    which Dagster records as no selection or an empty one) may have."""
+    if not run.asset_selection and not run.asset_check_selection:
+        return True
+    checked = {check.asset_key for check in run.asset_check_selection or ()}
+    return bool(_names_in((*(run.asset_selection or ()), *checked), fleet_keys))
+
+
+class FleetAlertTick:
+    """One evaluation of the fleet alert sensor, from one cursor to the next."""
+
+    def __init__(
+        self,
+        instance: DagsterInstance,
+        databases: Sequence[DatabaseNames],
+        channels: Channels,
+        now: datetime,
+    ) -> None:
+        """`databases`: each database's names, in file order."""
+        self.instance = instance
+        self.schedules = {names.database.name: names.schedule for names in databases}
+        self.names = tuple(self.schedules)
+        self.fleet_keys = {names.backup: names.database.name for names in databases}
+        self.channels = channels
+        self.now = now
+        self.runs_read = 0
+
+    @functools.cached_property
+    def environment(self) -> str:
+        return self.channels.environment().environment
+
+    def run(self, cursor: FleetCursor) -> FleetCursor:
+        states = {name: cursor.databases[name] for name in self.names if name in cursor.databases}
+        new = [name for name in self.names if name not in states]
+        for name in new:
+            states[name] = DatabaseState(newest=None, since=self.now)
+        positions = self.read_finished_runs(cursor.runs, states)
+        due = cursor.health_at is None or self.now - cursor.health_at >= HEALTH_EVERY
+        storage = self.health_pass(self.names if due else new, states)
+        over_budget = self.budget(storage, cursor.over_budget) if due else cursor.over_budget
+        for name in self.names:
+            states[name] = self.staleness(name, states[name])
+        return FleetCursor(positions, states, self.now if due else cursor.health_at, over_budget)
+
+    def budget(self, storage: int, was_over: bool) -> bool:
+        """BACKUP_STORAGE_BUDGET_BYTES is the environment's (one bucket for the fleet): the
+        fleet's total is compared with it, alerted once per episode, as status and the
+        weekly report do."""
+        budget = self.channels.environment().storage_budget_bytes
+        over = over_budget(storage, budget, FLEET_BACKUPS)
+        if over and not was_over:
+            self.channels.send_fleet(Alert("storage_over_budget", "warning", over))
+        return over is not None
+
+    def read_finished_runs(
+        self, positions: dict[str, str], states: dict[str, DatabaseState]
+    ) -> dict[str, str]:
+        """Alerts for the runs that ended since `positions`; the positions after them.
+
+        A first tick starts at the log's end: a sensor turned on alerts what happens from then
+        on, as Dagster's own run-status sensors do."""
+        moved = {}
+        for event_type in RUN_END_EVENTS:
+            position = positions.get(event_type.value)
+            if position is None:
+                newest = self.instance.fetch_run_status_changes(event_type, limit=1)
+                moved[event_type.value] = newest.cursor
                 continue
-            alert = check_alert(record.evaluation) if record.evaluation is not None else None
-            if alert is not None:
-                notifier = notifier or alerts.notifier(vault.settings())
-                notifier.send(alert)
-            alerted.append(record.id)
-            seen.add(record.id)
-    context.update_cursor(json.dumps(alerted[-CURSOR_IDS_KEPT:]))
-    return SkipReason(f"{len(alerted)} failed check evaluations alerted so far")
+            result = self.instance.fetch_run_status_changes(
+                event_type, limit=RUNS_PER_TICK, cursor=position, ascending=True
+            )
+            moved[event_type.value] = result.cursor
+            ended = {record.run_id: record.timestamp for record in result.records}
+            if not ended:
+                continue
+            runs = self.instance.get_runs(filters=RunsFilter(run_ids=list(ended)))
+            self.runs_read += len(runs)
+            for run in sorted(runs, key=lambda r: ended[r.run_id]):
+                ended_at = datetime.fromtimestamp(ended[run.run_id], UTC)
+                self.finished_run(run, event_type == DagsterEventType.RUN_FAILURE, ended_at, states)
+        return moved
+
+    def finished_run(
+        self, run: DagsterRun, failed: bool, ended_at: datetime, states: dict[str, DatabaseState]
+    ) -> None:
+        if not _may_concern(run, self.fleet_keys) or of_another_environment(run, self.environment):
+            return
+        events = run_events(self.instance, run.run_id, BACKUP_EVENTS)
+        day = run.tags.get(PARTITION_TAG, "?")
+        backups = backup_keys_of_run(self.instance, run, self.fleet_keys, events) if failed else ()
+        names = sorted(self.fleet_keys[key] for key in backups)
+        # None: a refused backfill, which attempted nothing and broke nothing.
+        reason = failure_reason(self.instance, run.run_id) if names else None
+        if reason is not None:
+            for name in names:
+                self.channels.send(name, failed_run_alert(reason, day, run.run_id))
+        for event in events:
+            data = event.event_specific_data
+            if isinstance(data, AssetCheckEvaluation):
+                checked = self.fleet_keys.get(data.asset_key)
+                alert = failed_check_alert(data, data.partition or day) if checked else None
+                if checked and alert:
+                    tags = {**alert.tags, "run_id": run.run_id}
+                    self.channels.send(checked, dataclasses.replace(alert, tags=tags))
+            elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                backed_up = self.fleet_keys.get(event.asset_key) if event.asset_key else None
+                if backed_up:
+                    # The run's end, seconds after the backup's own finish: close enough for 36 h.
+                    states[backed_up] = states[backed_up].seen_backup(ended_at)
+
+    def health_pass(self, names: Sequence[str], states: dict[str, DatabaseState]) -> int:
+        """Each database's manifests read once: its newest backup, its health warnings and its
+        unreadable records, each alerted once per episode. Returns the storage they use."""
+        storage = 0
+        if not names:
+            return storage
+        by_key = failed_runs_by_key(
+            self.instance,
+            self.fleet_keys,
+            self.now - HEALTH_WINDOW,
+            self.environment,
+        )
+        failures = {self.fleet_keys[key]: runs for key, runs in by_key.items()}
+        for name in names:
+            vault = self.channels.vault(name)
+            settings = self.channels.settings(name)
+            if vault is None or settings is None:
+                continue
+            manifests, unreadable = vault.scan_manifests()
+            state = states[name]
+            for manifest in manifests:
+                state = state.seen_backup(manifest.finished_at)
+            figures = health_figures(manifests, failures.get(name, []), today=self.now.date())
+            storage += figures.storage_used_bytes
+            active = health_warnings(figures, storage_budget_bytes=None)
+            for kind, message in active:
+                if kind not in state.warnings:
+                    self.channels.send(name, Alert(kind, "warning", message))
+            for record in unreadable:
+                if record.key not in state.unreadable:
+                    self.channels.send(
+                        name,
+                        Alert(
+                            "manifest_unreadable",
+                            "warning",
+                            f"the backup of {record.day.isoformat()} is skipped, its manifest "
+                            f"cannot be read: {record.reason}",
+                            {"date": record.day.isoformat()},
+                        ),
+                    )
+            states[name] = dataclasses.replace(
+                state,
+                warnings=tuple(sorted(kind for kind, _ in active)),
+                unreadable=tuple(sorted(r.key for r in unreadable)[:UNREADABLE_KEPT]),
+            )
+        return storage
+
+    def staleness(self, name: str, state: DatabaseState) -> DatabaseState:
+        """`staleness_step` per database; one never backed up counts from when it was first
+        seen, so a database just added to the file is not stale before its first run."""
+        if state.newest is None and self.now - state.since <= STALE_AFTER:
+            return dataclasses.replace(state, stale=False)
+        alert, episode = staleness_step(
+            state.newest, STALE if state.stale else FRESH, self.now, self.schedules[name]
+        )
+        if alert is not None:
+            self.channels.send(name, alert)
+        return dataclasses.replace(state, stale=episode == STALE)
 
 
-def make_health_sensor(clock: Clock = utcnow) -> SensorDefinition:
+def make_alert_sensor(fleet: Fleet, clock: Clock = utcnow) -> SensorDefinition:
+    """The one alert sensor, for every database of `fleet`."""
+    names = names_of(fleet)
+
     @sensor(
-        name="backup_health_sensor",
-        minimum_interval_seconds=3600,
+        name=names.alert_sensor,
+        minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Warnings for a 30-day success rate under 95% and storage over budget.",
+        description=(
+            "Per database: failed backups and checks from the run-end events since the last "
+            "tick, stale backups (36 h), and hourly health and unreadable records."
+        ),
     )
-    def backup_health_sensor(
+    def alert_sensor(
         context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
     ) -> SkipReason:
-        settings = vault.settings()
-        now = clock()
-        failures = failed_backup_runs(
-            context.instance,
-            BACKUP_KEY,
-            now - timedelta(days=31),
-            environment=settings.environment,
-            database=None,
+        channels = Channels(vault, alerts, names.databases)
+        tick = FleetAlertTick(context.instance, names.databases, channels, clock())
+        cursor = tick.run(FleetCursor.parse(context.cursor))
+        context.update_cursor(cursor.dump())
+        stale = sorted(name for name, state in cursor.databases.items() if state.stale)
+        return SkipReason(
+            f"{tick.runs_read} finished runs read, {channels.sent} alerts sent; "
+            f"stale: {', '.join(stale) or 'none'}"
         )
-        figures = health_figures(vault.vault().list_manifests(), failures, today=now.date())
-        active = health_warnings(figures, storage_budget_bytes=settings.storage_budget_bytes)
-        already = set(json.loads(context.cursor)) if context.cursor else set()
-        notifier = alerts.notifier(settings)
-        for kind, message in active:
-            if kind not in already:
-                notifier.send(Alert(kind, "warning", message))
-        context.update_cursor(json.dumps(sorted(kind for kind, _ in active)))
-        return SkipReason(", ".join(kind for kind, _ in active) or "healthy")
 
-    return backup_health_sensor
-
-
-@sensor(
-    name="backup_record_sensor",
-    minimum_interval_seconds=600,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Warning for each backup whose manifest cannot be read (damaged or newer).",
-)
-def backup_record_sensor(
-    context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
-) -> SkipReason:
-    """One alert per unreadable manifest, naming its date and why; the cursor holds the keys
-    alerted, so a record that is repaired and breaks again is alerted again."""
-    settings = vault.settings()
-    _, unreadable = vault.vault(settings).scan_manifests()
-    already = set(json.loads(context.cursor)) if context.cursor else set()
-    notifier = None
-    for record in unreadable:
-        if record.key not in already:
-            notifier = notifier or alerts.notifier(settings)
-            notifier.send(
-                Alert(
-                    "manifest_unreadable",
-                    "warning",
-                    f"the backup of {record.day.isoformat()} is skipped, its manifest cannot "
-                    f"be read: {record.reason}",
-                    tags={"date": record.day.isoformat()},
-                )
-            )
-    context.update_cursor(json.dumps(sorted(record.key for record in unreadable)))
-    return SkipReason(f"{len(unreadable)} unreadable manifests" if unreadable else "all readable")
-
-
-defs = Definitions(
-    sensors=[
-        make_staleness_sensor(),
-        backup_record_sensor,
-        backup_failure_alert_sensor,
-        backup_check_alert_sensor,
-        make_health_sensor(),
-    ]
-)
+    return alert_sensor

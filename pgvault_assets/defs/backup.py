@@ -1,8 +1,15 @@
-"""The daily backup as a partitioned asset, its checks, its job and its 02:00 UTC schedule.
+"""Each database's daily backup as a partitioned asset, its checks, its job and its schedule.
 
 Partition D is the backup of day D, taken the morning after. Only the latest complete day
 can be dumped (a dump taken later would hold later data under D's name), so materializing an
 older partition fails at once without touching the database; backfills re-run the checks.
+
+One asset per database (not a database x day partitioned asset) because a pool belongs to an
+asset: each backup is in its pool (a fleet database's server's, `pgvault/server/<server>`,
+whose limit `pgvault fleet apply-limits` sets), whether a schedule, a backfill or the UI
+started it. A schedule per backup hour requests one run per database due (one run of every
+database would hold a server's slots for the length of the slowest dump), each keyed so a
+tick evaluated twice starts nothing twice.
 """
 
 import contextlib
@@ -11,16 +18,17 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
     AssetSelection,
     Backoff,
@@ -34,39 +42,35 @@ from dagster import (
     OpExecutionContext,
     RetryPolicy,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
     asset,
     asset_check,
     define_asset_job,
-    schedule,
+    in_process_executor,
 )
 
-from pgvault_assets.alerts import BACKUP_CRON, CheckinStatus, Notifier
-from pgvault_assets.defs.history import REFUSED_METADATA_KEY, backup_run_tags
+from pgvault_assets.alerts import CheckinStatus, Notifier
+from pgvault_assets.defs.history import DATABASE_TAG, REFUSED_METADATA_KEY, backup_run_tags
+from pgvault_assets.defs.naming import DatabaseNames, Names, names_of
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.backup import backup_database, check_backup_date
 from pgvault_assets.engine.catalog import first_backup_day
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import FleetDatabase, pool_name
+from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, Fleet, FleetDatabase, pin_database
 from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
 from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.policy import SUNDAY
 from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.restore_check import verify_restorable
 from pgvault_assets.engine.run_budget import MAX_RUNTIME_TAG, RunBudget, run_budget
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
-from pgvault_assets.settings import (
-    PlatformSettings,
-    environment_name,
-    load_settings,
-    platform_section,
-)
+from pgvault_assets.settings import PlatformSettings, Settings, environment_name, load_settings
 
 log = logging.getLogger(__name__)
-BACKUP_KEY = AssetKey("database_backup")
-BACKUP_POOL = "pgvault_backup"
-BACKUP_JOB_NAME = "daily_backup_job"
-CONFIG = platform_section()
+SERVER_TAG = "pgvault/server"
 
 
 def partitions_start(config: PlatformSettings, now: datetime) -> date:
@@ -83,9 +87,23 @@ def partitions_start(config: PlatformSettings, now: datetime) -> date:
     return first or latest_complete_day(now)
 
 
-BACKUP_PARTITIONS = DailyPartitionsDefinition(
-    start_date=partitions_start(CONFIG, utcnow()).isoformat(), timezone="UTC", end_offset=0
-)
+@dataclass(frozen=True)
+class Build:
+    """What every definition of one build shares: the fleet, the platform settings, the
+    names, and the one partitions definition all backups and their checks carry."""
+
+    fleet: Fleet
+    config: PlatformSettings
+    names: Names
+    partitions: DailyPartitionsDefinition
+
+    @classmethod
+    def of(cls, fleet: Fleet, config: PlatformSettings) -> "Build":
+        start = partitions_start(config, utcnow()).isoformat()
+        partitions = DailyPartitionsDefinition(start_date=start, timezone="UTC", end_offset=0)
+        return cls(fleet, config, names_of(fleet), partitions)
+
+
 CHECKIN_NAMESPACE = uuid.UUID("1b0f6a52-8a2e-4c1e-9a53-5d2f0c4be0a7")
 # On the step failure of an interrupted run: the signal that ended it (SIGINT 2, SIGTERM 15).
 INTERRUPTED_METADATA_KEY = "interrupted_by_signal"
@@ -186,36 +204,31 @@ def _checkin_id(run_id: str) -> str:
     return uuid.uuid5(CHECKIN_NAMESPACE, run_id).hex
 
 
-def fleet_backup_key(database: str) -> AssetKey:
-    return AssetKey(["backup", database])
-
-
-def make_database_backup(
-    config: PlatformSettings = CONFIG, database: FleetDatabase | None = None
-) -> AssetsDefinition:
-    """The backup asset retrying as `config` says; tests build one whose retries come at once.
+def make_database_backup(build: Build, names: DatabaseNames) -> AssetsDefinition:
+    """`names`' backup asset, retrying as `build.config` says; tests build one whose retries
+    come at once.
 
     The policy and the asset's own last-attempt test read the same `max_retries`, so the
     Sentry check-in is closed as an error only by the attempt Dagster will not retry.
-    Without `database`, the asset of `DATABASE_URL`; with one, that fleet database's asset,
-    in its server's pool and group.
     """
-    key = BACKUP_KEY if database is None else fleet_backup_key(database.name)
-    pinned = None if database is None else database.name
+    config = build.config
+    key = names.backup
+    pinned = names.pinned
+    partitions = build.partitions
 
     @asset(
         key=key,
         # No backfill_policy: without one, Dagster backfills each partition in its own run,
         # which is what a dump of one day needs.
-        partitions_def=BACKUP_PARTITIONS,
+        partitions_def=partitions,
         retry_policy=RetryPolicy(
             max_retries=config.max_retries,
             delay=config.retry_delay_seconds,
             backoff=Backoff.EXPONENTIAL,
             jitter=Jitter.PLUS_MINUS,
         ),
-        pool=BACKUP_POOL if database is None else pool_name(database.server),
-        group_name="backups" if database is None else database.server,
+        pool=names.pool,
+        group_name=names.group,
         kinds={"postgres"},
         # Each check carries the asset's partitions (a Dagster preview feature): without them
         # the day's results are recorded under no partition and the day's checks stay pending.
@@ -223,28 +236,24 @@ def make_database_backup(
             AssetCheckSpec(
                 CHECKSUM_MATCHES,
                 asset=key,
-                partitions_def=BACKUP_PARTITIONS,
+                partitions_def=partitions,
                 blocking=True,
                 description="the stored object's SHA-256 equals its manifest's",
             ),
             AssetCheckSpec(
                 DURATION_WITHIN_AVERAGE,
                 asset=key,
-                partitions_def=BACKUP_PARTITIONS,
+                partitions_def=partitions,
                 description="the backup took at most twice the 30-day average",
             ),
             AssetCheckSpec(
                 SIZE_NOT_SHRUNK,
                 asset=key,
-                partitions_def=BACKUP_PARTITIONS,
+                partitions_def=partitions,
                 description="the dump is at least half the previous backup's",
             ),
         ],
-        description=(
-            "pg_dump of "
-            + ("DATABASE_URL" if database is None else f"{database.dbname} on {database.server}")
-            + " for the partition's day, compressed, encrypted, stored."
-        ),
+        description=f"pg_dump of {names.source} for the partition's day, compressed, encrypted, stored.",
     )
     def database_backup(
         context: AssetExecutionContext, vault: VaultResource, alerts: AlertsResource
@@ -322,9 +331,6 @@ def make_database_backup(
     return database_backup
 
 
-database_backup = make_database_backup()
-
-
 @contextlib.contextmanager
 def canceled_on_interrupt(
     context: AssetExecutionContext | AssetCheckExecutionContext | OpExecutionContext,
@@ -379,15 +385,28 @@ def _close_checkin(
     )
 
 
-@asset_check(
-    asset=BACKUP_KEY,
-    name=DECRYPTS_FULLY,
-    partitions_def=BACKUP_PARTITIONS,
-    description="the whole backup decrypts and authenticates with its key and context",
-)
-def decrypts_fully(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
-    with canceled_on_interrupt(context):
-        return decrypts_fully_result(vault.vault(), date.fromisoformat(context.partition_key))
+def make_decrypts_fully(build: Build, names: DatabaseNames) -> AssetChecksDefinition:
+    """The database's full decrypt check, run by its scheduled run after the backup."""
+
+    @asset_check(
+        asset=names.backup,
+        name=DECRYPTS_FULLY,
+        partitions_def=build.partitions,
+        description="the whole backup decrypts and authenticates with its key and context",
+    )
+    def decrypts_fully(
+        context: AssetCheckExecutionContext, vault: VaultResource
+    ) -> AssetCheckResult:
+        try:
+            pinned = vault.vault(vault.settings(names.pinned))
+        except PgvaultError as exc:
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
+            )
+        with canceled_on_interrupt(context):
+            return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
+
+    return decrypts_fully
 
 
 def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:
@@ -405,51 +424,177 @@ def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:
     )
 
 
-daily_backup_job = define_asset_job(
-    BACKUP_JOB_NAME,
-    selection=AssetSelection.assets(BACKUP_KEY),
-    partitions_def=BACKUP_PARTITIONS,
-    description="Back up one day and run every check of its backup.",
-)
-
-backup_checks_job = define_asset_job(
-    "backup_checks_job",
-    selection=AssetSelection.checks(
-        AssetCheckKey(BACKUP_KEY, DECRYPTS_FULLY), AssetCheckKey(BACKUP_KEY, RESTORABLE)
-    ),
-    partitions_def=BACKUP_PARTITIONS,
-    description="Re-run the stored-backup checks on existing partitions; backfill it over past days.",
+RESTORABLE_DESCRIPTION = (
+    "restored onto a throwaway PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), "
+    "never the backed-up one; every table's row count equals the manifest's, then dropped"
 )
 
 
-@schedule(
-    job=daily_backup_job,
-    name="daily_backup_schedule",
-    cron_schedule=BACKUP_CRON,
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
-    description=(
-        "02:00 UTC: back up the day that just ended, with a run time limit of three times "
-        "the longest of the last 7 backups (at least dagster.yaml's)."
-    ),
-)
-def daily_backup_schedule(context: ScheduleEvaluationContext) -> RunRequest:
-    moment = context.scheduled_execution_time or utcnow()
-    day = latest_complete_day(moment)
-    budget = recent_run_budget(lambda: Vault.from_settings(load_settings()))
-    return daily_backup_job.run_request_for_partition(
-        partition_key=day.isoformat(),
-        run_key=day.isoformat(),
-        tags={
-            MAX_RUNTIME_TAG: str(budget.max_runtime_seconds),
-            **backup_run_tags(environment_name(os.environ), None),
+def make_restorable(build: Build, names: DatabaseNames) -> AssetChecksDefinition:
+    """The database's restore proof, run by its scheduled run after the backup; daily or
+    weekly as its settings say, one proof at a time across the fleet.
+
+    A warning, not a blocker: a backup that fails to restore is still the best copy there is
+    until a better one exists, so it stays listed while the alert sends someone to look."""
+
+    @asset_check(
+        asset=names.backup,
+        name=RESTORABLE,
+        partitions_def=build.partitions,
+        pool=RESTORE_PROOF_POOL,
+        description=RESTORABLE_DESCRIPTION,
+    )
+    def restorable(context: AssetCheckExecutionContext, vault: VaultResource) -> AssetCheckResult:
+        try:
+            settings = vault.settings(names.pinned)
+        except PgvaultError as exc:
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
+            )
+        with canceled_on_interrupt(context):
+            return restorable_result(
+                settings, vault.vault(settings), date.fromisoformat(context.partition_key)
+            )
+
+    return restorable
+
+
+def restorable_result(settings: Settings, vault: Vault, day: date) -> AssetCheckResult:
+    """The proof of `day`'s backup, or why there is none."""
+    if settings.restore_verify_weekly and day.weekday() != SUNDAY:
+        weekly = (
+            "RESTORE_VERIFY_SCHEDULE=weekly"
+            if settings.database is None
+            else "a weekly restore_proof (the fleet file's, else RESTORE_VERIFY_SCHEDULE)"
+        )
+        return AssetCheckResult(
+            passed=True,
+            severity=AssetCheckSeverity.WARN,
+            description=f"not restored: {weekly} proves Sunday backups only",
+            metadata={"restore_verified": False},
+        )
+    server = settings.restore_check_database_url
+    try:
+        proof = verify_restorable(vault, day, server)
+    except PgvaultError as exc:
+        return AssetCheckResult(
+            passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
+        )
+    return AssetCheckResult(
+        passed=True,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "restore_verified": True,
+            "restore_verified_at": proof.verified_at.isoformat(),
+            "sha256": proof.sha256,
+            "tables": proof.tables,
+            "row_total": proof.row_total,
+            "duration_seconds": proof.duration_seconds,
+            "server": (
+                "a throwaway PostgreSQL cluster, removed afterwards"
+                if server is None
+                else str(server.with_dbname(proof.database))
+            ),
         },
     )
 
 
-defs = Definitions(
-    assets=[database_backup],
-    asset_checks=[decrypts_fully],
-    jobs=[daily_backup_job, backup_checks_job],
-    schedules=[daily_backup_schedule],
-)
+def daily_cron(hour: int) -> str:
+    return f"0 {hour} * * *"
+
+
+def run_tags(database: FleetDatabase) -> dict[str, str]:
+    """What a run carries: whose backup it is, how long it may take, how big its worker is."""
+    size = database.run_size.tags() if database.run_size else {}
+    tags = {**database.run_tags, **size, DATABASE_TAG: database.name, SERVER_TAG: database.server}
+    if database.max_runtime_seconds is not None:
+        tags[MAX_RUNTIME_TAG] = str(database.max_runtime_seconds)
+    return tags
+
+
+def backup_run_request(
+    for_partition: Callable[..., RunRequest],
+    names: DatabaseNames,
+    scheduled: datetime,
+    environment: str,
+) -> RunRequest:
+    """The run backing up `names`' database for the latest day complete at `scheduled`, made
+    by the job's `run_request_for_partition` (so it needs no repository to resolve)."""
+    day = latest_complete_day(scheduled).isoformat()
+    tags = {**run_tags(names.database), **backup_run_tags(environment, names.pinned)}
+    if names.derived_runtime and MAX_RUNTIME_TAG not in tags:
+        budget = recent_run_budget(
+            lambda: Vault.from_settings(pin_database(load_settings(), os.environ, names.pinned))
+        )
+        tags[MAX_RUNTIME_TAG] = str(budget.max_runtime_seconds)
+    return for_partition(
+        partition_key=day, run_key=names.run_key(day), asset_selection=[names.backup], tags=tags
+    )
+
+
+def _requests_for(
+    for_partition: Callable[..., RunRequest], due: tuple[DatabaseNames, ...]
+) -> Callable[[ScheduleEvaluationContext], Iterator[RunRequest]]:
+    def evaluate(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
+        moment = context.scheduled_execution_time or utcnow()
+        environment = environment_name(os.environ)
+        for names in due:
+            yield backup_run_request(for_partition, names, moment, environment)
+
+    return evaluate
+
+
+def backup_defs(build: Build, cron_for_hour: Callable[[int], str] = daily_cron) -> Definitions:
+    """Every database's backup asset and checks, the job they run in, the job that re-runs the
+    stored-backup checks, and a schedule per backup hour (`schedule_hour`)."""
+    names = build.names
+    job = define_asset_job(
+        names.backup_job,
+        selection=AssetSelection.assets(*(n.backup for n in names.databases)),
+        partitions_def=build.partitions,
+        # One step per run: running it in the run worker saves a process per backup.
+        executor_def=in_process_executor,
+        description="Back up one database's day and run every check of its backup.",
+    )
+    schedules = []
+    for schedule in dict.fromkeys(n.schedule for n in names.databases):
+        due = tuple(n for n in names.databases if n.schedule == schedule)
+        hour = due[0].database.schedule_hour
+        schedules.append(
+            ScheduleDefinition(
+                name=schedule,
+                cron_schedule=cron_for_hour(hour),
+                execution_timezone="UTC",
+                job=job,
+                execution_fn=_requests_for(job.run_request_for_partition, due),
+                default_status=DefaultScheduleStatus.RUNNING,
+                description=(
+                    f"{hour:02d}:00 UTC: back up the day that just ended, one run per database "
+                    "due at this hour, with its run time limit."
+                ),
+            )
+        )
+    checks_job = define_asset_job(
+        names.checks_job,
+        selection=AssetSelection.checks(
+            *(
+                AssetCheckKey(n.backup, check)
+                for n in names.databases
+                for check in (DECRYPTS_FULLY, RESTORABLE)
+            )
+        ),
+        partitions_def=build.partitions,
+        description=(
+            "Re-run the stored-backup checks on existing partitions; backfill it over past days."
+        ),
+    )
+    return Definitions(
+        assets=[make_database_backup(build, n) for n in names.databases],
+        asset_checks=[
+            check
+            for n in names.databases
+            for check in (make_decrypts_fully(build, n), make_restorable(build, n))
+        ],
+        jobs=[job, checks_job],
+        schedules=schedules,
+    )

@@ -4,13 +4,25 @@ Retention and the report are derived from the backups, so they are assets downst
 the UI shows what was kept, deleted and repaired, and the report, beside the backups they
 describe. The databases restores and rollbacks kept beside their targets are dropped once
 older than RESTORE_KEEP_PREVIOUS_HOURS, so a few restores never fill a server's disk.
+
+Each is done database by database, with the settings `--database NAME` would give each (its
+namespace, its retention, its servers), read from the fleet when the run starts, so a
+database added to the fleet file is maintained from its first Monday. A fleet of hundreds
+always has one database in trouble (a server variable not set yet, a store prefix it cannot
+read): that one is logged and recorded in its row, the others are still done, and the asset
+fails at the end with one line naming each failed database, so the trouble shows in the UI
+without costing the rest their week.
 """
 
-from datetime import timedelta
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
+    AssetsDefinition,
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
@@ -25,126 +37,300 @@ from dagster import (
     define_asset_job,
 )
 
-from pgvault_assets.defs.backup import BACKUP_KEY
-from pgvault_assets.defs.history import failed_backup_runs
+from pgvault_assets.defs.backup import Build
+from pgvault_assets.defs.history import failed_runs_by_key
+from pgvault_assets.defs.naming import Names, names_of
 from pgvault_assets.defs.resources import VaultResource
-from pgvault_assets.engine.cleanup import run_cleanup
+from pgvault_assets.engine import names as object_names
+from pgvault_assets.engine.cleanup import CleanupResult, run_cleanup
 from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.kept_databases import drop_expired_kept_databases
-from pgvault_assets.engine.report import health_figures, render_weekly_report
+from pgvault_assets.engine.fleet import each_database_apart, load_fleet
+from pgvault_assets.engine.kept_databases import KeptDatabasesResult, drop_expired_kept_databases
+from pgvault_assets.engine.report import (
+    DatabaseHealth,
+    FormerDatabase,
+    database_health,
+    former_database,
+    render_fleet_report,
+    render_weekly_report,
+)
+from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.redact import redact
+from pgvault_assets.settings import Settings
 
-RETENTION_KEY = AssetKey("retention_state")
-REPORT_KEY = AssetKey("weekly_health_report")
-KEPT_DATABASES_KEY = AssetKey("kept_databases")
-
-
-@asset(
-    key=RETENTION_KEY,
-    deps=[BACKUP_KEY],
-    group_name="backups",
-    description=(
-        "Backups tiered by the manual's policy (daily 30 days, Sunday 90, 1st of month 365); "
-        "expired ones deleted with every version, never below 7 backups, never while stale; "
-        "what interrupted runs left in the store (orphaned objects, unfinished uploads) removed."
-    ),
-)
-def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
-    try:
-        settings = vault.settings()
-        result = run_cleanup(vault.vault(settings), settings.retention, now=utcnow())
-    except PgvaultError as exc:  # one line in the UI, not a traceback
-        raise Failure(description=str(exc)) from None
-    plan = result.plan
-    if plan.blocked_reason:
-        context.log.warning(plan.blocked_reason)
-    for line in result.repair_lines():
-        context.log.info(f"repaired: {line}")
-    for line in result.kept_leftovers:
-        context.log.warning(line)
-    return MaterializeResult(
-        metadata={
-            **{f"kept_{tier}": MetadataValue.int(n) for tier, n in plan.kept_per_tier.items()},
-            "kept_total": MetadataValue.int(len(plan.keep)),
-            "deleted_count": MetadataValue.int(len(result.deleted_backups)),
-            "deleted_keys": MetadataValue.json(list(result.deleted_keys)),
-            "storage_used_bytes": MetadataValue.int(plan.storage_kept_bytes),
-            "blocked_reason": plan.blocked_reason or "",
-            "repaired": MetadataValue.json([repair.to_dict() for repair in result.repairs]),
-            "repaired_count": MetadataValue.int(result.repaired_count),
-            "leftovers_kept": MetadataValue.json(list(result.kept_leftovers)),
-        }
-    )
+T = TypeVar("T")
 
 
-@asset(
-    key=KEPT_DATABASES_KEY,
-    group_name="backups",
-    description=(
-        "The databases restores (`<db>_pre_restore_<time>`) and rollbacks "
-        "(`<db>_rolled_back_<time>`) kept beside staging and production: each is dropped once "
-        "older than RESTORE_KEEP_PREVIOUS_HOURS by the time in its name, audited; newer ones stay."
-    ),
-)
-def kept_databases(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
-    try:
-        settings = vault.settings()
-        targets = [
-            url for url in (settings.staging_database_url, settings.database_url) if url is not None
-        ]
-        result = drop_expired_kept_databases(
-            vault.vault(settings), targets, settings.restore_keep_previous_hours, now=utcnow
+@dataclass
+class EachDatabase(Generic[T]):
+    """What one piece of work gave for each database, and why it failed for the others."""
+
+    names: Names
+    """The fleet's names as the run found it: each database's `said` prefixes its lines."""
+    settings: Settings
+    done: dict[str, T] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+    def failure_line(self, what: str) -> str:
+        """One line for the UI naming every database that failed and why."""
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in self.failed.items())
+        return (
+            f"{what} failed for {len(self.failed)} of {len(self.order)} databases ({reasons}); "
+            "the others were done, see the table in this step's metadata"
         )
-    except PgvaultError as exc:  # one line in the UI, not a traceback
+
+
+def for_each_database(
+    context: AssetExecutionContext,
+    vault: VaultResource,
+    work: Callable[[str, str, Settings], T],
+) -> EachDatabase[T]:
+    """`work(name, said, settings)` for every database of the fleet, each on its own (`said`
+    prefixes the lines it logs); one's failure is logged and recorded, never raised, so it
+    cannot stop the others."""
+    try:
+        settings = vault.settings()
+        names = names_of(load_fleet(settings.platform.fleet_file))
+        databases = each_database_apart(settings, vault.environ())
+    except PgvaultError as exc:  # the fleet file itself: nothing can be done for anyone
         raise Failure(description=str(exc)) from None
-    for line in result.skipped:
-        context.log.warning(f"left for next week: {line}")
-    return MaterializeResult(
-        metadata={
-            "keep_previous_hours": MetadataValue.int(settings.restore_keep_previous_hours),
-            "dropped_count": MetadataValue.int(len(result.dropped)),
-            "dropped": MetadataValue.json([kept.to_dict() for kept in result.dropped]),
-            "kept": MetadataValue.json([kept.to_dict() for kept in result.kept]),
-            "skipped": MetadataValue.json(list(result.skipped)),
-        }
+    outcome: EachDatabase[T] = EachDatabase(names, settings)
+    for name, pinned in databases:
+        outcome.order.append(name)
+        try:
+            if isinstance(pinned, PgvaultError):
+                raise pinned
+            outcome.done[name] = work(name, names.of(name).said, pinned)
+        except PgvaultError as exc:
+            outcome.failed[name] = redact(" ".join(str(exc).split()))
+        except Exception as exc:  # one database's surprise must not cost the others their week
+            # Its message only, redacted: a traceback's frames may hold a server's URL.
+            outcome.failed[name] = redact(f"unexpected {type(exc).__name__}: {exc}")
+        if name in outcome.failed:
+            context.log.error(f"{name}: {outcome.failed[name]}")
+    return outcome
+
+
+def _table(columns: Sequence[tuple[str, str]], rows: list[dict[str, Any]]) -> MetadataValue:
+    """One row per database; a cell a failed database has no figure for is empty (None)."""
+    return MetadataValue.table(
+        records=[TableRecord({name: row.get(name) for name, _ in columns}) for row in rows],
+        schema=TableSchema(columns=[TableColumn(name, kind) for name, kind in columns]),
     )
 
 
-@asset(
-    key=REPORT_KEY,
-    deps=[RETENTION_KEY],
-    group_name="backups",
-    description="The manual's weekly health report: the week and 30 days, copied to the store.",
+def _finish(outcome: EachDatabase[T], what: str, metadata: dict[str, Any]) -> MaterializeResult:
+    metadata = {
+        **metadata,
+        "databases_done": MetadataValue.int(len(outcome.done)),
+        "databases_failed": MetadataValue.json(outcome.failed),
+    }
+    if outcome.failed:
+        raise Failure(description=outcome.failure_line(what), metadata=metadata)
+    return MaterializeResult(metadata=metadata)
+
+
+TIERS = ("daily", "weekly", "monthly")
+RETENTION_COLUMNS = (
+    ("database", "string"),
+    *((f"kept_{tier}", "int") for tier in TIERS),
+    ("deleted_count", "int"),
+    ("storage_used_bytes", "int"),
+    ("note", "string"),
 )
+
+
+def _retention_row(name: str, result: CleanupResult | None, failed: str | None) -> dict:
+    if result is None:
+        return {"database": name, "note": f"failed: {failed}"}
+    plan = result.plan
+    return {
+        "database": name,
+        **{f"kept_{tier}": plan.kept_per_tier.get(tier, 0) for tier in TIERS},
+        "deleted_count": len(result.deleted_backups),
+        "storage_used_bytes": plan.storage_kept_bytes,
+        "note": plan.blocked_reason
+        or "; ".join(result.repair_lines() + list(result.kept_leftovers)),
+    }
+
+
+def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
+    now = utcnow()
+    blocked: list[str] = []
+
+    def clean(name: str, said: str, settings: Settings) -> CleanupResult:
+        result = run_cleanup(Vault.from_settings(settings), settings.retention, now=now)
+        if result.plan.blocked_reason:
+            blocked.append(f"{said}{result.plan.blocked_reason}")
+            context.log.warning(blocked[-1])
+        for line in result.repair_lines():
+            context.log.info(f"{said}repaired: {line}")
+        for line in result.kept_leftovers:
+            context.log.warning(f"{said}{line}")
+        return result
+
+    outcome = for_each_database(context, vault, clean)
+    rows = [
+        _retention_row(name, outcome.done.get(name), outcome.failed.get(name))
+        for name in outcome.order
+    ]
+    done = outcome.done.values()
+    return _finish(
+        outcome,
+        "retention",
+        {
+            "databases": _table(RETENTION_COLUMNS, rows),
+            **{
+                f"kept_{tier}": MetadataValue.int(
+                    sum(r.plan.kept_per_tier.get(tier, 0) for r in done)
+                )
+                for tier in TIERS
+            },
+            "kept_total": MetadataValue.int(sum(len(r.plan.keep) for r in done)),
+            "deleted_count": MetadataValue.int(sum(len(r.deleted_backups) for r in done)),
+            "deleted_keys": MetadataValue.json([k for r in done for k in r.deleted_keys]),
+            "storage_used_bytes": MetadataValue.int(sum(r.plan.storage_kept_bytes for r in done)),
+            "blocked_reason": "; ".join(blocked),
+            "repaired": MetadataValue.json([x.to_dict() for r in done for x in r.repairs]),
+            "repaired_count": MetadataValue.int(sum(r.repaired_count for r in done)),
+            "leftovers_kept": MetadataValue.json([x for r in done for x in r.kept_leftovers]),
+        },
+    )
+
+
+REPORT_COLUMNS = (
+    ("database", "string"),
+    ("last_backup", "string"),
+    ("backups_7_days", "int"),
+    ("failed_runs_7_days", "int"),
+    ("success_rate_30_days", "float"),
+    ("storage_used_bytes", "int"),
+    ("note", "string"),
+)
+
+
+def _rate(health: DatabaseHealth) -> float:
+    rate = health.month.success_rate if health.month else None
+    return round(rate * 100, 2) if rate is not None else 0.0
+
+
+def _report_row(health: DatabaseHealth) -> dict:
+    week, month = health.week, health.month
+    if week is None or month is None:
+        return {"database": health.name, "note": f"failed: {health.error}"}
+    return {
+        "database": health.name,
+        "last_backup": month.last_success_day.isoformat() if month.last_success_day else "never",
+        "backups_7_days": week.backups_created,
+        "failed_runs_7_days": week.failure_count,
+        "success_rate_30_days": _rate(health),
+        "storage_used_bytes": month.storage_used_bytes,
+        "note": "",
+    }
+
+
+def former_databases(
+    context: AssetExecutionContext, settings: Settings, current: set[str]
+) -> list[FormerDatabase]:
+    """The databases Dagster remembers a backup asset of (`backup/<name>`) that the fleet file
+    no longer lists, with what their folders still hold: nothing expires them any more."""
+    names = sorted(
+        key.path[1]
+        for key in context.instance.get_asset_keys(prefix=["backup"])
+        if len(key.path) == 2 and key.path[1] not in current
+    )
+    former = []
+    for name in names:
+        try:
+            vault = Vault.from_settings(dataclasses.replace(settings, database=name))
+            former.append(former_database(name, vault.list_manifests()))
+        except PgvaultError as exc:
+            context.log.warning(f"{name} (no longer in the fleet file): {redact(str(exc))}")
+    return former
+
+
+def _report(
+    context: AssetExecutionContext, outcome: EachDatabase[DatabaseHealth], now: datetime
+) -> tuple[str, str]:
+    """The report's text and key: a fleet of one's is its database's own (the manual's, week
+    and 30 days side by side); a fleet's one row per database and then what needs attention."""
+    settings = outcome.settings
+    health = [
+        outcome.done.get(name) or DatabaseHealth(name, error=outcome.failed[name])
+        for name in outcome.order
+    ]
+    if (
+        len(health) == 1
+        and health[0].week
+        and health[0].month
+        and not outcome.names.of(health[0].name).said
+    ):
+        text = render_weekly_report(
+            settings.environment, health[0].week, health[0].month, generated_at=now
+        )
+        return text, f"{settings.environment}/reports/{now.date().isoformat()}-health.md"
+    former = former_databases(context, settings, set(outcome.order))
+    text = render_fleet_report(
+        settings.environment,
+        health,
+        generated_at=now,
+        storage_budget_bytes=settings.storage_budget_bytes,
+        former=former,
+    )
+    return text, object_names.fleet_report_key(settings.environment, now.date())
+
+
 def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
-    settings = vault.settings()
-    store = vault.vault(settings)
     now = utcnow()
     today = now.date()
-    manifests = store.list_manifests()
-    failures = failed_backup_runs(
-        context.instance,
-        BACKUP_KEY,
-        now - timedelta(days=31),
-        environment=settings.environment,
-        database=None,
+    try:
+        settings = vault.settings()
+        names = names_of(load_fleet(settings.platform.fleet_file))
+    except PgvaultError as exc:
+        raise Failure(description=str(exc)) from None
+    keys = {n.backup: n.database.name for n in names.databases}
+    failures = failed_runs_by_key(
+        context.instance, keys, now - timedelta(days=31), settings.environment
     )
-    week = health_figures(manifests, failures, today=today, window_days=7)
-    month = health_figures(manifests, failures, today=today, window_days=30)
-    text = render_weekly_report(settings.environment, week, month, generated_at=now)
-    key = f"{settings.environment}/reports/{today.isoformat()}-health.md"
-    store.store.put_bytes(key, text.encode())
-    recent = [m for m in manifests if (today - m.date).days <= 30]
-    return MaterializeResult(
-        metadata={
+    manifests: dict[str, list] = {}
+
+    def figures(name: str, said: str, pinned: Settings) -> DatabaseHealth:
+        manifests[name] = Vault.from_settings(pinned).list_manifests()
+        return database_health(name, manifests[name], failures[names.of(name).backup], today=today)
+
+    outcome = for_each_database(context, vault, figures)
+    text, key = _report(context, outcome, now)
+    store = Vault.from_settings(settings).store
+    store.put_bytes(key, text.encode())
+    health = list(outcome.done.values())
+    recent = [m for ms in manifests.values() for m in ms if (today - m.date).days <= 30]
+    return _finish(
+        outcome,
+        "the weekly report",
+        {
             "report": MetadataValue.md(text),
-            "report_location": MetadataValue.path(f"{store.store.location}/{key}"),
-            "backups_created_7_days": MetadataValue.int(week.backups_created),
-            "failed_runs_7_days": MetadataValue.int(week.failure_count),
-            "success_rate_30_days": MetadataValue.float(
-                round(month.success_rate * 100, 2) if month.success_rate is not None else 0.0
+            "report_location": MetadataValue.path(f"{store.location}/{key}"),
+            "databases": _table(
+                REPORT_COLUMNS,
+                [
+                    _report_row(outcome.done.get(n) or DatabaseHealth(n, error=outcome.failed[n]))
+                    for n in outcome.order
+                ],
             ),
-            "storage_used_bytes": MetadataValue.int(month.storage_used_bytes),
+            "backups_created_7_days": MetadataValue.int(
+                sum(h.week.backups_created for h in health if h.week is not None)
+            ),
+            "failed_runs_7_days": MetadataValue.int(
+                sum(h.week.failure_count for h in health if h.week is not None)
+            ),
+            "success_rate_30_days": MetadataValue.float(
+                min((_rate(h) for h in health), default=0.0)
+            ),
+            "storage_used_bytes": MetadataValue.int(
+                sum(h.month.storage_used_bytes for h in health if h.month is not None)
+            ),
             "daily_size_and_duration": MetadataValue.table(
                 records=[
                     TableRecord(
@@ -164,30 +350,122 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
                     ]
                 ),
             ),
-        }
+        },
     )
 
 
-weekly_maintenance_job = define_asset_job(
-    "weekly_maintenance_job",
-    selection=AssetSelection.assets(RETENTION_KEY, REPORT_KEY, KEPT_DATABASES_KEY),
-    description=(
-        "Apply retention, then write the weekly health report; drop the databases restores "
-        "kept beyond RESTORE_KEEP_PREVIOUS_HOURS."
+KEPT_COLUMNS = (
+    ("database", "string"),
+    ("dropped_count", "int"),
+    ("kept_count", "int"),
+    ("note", "string"),
+)
+
+
+def _kept_row(name: str, result: KeptDatabasesResult | None, failed: str | None) -> dict:
+    if result is None:
+        return {"database": name, "note": f"failed: {failed}"}
+    return {
+        "database": name,
+        "dropped_count": len(result.dropped),
+        "kept_count": len(result.kept),
+        "note": "; ".join(f"left for next week: {line}" for line in result.skipped),
+    }
+
+
+def kept_databases(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
+    skipped: list[str] = []
+
+    def drop(name: str, said: str, settings: Settings) -> KeptDatabasesResult:
+        targets = [
+            url for url in (settings.staging_database_url, settings.database_url) if url is not None
+        ]
+        result = drop_expired_kept_databases(
+            Vault.from_settings(settings), targets, settings.restore_keep_previous_hours, now=utcnow
+        )
+        for line in result.skipped:
+            skipped.append(f"{said}{line}")
+            context.log.warning(f"{said}left for next week: {line}")
+        return result
+
+    outcome = for_each_database(context, vault, drop)
+    rows = [
+        _kept_row(name, outcome.done.get(name), outcome.failed.get(name)) for name in outcome.order
+    ]
+    done = outcome.done.values()
+    return _finish(
+        outcome,
+        "dropping kept databases",
+        {
+            "databases": _table(KEPT_COLUMNS, rows),
+            "keep_previous_hours": MetadataValue.int(outcome.settings.restore_keep_previous_hours),
+            "dropped_count": MetadataValue.int(sum(len(r.dropped) for r in done)),
+            "dropped": MetadataValue.json([kept.to_dict() for r in done for kept in r.dropped]),
+            "kept": MetadataValue.json([kept.to_dict() for r in done for kept in r.kept]),
+            "skipped": MetadataValue.json(skipped),
+        },
+    )
+
+
+WORK: dict[str, tuple[Callable[..., MaterializeResult], str]] = {
+    "retention_state": (
+        retention_state,
+        "Each database's backups tiered by its retention (the manual's policy: daily 30 days, "
+        "Sunday 90, 1st of month 365; a fleet file's override), expired ones deleted with every "
+        "version, never below 7 backups, never while stale; what interrupted runs left in the "
+        "store removed. A database that fails is named; the others are done.",
     ),
-)
+    "weekly_health_report": (
+        weekly_health_report,
+        "The manual's weekly health report, the week and 30 days, copied to the store "
+        "({environment}/reports/); for a fleet one row per database, then what needs attention.",
+    ),
+    "kept_databases": (
+        kept_databases,
+        "The databases restores (`<db>_pre_restore_<time>`) and rollbacks "
+        "(`<db>_rolled_back_<time>`) kept beside each database's staging and production: each "
+        "dropped once older than RESTORE_KEEP_PREVIOUS_HOURS by the time in its name, audited.",
+    ),
+}
 
-weekly_maintenance_schedule = ScheduleDefinition(
-    name="weekly_maintenance_schedule",
-    job=weekly_maintenance_job,
-    cron_schedule="0 3 * * 1",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Monday 03:00 UTC, as the operations manual schedules cleanup and the report.",
-)
 
-defs = Definitions(
-    assets=[retention_state, weekly_health_report, kept_databases],
-    jobs=[weekly_maintenance_job],
-    schedules=[weekly_maintenance_schedule],
-)
+def maintenance_assets(build: Build) -> list[AssetsDefinition]:
+    """The three assets under the build's names, retention downstream of the backups."""
+    names = build.names
+    retention = names.maintenance_key("retention_state")
+    deps = {
+        "retention_state": [n.backup for n in names.databases],
+        "weekly_health_report": [retention],
+        "kept_databases": [],
+    }
+    return [
+        asset(
+            key=names.maintenance_key(name),
+            deps=deps[name],
+            group_name=names.maintenance_group,
+            description=description,
+        )(compute)
+        for name, (compute, description) in WORK.items()
+    ]
+
+
+def maintenance_defs(build: Build) -> Definitions:
+    names = build.names
+    assets = maintenance_assets(build)
+    job = define_asset_job(
+        names.maintenance_job,
+        selection=AssetSelection.assets(*(a.key for a in assets)),
+        description=(
+            "Every database's retention, then the weekly report; drop the databases restores "
+            "kept beyond RESTORE_KEEP_PREVIOUS_HOURS."
+        ),
+    )
+    schedule = ScheduleDefinition(
+        name=names.maintenance_schedule,
+        job=job,
+        cron_schedule="0 3 * * 1",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Monday 03:00 UTC, as the operations manual schedules cleanup and the report.",
+    )
+    return Definitions(assets=assets, jobs=[job], schedules=[schedule])

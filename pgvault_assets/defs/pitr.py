@@ -7,6 +7,7 @@ running that is not set up), and skip, saying so, if it goes away after they sta
 """
 
 import json
+from collections.abc import Callable
 
 from dagster import (
     AssetCheckResult,
@@ -21,17 +22,18 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
+    SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     asset,
     asset_check,
     define_asset_job,
-    schedule,
-    sensor,
 )
 
 from pgvault_assets.alerts import Alert
+from pgvault_assets.defs.backup import Build
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.cluster import one_proof_at_a_time
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
@@ -125,24 +127,14 @@ def _set_up(settings: Settings) -> bool:
     return settings.pitr.config_file.exists()
 
 
-def _configured() -> bool:
-    """Whether `pitr init` has run, as the location loads; a bad setting counts as not, and
-    is said by the commands that use it."""
-    try:
-        return _set_up(load_settings())
-    except PgvaultError:
-        return False
+def _requests(kind: str) -> Callable[..., RunRequest | SkipReason]:
+    def evaluate(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        return _base_backup_request(context.resources.vault, kind)
+
+    return evaluate
 
 
-PITR_CONFIGURED = _configured()
-SCHEDULE_STATUS = (
-    DefaultScheduleStatus.RUNNING if PITR_CONFIGURED else DefaultScheduleStatus.STOPPED
-)
-
-
-def _base_backup_request(
-    context: ScheduleEvaluationContext, vault: VaultResource, kind: str
-) -> RunRequest | SkipReason:
+def _base_backup_request(vault: VaultResource, kind: str) -> RunRequest | SkipReason:
     if kind not in BACKUP_KINDS:
         raise ConfigError(f"unknown base backup type {kind!r}")
     if not _set_up(vault.settings()):
@@ -151,34 +143,6 @@ def _base_backup_request(
         run_config={"ops": {BASE_BACKUP_KEY.to_python_identifier(): {"config": {"kind": kind}}}},
         tags={"pgvault/base_backup": kind},
     )
-
-
-@schedule(
-    name="pitr_full_backup_schedule",
-    job=pitr_base_backup_job,
-    cron_schedule="30 1 * * 0",
-    execution_timezone="UTC",
-    default_status=SCHEDULE_STATUS,
-    description="Sunday 01:30 UTC: a full base backup.",
-)
-def pitr_full_backup_schedule(
-    context: ScheduleEvaluationContext, vault: VaultResource
-) -> RunRequest | SkipReason:
-    return _base_backup_request(context, vault, "full")
-
-
-@schedule(
-    name="pitr_diff_backup_schedule",
-    job=pitr_base_backup_job,
-    cron_schedule="30 1 * * 1-6",
-    execution_timezone="UTC",
-    default_status=SCHEDULE_STATUS,
-    description="Monday to Saturday 01:30 UTC: a differential base backup.",
-)
-def pitr_diff_backup_schedule(
-    context: ScheduleEvaluationContext, vault: VaultResource
-) -> RunRequest | SkipReason:
-    return _base_backup_request(context, vault, "diff")
 
 
 def archive_alert_step(
@@ -207,19 +171,9 @@ def archive_alert_step(
     return alerts, json.dumps({"active": sorted(active), "episode": sorted(episode)})
 
 
-@sensor(
-    name="pitr_archive_sensor",
-    minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING if PITR_CONFIGURED else DefaultSensorStatus.STOPPED,
-    description=(
-        "Watches the WAL archive (pg_stat_archiver, the .ready backlog, the repository's "
-        "segments): alerts once per episode of lag past PITR_MAX_LAG_MINUTES, failing "
-        "archiving, or a gap."
-    ),
-)
-def pitr_archive_sensor(
-    context: SensorEvaluationContext, vault: VaultResource, alerts: AlertsResource
-) -> SkipReason:
+def watch_archive(context: SensorEvaluationContext) -> SkipReason:
+    vault: VaultResource = context.resources.vault
+    alerts: AlertsResource = context.resources.alerts
     settings = vault.settings()
     if not _set_up(settings):
         return SkipReason("point-in-time recovery is not set up; run pgvault pitr init")
@@ -236,10 +190,52 @@ def pitr_archive_sensor(
     return SkipReason("; ".join(message for _, message in problems) or "archiving is healthy")
 
 
-defs = Definitions(
-    assets=[pitr_base_backup],
-    asset_checks=[pitr_restorable],
-    jobs=[pitr_base_backup_job],
-    schedules=[pitr_full_backup_schedule, pitr_diff_backup_schedule],
-    sensors=[pitr_archive_sensor],
-)
+def pitr_defs(build: Build) -> Definitions:
+    """The base backups, their proof, their schedules and the archive sensor; started only
+    where `pitr init` has run as the location loads (a bad setting counts as not, and is
+    said by the commands that use it).
+
+    pgBackRest archives one server per stanza, set up from `DATABASE_URL`: a fleet file's
+    servers have none yet (engine/pitr refuses them), so they get no PITR definitions."""
+    if build.fleet.from_file:
+        return Definitions()
+    try:
+        running = _set_up(load_settings())
+    except PgvaultError:
+        running = False
+    status = DefaultScheduleStatus.RUNNING if running else DefaultScheduleStatus.STOPPED
+    schedules = [
+        ScheduleDefinition(
+            name=f"pitr_{kind}_backup_schedule",
+            job=pitr_base_backup_job,
+            cron_schedule=cron,
+            execution_timezone="UTC",
+            default_status=status,
+            execution_fn=_requests(kind),
+            required_resource_keys={"vault"},
+            description=description,
+        )
+        for kind, cron, description in (
+            ("full", "30 1 * * 0", "Sunday 01:30 UTC: a full base backup."),
+            ("diff", "30 1 * * 1-6", "Monday to Saturday 01:30 UTC: a differential base backup."),
+        )
+    ]
+    sensor = SensorDefinition(
+        name="pitr_archive_sensor",
+        evaluation_fn=watch_archive,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
+        required_resource_keys={"vault", "alerts"},
+        description=(
+            "Watches the WAL archive (pg_stat_archiver, the .ready backlog, the repository's "
+            "segments): alerts once per episode of lag past PITR_MAX_LAG_MINUTES, failing "
+            "archiving, or a gap."
+        ),
+    )
+    return Definitions(
+        assets=[pitr_base_backup],
+        asset_checks=[pitr_restorable],
+        jobs=[pitr_base_backup_job],
+        schedules=schedules,
+        sensors=[sensor],
+    )

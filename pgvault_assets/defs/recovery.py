@@ -13,7 +13,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
+    AssetsDefinition,
     Config,
     DefaultScheduleStatus,
     Definitions,
@@ -32,7 +32,8 @@ from dagster import (
 )
 
 from pgvault_assets.alerts import Alert
-from pgvault_assets.defs.backup import BACKUP_KEY, canceled_on_interrupt
+from pgvault_assets.defs.backup import Build, canceled_on_interrupt
+from pgvault_assets.defs.naming import DatabaseNames
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine import authorization as auth
 from pgvault_assets.engine.drill import DrillReport, run_configured_drill, store_report
@@ -42,8 +43,8 @@ from pgvault_assets.engine.staging import staging_target
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 
-DRILL_KEY = AssetKey("disaster_recovery_drill")
 RECOVERY_TIME_WITHIN_OBJECTIVE = "recovery_time_within_objective"
+DRILL_JOB = "disaster_recovery_drill_job"
 MONDAY = 0
 QUARTER_MONTHS = (1, 4, 7, 10)
 
@@ -53,35 +54,50 @@ class DrillConfig(Config):
     """The objective; unset, the manual's 4 hours (as `pgvault drill --rto-hours`)."""
 
 
-@asset(
-    key=DRILL_KEY,
-    deps=[BACKUP_KEY],
-    group_name="recovery",
-    pool=RESTORE_PROOF_POOL,
-    description=(
-        "The manual's quarterly drill: last month's monthly backup restored onto a throwaway "
-        "PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), checked, queried and "
-        "timed per stage, then removed; the report is kept in the store."
-    ),
-    check_specs=[
-        AssetCheckSpec(
-            RECOVERY_TIME_WITHIN_OBJECTIVE,
-            asset=DRILL_KEY,
-            description=(
-                "the drill passed and its recovery time, scaled to production's size, is within "
-                "the recovery time objective (4 h unless configured)"
-            ),
-        )
-    ],
-)
-def disaster_recovery_drill(
+def make_drill(names: DatabaseNames) -> AssetsDefinition:
+    """The database's quarterly drill, one at a time across the fleet (the proofs' pool)."""
+
+    @asset(
+        key=names.drill,
+        deps=[names.backup],
+        group_name="recovery",
+        pool=RESTORE_PROOF_POOL,
+        description=(
+            "The manual's quarterly drill: last month's monthly backup restored onto a throwaway "
+            "PostgreSQL cluster (or RESTORE_CHECK_DATABASE_URL's server), checked, queried and "
+            "timed per stage, then removed; the report is kept in the store."
+        ),
+        check_specs=[
+            AssetCheckSpec(
+                RECOVERY_TIME_WITHIN_OBJECTIVE,
+                asset=names.drill,
+                description=(
+                    "the drill passed and its recovery time, scaled to production's size, is "
+                    "within the recovery time objective (4 h unless configured)"
+                ),
+            )
+        ],
+    )
+    def disaster_recovery_drill(
+        context: AssetExecutionContext,
+        config: DrillConfig,
+        vault: VaultResource,
+        alerts: AlertsResource,
+    ) -> MaterializeResult:
+        return drill_result(context, config, vault, alerts, names.pinned)
+
+    return disaster_recovery_drill
+
+
+def drill_result(
     context: AssetExecutionContext,
     config: DrillConfig,
     vault: VaultResource,
     alerts: AlertsResource,
+    pinned: str | None,
 ) -> MaterializeResult:
     try:
-        settings = vault.settings()
+        settings = vault.settings(pinned)
         store = vault.vault(settings)
         with canceled_on_interrupt(context):
             report = run_configured_drill(
@@ -145,17 +161,14 @@ def drill_alert(report: DrillReport, run_id: str) -> Alert:
     )
 
 
-disaster_recovery_drill_job = define_asset_job("disaster_recovery_drill_job", selection=[DRILL_KEY])
-
-
 @schedule(
     # Cron ORs day-of-month with day-of-week, so it cannot say "the first Monday": it ticks on
     # days 1-7 of each quarter's first month and the function keeps the Monday.
     cron_schedule="0 10 1-7 1,4,7,10 *",
-    job=disaster_recovery_drill_job,
+    job_name=DRILL_JOB,
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.RUNNING,
-    description="The first Monday of each quarter, 10:00 UTC.",
+    description="The first Monday of each quarter, 10:00 UTC: every database's drill.",
 )
 def quarterly_drill_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
     day = context.scheduled_execution_time.date()
@@ -176,6 +189,8 @@ class RestoreConfig(Config):
     """Production only: the dual-approved request (pgvault request-restore, two approvals)."""
     verify: bool = False
     """Decrypt and hash the whole backup before restoring (as `--verify`)."""
+    database: str | None = None
+    """With a fleet file, the database whose backup to restore (as `--database`)."""
 
 
 @op(description="Restore a backup into staging, or into production under an approved request.")
@@ -193,7 +208,7 @@ def restore_from_backup(
             else:
                 if config.request_id:
                     raise ConfigError("request_id is only for production restores; drop it")
-                settings = vault.settings()
+                settings = vault.settings(config.database)
                 store = vault.vault(settings)
                 url = staging_target(settings, vault.environ())
                 result = restore_staging(
@@ -230,7 +245,7 @@ def _restore_production(
             "restoring to production needs an approved request: pgvault request-restore --date D "
             "--target production --reason TEXT, two approvals, then request_id: ID"
         )
-    settings = vault.settings()
+    settings = vault.settings(config.database)
     store = vault.vault(settings)
     request = auth.read_request(store, config.request_id)
     if request.date != day:
@@ -252,8 +267,9 @@ def restore_job() -> None:
     restore_from_backup()
 
 
-defs = Definitions(
-    assets=[disaster_recovery_drill],
-    jobs=[disaster_recovery_drill_job, restore_job],
-    schedules=[quarterly_drill_schedule],
-)
+def recovery_defs(build: Build) -> Definitions:
+    """Each database's drill, the quarterly job and schedule that run them all (one at a time:
+    the proofs' pool), and the restore job, which restores the database its config names."""
+    drills = [make_drill(names) for names in build.names.databases]
+    job = define_asset_job(DRILL_JOB, selection=[drill.key for drill in drills])
+    return Definitions(assets=drills, jobs=[job, restore_job], schedules=[quarterly_drill_schedule])

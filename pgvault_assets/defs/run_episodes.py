@@ -4,7 +4,7 @@ run (`backup_failed`, `upload_failing`), a failed checksum or decryption check
 (`success_rate_low`). A failed run leaves no manifest and a failed check only an event, so the
 store cannot show them.
 
-The episodes are the alert sensors' (alerting.py, fleet_alerting.py): a failure opens one, the
+The episodes are the alert sensor's (alerting.py): a failure opens one, the
 next success of the same thing (a backup run of that database, an evaluation of that check)
 closes it, and the kind a failure opens is what the sensors' own `failed_run_alert` and
 `failed_check_alert` call it. `latest_outcomes` and `RunHistory` are the pure part;
@@ -31,12 +31,7 @@ from dagster import (
 )
 
 from pgvault_assets.defs.alerting import failed_check_alert, failed_run_alert
-from pgvault_assets.defs.backup import (
-    BACKUP_KEY,
-    CHECKSUM_MATCHES,
-    DECRYPTS_FULLY,
-    fleet_backup_key,
-)
+from pgvault_assets.defs.backup import CHECKSUM_MATCHES, DECRYPTS_FULLY
 from pgvault_assets.defs.history import (
     DATABASE_TAG,
     ENVIRONMENT_TAG,
@@ -46,7 +41,8 @@ from pgvault_assets.defs.history import (
     of_another_environment,
     run_events,
 )
-from pgvault_assets.engine.fleet import SINGLE, Fleet
+from pgvault_assets.defs.naming import names_of
+from pgvault_assets.engine.fleet import Fleet
 from pgvault_assets.engine.report import FailedRun, HealthFigures, health_warnings, in_window
 
 RUN_KINDS = ("backup_failed", "upload_failing")
@@ -134,9 +130,7 @@ class RunHistory:
 
 def backup_keys(fleet: Fleet) -> dict[AssetKey, str]:
     """Each database's backup asset, as the definitions name it, mapped to the database."""
-    if not fleet.from_file:
-        return {BACKUP_KEY: SINGLE}
-    return {fleet_backup_key(database.name): database.name for database in fleet.databases}
+    return {names.backup: names.database.name for names in names_of(fleet).databases}
 
 
 def _may_concern(run: DagsterRun, keys: Collection[AssetKey]) -> bool:

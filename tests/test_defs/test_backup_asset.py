@@ -15,17 +15,19 @@ from dagster import (
 )
 
 from pgvault_assets.definitions import defs
-from pgvault_assets.defs.alerting import backup_check_alert_sensor
-from pgvault_assets.defs.backup import BACKUP_KEY, database_backup, decrypts_fully
+from pgvault_assets.defs.alerting import make_alert_sensor
 from pgvault_assets.defs.history import failed_backup_runs
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
-from pgvault_assets.defs.restorable import restorable
 from pgvault_assets.engine.clock import utcnow
+from pgvault_assets.engine.fleet import single_fleet
 from pgvault_assets.engine.names import OBJECT_NAME
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import Settings, load_settings
 from test_defs.backup_history import fake_manifest, write_backup
+from test_defs.run_failure import sense_from_start
+from tests.test_defs.single import database_backup, decrypts_fully, restorable
 
 ALL = [database_backup, decrypts_fully, restorable]
 
@@ -141,11 +143,7 @@ def test_a_backup_corrupted_in_storage_fails_the_blocking_checksum_check_and_ale
     assert not checksum.passed and "SHA-256" in checksum.description
     assert not result.success  # a blocking check with error severity fails the run
 
-    backup_check_alert_sensor(
-        build_sensor_context(
-            instance=instance, resources={"vault": VaultResource(), "alerts": AlertsResource()}
-        )
-    )
+    sense_from_start(instance)
     (event,) = [e for e in alerts_captured.events() if e["tags"]["alert"] == "checksum_mismatch"]
     assert event["level"] == "fatal"
     assert yesterday.isoformat() in str(event["message"])
@@ -193,11 +191,7 @@ def test_a_dump_half_the_previous_size_warns_without_failing_the_run(
         e for e in result.get_asset_check_evaluations() if e.check_name == "size_not_shrunk"
     )
     assert not shrink.passed and shrink.severity == AssetCheckSeverity.WARN
-    backup_check_alert_sensor(
-        build_sensor_context(
-            instance=instance, resources={"vault": VaultResource(), "alerts": AlertsResource()}
-        )
-    )
+    sense_from_start(instance)
     (hook,) = alerts_captured.posts("/hook")
     assert hook["alert"] == "size_not_shrunk" and hook["level"] == "warning"
 
@@ -213,12 +207,12 @@ def test_check_alerts_are_sent_once_per_evaluation_thanks_to_the_cursor(
         raise_on_error=False,
     )
     resources = {"vault": VaultResource(), "alerts": AlertsResource()}
-    first = build_sensor_context(instance=instance, resources=resources)
-    backup_check_alert_sensor(first)
-    backup_check_alert_sensor(
-        build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
+    cursor = sense_from_start(instance)
+    make_alert_sensor(single_fleet()).evaluate_tick(
+        build_sensor_context(instance=instance, resources=resources, cursor=cursor)
     )
-    assert len(alerts_captured.posts("/hook")) == 1
+    checks = [p for p in alerts_captured.posts("/hook") if p["alert"] == "checksum_mismatch"]
+    assert len(checks) == 1
 
 
 def test_backups_retry_with_exponential_backoff_and_jitter_by_default():

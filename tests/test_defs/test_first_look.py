@@ -185,7 +185,7 @@ def test_the_quickstarts_ui_shows_its_own_history_and_runs_only_what_is_set_up(
     assert schedules["pitr_diff_backup_schedule"] == "STOPPED"
     assert sensors["pitr_archive_sensor"] == "STOPPED"
     assert {name for name, status in sensors.items() if status == "RUNNING"} >= {
-        "backup_staleness_sensor"
+        "backup_alert_sensor"
     }
     # The CLI's backup is on the Overview timeline, in the row of the scheduled job's.
     assert timeline_rows(seen["runsOrError"]["results"]) == {

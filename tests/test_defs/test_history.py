@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, build_schedule_context, materialize
@@ -15,8 +16,6 @@ from dagster import DagsterInstance, build_schedule_context, materialize
 from pgvault_assets.cli import main
 from pgvault_assets.cli.platform import materialize_backup
 from pgvault_assets.definitions import defs
-from pgvault_assets.defs.backup import BACKUP_KEY, database_backup
-from pgvault_assets.defs.fleet import fleet_run_requests
 from pgvault_assets.defs.history import (
     DATABASE_TAG,
     ENVIRONMENT_TAG,
@@ -24,13 +23,16 @@ from pgvault_assets.defs.history import (
     backup_run_tags,
     failed_backup_runs,
 )
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import FleetDatabase
+from pgvault_assets.engine.fleet import Fleet, FleetDatabase, Server
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.errors import BackupFailed
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
+from tests.test_defs.single import database_backup
+from tests.test_fleet.helpers import run_requests
 
 SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -112,6 +114,8 @@ def test_scheduled_runs_carry_their_environment_and_database(local_env, instance
     assert request.tags[ENVIRONMENT_TAG] == "test" and request.tags[DATABASE_TAG] == "default"
 
     alpha = FleetDatabase(name="alpha", server="main", dbname="alpha_db")
-    (fleet_request,) = fleet_run_requests([alpha], moment, "test")
+    main = Server(name="main", url_env="MAIN_URL")
+    fleet = Fleet(servers=(main,), databases=(alpha,), source=Path("fleet.yaml"))
+    (fleet_request,) = run_requests(fleet, moment, "test")
     assert fleet_request.tags[ENVIRONMENT_TAG] == "test"
     assert fleet_request.tags[DATABASE_TAG] == "alpha"

@@ -11,8 +11,8 @@ from pathlib import Path
 from dagster import DagsterInstance, materialize
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
-from pgvault_assets.defs.maintenance import RETENTION_KEY, retention_state
 from pgvault_assets.defs.resources import resource_defs
+from tests.test_defs.single import RETENTION_KEY, retention_state
 
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))

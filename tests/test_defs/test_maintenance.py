@@ -8,7 +8,6 @@ from dagster import materialize
 from psycopg import sql
 
 from pgvault_assets.defs import maintenance
-from pgvault_assets.defs.maintenance import kept_databases, retention_state, weekly_health_report
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.clock import utcnow
@@ -17,6 +16,7 @@ from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from test_defs.backup_history import write_history
 from tests.conftest import admin_connect
+from tests.test_defs.single import kept_databases, retention_state, weekly_health_report
 
 
 def test_the_monday_run_applies_retention_then_writes_the_report_to_the_store(local_env, instance):

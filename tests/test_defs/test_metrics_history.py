@@ -11,7 +11,7 @@ from dagster import DagsterInstance, materialize
 
 from pgvault_assets.cli import main
 from pgvault_assets.definitions import defs
-from pgvault_assets.defs.backup import BACKUP_KEY, database_backup
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.defs.run_episodes import HISTORY_KINDS, RunHistoryReader
 from pgvault_assets.engine.clock import utcnow
@@ -20,6 +20,7 @@ from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history
 from test_defs.test_backup_asset import CorruptingVaultResource
 from tests.conftest import PG_SERVER_URL
+from tests.test_defs.single import database_backup
 from tests.test_fleet.helpers import write_fleet
 from tests.test_metrics import samples
 

@@ -10,7 +10,6 @@ from dagster import AssetCheckSeverity, RunRequest, SkipReason, build_schedule_c
 
 from pgvault_assets.defs.recovery import (
     RECOVERY_TIME_WITHIN_OBJECTIVE,
-    disaster_recovery_drill,
     quarterly_drill_schedule,
     restore_job,
 )
@@ -20,6 +19,7 @@ from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from test_defs.conftest import watching
 from tests.dbcompare import database_snapshot
+from tests.test_defs.single import disaster_recovery_drill
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import Approvers, Databases
 from tests.test_recovery.helpers import approve, prove_on_staging, request_restore

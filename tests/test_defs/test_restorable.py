@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dagster import materialize
 
-from pgvault_assets.defs.backup import database_backup
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.defs.restorable import restorable
 from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from test_defs.conftest import watching
 from tests.conftest import PG_SERVER_URL
+from tests.test_defs.single import database_backup, restorable
 from tests.test_recovery.conftest import databases_named
 
 

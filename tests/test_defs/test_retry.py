@@ -2,7 +2,7 @@
 
 Dagster's in-process executor (what `materialize` runs) honours the step's `RetryPolicy`: it
 emits STEP_UP_FOR_RETRY, waits the backoff, then STEP_RESTARTED. The asset is built with
-`make_database_backup` from the same `platform_section` production uses, with the backoff cut
+the single database's backup from the same `platform_section` production uses, with the backoff cut
 to a tenth of a second; everything else (pg_dump, the store, moto behind a TCP proxy that
 resets connections, Sentry check-ins over HTTP) is the real thing.
 """
@@ -30,9 +30,8 @@ from dagster import (
 )
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs import backup as defs_backup
-from pgvault_assets.defs.backup import BACKUP_KEY, make_database_backup
 from pgvault_assets.defs.history import failed_backup_runs
+from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.clock import utcnow
 from pgvault_assets.engine.names import server_context_key
@@ -43,13 +42,13 @@ from pgvault_assets.settings import PlatformSettings, load_settings, platform_se
 from test_defs.http_capture import Captured
 from test_defs.run_failure import sense_run_failure
 from tests.conftest import MAINTENANCE_URL, AwsEnv
+from tests.test_defs.single import backup_with
 from tests.test_faults.conftest import fill, wait_for
 from tests.test_faults.proxy import Fault, FaultyProxy
 
 MAX_RETRIES = 2
-retrying_backup = make_database_backup(
-    platform_section({"BACKUP_MAX_RETRIES": str(MAX_RETRIES), "BACKUP_RETRY_DELAY_SECONDS": "0.1"})
-)
+RETRYING = {"BACKUP_MAX_RETRIES": str(MAX_RETRIES), "BACKUP_RETRY_DELAY_SECONDS": "0.1"}
+retrying_backup = backup_with(platform_section(RETRYING))
 ROWS = 100_000  # about 4 MB stored: its upload crosses the proxy's 1 MiB cut
 MIB = 1024 * 1024
 BOTO_RETRIES = 1  # botocore's own retries of a request (its `max_attempts` excludes the first)
@@ -232,7 +231,7 @@ def test_a_fault_through_every_retry_fails_the_run_and_is_reported_once_after_th
 
 
 def test_production_backups_retry_three_times_a_minute_apart_then_exponentially():
-    policy = make_database_backup(PlatformSettings()).op.retry_policy
+    policy = backup_with(PlatformSettings()).op.retry_policy
     assert (policy.max_retries, policy.delay, policy.backoff, policy.jitter) == (
         3,
         60,
@@ -266,7 +265,8 @@ def test_cli_backup_says_each_failed_attempt_and_when_the_next_comes(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{SECRET}@127.0.0.1:{port}/app")
-    monkeypatch.setattr(defs_backup, "database_backup", retrying_backup)
+    for name, value in RETRYING.items():
+        monkeypatch.setenv(name, value)
 
     code = main(["backup"])
 

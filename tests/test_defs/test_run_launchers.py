@@ -14,7 +14,7 @@ from dagster_aws.ecs import EcsRunLauncher
 from dagster_aws.ecs.container_context import EcsContainerContext
 from dagster_k8s import K8sRunLauncher
 
-from pgvault_assets.defs.fleet import run_tags
+from pgvault_assets.defs.backup import run_tags
 from pgvault_assets.engine.fleet import parse_fleet
 from pgvault_assets.errors import ConfigError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import (
@@ -14,16 +13,14 @@ from dagster import (
 )
 
 from pgvault_assets.definitions import defs
-from pgvault_assets.defs.alerting import (
-    make_health_sensor,
-    make_staleness_sensor,
-)
-from pgvault_assets.defs.backup import database_backup
+from pgvault_assets.defs.alerting import FleetCursor, make_alert_sensor
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
+from pgvault_assets.engine.fleet import single_fleet
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 from test_defs.run_failure import sense_run_failure
+from tests.test_defs.single import database_backup
 
 RESOURCES = {"vault": VaultResource(), "alerts": AlertsResource()}
 
@@ -48,7 +45,7 @@ def test_a_stale_episode_alerts_once_and_a_resumed_backup_sends_a_resolved_notic
     vault = Vault.from_settings(load_settings())
     (last,) = write_history(vault, date(2025, 6, 1), date(2025, 6, 1))
     clock = FakeClock(last.finished_at + timedelta(hours=35))
-    sensor = make_staleness_sensor(clock)
+    sensor = make_alert_sensor(single_fleet(), clock)
 
     cursor = _tick(sensor, instance, None)
     assert alerts_captured.posts("/hook") == []
@@ -76,7 +73,7 @@ def test_staleness_is_measured_from_the_newest_backups_own_finish_time(
     vault = Vault.from_settings(load_settings())
     write_backup(vault, fake_manifest("test", date(2025, 6, 1)))
     # Written today, but the backup inside finished long ago: the store's mtime must not count.
-    sensor = make_staleness_sensor(FakeClock(datetime(2025, 6, 10, tzinfo=UTC)))
+    sensor = make_alert_sensor(single_fleet(), FakeClock(datetime(2025, 6, 10, tzinfo=UTC)))
     _tick(sensor, instance, None)
     assert [p["alert"] for p in alerts_captured.posts("/hook")] == ["backup_stale"]
 
@@ -157,15 +154,17 @@ def test_storage_over_budget_warns_once_until_it_clears(
     vault = Vault.from_settings(load_settings())
     write_history(vault, date(2025, 5, 1), date(2025, 5, 31), size_bytes=1000)
     monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "20000")
-    sensor = make_health_sensor(FakeClock(datetime(2025, 6, 1, 3, tzinfo=UTC)))
+    clock = FakeClock(datetime(2025, 6, 1, 3, tzinfo=UTC))
+    sensor = make_alert_sensor(single_fleet(), clock)
 
     cursor = _tick(sensor, instance, None)
     cursor = _tick(sensor, instance, cursor)
     assert [p["alert"] for p in alerts_captured.posts("/hook")] == ["storage_over_budget"]
-    assert json.loads(cursor) == ["storage_over_budget"]
+    assert FleetCursor.parse(cursor).over_budget
 
     monkeypatch.setenv("BACKUP_STORAGE_BUDGET_BYTES", "10000000")
-    assert json.loads(_tick(sensor, instance, cursor)) == []
+    clock.now += timedelta(hours=1)  # the next hourly pass
+    assert not FleetCursor.parse(_tick(sensor, instance, cursor)).over_budget
 
 
 def test_backups_and_alerts_are_on_from_the_moment_pgvault_is_installed():
@@ -174,13 +173,8 @@ def test_backups_and_alerts_are_on_from_the_moment_pgvault_is_installed():
         repository.get_schedule_def("daily_backup_schedule").default_status
         == DefaultScheduleStatus.RUNNING
     )
-    for name in (
-        "backup_staleness_sensor",
-        "backup_failure_alert_sensor",
-        "backup_check_alert_sensor",
-        "backup_health_sensor",
-    ):
-        assert repository.get_sensor_def(name).default_status == DefaultSensorStatus.RUNNING
+    sensor = repository.get_sensor_def("backup_alert_sensor")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
 
 
 def test_the_daily_schedule_backs_up_the_day_before_at_two_utc():

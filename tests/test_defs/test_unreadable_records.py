@@ -10,9 +10,10 @@ from datetime import UTC, date, datetime
 from dagster import build_sensor_context
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.alerting import backup_record_sensor
+from pgvault_assets.defs.alerting import make_alert_sensor
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.cleanup import run_cleanup
+from pgvault_assets.engine.fleet import single_fleet
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import RetentionPolicy, load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
@@ -71,7 +72,7 @@ def test_the_record_sensor_alerts_once_per_unreadable_manifest_with_its_date_and
 
     def tick(cursor: str | None) -> str | None:
         context = build_sensor_context(instance=instance, cursor=cursor, resources=RESOURCES)
-        backup_record_sensor.evaluate_tick(context)
+        make_alert_sensor(single_fleet()).evaluate_tick(context)
         return context.cursor
 
     cursor = tick(tick(None))  # a second tick sends nothing new

@@ -17,7 +17,6 @@ import pytest
 from dagster import instance_for_test, materialize
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.maintenance import retention_state
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.cleanup import RepairKind, run_cleanup
 from pgvault_assets.engine.names import (
@@ -32,6 +31,7 @@ from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import load_settings
 from tests.conftest import AwsEnv
 from tests.test_defs.backup_history import fake_manifest, write_history
+from tests.test_defs.single import retention_state
 from tests.test_deploy import conftest as deploy_fixtures
 from tests.test_engine.helpers import back_up, vault
 from tests.test_faults.conftest import fill

@@ -7,16 +7,32 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import yaml
+from dagster import AssetChecksDefinition, AssetsDefinition, Definitions, RunRequest
 
+from pgvault_assets.defs.backup import (
+    Build,
+    backup_defs,
+    backup_run_request,
+    daily_cron,
+    make_database_backup,
+    make_decrypts_fully,
+)
+from pgvault_assets.defs.maintenance import maintenance_assets
+from pgvault_assets.defs.naming import names_of
+from pgvault_assets.engine.fleet import Fleet, parse_fleet
+from pgvault_assets.settings import platform_section
 from tests.conftest import PG_SERVER_URL
 
 REPO = Path(__file__).resolve().parents[2]
+# As the code location reads it when it loads: the suite's environment (its BACKUP_START_DATE).
+CONFIG = platform_section()
 
 
 def write_fleet(
@@ -93,3 +109,40 @@ def fresh_definitions(expression: str) -> Any:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def backup_definitions(
+    fleet: Fleet, cron_for_hour: Callable[[int], str] = daily_cron
+) -> Definitions:
+    """The fleet's backups, their checks, jobs and schedules, built as the code location
+    builds them (without its other capabilities)."""
+    return backup_defs(Build.of(fleet, CONFIG), cron_for_hour)
+
+
+def fleet_backup(fleet: Fleet, name: str) -> AssetsDefinition:
+    build = Build.of(fleet, CONFIG)
+    return make_database_backup(build, build.names.of(name))
+
+
+def fleet_decrypts_fully(fleet: Fleet, name: str) -> AssetChecksDefinition:
+    build = Build.of(fleet, CONFIG)
+    return make_decrypts_fully(build, build.names.of(name))
+
+
+def run_requests(fleet: Fleet, scheduled: datetime, environment: str) -> list[RunRequest]:
+    """What the schedules request for every database of `fleet` at `scheduled`."""
+    (job, _) = backup_definitions(fleet).jobs
+    return [
+        backup_run_request(job.run_request_for_partition, names, scheduled, environment)
+        for names in names_of(fleet).databases
+    ]
+
+
+def fleet_maintenance_assets() -> list[AssetsDefinition]:
+    """The weekly maintenance assets under a fleet's names (`fleet/...`): they read the fleet
+    file of the environment when they run, whichever fleet named them."""
+    named_by = parse_fleet(
+        "servers: [{name: main, url_env: MAIN_URL}]\ndatabases: [{name: any, server: main, dbname: any}]",
+        Path("fleet.yaml"),
+    )
+    return maintenance_assets(Build.of(named_by, CONFIG))

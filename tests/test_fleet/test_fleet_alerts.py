@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster import (
     AssetCheckKey,
+    AssetsDefinition,
     AssetSelection,
     DagsterInstance,
     Definitions,
@@ -17,9 +18,9 @@ from dagster import (
     materialize,
 )
 
-from pgvault_assets.defs.backup import BACKUP_PARTITIONS, fleet_backup_key, make_database_backup
-from pgvault_assets.defs.fleet import make_decrypts_fully
-from pgvault_assets.defs.fleet_alerting import SENSOR_NAME, make_fleet_alert_sensor
+from pgvault_assets.defs.alerting import make_alert_sensor as make_fleet_alert_sensor
+from pgvault_assets.defs.backup import Build, make_database_backup, make_decrypts_fully
+from pgvault_assets.defs.naming import fleet_backup_key
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import Fleet, load_fleet
@@ -36,7 +37,15 @@ SECRET = "s3cret-pw"
 SERVER_URL = f"postgresql://{PG_USER}:{SECRET}@{PG_HOST}:{PG_PORT}/postgres"
 RESOURCES = {"vault": VaultResource(), "alerts": AlertsResource()}
 NO_RETRIES = platform_section({"BACKUP_MAX_RETRIES": "0"})
+
+
+def _backup(fleet: Fleet, name: str) -> AssetsDefinition:
+    build = Build.of(fleet, NO_RETRIES)
+    return make_database_backup(build, build.names.of(name))
+
+
 SENSOR_NAMES = "sorted(s.name for s in defs.sensors)"
+SENSOR_NAME = "fleet_alert_sensor"
 
 
 class FakeClock:
@@ -93,8 +102,9 @@ def test_failed_backups_and_checks_alert_once_each_naming_their_database(
     sensor = make_fleet_alert_sensor(fleet, FakeClock(morning_after))
     cursor, _ = _tick(sensor, instance, None)
 
-    alpha = make_database_backup(NO_RETRIES, fleet.choose("alpha"))
-    beta = make_database_backup(NO_RETRIES, fleet.choose("beta"))
+    build = Build.of(fleet, NO_RETRIES)
+    alpha = make_database_backup(build, build.names.of("alpha"))
+    beta = make_database_backup(build, build.names.of("beta"))
     for asset in (alpha, beta):
         materialize(
             [asset],
@@ -109,10 +119,10 @@ def test_failed_backups_and_checks_alert_once_each_naming_their_database(
     check_key = AssetCheckKey(fleet_backup_key("alpha"), "decrypts_fully")
     checks_only = Definitions(
         assets=[alpha],
-        asset_checks=[make_decrypts_fully(fleet.choose("alpha"))],
+        asset_checks=[make_decrypts_fully(build, build.names.of("alpha"))],
         jobs=[
             define_asset_job(
-                "checks", AssetSelection.checks(check_key), partitions_def=BACKUP_PARTITIONS
+                "checks", AssetSelection.checks(check_key), partitions_def=build.partitions
             )
         ],
         resources=resource_defs(),
@@ -157,7 +167,7 @@ def test_a_run_of_another_environment_is_not_alerted_for_this_ones_database(
     with monkeypatch.context() as other:
         other.setenv("ENVIRONMENT_NAME", "other")
         materialize(
-            [make_database_backup(NO_RETRIES, fleet.choose("beta"))],
+            [_backup(fleet, "beta")],
             instance=instance,
             resources=resource_defs(),
             partition_key=day.isoformat(),
@@ -281,7 +291,7 @@ def test_the_fleet_location_has_the_fleet_alert_sensor_and_the_single_one_its_ow
     local_env, monkeypatch
 ):
     single = fresh_definitions(SENSOR_NAMES)
-    assert SENSOR_NAME not in single and "backup_staleness_sensor" in single
+    assert single == ["backup_alert_sensor", "pitr_archive_sensor"]
 
     _fleet(local_env, monkeypatch, {"alpha": "alpha"})
     assert fresh_definitions(SENSOR_NAMES) == [SENSOR_NAME]

@@ -16,14 +16,19 @@ from dagster import (
 )
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.fleet import backup_asset, fleet_definitions, make_decrypts_fully
 from pgvault_assets.defs.resources import VaultResource, resource_defs
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.fleet import load_fleet, parse_fleet
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
-from tests.test_fleet.helpers import fresh_definitions, write_fleet
+from tests.test_fleet.helpers import (
+    backup_definitions,
+    fleet_backup,
+    fleet_decrypts_fully,
+    fresh_definitions,
+    write_fleet,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = parse_fleet(
@@ -42,7 +47,7 @@ databases:
 
 
 def _defs() -> Definitions:
-    return Definitions.merge(fleet_definitions(FLEET), Definitions(resources=resource_defs()))
+    return Definitions.merge(backup_definitions(FLEET), Definitions(resources=resource_defs()))
 
 
 def test_each_database_is_an_asset_in_its_server_pool_and_group():
@@ -120,11 +125,13 @@ def test_the_code_location_is_the_fleet_with_a_fleet_file_and_unchanged_without(
         [
             "backup/alpha",
             "backup/beta",
+            "drill/alpha",
+            "drill/beta",
             "fleet/kept_databases",
             "fleet/retention_state",
             "fleet/weekly_health_report",
         ],
-        ["fleet_backup_schedule_02", "fleet_maintenance_schedule"],
+        ["fleet_backup_schedule_02", "fleet_maintenance_schedule", "quarterly_drill_schedule"],
     ]
 
 
@@ -141,7 +148,7 @@ def test_a_fleet_database_materializes_under_its_own_prefix(local_env, make_data
 
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
-            [backup_asset(fleet, "alpha"), make_decrypts_fully(fleet.choose("alpha"))],
+            [fleet_backup(fleet, "alpha"), fleet_decrypts_fully(fleet, "alpha")],
             instance=instance,
             resources=resource_defs(),
             partition_key=day.isoformat(),

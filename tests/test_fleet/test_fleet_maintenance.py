@@ -12,13 +12,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, materialize
 from psycopg import sql
 from test_defs.backup_history import write_history
 
-from pgvault_assets.defs import fleet_maintenance
-from pgvault_assets.defs.fleet import backup_asset
-from pgvault_assets.defs.fleet_maintenance import (
-    fleet_kept_databases,
-    fleet_retention_state,
-    fleet_weekly_health_report,
-)
+from pgvault_assets.defs import maintenance
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine import audit
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
@@ -27,9 +21,10 @@ from pgvault_assets.engine.names import database_beside
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL, admin_connect
-from tests.test_fleet.helpers import write_fleet
+from tests.test_fleet.helpers import fleet_backup, fleet_maintenance_assets, write_fleet
 
 MONDAY = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)
+fleet_retention_state, fleet_weekly_health_report, fleet_kept_databases = fleet_maintenance_assets()
 SERVER = f"{PG_SERVER_URL}/postgres"
 
 
@@ -48,7 +43,7 @@ def step_failure(result) -> str:
 
 @pytest.fixture
 def at_monday(monkeypatch) -> datetime:
-    monkeypatch.setattr(fleet_maintenance, "utcnow", lambda: MONDAY)
+    monkeypatch.setattr(maintenance, "utcnow", lambda: MONDAY)
     return MONDAY
 
 
@@ -131,7 +126,7 @@ def test_the_weekly_report_has_a_row_per_database_its_failed_runs_and_is_stored(
     with monkeypatch.context() as unset:
         unset.delenv("PGVAULT_TEST_OTHER_URL")
         failed = materialize(
-            [backup_asset(load_fleet(path), "beta")],
+            [fleet_backup(load_fleet(path), "beta")],
             instance=instance,
             resources=resource_defs(),
             partition_key=yesterday.isoformat(),

@@ -16,7 +16,6 @@ from dagster import (
 )
 
 from pgvault_assets.cli import main
-from pgvault_assets.defs.fleet import fleet_definitions, fleet_run_requests
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.backup import backup_database
 from pgvault_assets.engine.clock import latest_complete_day, utcnow
@@ -24,7 +23,7 @@ from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, load_fleet, pin_data
 from pgvault_assets.engine.restore_check import restore_verified_dates
 from pgvault_assets.engine.vault import Vault
 from pgvault_assets.settings import load_settings
-from tests.test_fleet.helpers import alpha_and_beta
+from tests.test_fleet.helpers import alpha_and_beta, backup_definitions, run_requests
 from tests.test_recovery.conftest import databases_named
 
 SATURDAY = date(2026, 3, 14)
@@ -42,7 +41,7 @@ def fleet_of_two(local_env, make_database, monkeypatch):
 
 def _defs() -> Definitions:
     fleet = load_fleet(load_settings().platform.fleet_file)
-    return Definitions.merge(fleet_definitions(fleet), Definitions(resources=resource_defs()))
+    return Definitions.merge(backup_definitions(fleet), Definitions(resources=resource_defs()))
 
 
 def _vault(name: str) -> Vault:
@@ -90,8 +89,8 @@ def test_each_database_has_a_restorable_check_in_the_restore_proof_pool(fleet_of
 
 def test_the_scheduled_run_of_a_database_proves_its_backup_restores(fleet_of_two, instance):
     day = latest_complete_day(utcnow())
-    (request, _) = fleet_run_requests(
-        load_fleet(load_settings().platform.fleet_file).databases,
+    (request, _) = run_requests(
+        load_fleet(load_settings().platform.fleet_file),
         datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC),
         "test",
     )
