@@ -447,11 +447,11 @@ def raised_alert_kinds() -> set[str]:
     from dagster import AssetCheckEvaluation, AssetCheckSeverity
 
     from pgvault_assets.defs.alerting import (
-        BACKUP_CHECK_NAMES,
         failed_check_alert,
         failed_run_alert,
         staleness_step,
     )
+    from pgvault_assets.defs.backup import BACKUP_CHECK_NAMES
     from pgvault_assets.defs.naming import BACKUP_KEY
     from pgvault_assets.defs.recovery import drill_alert
     from pgvault_assets.engine.drill import DrillReport

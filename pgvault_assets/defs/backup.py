@@ -113,6 +113,13 @@ DURATION_WITHIN_AVERAGE = "duration_within_average"
 SIZE_NOT_SHRUNK = "size_not_shrunk"
 DECRYPTS_FULLY = "decrypts_fully"
 RESTORABLE = "restorable"
+BACKUP_CHECK_NAMES = (
+    CHECKSUM_MATCHES,
+    DECRYPTS_FULLY,
+    DURATION_WITHIN_AVERAGE,
+    SIZE_NOT_SHRUNK,
+    RESTORABLE,
+)
 # A run tagged so backs up its database though the namespace's backups come from another.
 ACCEPT_NEW_SOURCE_TAG = "pgvault/accept_new_source"
 
