@@ -447,7 +447,7 @@ def test_cli_dry_run_counts_each_table_and_changes_nothing(shop, capsys):
     assert scalar(target.secret, "SELECT count(*) FROM shop.customers") == 1
 
 
-def test_an_empty_where_is_refused_in_one_line(shop, capsys):
+def test_an_empty_where_is_refused_in_one_line(shop, scratch_made, capsys):
     argv = ("recover-rows", "--date", str(DAY), "--table", "shop.orders", "--target", "staging")
 
     code, out, err = run(capsys, *argv, "--where", "")
@@ -456,7 +456,7 @@ def test_an_empty_where_is_refused_in_one_line(shop, capsys):
     assert err.strip().count("\n") == 0
     assert "--where is empty" in err
     assert "INSERT" not in out
-    assert databases_named("pgvault_scratch_rows_") == []
+    assert scratch_made == []  # refused before any scratch database was restored
 
 
 def test_no_matching_row_and_all_rows_present_are_told_apart(shop, capsys):
