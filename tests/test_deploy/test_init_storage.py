@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.storage_setup import OPERATION_ACTIONS
+from pgvault_assets.engine.storage.storage_setup import OPERATION_ACTIONS
 
 ENGINE = Path(__file__).parents[2] / "pgvault_assets" / "engine"
 
