@@ -210,7 +210,7 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.restore.restore import verify_backup
+    from pgvault_assets.engine.restore.verify import verify_backup
 
     vault = Vault.from_settings(settings)
     with progress(f"verifying {args.date}") as advance:
@@ -230,7 +230,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
                 "approves the backup its date holds now; nothing was restored"
             )
         return restore_production_command(args, settings)
-    from pgvault_assets.engine.restore.restore import restore_staging
+    from pgvault_assets.engine.recovery.operations import restore_staging
 
     url = target_to_write(settings, args.target)
     if not args.skip_confirmation and args.target != "staging":
@@ -267,7 +267,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "production":
         return rollback_production_command(args, settings)
-    from pgvault_assets.engine.restore.restore import rollback_staging
+    from pgvault_assets.engine.recovery.operations import rollback_staging
 
     url = target_to_write(settings, args.target)
     restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())

@@ -124,7 +124,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
     from pgvault_assets.engine.pitr.archive import require_single_cluster, tool_for
-    from pgvault_assets.engine.restore.restore import (
+    from pgvault_assets.engine.recovery.operations import (
         restore_production_to_time,
         restore_staging_to_time,
     )

@@ -141,8 +141,8 @@ def target_to_write(settings: Settings, target: str) -> DatabaseUrl:
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
     from pgvault_assets.engine.pitr.archive import base_backup_for
+    from pgvault_assets.engine.recovery import operations
     from pgvault_assets.engine.recovery.rows import request_scope
-    from pgvault_assets.engine.restore import restore
 
     recovery = settings.recovery
     scope = None
@@ -160,14 +160,14 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
             if args.date is not None:
                 raise ConfigError("a recover-rows request takes --date or --time, not both")
             scope |= {
-                "time": restore.time_key(args.time),
+                "time": operations.time_key(args.time),
                 "base_backup": base_backup_for(settings, args.time).label,
             }
     if args.kind == "restore-to-time":
         if args.time is None:
             raise ConfigError("a restore-to-time request needs --time, like 2026-11-30T09:15:00Z")
         scope = {
-            "time": restore.time_key(args.time),
+            "time": operations.time_key(args.time),
             "base_backup": base_backup_for(settings, args.time).label,
         }
     request = auth.create_request(
@@ -284,8 +284,7 @@ def _origin(args: argparse.Namespace, settings: Settings) -> Origin:
 
 
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.recovery import rows
-    from pgvault_assets.engine.restore import restore
+    from pgvault_assets.engine.recovery import operations, rows
 
     vault = Vault.from_settings(settings)
     url = target_to_write(settings, args.target)
@@ -306,7 +305,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             parents_only=args.parents_only,
         )
         if args.time is not None:
-            wanted["time"] = restore.time_key(args.time)
+            wanted["time"] = operations.time_key(args.time)
         # The base backup is the engine's to check: it says so when a newer one replaced it.
         approved = {k: v for k, v in request.scope.items() if k != "base_backup"}
         if approved != wanted or request.date != args.date:
@@ -353,7 +352,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"{comment}dropped {name}, the scratch database an interrupted run left")
     if result.time is not None:
         console.print(
-            f"{comment}rows as of {restore.time_key(result.time)}: recovered from base backup "
+            f"{comment}rows as of {operations.time_key(result.time)}: recovered from base backup "
             f"{result.base_backup}, recovery stopped at {result.stopped_at}",
             markup=False,
         )
@@ -437,7 +436,7 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 
 def restore_production_command(args: argparse.Namespace, settings: Settings) -> int:
     """`restore-from-backup --target production`: only under a dual-authorized request."""
-    from pgvault_assets.engine.restore import restore
+    from pgvault_assets.engine.recovery import operations
 
     if not args.request:
         raise ConfigError(
@@ -452,7 +451,7 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
         )
     url = settings.target_url("production")
     with progress(f"restoring {args.date} to production") as advance:
-        result = restore.restore_production(
+        result = operations.restore_production(
             vault,
             args.request,
             url,
@@ -485,7 +484,7 @@ def kept_as(name: str, settings: Settings) -> str:
 
 def rollback_production_command(args: argparse.Namespace, settings: Settings) -> int:
     """`rollback-restore --target production`: only under a dual-authorized `rollback` request."""
-    from pgvault_assets.engine.restore import restore
+    from pgvault_assets.engine.recovery import operations
 
     if not args.request:
         raise ConfigError(
@@ -493,7 +492,7 @@ def rollback_production_command(args: argparse.Namespace, settings: Settings) ->
             "pgvault request-restore --kind rollback --target production --reason TEXT, then --request ID"
         )
     url = settings.target_url("production")
-    restored, kept = restore.rollback_production(
+    restored, kept = operations.rollback_production(
         Vault.from_settings(settings),
         args.request,
         url,

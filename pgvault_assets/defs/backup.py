@@ -62,7 +62,7 @@ from pgvault_assets.engine.monitoring.catalog import first_backup_day
 from pgvault_assets.engine.monitoring.report import duration_exceeds_average, size_shrank
 from pgvault_assets.engine.monitoring.run_budget import MAX_RUNTIME_TAG, RunBudget, run_budget
 from pgvault_assets.engine.recovery.restore_check import verify_restorable
-from pgvault_assets.engine.restore.restore import verify_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.engine.vault.manifest import Manifest
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError

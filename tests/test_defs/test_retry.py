@@ -35,7 +35,7 @@ from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.engine.basics.clock import utcnow
 from pgvault_assets.engine.basics.names import server_context_key
-from pgvault_assets.engine.restore.restore import verify_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.engine.storage.store import s3 as s3_store
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import PlatformSettings, load_settings, platform_section

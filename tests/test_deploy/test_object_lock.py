@@ -13,7 +13,7 @@ from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
 from pgvault_assets.engine.basics.names import manifest_key
 from pgvault_assets.engine.basics.policy import retention_days, tier_of
-from pgvault_assets.engine.restore.restore import verify_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.engine.storage.immutability import audit_retain_until, backup_retain_until
 from pgvault_assets.engine.storage.storage_setup import iam_policy
 from pgvault_assets.settings import RetentionPolicy

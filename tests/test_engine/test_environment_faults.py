@@ -120,7 +120,7 @@ def test_pg_dump_older_than_the_server_is_refused():
 def test_a_rerun_on_an_unversioned_bucket_is_refused_and_the_backup_stays_whole(
     aws_env, awkward_database, monkeypatch
 ):
-    from pgvault_assets.engine.restore.restore import verify_backup
+    from pgvault_assets.engine.restore.verify import verify_backup
     from tests.test_engine.helpers import DAY
 
     bucket = f"pgvault-unversioned-{uuid.uuid4().hex[:12]}"

@@ -19,7 +19,8 @@ import pytest
 from pgvault_assets.engine.backup.backup import backup_database
 from pgvault_assets.engine.basics.names import manifest_key, object_key, server_context_key
 from pgvault_assets.engine.postgres.postgres import DatabaseUnavailable
-from pgvault_assets.engine.restore.restore import restore_backup, verify_backup
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.engine.vault.manifest import Manifest, encryption_context
 from pgvault_assets.errors import (
     BackupFailed,
@@ -323,7 +324,7 @@ def test_restores_and_a_rollback_in_one_second_keep_every_replaced_database_newe
     local_env, awkward_database, make_database
 ):
     from pgvault_assets.engine.postgres.postgres import previous_databases
-    from pgvault_assets.engine.restore.restore import rollback_restore
+    from pgvault_assets.engine.restore.swap import rollback_restore
 
     back_up(awkward_database)
     target = DatabaseUrl.parse(make_database("target"), "target")

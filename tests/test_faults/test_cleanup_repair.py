@@ -355,7 +355,7 @@ def test_a_kept_version_no_manifest_pins_is_removed_once_stale_and_the_pinned_on
 ) -> None:
     """A local backup killed between keeping its version and its manifest leaves a hidden
     version: cleanup removes it once a day old, never the version the manifest reads."""
-    from pgvault_assets.engine.restore.restore import verify_backup
+    from pgvault_assets.engine.restore.verify import verify_backup
     from tests.test_engine.helpers import DAY
 
     manifest = back_up(awkward_database)

@@ -28,7 +28,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from pgvault_assets.engine.basics.names import object_key, server_context_key
-from pgvault_assets.engine.restore.restore import verify_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import AwsEnv, PrivateCluster
 from tests.test_engine.helpers import DAY, back_up, vault

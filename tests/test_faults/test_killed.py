@@ -17,7 +17,8 @@ import pytest
 
 from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
 from pgvault_assets.engine.basics.names import manifest_key, object_key
-from pgvault_assets.engine.restore.restore import restore_backup, verify_backup
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.engine.vault.manifest import encryption_context
 from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl, load_settings

@@ -233,7 +233,7 @@ def test_a_leftover_scratch_pgvault_may_not_drop_is_reported_and_does_not_block(
     local_env, caplog
 ) -> None:
     """Another role's leftover: the run says so and goes on instead of failing every restore."""
-    from pgvault_assets.engine.restore.restore import drop_abandoned_scratch
+    from pgvault_assets.engine.restore.scratch import drop_abandoned_scratch
 
     role = f"pgvault_test_role_{uuid.uuid4().hex[:8]}"
     name = f"pgvault_scratch_drill_20250101_{uuid.uuid4().hex[:8]}"

@@ -30,7 +30,7 @@ from pgvault_assets.engine.pitr import recover
 from pgvault_assets.engine.pitr.archive import tool_for
 from pgvault_assets.engine.postgres.cluster import CLUSTER_PREFIX, start_cluster
 from pgvault_assets.engine.recovery import rows
-from pgvault_assets.engine.restore.restore import time_key
+from pgvault_assets.engine.recovery.operations import time_key
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import CLEARED_VARIABLES, TEST_DB_PREFIX, _drop_databases, admin_connect

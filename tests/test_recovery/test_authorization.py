@@ -15,7 +15,7 @@ from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.approvals import authorization as auth
 from pgvault_assets.engine.basics.clock import utcnow
 from pgvault_assets.engine.postgres.postgres import previous_databases
-from pgvault_assets.engine.restore import restore
+from pgvault_assets.engine.recovery import operations as restore
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import (

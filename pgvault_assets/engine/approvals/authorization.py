@@ -6,7 +6,7 @@ scope) in canonical bytes; approvers sign those bytes with their SSH keys
 nothing, so every check re-verifies the signatures against the allowed-signers file at the
 moment of execution: changing the request, or removing an approver, voids the approval.
 Executing writes a once-only record first, so a request can never run twice. This module
-decides; `restore.py` executes what it allows, and `audit.py` records it.
+decides; `recovery/operations.py` executes what it allows, and `audit.py` records it.
 """
 
 from __future__ import annotations

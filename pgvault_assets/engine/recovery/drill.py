@@ -30,7 +30,8 @@ from pgvault_assets.engine.postgres.cluster import major_of, proof_server
 from pgvault_assets.engine.postgres.integrity import CheckResult, check_database_integrity
 from pgvault_assets.engine.postgres.postgres import connect, one_row, user_tables
 from pgvault_assets.engine.postgres.server_context import read_context
-from pgvault_assets.engine.restore.restore import restore_into_scratch, verify_backup
+from pgvault_assets.engine.restore.restore import restore_into_scratch
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import BackupNotFound, PgvaultError
 from pgvault_assets.redact import redact

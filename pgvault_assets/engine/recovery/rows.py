@@ -44,7 +44,9 @@ from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
 from pgvault_assets.engine.pitr.runner import PgBackRest
 from pgvault_assets.engine.postgres.compare import pin_output_formats, qualified
 from pgvault_assets.engine.postgres.postgres import connect
-from pgvault_assets.engine.restore.restore import Scratch, restore_into_scratch, time_key
+from pgvault_assets.engine.recovery.operations import time_key
+from pgvault_assets.engine.restore.restore import restore_into_scratch
+from pgvault_assets.engine.restore.scratch import Scratch
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
