@@ -30,9 +30,9 @@ import psycopg
 from isal import isal_zlib
 from psycopg import sql
 
-from pgvault_assets.engine.crypto import SDK
-from pgvault_assets.engine.keys import LocalKeyProvider
-from pgvault_assets.engine.names import object_key
+from pgvault_assets.engine.basics.names import object_key
+from pgvault_assets.engine.vault.crypto import SDK
+from pgvault_assets.engine.vault.keys import LocalKeyProvider
 from pgvault_assets.settings import default_restore_loaders
 
 REPO = Path(__file__).resolve().parent.parent

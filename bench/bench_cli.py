@@ -45,16 +45,16 @@ TRACED = (
     ("open the instance", "dagster", "DagsterInstance.get"),  # DAGSTER_HOME is set
     ("run", "dagster", "JobDefinition.execute_in_process"),
     ("backup", "pgvault_assets.defs.backup", "backup_database"),
-    ("encryption key", "pgvault_assets.engine.vault", "Vault.encryption_keys"),
+    ("encryption key", "pgvault_assets.engine.vault.vault", "Vault.encryption_keys"),
     ("connect to PostgreSQL", "psycopg", "connect"),
-    ("server context and shape", "pgvault_assets.engine.server_context", "capture"),
-    ("server context and shape", "pgvault_assets.engine.shape", "read_objects"),
-    ("pg_dump --version", "pgvault_assets.engine.backup", "check_tool_fits_server"),
-    ("pg_dump through the pipeline", "pgvault_assets.engine.backup", "encrypt_stream"),
-    ("server context stored", "pgvault_assets.engine.server_context", "store_context"),
+    ("server context and shape", "pgvault_assets.engine.postgres.server_context", "capture"),
+    ("server context and shape", "pgvault_assets.engine.postgres.shape", "read_objects"),
+    ("pg_dump --version", "pgvault_assets.engine.backup.backup", "check_tool_fits_server"),
+    ("pg_dump through the pipeline", "pgvault_assets.engine.backup.backup", "encrypt_stream"),
+    ("server context stored", "pgvault_assets.engine.postgres.server_context", "store_context"),
     ("checks (checksum, history)", "pgvault_assets.defs.backup", "checksum_result"),
-    ("checks (checksum, history)", "pgvault_assets.engine.vault", "Vault.list_manifests"),
-    ("read the manifest", "pgvault_assets.engine.vault", "Vault.read_manifest"),
+    ("checks (checksum, history)", "pgvault_assets.engine.vault.vault", "Vault.list_manifests"),
+    ("read the manifest", "pgvault_assets.engine.vault.vault", "Vault.read_manifest"),
 )
 # How the spans itemise a backup, in order; each is a span, or a gap between spans.
 BACKUP_INSIDE = (

@@ -67,7 +67,7 @@ from dagster import Definitions
 
 from pgvault_assets.defs.backup import Build, backup_defs
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.fleet import load_fleet
+from pgvault_assets.fleet import load_fleet
 from pgvault_assets.settings import platform_section
 
 HOUR, MINUTE = os.environ["PGVAULT_BENCH_TICK_AT"].split(":")

@@ -46,9 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 PGVAULT = Path(sys.executable).with_name("pgvault")
 sys.path.insert(0, str(REPO))
 
-from pgvault_assets.engine import manifest as mf  # noqa: E402
-from pgvault_assets.engine import names  # noqa: E402
-from pgvault_assets.engine.manifest import Manifest  # noqa: E402
+from pgvault_assets.engine.basics import names  # noqa: E402
+from pgvault_assets.engine.vault import manifest as mf  # noqa: E402
+from pgvault_assets.engine.vault.manifest import Manifest  # noqa: E402
 
 
 class Counts:

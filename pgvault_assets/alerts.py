@@ -56,7 +56,7 @@ class Alert:
     """The figures behind the alert, for PagerDuty's `custom_details`; never a secret."""
 
 
-SINGLE_DATABASE = "default"  # the fleet of one's name (engine/fleet.py SINGLE)
+SINGLE_DATABASE = "default"  # the fleet of one's name (pgvault_assets/fleet.py SINGLE)
 PAGERDUTY_SEVERITY = {"fatal": "critical", "error": "error", "warning": "warning", "info": "info"}
 SUMMARY_LIMIT = 1024  # the Events API's bound on payload.summary
 PAGE_ATTEMPTS = 4

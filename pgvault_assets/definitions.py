@@ -7,7 +7,7 @@ from dagster import Definitions
 
 from pgvault_assets.defs.location import build_defs
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.fleet import load_fleet
+from pgvault_assets.fleet import load_fleet
 from pgvault_assets.settings import platform_section
 
 platform = platform_section()

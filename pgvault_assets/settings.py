@@ -873,7 +873,7 @@ class PlatformSettings:
     max_retries: int = _default(PlatformVariables, "backup_max_retries")
     retry_delay_seconds: float = _default(PlatformVariables, "backup_retry_delay_seconds")
     fleet_file: Path | None = None
-    """`PGVAULT_FLEET_FILE`: the databases to back up (engine/fleet.py); unset, `DATABASE_URL`
+    """`PGVAULT_FLEET_FILE`: the databases to back up (pgvault_assets/fleet.py); unset, `DATABASE_URL`
     alone, under the environment's own prefix, as a fleet of one."""
 
 
@@ -954,7 +954,7 @@ class Settings:
     """Where restore proofs (the restorable check, the drill) restore; unset, a throwaway
     cluster pgvault starts itself. Never the backed-up server unless this names it."""
     database: str | None = None
-    """The fleet database these settings are pinned to (engine/fleet.py `pin_database`), whose
+    """The fleet database these settings are pinned to (pgvault_assets/fleet.py `pin_database`), whose
     objects, locks and audit records live under `{environment}/{database}`; None for the
     single database of `DATABASE_URL`, under `{environment}` as ever."""
     server: str | None = None

@@ -29,10 +29,10 @@ from dagster import DagsterInstance, instance_for_test
 from psycopg import sql
 
 from pgvault_assets import redact, settings
-from pgvault_assets.engine import cluster as cluster_module
-from pgvault_assets.engine import testpoints
-from pgvault_assets.engine.cluster import Cluster, start_cluster
-from pgvault_assets.engine.interrupts import run_in_own_group
+from pgvault_assets.engine.basics import testpoints
+from pgvault_assets.engine.basics.interrupts import run_in_own_group
+from pgvault_assets.engine.postgres import cluster as cluster_module
+from pgvault_assets.engine.postgres.cluster import Cluster, start_cluster
 from tests.test_defs.http_capture import Captured, capture_http
 from tests.test_engine import helpers  # noqa: F401 (imported first: pins the run's one clock)
 

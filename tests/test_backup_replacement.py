@@ -16,12 +16,12 @@ from test_defs.backup_history import write_history
 from pgvault_assets.cli import main
 from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine import names
-from pgvault_assets.engine.catalog import backup_rows
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.restore_check import RestoreProof, record_restore_verified
-from pgvault_assets.engine.retention import apply_retention, plan_retention
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
+from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.monitoring.catalog import backup_rows
+from pgvault_assets.engine.recovery.restore_check import RestoreProof, record_restore_verified
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import RetentionPolicy, load_settings
 from tests.conftest import admin_connect
 from tests.test_defs.single import database_backup, restorable

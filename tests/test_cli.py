@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.names import object_key
+from pgvault_assets.engine.basics.names import object_key
 from tests.test_engine.helpers import DAY, back_up
 
 PGVAULT = Path(sys.executable).with_name("pgvault")

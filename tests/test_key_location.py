@@ -10,7 +10,7 @@ import pytest
 from test_defs.backup_history import fake_manifest, write_backup
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import KeyUnavailable
 from pgvault_assets.settings import load_settings
 

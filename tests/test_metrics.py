@@ -28,9 +28,9 @@ import yaml
 
 from pgvault_assets.cli.metrics import families
 from pgvault_assets.defs.run_episodes import HISTORY_KINDS, RunHistory
-from pgvault_assets.engine import names
-from pgvault_assets.engine.metrics import DatabaseFigures, MetricsReader, Snapshot
-from pgvault_assets.engine.restore_check import (
+from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.monitoring.metrics import DatabaseFigures, MetricsReader, Snapshot
+from pgvault_assets.engine.recovery.restore_check import (
     RestoreProof,
     record_restore_verified,
     restore_verified_dates,
@@ -454,8 +454,8 @@ def raised_alert_kinds() -> set[str]:
     from pgvault_assets.defs.backup import BACKUP_CHECK_NAMES
     from pgvault_assets.defs.naming import BACKUP_KEY
     from pgvault_assets.defs.recovery import drill_alert
-    from pgvault_assets.engine.drill import DrillReport
-    from pgvault_assets.engine.report import FailedRun, HealthFigures, health_warnings
+    from pgvault_assets.engine.monitoring.report import FailedRun, HealthFigures, health_warnings
+    from pgvault_assets.engine.recovery.drill import DrillReport
 
     now = datetime(2026, 3, 10, tzinfo=UTC)
     kinds = {staleness_step(None, None, now)[0].kind}  # type: ignore[union-attr]
@@ -490,7 +490,7 @@ def test_alerts_open_has_a_series_for_every_alert_kind_raised():
     """Each kind the alert path raises is exported, from the store or from Dagster's run and
     check history (0 when healthy, so absent means "not exported", never "fine"), or named as
     one nothing records."""
-    from pgvault_assets.engine.metrics import (
+    from pgvault_assets.engine.monitoring.metrics import (
         DATABASE_KINDS,
         ENVIRONMENT_KINDS,
         PITR_KINDS,
@@ -521,9 +521,9 @@ def test_alerts_open_has_a_series_for_every_alert_kind_raised():
 def test_alerts_open_counts_each_kind_from_the_stores_records(local_env, make_database):
     """A failed drill, a slow and shrunken backup and a failed restore proof, as written by
     pgvault itself, each open their own kind."""
-    from pgvault_assets.engine.drill import DrillReport, store_report
-    from pgvault_assets.engine.metrics import PitrFigures
-    from pgvault_assets.engine.restore_check import record_restore_failed
+    from pgvault_assets.engine.monitoring.metrics import PitrFigures
+    from pgvault_assets.engine.recovery.drill import DrillReport, store_report
+    from pgvault_assets.engine.recovery.restore_check import record_restore_failed
 
     url = make_database()
     with psycopg.connect(url, autocommit=True) as conn:

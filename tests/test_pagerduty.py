@@ -24,7 +24,7 @@ from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.pitr import archive_alert_step
 from pgvault_assets.defs.recovery import drill_alert
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.drill import DrillReport
+from pgvault_assets.engine.recovery.drill import DrillReport
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings, load_settings
 

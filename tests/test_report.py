@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from test_defs.backup_history import fake_manifest
 
-from pgvault_assets.engine.report import (
+from pgvault_assets.engine.monitoring.report import (
     FailedRun,
     duration_exceeds_average,
     health_figures,

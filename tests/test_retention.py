@@ -9,14 +9,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 
-from pgvault_assets.engine.catalog import backup_rows
-from pgvault_assets.engine.cleanup import RepairKind, find_orphans, run_cleanup
-from pgvault_assets.engine.policy import Tier, tier_of, tiers_of
-from pgvault_assets.engine.retention import apply_retention, plan_retention
-from pgvault_assets.engine.store import StoredObject
-from pgvault_assets.engine.store.local import LocalStore
-from pgvault_assets.engine.store.s3 import S3Store
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.cleanup import RepairKind, find_orphans, run_cleanup
+from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
+from pgvault_assets.engine.basics.policy import Tier, tier_of, tiers_of
+from pgvault_assets.engine.monitoring.catalog import backup_rows
+from pgvault_assets.engine.storage.store import StoredObject
+from pgvault_assets.engine.storage.store.local import LocalStore
+from pgvault_assets.engine.storage.store.s3 import S3Store
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import RetentionPolicy, load_settings
 

@@ -28,9 +28,9 @@ from dagster import DagsterInstance, RunsFilter
 from test_defs.http_capture import Captured, capture_http
 from test_defs.run_failure import sense_run_failure
 
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import AwsEnv
 from tests.test_recovery import conftest as recovery_fixtures

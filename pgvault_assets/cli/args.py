@@ -7,8 +7,8 @@ import sys
 from datetime import UTC, date, datetime
 
 from pgvault_assets.cli.console import errors
-from pgvault_assets.engine.fleet import load_fleet
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.fleet import load_fleet
 from pgvault_assets.settings import Settings
 
 

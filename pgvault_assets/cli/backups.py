@@ -30,12 +30,12 @@ from pgvault_assets.cli.recovery import (
     rollback_production_command,
     target_to_write,
 )
-from pgvault_assets.engine.audit import operator, record_integrity_check
-from pgvault_assets.engine.catalog import backup_rows
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import each_database_apart
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.approvals.audit import operator, record_integrity_check
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.monitoring.catalog import backup_rows
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.fleet import each_database_apart
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings
 
@@ -210,7 +210,7 @@ def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.restore import verify_backup
+    from pgvault_assets.engine.restore.verify import verify_backup
 
     vault = Vault.from_settings(settings)
     with progress(f"verifying {args.date}") as advance:
@@ -230,7 +230,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
                 "approves the backup its date holds now; nothing was restored"
             )
         return restore_production_command(args, settings)
-    from pgvault_assets.engine.restore import restore_staging
+    from pgvault_assets.engine.recovery.operations import restore_staging
 
     url = target_to_write(settings, args.target)
     if not args.skip_confirmation and args.target != "staging":
@@ -267,7 +267,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     if args.target == "production":
         return rollback_production_command(args, settings)
-    from pgvault_assets.engine.restore import rollback_staging
+    from pgvault_assets.engine.recovery.operations import rollback_staging
 
     url = target_to_write(settings, args.target)
     restored, kept = rollback_staging(Vault.from_settings(settings), url, actor=operator())
@@ -291,8 +291,8 @@ def _integrity_target(args: argparse.Namespace) -> str:
 
 
 def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.integrity import check_database_integrity
-    from pgvault_assets.engine.server_context import read_context
+    from pgvault_assets.engine.postgres.integrity import check_database_integrity
+    from pgvault_assets.engine.postgres.server_context import read_context
 
     target = _integrity_target(args)
     url = target_to_write(settings, target)
@@ -331,7 +331,7 @@ def _cmd_integrity(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.demo import create_demo_database
+    from pgvault_assets.engine.postgres.demo import create_demo_database
 
     url, created = create_demo_database(args.server, args.name)
     console.print(f"{'created' if created else 'found'} demo database {url}")

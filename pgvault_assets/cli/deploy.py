@@ -17,7 +17,7 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import add_database_option, add_environment_wide
 from pgvault_assets.cli.console import console, errors
-from pgvault_assets.engine.keys import LocalKeyProvider
+from pgvault_assets.engine.vault.keys import LocalKeyProvider
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
@@ -66,7 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.storage_setup import init_storage
+    from pgvault_assets.engine.storage.storage_setup import init_storage
 
     setup = init_storage(settings, object_lock=args.object_lock)
     table = Table(title=f"storage for {settings.environment}")
@@ -91,7 +91,7 @@ def init_storage_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
     from pgvault_assets.defs.instance_storage import instance_storage_check
-    from pgvault_assets.engine.doctor import failed, run_checks
+    from pgvault_assets.engine.monitoring.doctor import failed, run_checks
 
     checks = run_checks(settings, today=datetime.now(UTC).date())
     checks.append(instance_storage_check())

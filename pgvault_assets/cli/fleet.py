@@ -13,8 +13,8 @@ from rich.table import Table
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import console
 from pgvault_assets.cli.platform import open_instance
-from pgvault_assets.engine.fleet import Fleet, load_fleet, pool_name
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.fleet import Fleet, load_fleet, pool_name
 from pgvault_assets.settings import Settings
 
 

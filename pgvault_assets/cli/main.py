@@ -22,9 +22,9 @@ import sys
 from pgvault_assets.cli import backups, deploy, fleet, metrics, pitr, platform, recovery
 from pgvault_assets.cli.args import Parser, shows_every_database
 from pgvault_assets.cli.console import errors, print_warnings
-from pgvault_assets.engine.fleet import pin_database
-from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
+from pgvault_assets.engine.basics.interrupts import Interrupted, signals_interrupt
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.fleet import pin_database
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import load_settings
 

@@ -1,6 +1,6 @@
 """`pgvault metrics` (Prometheus exposition) and `pgvault alerts test` (the sinks' wiring).
 
-The figures come from the store (`engine/metrics.py`) and, for the alert episodes only the
+The figures come from the store (`engine/monitoring/metrics.py`) and, for the alert episodes only the
 run and check history holds, from the Dagster instance (`defs/run_episodes.py`); this module
 only names them for Prometheus, serves them over HTTP or writes them for node_exporter's
 textfile collector. Dagster is imported where it is used, as `cli/platform.py` explains.
@@ -24,14 +24,14 @@ from prometheus_client.registry import Collector
 
 from pgvault_assets.cli.args import Parser
 from pgvault_assets.cli.console import console
-from pgvault_assets.engine.fleet import load_fleet
-from pgvault_assets.engine.metrics import (
+from pgvault_assets.engine.monitoring.metrics import (
     DEFAULT_REFRESH,
     SINGLE_DATABASE,
     MetricsReader,
     Snapshot,
 )
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.fleet import load_fleet
 from pgvault_assets.settings import Settings
 
 if TYPE_CHECKING:

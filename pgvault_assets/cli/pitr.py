@@ -11,9 +11,9 @@ import argparse
 from pgvault_assets.cli.args import Parser, confirm, parse_time
 from pgvault_assets.cli.console import console, human_bytes, on_target
 from pgvault_assets.cli.recovery import target_to_write
-from pgvault_assets.engine import audit
+from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.pitr import BACKUP_KINDS
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings
 
@@ -124,7 +124,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
     from pgvault_assets.engine.pitr.archive import require_single_cluster, tool_for
-    from pgvault_assets.engine.restore import restore_production_to_time, restore_staging_to_time
+    from pgvault_assets.engine.recovery.operations import (
+        restore_production_to_time,
+        restore_staging_to_time,
+    )
 
     require_single_cluster(settings)
     source = settings.require_database()

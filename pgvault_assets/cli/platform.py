@@ -35,12 +35,10 @@ from pgvault_assets.cli.args import (
     retry_count,
 )
 from pgvault_assets.cli.console import console, errors
-from pgvault_assets.engine.cleanup import run_cleanup
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import each_database_apart, load_fleet
-from pgvault_assets.engine.interrupts import SIGNALS, Interrupted, handled_here, signals_seen
-from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.report import (
+from pgvault_assets.engine.backup.cleanup import run_cleanup
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.basics.interrupts import SIGNALS, Interrupted, handled_here, signals_seen
+from pgvault_assets.engine.monitoring.report import (
     FLEET_BACKUPS,
     STALE_AFTER,
     HealthFigures,
@@ -50,8 +48,10 @@ from pgvault_assets.engine.report import (
     health_warnings,
     over_budget,
 )
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.manifest import Manifest
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import BackupFailed, PgvaultError
+from pgvault_assets.fleet import each_database_apart, load_fleet
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
@@ -362,7 +362,7 @@ def materialize_backup(
         )
         from pgvault_assets.defs.history import backup_run_tags
         from pgvault_assets.defs.resources import resource_defs
-        from pgvault_assets.engine.backup import check_backup_date
+        from pgvault_assets.engine.backup.backup import check_backup_date
 
         check_backup_date(day, utcnow())
         config = settings.platform

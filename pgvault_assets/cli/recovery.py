@@ -18,14 +18,14 @@ from rich.table import Table
 
 from pgvault_assets.cli.args import add_database_option, confirm, parse_date, parse_time
 from pgvault_assets.cli.console import console, human_bytes, progress
-from pgvault_assets.engine import audit
-from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.approvals import authorization as auth
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
 
 if TYPE_CHECKING:
-    from pgvault_assets.engine.rows import Origin
+    from pgvault_assets.engine.recovery.rows import Origin
 
 EXAMPLES = """\
 production restores need a request approved by two approvers:
@@ -131,8 +131,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def target_to_write(settings: Settings, target: str) -> DatabaseUrl:
     """The database behind `target` that a command is about to write into: staging only
-    once no production database is behind it (engine/staging.py)."""
-    from pgvault_assets.engine.staging import staging_target
+    once no production database is behind it (engine/restore/staging.py)."""
+    from pgvault_assets.engine.restore.staging import staging_target
 
     if target == "staging":
         return staging_target(settings, os.environ)
@@ -140,9 +140,9 @@ def target_to_write(settings: Settings, target: str) -> DatabaseUrl:
 
 
 def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine import restore
     from pgvault_assets.engine.pitr.archive import base_backup_for
-    from pgvault_assets.engine.rows import request_scope
+    from pgvault_assets.engine.recovery import operations
+    from pgvault_assets.engine.recovery.rows import request_scope
 
     recovery = settings.recovery
     scope = None
@@ -160,14 +160,14 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
             if args.date is not None:
                 raise ConfigError("a recover-rows request takes --date or --time, not both")
             scope |= {
-                "time": restore.time_key(args.time),
+                "time": operations.time_key(args.time),
                 "base_backup": base_backup_for(settings, args.time).label,
             }
     if args.kind == "restore-to-time":
         if args.time is None:
             raise ConfigError("a restore-to-time request needs --time, like 2026-11-30T09:15:00Z")
         scope = {
-            "time": restore.time_key(args.time),
+            "time": operations.time_key(args.time),
             "base_backup": base_backup_for(settings, args.time).label,
         }
     request = auth.create_request(
@@ -278,13 +278,13 @@ def _origin(args: argparse.Namespace, settings: Settings) -> Origin:
     if args.time is None:
         return args.date
     from pgvault_assets.engine.pitr.archive import tool_for
-    from pgvault_assets.engine.rows import PointInTime
+    from pgvault_assets.engine.recovery.rows import PointInTime
 
     return PointInTime(tool_for(settings), settings.require_database(), args.time)
 
 
 def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine import restore, rows
+    from pgvault_assets.engine.recovery import operations, rows
 
     vault = Vault.from_settings(settings)
     url = target_to_write(settings, args.target)
@@ -305,7 +305,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
             parents_only=args.parents_only,
         )
         if args.time is not None:
-            wanted["time"] = restore.time_key(args.time)
+            wanted["time"] = operations.time_key(args.time)
         # The base backup is the engine's to check: it says so when a newer one replaced it.
         approved = {k: v for k, v in request.scope.items() if k != "base_backup"}
         if approved != wanted or request.date != args.date:
@@ -352,7 +352,7 @@ def cmd_recover_rows(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"{comment}dropped {name}, the scratch database an interrupted run left")
     if result.time is not None:
         console.print(
-            f"{comment}rows as of {restore.time_key(result.time)}: recovered from base backup "
+            f"{comment}rows as of {operations.time_key(result.time)}: recovered from base backup "
             f"{result.base_backup}, recovery stopped at {result.stopped_at}",
             markup=False,
         )
@@ -384,8 +384,8 @@ def _rows_text(count: int) -> str:
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine import shape
-    from pgvault_assets.engine.compare import compare_databases
+    from pgvault_assets.engine.postgres import shape
+    from pgvault_assets.engine.postgres.compare import compare_databases
 
     if args.source == args.target:
         raise ConfigError("--source and --target are the same database; compare two")
@@ -421,7 +421,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.drill import run_configured_drill, store_report
+    from pgvault_assets.engine.recovery.drill import run_configured_drill, store_report
 
     vault = Vault.from_settings(settings)
     report = run_configured_drill(vault, settings, rto_hours=args.rto_hours)
@@ -436,7 +436,7 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 
 def restore_production_command(args: argparse.Namespace, settings: Settings) -> int:
     """`restore-from-backup --target production`: only under a dual-authorized request."""
-    from pgvault_assets.engine import restore
+    from pgvault_assets.engine.recovery import operations
 
     if not args.request:
         raise ConfigError(
@@ -451,7 +451,7 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
         )
     url = settings.target_url("production")
     with progress(f"restoring {args.date} to production") as advance:
-        result = restore.restore_production(
+        result = operations.restore_production(
             vault,
             args.request,
             url,
@@ -475,7 +475,7 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
 def kept_as(name: str, settings: Settings) -> str:
     """`kept as <name> until <time> UTC`: how long the way back stays, as the maintenance
     will count it (from the time in the name)."""
-    from pgvault_assets.engine.kept_databases import kept_until
+    from pgvault_assets.engine.recovery.kept_databases import kept_until
 
     until = kept_until(name, settings.restore_keep_previous_hours)
     when = f" until {until:%Y-%m-%d %H:%M} UTC (RESTORE_KEEP_PREVIOUS_HOURS)" if until else ""
@@ -484,7 +484,7 @@ def kept_as(name: str, settings: Settings) -> str:
 
 def rollback_production_command(args: argparse.Namespace, settings: Settings) -> int:
     """`rollback-restore --target production`: only under a dual-authorized `rollback` request."""
-    from pgvault_assets.engine import restore
+    from pgvault_assets.engine.recovery import operations
 
     if not args.request:
         raise ConfigError(
@@ -492,7 +492,7 @@ def rollback_production_command(args: argparse.Namespace, settings: Settings) ->
             "pgvault request-restore --kind rollback --target production --reason TEXT, then --request ID"
         )
     url = settings.target_url("production")
-    restored, kept = restore.rollback_production(
+    restored, kept = operations.rollback_production(
         Vault.from_settings(settings),
         args.request,
         url,

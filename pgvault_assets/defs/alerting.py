@@ -50,11 +50,16 @@ from pgvault_assets.defs.history import (
 )
 from pgvault_assets.defs.naming import DatabaseNames, names_of
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.clock import Clock, utcnow
-from pgvault_assets.engine.fleet import Fleet
-from pgvault_assets.engine.report import FLEET_BACKUPS, health_figures, health_warnings, over_budget
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import Clock, utcnow
+from pgvault_assets.engine.monitoring.report import (
+    FLEET_BACKUPS,
+    health_figures,
+    health_warnings,
+    over_budget,
+)
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.fleet import Fleet
 from pgvault_assets.settings import Settings
 
 STALE_AFTER = timedelta(hours=36)

@@ -54,19 +54,19 @@ from pgvault_assets.alerts import CheckinStatus, Notifier
 from pgvault_assets.defs.history import DATABASE_TAG, REFUSED_METADATA_KEY, backup_run_tags
 from pgvault_assets.defs.naming import DatabaseNames, Names, names_of
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.backup import backup_database, check_backup_date
-from pgvault_assets.engine.catalog import first_backup_day
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, Fleet, FleetDatabase, pin_database
-from pgvault_assets.engine.interrupts import Interrupted, signals_interrupt
-from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.policy import SUNDAY
-from pgvault_assets.engine.report import duration_exceeds_average, size_shrank
-from pgvault_assets.engine.restore import verify_backup
-from pgvault_assets.engine.restore_check import verify_restorable
-from pgvault_assets.engine.run_budget import MAX_RUNTIME_TAG, RunBudget, run_budget
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.backup import backup_database, check_backup_date
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.basics.interrupts import Interrupted, signals_interrupt
+from pgvault_assets.engine.basics.policy import SUNDAY
+from pgvault_assets.engine.monitoring.catalog import first_backup_day
+from pgvault_assets.engine.monitoring.report import duration_exceeds_average, size_shrank
+from pgvault_assets.engine.monitoring.run_budget import MAX_RUNTIME_TAG, RunBudget, run_budget
+from pgvault_assets.engine.recovery.restore_check import verify_restorable
+from pgvault_assets.engine.restore.verify import verify_backup
+from pgvault_assets.engine.vault.manifest import Manifest
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.fleet import RESTORE_PROOF_POOL, Fleet, FleetDatabase, pin_database
 from pgvault_assets.settings import PlatformSettings, Settings, environment_name, load_settings
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from dagster import (
     RunsFilter,
 )
 
-from pgvault_assets.engine.fleet import SINGLE
-from pgvault_assets.engine.report import FailedRun
+from pgvault_assets.engine.monitoring.report import FailedRun
+from pgvault_assets.fleet import SINGLE
 
 PARTITION_TAG = "dagster/partition"
 ENVIRONMENT_TAG = "pgvault/environment"

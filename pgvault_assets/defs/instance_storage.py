@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pgvault_assets.engine.doctor import Check, Status
+from pgvault_assets.engine.monitoring.doctor import Check, Status
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import pgvault_home
 

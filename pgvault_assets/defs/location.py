@@ -12,7 +12,7 @@ from pgvault_assets.defs.backup import Build, backup_defs
 from pgvault_assets.defs.maintenance import maintenance_defs
 from pgvault_assets.defs.pitr import pitr_defs
 from pgvault_assets.defs.recovery import recovery_defs
-from pgvault_assets.engine.fleet import Fleet
+from pgvault_assets.fleet import Fleet
 from pgvault_assets.settings import PlatformSettings
 
 

@@ -41,12 +41,10 @@ from pgvault_assets.defs.backup import Build
 from pgvault_assets.defs.history import failed_runs_by_key
 from pgvault_assets.defs.naming import Names, names_of
 from pgvault_assets.defs.resources import VaultResource
-from pgvault_assets.engine import names as object_names
-from pgvault_assets.engine.cleanup import CleanupResult, run_cleanup
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import each_database_apart, load_fleet
-from pgvault_assets.engine.kept_databases import KeptDatabasesResult, drop_expired_kept_databases
-from pgvault_assets.engine.report import (
+from pgvault_assets.engine.backup.cleanup import CleanupResult, run_cleanup
+from pgvault_assets.engine.basics import names as object_names
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.monitoring.report import (
     DatabaseHealth,
     FormerDatabase,
     database_health,
@@ -54,8 +52,13 @@ from pgvault_assets.engine.report import (
     render_fleet_report,
     render_weekly_report,
 )
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.recovery.kept_databases import (
+    KeptDatabasesResult,
+    drop_expired_kept_databases,
+)
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import PgvaultError
+from pgvault_assets.fleet import each_database_apart, load_fleet
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings
 

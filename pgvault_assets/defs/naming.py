@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dagster import AssetKey
 
-from pgvault_assets.engine.fleet import Fleet, FleetDatabase, pool_name
+from pgvault_assets.fleet import Fleet, FleetDatabase, pool_name
 
 BACKUP_KEY = AssetKey("database_backup")
 """The single database's backup, under the name its history was recorded with."""

@@ -35,12 +35,12 @@ from dagster import (
 from pgvault_assets.alerts import Alert
 from pgvault_assets.defs.backup import Build
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.cluster import one_proof_at_a_time
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.engine.pitr import BACKUP_KINDS
 from pgvault_assets.engine.pitr.archive import pitr_status, take_base_backup, tool_for
 from pgvault_assets.engine.pitr.recover import prove_restorable
+from pgvault_assets.engine.postgres.cluster import one_proof_at_a_time
 from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.settings import Settings, load_settings
 
 BASE_BACKUP_KEY = AssetKey("pitr_base_backup")

@@ -35,12 +35,13 @@ from pgvault_assets.alerts import Alert
 from pgvault_assets.defs.backup import Build, canceled_on_interrupt
 from pgvault_assets.defs.naming import DatabaseNames
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.drill import DrillReport, run_configured_drill, store_report
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
-from pgvault_assets.engine.restore import RestoreResult, restore_production, restore_staging
-from pgvault_assets.engine.staging import staging_target
+from pgvault_assets.engine.approvals import authorization as auth
+from pgvault_assets.engine.recovery.drill import DrillReport, run_configured_drill, store_report
+from pgvault_assets.engine.recovery.operations import restore_production, restore_staging
+from pgvault_assets.engine.restore.restore import RestoreResult
+from pgvault_assets.engine.restore.staging import staging_target
 from pgvault_assets.errors import ConfigError, PgvaultError
+from pgvault_assets.fleet import RESTORE_PROOF_POOL
 from pgvault_assets.settings import DatabaseUrl
 
 RECOVERY_TIME_WITHIN_OBJECTIVE = "recovery_time_within_objective"

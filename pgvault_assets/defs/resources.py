@@ -18,8 +18,8 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, create_model
 
 from pgvault_assets.alerts import Notifier
-from pgvault_assets.engine.fleet import pin_database
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import pin_database
 from pgvault_assets.settings import (
     PlatformVariables,
     Settings,

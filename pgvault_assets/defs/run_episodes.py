@@ -42,8 +42,13 @@ from pgvault_assets.defs.history import (
     run_events,
 )
 from pgvault_assets.defs.naming import names_of
-from pgvault_assets.engine.fleet import Fleet
-from pgvault_assets.engine.report import FailedRun, HealthFigures, health_warnings, in_window
+from pgvault_assets.engine.monitoring.report import (
+    FailedRun,
+    HealthFigures,
+    health_warnings,
+    in_window,
+)
+from pgvault_assets.fleet import Fleet
 
 RUN_KINDS = ("backup_failed", "upload_failing")
 CHECK_KINDS = {CHECKSUM_MATCHES: "checksum_mismatch", DECRYPTS_FULLY: "decrypts_fully"}

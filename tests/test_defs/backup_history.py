@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, date, datetime, time, timedelta
 
-from pgvault_assets.engine import manifest as mf
-from pgvault_assets.engine import names
-from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.vault import manifest as mf
+from pgvault_assets.engine.vault.manifest import Manifest
+from pgvault_assets.engine.vault.vault import Vault
 
 
 def fake_manifest(

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.cluster import CLUSTER_PREFIX, start_cluster
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.postgres.cluster import CLUSTER_PREFIX, start_cluster
 from tests.conftest import AWKWARD_SCHEMA, load_sql_file
 from tests.test_recovery.conftest import approvers, databases  # noqa: F401 (shared fixtures)
 

@@ -12,8 +12,8 @@ from pgvault_assets.defs.alerting import (
     make_alert_sensor,
 )
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import SINGLE, single_fleet
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.fleet import SINGLE, single_fleet
 
 
 def sense_from_start(instance: DagsterInstance) -> str | None:

@@ -12,7 +12,7 @@ from pgvault_assets.defs.backup import (
 from pgvault_assets.defs.maintenance import maintenance_assets
 from pgvault_assets.defs.pitr import pitr_defs
 from pgvault_assets.defs.recovery import make_drill
-from pgvault_assets.engine.fleet import single_fleet
+from pgvault_assets.fleet import single_fleet
 from pgvault_assets.settings import PlatformSettings, platform_section
 
 

@@ -19,11 +19,11 @@ from pgvault_assets.defs.alerting import make_alert_sensor
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import single_fleet
-from pgvault_assets.engine.names import OBJECT_NAME
-from pgvault_assets.engine.restore_check import restore_verified_dates
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.basics.names import OBJECT_NAME
+from pgvault_assets.engine.recovery.restore_check import restore_verified_dates
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import single_fleet
 from pgvault_assets.settings import Settings, load_settings
 from test_defs.backup_history import fake_manifest, write_backup
 from test_defs.run_failure import sense_from_start

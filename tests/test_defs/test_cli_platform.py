@@ -8,9 +8,9 @@ from dagster import AssetKey, DagsterInstance
 
 from pgvault_assets.cli import main
 from pgvault_assets.cli.platform import materialize_backup, retry_line
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.policy import Tier, tiers_of
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.basics.policy import Tier, tiers_of
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history
 

@@ -18,8 +18,8 @@ from pgvault_assets.cli import main
 from pgvault_assets.cli.console import ago
 from pgvault_assets.cli.platform import CODE_LOCATION
 from pgvault_assets.defs.backup import partitions_start
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.store.local import LocalStore
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.storage.store.local import LocalStore
 from pgvault_assets.settings import DatabaseUrl, PlatformSettings
 from tests.test_defs.test_webserver import REPO, _graphql, running_webserver
 

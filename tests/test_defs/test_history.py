@@ -25,10 +25,10 @@ from pgvault_assets.defs.history import (
 )
 from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import Fleet, FleetDatabase, Server
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import BackupFailed
+from pgvault_assets.fleet import Fleet, FleetDatabase, Server
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 from tests.test_defs.single import database_backup

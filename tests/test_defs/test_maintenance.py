@@ -9,10 +9,10 @@ from psycopg import sql
 
 from pgvault_assets.defs import maintenance
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine import audit
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.names import database_beside
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.basics.names import database_beside
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from test_defs.backup_history import write_history
 from tests.conftest import admin_connect

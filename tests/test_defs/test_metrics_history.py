@@ -14,8 +14,8 @@ from pgvault_assets.definitions import defs
 from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.defs.run_episodes import HISTORY_KINDS, RunHistoryReader
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import write_history
 from test_defs.test_backup_asset import CorruptingVaultResource

@@ -13,7 +13,7 @@ from dagster import AssetCheckKey, AssetKey, Definitions
 from pgvault_assets.defs.location import build_defs
 from pgvault_assets.defs.naming import DatabaseNames, names_of
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, Fleet, parse_fleet, single_fleet
+from pgvault_assets.fleet import RESTORE_PROOF_POOL, Fleet, parse_fleet, single_fleet
 from pgvault_assets.settings import platform_section
 
 THREE_ON_TWO = parse_fleet(

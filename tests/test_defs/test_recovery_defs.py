@@ -14,9 +14,9 @@ from pgvault_assets.defs.recovery import (
     restore_job,
 )
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.audit import STAGING_RESTORE, audit_records
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
+from pgvault_assets.engine.approvals.audit import STAGING_RESTORE, audit_records
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.fleet import RESTORE_PROOF_POOL
 from test_defs.conftest import watching
 from tests.dbcompare import database_snapshot
 from tests.test_defs.single import disaster_recovery_drill

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import materialize
 
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL
+from pgvault_assets.fleet import RESTORE_PROOF_POOL
 from test_defs.conftest import watching
 from tests.conftest import PG_SERVER_URL
 from tests.test_defs.single import database_backup, restorable

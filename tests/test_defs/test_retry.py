@@ -33,11 +33,11 @@ from pgvault_assets.cli import main
 from pgvault_assets.defs.history import failed_backup_runs
 from pgvault_assets.defs.naming import BACKUP_KEY
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.names import server_context_key
-from pgvault_assets.engine.restore import verify_backup
-from pgvault_assets.engine.store import s3 as s3_store
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.basics.names import server_context_key
+from pgvault_assets.engine.restore.verify import verify_backup
+from pgvault_assets.engine.storage.store import s3 as s3_store
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import PlatformSettings, load_settings, platform_section
 from test_defs.http_capture import Captured
 from test_defs.run_failure import sense_run_failure

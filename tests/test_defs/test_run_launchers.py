@@ -15,8 +15,8 @@ from dagster_aws.ecs.container_context import EcsContainerContext
 from dagster_k8s import K8sRunLauncher
 
 from pgvault_assets.defs.backup import run_tags
-from pgvault_assets.engine.fleet import parse_fleet
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.fleet import parse_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = parse_fleet(

@@ -15,8 +15,8 @@ from dagster import (
 from pgvault_assets.definitions import defs
 from pgvault_assets.defs.alerting import FleetCursor, make_alert_sensor
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
-from pgvault_assets.engine.fleet import single_fleet
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import single_fleet
 from pgvault_assets.settings import load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 from test_defs.run_failure import sense_run_failure

@@ -12,9 +12,9 @@ from dagster import build_sensor_context
 from pgvault_assets.cli import main
 from pgvault_assets.defs.alerting import make_alert_sensor
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.cleanup import run_cleanup
-from pgvault_assets.engine.fleet import single_fleet
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.cleanup import run_cleanup
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import single_fleet
 from pgvault_assets.settings import RetentionPolicy, load_settings
 from test_defs.backup_history import fake_manifest, write_backup, write_history
 

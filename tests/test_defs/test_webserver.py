@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.store.s3 import S3Store
+from pgvault_assets.engine.storage.store.s3 import S3Store
 
 PUBLIC_ACCESS_BLOCKED = {
     "BlockPublicAcls": True,

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.storage_setup import init_storage
+from pgvault_assets.engine.storage.storage_setup import init_storage
 from pgvault_assets.settings import load_settings
 
 DB_PASSWORD = "doctor-db-pass-8f3k"

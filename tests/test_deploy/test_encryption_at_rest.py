@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pgvault_assets.engine import audit
-from pgvault_assets.engine.drill import DrillReport, store_report
-from pgvault_assets.engine.restore_check import RestoreProof, record_restore_verified
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.recovery.drill import DrillReport, store_report
+from pgvault_assets.engine.recovery.restore_check import RestoreProof, record_restore_verified
 from tests.test_engine.helpers import DAY, back_up, vault
 
 

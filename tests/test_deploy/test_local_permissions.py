@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pgvault_assets.engine import audit
-from pgvault_assets.engine.keys import LocalKeyProvider
-from pgvault_assets.engine.restore_check import RestoreProof, record_restore_verified
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.recovery.restore_check import RestoreProof, record_restore_verified
+from pgvault_assets.engine.vault.keys import LocalKeyProvider
 from tests.test_engine.helpers import DAY, back_up, vault
 
 

@@ -9,13 +9,13 @@ from datetime import UTC, date, datetime, timedelta
 import botocore.exceptions
 import pytest
 
-from pgvault_assets.engine import audit
-from pgvault_assets.engine.immutability import audit_retain_until, backup_retain_until
-from pgvault_assets.engine.names import manifest_key
-from pgvault_assets.engine.policy import retention_days, tier_of
-from pgvault_assets.engine.restore import verify_backup
-from pgvault_assets.engine.retention import apply_retention, plan_retention
-from pgvault_assets.engine.storage_setup import iam_policy
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
+from pgvault_assets.engine.basics.names import manifest_key
+from pgvault_assets.engine.basics.policy import retention_days, tier_of
+from pgvault_assets.engine.restore.verify import verify_backup
+from pgvault_assets.engine.storage.immutability import audit_retain_until, backup_retain_until
+from pgvault_assets.engine.storage.storage_setup import iam_policy
 from pgvault_assets.settings import RetentionPolicy
 from tests.test_defs.backup_history import fake_manifest
 from tests.test_engine.helpers import DAY, back_up, vault

@@ -7,10 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.clock import latest_complete_day
-from pgvault_assets.engine.manifest import Manifest
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.clock import latest_complete_day
+from pgvault_assets.engine.vault.manifest import Manifest
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 
 # One clock per run: the first process of a run to import this (pytest, through conftest) pins

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine.cluster import (
+from pgvault_assets.engine.postgres.cluster import (
     CLUSTER_PREFIX,
     major_of,
     one_proof_at_a_time,
@@ -74,7 +74,7 @@ def test_the_cluster_is_removed_even_when_the_body_raises():
 def test_a_killed_runs_cluster_is_stopped_and_removed_by_the_next_run():
     code = (
         "import time\n"
-        "from pgvault_assets.engine.cluster import start_cluster\n"
+        "from pgvault_assets.engine.postgres.cluster import start_cluster\n"
         "with start_cluster() as cluster:\n"
         "    print(cluster.base, flush=True)\n"
         "    time.sleep(600)\n"

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgvault_assets.engine.copy_rows import CopyRowCounter
-from pgvault_assets.engine.postgres import find_tool, tool_env
+from pgvault_assets.engine.postgres.postgres import find_tool, tool_env
+from pgvault_assets.engine.vault.copy_rows import CopyRowCounter
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import admin_connect
 from tests.test_engine.helpers import back_up

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine.postgres import check_tool_fits_server
+from pgvault_assets.engine.postgres.postgres import check_tool_fits_server
 from pgvault_assets.errors import BackupFailed, ConfigError, KeyUnavailable, StoreError
 from tests.conftest import MAINTENANCE_URL
 from tests.test_engine.helpers import back_up, vault
@@ -120,7 +120,7 @@ def test_pg_dump_older_than_the_server_is_refused():
 def test_a_rerun_on_an_unversioned_bucket_is_refused_and_the_backup_stays_whole(
     aws_env, awkward_database, monkeypatch
 ):
-    from pgvault_assets.engine.restore import verify_backup
+    from pgvault_assets.engine.restore.verify import verify_backup
     from tests.test_engine.helpers import DAY
 
     bucket = f"pgvault-unversioned-{uuid.uuid4().hex[:12]}"

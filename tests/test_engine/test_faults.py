@@ -16,11 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.manifest import Manifest, encryption_context
-from pgvault_assets.engine.names import manifest_key, object_key, server_context_key
-from pgvault_assets.engine.postgres import DatabaseUnavailable
-from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.names import manifest_key, object_key, server_context_key
+from pgvault_assets.engine.postgres.postgres import DatabaseUnavailable
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
+from pgvault_assets.engine.vault.manifest import Manifest, encryption_context
 from pgvault_assets.errors import (
     BackupFailed,
     BackupNotFound,
@@ -305,7 +306,7 @@ def test_rerun_replaces_the_backup_only_when_complete(local_env, awkward_databas
 
 
 def test_a_failed_dump_is_explained_by_its_error_line_not_the_detail_after_it():
-    from pgvault_assets.engine.backup import pg_dump_reason
+    from pgvault_assets.engine.backup.backup import pg_dump_reason
 
     stderr = [
         "pg_dump: error: query failed: FATAL:  terminating connection due to administrator command",
@@ -322,8 +323,8 @@ def test_a_failed_dump_is_explained_by_its_error_line_not_the_detail_after_it():
 def test_restores_and_a_rollback_in_one_second_keep_every_replaced_database_newest_first(
     local_env, awkward_database, make_database
 ):
-    from pgvault_assets.engine.postgres import previous_databases
-    from pgvault_assets.engine.restore import rollback_restore
+    from pgvault_assets.engine.postgres.postgres import previous_databases
+    from pgvault_assets.engine.restore.swap import rollback_restore
 
     back_up(awkward_database)
     target = DatabaseUrl.parse(make_database("target"), "target")

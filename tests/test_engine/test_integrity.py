@@ -8,7 +8,11 @@ import time
 
 import psycopg
 
-from pgvault_assets.engine.integrity import INDEXES, check_database_integrity, indexes_verified
+from pgvault_assets.engine.postgres.integrity import (
+    INDEXES,
+    check_database_integrity,
+    indexes_verified,
+)
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import back_up
 
@@ -134,7 +138,7 @@ def test_an_index_check_killed_midway_leaves_no_amcheck_behind(make_database):
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     check = (
-        "import sys; from pgvault_assets.engine.integrity import indexes_verified; "
+        "import sys; from pgvault_assets.engine.postgres.integrity import indexes_verified; "
         "from pgvault_assets.settings import DatabaseUrl; "
         "indexes_verified(DatabaseUrl(sys.argv[1]), install_amcheck=True)"
     )

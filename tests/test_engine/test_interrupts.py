@@ -1,11 +1,11 @@
-"""Signals as the CLI's watch threads learn of them (engine/interrupts.py)."""
+"""Signals as the CLI's watch threads learn of them (engine/basics/interrupts.py)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 
-from pgvault_assets.engine.interrupts import signals_seen
+from pgvault_assets.engine.basics.interrupts import signals_seen
 
 
 def test_a_signal_is_seen_whoever_handles_it():

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pgvault_assets.engine.store import multipart
-from pgvault_assets.engine.store.multipart import (
+from pgvault_assets.engine.storage.store import multipart
+from pgvault_assets.engine.storage.store.multipart import (
     LARGEST_PART,
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -17,7 +17,7 @@ from pgvault_assets.engine.store.multipart import (
     first_part_size,
     part_size,
 )
-from pgvault_assets.engine.store.s3 import S3Store
+from pgvault_assets.engine.storage.store.s3 import S3Store
 from pgvault_assets.errors import StoreError
 
 MiB = 1024 * 1024

@@ -9,8 +9,9 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgvault_assets.engine.names import manifest_key, object_key
-from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.engine.basics.names import manifest_key, object_key
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.errors import IntegrityError, KeyUnavailable, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 from tests.dbcompare import database_snapshot

@@ -15,20 +15,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgvault_assets.engine import server_context as sc
-from pgvault_assets.engine import shape
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.integrity import check_database_integrity
-from pgvault_assets.engine.manifest import (
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.names import manifest_key
+from pgvault_assets.engine.postgres import server_context as sc
+from pgvault_assets.engine.postgres import shape
+from pgvault_assets.engine.postgres.compare import compare_databases
+from pgvault_assets.engine.postgres.integrity import check_database_integrity
+from pgvault_assets.engine.restore.restore import restore_backup, restore_into_scratch
+from pgvault_assets.engine.vault.manifest import (
     PASSWORDS_EXCLUDED,
     PASSWORDS_INCLUDED,
     Manifest,
     server_context_encryption_context,
 )
-from pgvault_assets.engine.names import manifest_key
-from pgvault_assets.engine.pipeline import decrypt_stream
-from pgvault_assets.engine.restore import restore_backup, restore_into_scratch
+from pgvault_assets.engine.vault.pipeline import decrypt_stream
 from pgvault_assets.errors import IntegrityError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import (
@@ -406,7 +406,7 @@ def test_roles_of_a_restore_killed_after_creating_them_are_dropped_by_the_next(
     target = f"{new_server}/restored_app"
     killed = spawn_pgvault(
         "import sys\n"
-        "from pgvault_assets.engine.restore import restore_backup\n"
+        "from pgvault_assets.engine.restore.restore import restore_backup\n"
         "from pgvault_assets.settings import DatabaseUrl\n"
         "from tests.test_engine.helpers import DAY, vault\n"
         "restore_backup(vault(), DAY, DatabaseUrl.parse(sys.argv[1], 'STAGING_DATABASE_URL'))\n",

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.parallel_load import ParallelLoad, _find_terminator, _Unit
-from pgvault_assets.engine.restore import restore_backup
+from pgvault_assets.engine.postgres.compare import compare_databases
+from pgvault_assets.engine.restore.parallel_load import ParallelLoad, _find_terminator, _Unit
+from pgvault_assets.engine.restore.restore import restore_backup
 from pgvault_assets.errors import RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import FIXTURES_DIR, load_sql_file

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pgvault_assets.engine.crypto import FRAME_LENGTH, SDK
-from pgvault_assets.engine.keys import LocalKeyProvider
-from pgvault_assets.engine.pipeline import (
+from pgvault_assets.engine.storage.store.local import LocalStore
+from pgvault_assets.engine.vault.crypto import FRAME_LENGTH, SDK
+from pgvault_assets.engine.vault.keys import LocalKeyProvider
+from pgvault_assets.engine.vault.pipeline import (
     SDK_READ,
     HashingReader,
     decrypt_stream,
     encrypt_stream,
 )
-from pgvault_assets.engine.store.local import LocalStore
 from pgvault_assets.errors import IntegrityError
 
 CONTEXT = {"pgvault:environment": "test", "pgvault:date": "2025-11-06"}

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from pgvault_assets.engine.postgres import connection_loss_raises
+from pgvault_assets.engine.postgres.postgres import connection_loss_raises
 from pgvault_assets.errors import BackupFailed
 from tests.conftest import MAINTENANCE_URL
 

@@ -10,7 +10,8 @@ import aws_encryption_sdk
 from aws_encryption_sdk.identifiers import CommitmentPolicy
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
 
-from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.settings import DatabaseUrl
 from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault

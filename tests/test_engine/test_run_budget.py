@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 from test_defs.backup_history import fake_manifest
 
-from pgvault_assets.engine.run_budget import run_budget
+from pgvault_assets.engine.monitoring.run_budget import run_budget
 
 HOUR = 3600.0
 

@@ -8,11 +8,11 @@ from typing import Any, BinaryIO
 import psycopg
 import pytest
 
-from pgvault_assets.engine.names import object_key
-from pgvault_assets.engine.pipeline import QUEUE_DEPTH, SDK_READ
-from pgvault_assets.engine.restore import restore_backup
-from pgvault_assets.engine.store import Store
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.names import object_key
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.storage.store import Store
+from pgvault_assets.engine.vault.pipeline import QUEUE_DEPTH, SDK_READ
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import IntegrityError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
 from tests.dbcompare import database_snapshot

@@ -14,8 +14,8 @@ import pytest
 from psycopg import sql
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.cluster import Cluster, restored_cluster
-from pgvault_assets.engine.names import database_beside
+from pgvault_assets.engine.basics.names import database_beside
+from pgvault_assets.engine.postgres.cluster import Cluster, restored_cluster
 from tests.conftest import PG_PORT, PG_SERVER_URL, PG_USER, PrivateCluster, admin_connect
 from tests.test_engine.helpers import DAY, back_up, marked, marker_intact
 from tests.test_faults.conftest import wait_for

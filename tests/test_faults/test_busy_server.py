@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.names import retention_lock_name
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.names import retention_lock_name
 from pgvault_assets.errors import BackupFailed
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import MAINTENANCE_URL

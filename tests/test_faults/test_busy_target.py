@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from pgvault_assets.engine.restore import restore_backup
+from pgvault_assets.engine.restore.restore import restore_backup
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_faults.conftest import fill, wait_for

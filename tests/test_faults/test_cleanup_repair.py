@@ -18,15 +18,15 @@ from dagster import instance_for_test, materialize
 
 from pgvault_assets.cli import main
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.cleanup import RepairKind, run_cleanup
-from pgvault_assets.engine.names import (
+from pgvault_assets.engine.backup.cleanup import RepairKind, run_cleanup
+from pgvault_assets.engine.backup.retention import plan_retention
+from pgvault_assets.engine.basics.names import (
     RESTORE_VERIFIED_NAME,
     backup_lock_name,
     manifest_key,
     object_key,
     retention_lock_name,
 )
-from pgvault_assets.engine.retention import plan_retention
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import load_settings
 from tests.conftest import AwsEnv
@@ -41,7 +41,7 @@ locked_env = deploy_fixtures.locked_env  # a bucket with S3 Object Lock
 # The cleanup runs at the instant its parent planned with (argv[1]): one clock, even across a
 # midnight between the parent's plan and the child's start.
 CLEAN_UP = (
-    "import sys; from datetime import datetime; from pgvault_assets.engine.cleanup import run_cleanup; "
+    "import sys; from datetime import datetime; from pgvault_assets.engine.backup.cleanup import run_cleanup; "
     "from pgvault_assets.settings import load_settings; from tests.test_engine.helpers import vault; "
     "run_cleanup(vault(), load_settings().retention, now=datetime.fromisoformat(sys.argv[1]))"
 )
@@ -355,7 +355,7 @@ def test_a_kept_version_no_manifest_pins_is_removed_once_stale_and_the_pinned_on
 ) -> None:
     """A local backup killed between keeping its version and its manifest leaves a hidden
     version: cleanup removes it once a day old, never the version the manifest reads."""
-    from pgvault_assets.engine.restore import verify_backup
+    from pgvault_assets.engine.restore.verify import verify_backup
     from tests.test_engine.helpers import DAY
 
     manifest = back_up(awkward_database)

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pgvault_assets.engine.names import retention_lock_name
-from pgvault_assets.engine.restore import verify_backup
-from pgvault_assets.engine.retention import apply_retention, plan_retention
+from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
+from pgvault_assets.engine.basics.names import retention_lock_name
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.errors import LockBusy
 from pgvault_assets.settings import load_settings
 from tests.test_engine.helpers import DAY, back_up, vault

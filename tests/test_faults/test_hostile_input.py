@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgvault_assets.cli.args import parse_date, positive_int
-from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.manifest import Manifest, encryption_context
-from pgvault_assets.engine.names import manifest_key, object_key
-from pgvault_assets.engine.rows import plan_row_recovery
+from pgvault_assets.engine.approvals import authorization as auth
+from pgvault_assets.engine.basics.names import manifest_key, object_key
+from pgvault_assets.engine.recovery.rows import plan_row_recovery
+from pgvault_assets.engine.vault.manifest import Manifest, encryption_context
 from pgvault_assets.errors import IntegrityError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl, load_settings, recovery_section
 from tests.test_engine.helpers import DAY, vault

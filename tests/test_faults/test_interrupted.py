@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from pgvault_assets.engine.names import object_key, server_context_key
-from pgvault_assets.engine.restore import verify_backup
+from pgvault_assets.engine.basics.names import object_key, server_context_key
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import AwsEnv, PrivateCluster
 from tests.test_engine.helpers import DAY, back_up, vault

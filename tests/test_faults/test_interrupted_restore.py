@@ -15,7 +15,7 @@ from tests.test_engine.helpers import back_up, marked, marker_intact
 from tests.test_faults.conftest import fill, wait_for
 
 RESTORE = (
-    "import sys; from pgvault_assets.engine.restore import restore_backup; "
+    "import sys; from pgvault_assets.engine.restore.restore import restore_backup; "
     "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import DAY, vault; "
     "restore_backup(vault(), DAY, DatabaseUrl(sys.argv[1]))"
 )

@@ -15,10 +15,11 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from pgvault_assets.engine.manifest import encryption_context
-from pgvault_assets.engine.names import manifest_key, object_key
-from pgvault_assets.engine.restore import restore_backup, verify_backup
-from pgvault_assets.engine.retention import apply_retention, plan_retention
+from pgvault_assets.engine.backup.retention import apply_retention, plan_retention
+from pgvault_assets.engine.basics.names import manifest_key, object_key
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
+from pgvault_assets.engine.vault.manifest import encryption_context
 from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import MAINTENANCE_URL, AwsEnv
@@ -28,13 +29,13 @@ from tests.test_faults.conftest import fill, wait_for
 ROWS = 300_000  # about 12 MB stored: a first 8 MB part is uploaded while the dump still runs
 BACK_UP = "import sys; from tests.test_engine.helpers import back_up; back_up(sys.argv[1])"
 RESTORE = (
-    "import sys; from pgvault_assets.engine.restore import restore_backup; "
+    "import sys; from pgvault_assets.engine.restore.restore import restore_backup; "
     "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import DAY, vault; "
     "restore_backup(vault(), DAY, DatabaseUrl(sys.argv[1]))"
 )
 # Retention applied at the instant its parent plans with (argv[1]): one clock for both.
 CLEAN_UP = (
-    "import sys; from datetime import datetime; from pgvault_assets.engine.retention import "
+    "import sys; from datetime import datetime; from pgvault_assets.engine.backup.retention import "
     "apply_retention, plan_retention; from pgvault_assets.settings import load_settings; "
     "from tests.test_engine.helpers import vault; v = vault(); now = datetime.fromisoformat(sys.argv[1]); "
     "apply_retention(v, plan_retention(v.list_manifests(), now.date(), load_settings().retention, now=now))"

@@ -17,20 +17,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgvault_assets.engine.drill import run_drill
-from pgvault_assets.engine.rows import recover_rows
+from pgvault_assets.engine.recovery.drill import run_drill
+from pgvault_assets.engine.recovery.rows import recover_rows
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import MAINTENANCE_URL, PrivateCluster
 from tests.test_engine.helpers import DAY, LAST_MONTH, NOW, back_up, vault
 from tests.test_faults.conftest import Pgvault, wait_for
 
 RECOVER = (
-    "import sys; from pgvault_assets.engine.rows import recover_rows; "
+    "import sys; from pgvault_assets.engine.recovery.rows import recover_rows; "
     "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import DAY, vault; "
     "recover_rows(vault(), DAY, DatabaseUrl(sys.argv[1]), 'public.t')"
 )
 DRILL = (
-    "import sys; from pgvault_assets.engine.drill import run_drill; "
+    "import sys; from pgvault_assets.engine.recovery.drill import run_drill; "
     "from pgvault_assets.settings import DatabaseUrl; from tests.test_engine.helpers import NOW, vault; "
     "run_drill(vault(), DatabaseUrl(sys.argv[1]), now=lambda: NOW)"
 )
@@ -194,7 +194,7 @@ def test_a_scratch_whose_guarding_session_ended_is_refused_and_still_dropped(
 ) -> None:
     """The scratch's lock lives as long as its holder's session: if the server ends that
     session mid-restore, another run could take the scratch for abandoned, so the run stops."""
-    from pgvault_assets.engine.restore import restore_into_scratch
+    from pgvault_assets.engine.restore.restore import restore_into_scratch
     from pgvault_assets.errors import RestoreFailed
 
     application = f"pgvault-guarded-{uuid.uuid4().hex[:8]}"
@@ -233,7 +233,7 @@ def test_a_leftover_scratch_pgvault_may_not_drop_is_reported_and_does_not_block(
     local_env, caplog
 ) -> None:
     """Another role's leftover: the run says so and goes on instead of failing every restore."""
-    from pgvault_assets.engine.restore import drop_abandoned_scratch
+    from pgvault_assets.engine.restore.scratch import drop_abandoned_scratch
 
     role = f"pgvault_test_role_{uuid.uuid4().hex[:8]}"
     name = f"pgvault_scratch_drill_20250101_{uuid.uuid4().hex[:8]}"

@@ -13,8 +13,9 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from pgvault_assets.engine.names import manifest_key
-from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.engine.basics.names import manifest_key
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.errors import IntegrityError
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import AwsEnv

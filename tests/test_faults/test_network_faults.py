@@ -15,8 +15,9 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from pgvault_assets.engine.restore import restore_backup, verify_backup
-from pgvault_assets.engine.store import reader, s3
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
+from pgvault_assets.engine.storage.store import reader, s3
 from pgvault_assets.errors import StoreError
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import AwsEnv, admin_connect

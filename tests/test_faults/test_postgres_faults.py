@@ -15,8 +15,9 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.restore import restore_backup, verify_backup
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.restore.verify import verify_backup
 from pgvault_assets.errors import BackupFailed, PgvaultError, RestoreFailed
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import MAINTENANCE_URL, PrivateCluster

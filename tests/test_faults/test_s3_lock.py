@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from pgvault_assets.engine.store.s3 import S3Store
+from pgvault_assets.engine.storage.store.s3 import S3Store
 from pgvault_assets.errors import LockBusy
 from tests.conftest import AwsEnv
 from tests.test_faults.conftest import wait_for
@@ -222,7 +222,7 @@ def test_a_backup_whose_date_lock_is_taken_mid_dump_records_nothing(
 
     import psycopg
 
-    from pgvault_assets.engine.names import backup_lock_name
+    from pgvault_assets.engine.basics.names import backup_lock_name
     from tests.test_engine.helpers import DAY, back_up, vault
 
     monkeypatch.setattr(S3Store, "lock", partialmethod(S3Store.lock, ttl=TTL))

@@ -12,7 +12,7 @@ import os
 from dagster import Definitions
 
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.fleet import load_fleet
+from pgvault_assets.fleet import load_fleet
 from pgvault_assets.settings import platform_section
 from tests.test_fleet.helpers import backup_definitions
 

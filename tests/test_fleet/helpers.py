@@ -26,7 +26,7 @@ from pgvault_assets.defs.backup import (
 )
 from pgvault_assets.defs.maintenance import maintenance_assets
 from pgvault_assets.defs.naming import names_of
-from pgvault_assets.engine.fleet import Fleet, parse_fleet
+from pgvault_assets.fleet import Fleet, parse_fleet
 from pgvault_assets.settings import platform_section
 from tests.conftest import PG_SERVER_URL
 

@@ -22,9 +22,9 @@ from pgvault_assets.defs.alerting import make_alert_sensor as make_fleet_alert_s
 from pgvault_assets.defs.backup import Build, make_database_backup, make_decrypts_fully
 from pgvault_assets.defs.naming import fleet_backup_key
 from pgvault_assets.defs.resources import AlertsResource, VaultResource, resource_defs
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import Fleet, load_fleet
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import Fleet, load_fleet
 from pgvault_assets.settings import load_settings, platform_section
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.test_defs.backup_history import fake_manifest, write_backup, write_history

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet.helpers import alpha_and_beta, write_fleet
 

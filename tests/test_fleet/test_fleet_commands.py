@@ -10,12 +10,12 @@ import shutil
 import psycopg
 import pytest
 
-from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import pin_database
-from pgvault_assets.engine.postgres import previous_databases
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.approvals import authorization as auth
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.postgres.postgres import previous_databases
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import pin_database
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.test_fleet.helpers import alpha_and_beta
 from tests.test_recovery.helpers import run

@@ -17,9 +17,9 @@ from dagster import (
 
 from pgvault_assets.cli import main
 from pgvault_assets.defs.resources import VaultResource, resource_defs
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import load_fleet, parse_fleet
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import load_fleet, parse_fleet
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet.helpers import (

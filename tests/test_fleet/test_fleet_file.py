@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pgvault_assets.engine.fleet import load_fleet, parse_fleet, pin_database
 from pgvault_assets.errors import ConfigError
+from pgvault_assets.fleet import load_fleet, parse_fleet, pin_database
 from pgvault_assets.settings import RetentionPolicy, load_settings
 
 GOOD = """

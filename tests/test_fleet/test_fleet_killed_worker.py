@@ -22,7 +22,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, pool_name
+from pgvault_assets.fleet import RESTORE_PROOF_POOL, pool_name
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet import daemon
 from tests.test_fleet.helpers import write_fleet

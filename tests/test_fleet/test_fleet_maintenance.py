@@ -14,11 +14,11 @@ from test_defs.backup_history import write_history
 
 from pgvault_assets.defs import maintenance
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine import audit
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import load_fleet, pin_database
-from pgvault_assets.engine.names import database_beside
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.basics.names import database_beside
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import load_fleet, pin_database
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL, admin_connect
 from tests.test_fleet.helpers import fleet_backup, fleet_maintenance_assets, write_fleet

@@ -12,8 +12,8 @@ import os
 from dagster import AssetKey, DagsterInstance
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.fleet import pin_database
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import pin_database
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet import daemon

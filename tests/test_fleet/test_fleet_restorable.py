@@ -17,11 +17,11 @@ from dagster import (
 
 from pgvault_assets.cli import main
 from pgvault_assets.defs.resources import resource_defs
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, load_fleet, pin_database
-from pgvault_assets.engine.restore_check import restore_verified_dates
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.recovery.restore_check import restore_verified_dates
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import RESTORE_PROOF_POOL, load_fleet, pin_database
 from pgvault_assets.settings import load_settings
 from tests.test_fleet.helpers import alpha_and_beta, backup_definitions, run_requests
 from tests.test_recovery.conftest import databases_named

@@ -11,9 +11,9 @@ import pytest
 from test_defs.backup_history import write_history
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.clock import latest_complete_day, utcnow
-from pgvault_assets.engine.fleet import pin_database
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import pin_database
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet.helpers import write_fleet

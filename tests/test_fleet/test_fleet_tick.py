@@ -21,8 +21,8 @@ import pytest
 from dagster import DagsterInstance
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.fleet import RESTORE_PROOF_POOL, pin_database, pool_name
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.vault.vault import Vault
+from pgvault_assets.fleet import RESTORE_PROOF_POOL, pin_database, pool_name
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL
 from tests.test_fleet import daemon

@@ -9,13 +9,13 @@ from datetime import UTC, date, datetime
 import psycopg
 import pytest
 
-from pgvault_assets.engine import names
-from pgvault_assets.engine.audit import append, audit_records
-from pgvault_assets.engine.backup import backup_database
-from pgvault_assets.engine.fleet import pin_database
-from pgvault_assets.engine.restore import restore_backup
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.approvals.audit import append, audit_records
+from pgvault_assets.engine.backup.backup import backup_database
+from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.restore.restore import restore_backup
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import IntegrityError
+from pgvault_assets.fleet import pin_database
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.test_fleet.helpers import alpha_and_beta
 

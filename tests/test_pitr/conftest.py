@@ -22,8 +22,8 @@ import psycopg
 import pytest
 
 from pgvault_assets.cli import main
-from pgvault_assets.engine.cluster import Cluster, start_cluster
 from pgvault_assets.engine.pitr.config import server_settings_lines
+from pgvault_assets.engine.postgres.cluster import Cluster, start_cluster
 from pgvault_assets.settings import load_settings
 from tests.conftest import AwsEnv
 from tests.test_pitr.tls import tls_proxy, write_localhost_certificate

@@ -10,13 +10,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine.cluster import start_cluster
-from pgvault_assets.engine.doctor import Status, pitr_check
+from pgvault_assets.engine.monitoring.doctor import Status, pitr_check
 from pgvault_assets.engine.pitr.archive import pitr_status, tool_for
 from pgvault_assets.engine.pitr.config import archive_command, server_settings_lines
 from pgvault_assets.engine.pitr.passphrase import stored_passphrase
 from pgvault_assets.engine.pitr.window import read_window
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.postgres.cluster import start_cluster
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import load_settings
 from tests.test_pitr.conftest import ArchivingServer, pgvault, wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine.cluster import CLUSTER_PREFIX
+from pgvault_assets.engine.postgres.cluster import CLUSTER_PREFIX
 from tests.test_faults.test_interrupted import cli  # noqa: F401 (shared fixture)
 from tests.test_faults.test_killed import _scratches
 from tests.test_pitr.conftest import ArchivingServer

@@ -25,12 +25,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgvault_assets.engine import audit, rows
-from pgvault_assets.engine.cluster import CLUSTER_PREFIX, start_cluster
+from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.pitr import recover
 from pgvault_assets.engine.pitr.archive import tool_for
-from pgvault_assets.engine.restore import time_key
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.postgres.cluster import CLUSTER_PREFIX, start_cluster
+from pgvault_assets.engine.recovery import rows
+from pgvault_assets.engine.recovery.operations import time_key
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import DatabaseUrl, load_settings
 from tests.conftest import CLEARED_VARIABLES, TEST_DB_PREFIX, _drop_databases, admin_connect
 from tests.test_faults.test_interrupted import cli  # noqa: F401 (shared fixture)

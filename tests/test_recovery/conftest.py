@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgvault_assets.engine import restore
-from pgvault_assets.engine.manifest import Manifest
+from pgvault_assets.engine.restore import restore
+from pgvault_assets.engine.vault.manifest import Manifest
 from tests.test_engine.helpers import back_up
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pgvault_assets.engine import audit
+from pgvault_assets.engine.approvals import audit
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import execute, scalar

@@ -11,10 +11,11 @@ from datetime import timedelta
 
 import pytest
 
-from pgvault_assets.engine import audit, restore
-from pgvault_assets.engine import authorization as auth
-from pgvault_assets.engine.clock import utcnow
-from pgvault_assets.engine.postgres import previous_databases
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.approvals import authorization as auth
+from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.postgres.postgres import previous_databases
+from pgvault_assets.engine.recovery import operations as restore
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import (

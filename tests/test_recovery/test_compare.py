@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgvault_assets.engine.compare import compare_databases
-from pgvault_assets.engine.restore import restore_backup
+from pgvault_assets.engine.postgres.compare import compare_databases
+from pgvault_assets.engine.restore.restore import restore_backup
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import DAY, vault
 from tests.test_recovery.conftest import Databases, execute, scalar

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from pgvault_assets.engine.drill import DrillReport, choose_backup, run_drill, store_report
+from pgvault_assets.engine.recovery.drill import DrillReport, choose_backup, run_drill, store_report
 from pgvault_assets.errors import BackupNotFound
 from pgvault_assets.settings import DatabaseUrl
 from tests.test_engine.helpers import back_up, vault

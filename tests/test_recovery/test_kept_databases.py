@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from pgvault_assets.engine import audit
-from pgvault_assets.engine.kept_databases import drop_expired_kept_databases, kept_until
-from pgvault_assets.engine.names import database_beside, restore_claim
+from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.basics.names import database_beside, restore_claim
+from pgvault_assets.engine.recovery.kept_databases import drop_expired_kept_databases, kept_until
 from pgvault_assets.settings import DatabaseUrl
 from tests.conftest import MAINTENANCE_URL, admin_connect
 from tests.test_engine.helpers import vault

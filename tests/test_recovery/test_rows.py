@@ -6,8 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pgvault_assets.engine import rows
-from pgvault_assets.engine.restore import restore_into_scratch
+from pgvault_assets.engine.recovery import rows
+from pgvault_assets.engine.restore.restore import restore_into_scratch
 from pgvault_assets.settings import DatabaseUrl
 from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault

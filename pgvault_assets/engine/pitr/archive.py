@@ -25,8 +25,8 @@ from pgvault_assets.engine.pitr.window import (
     read_window,
     segment_index,
 )
-from pgvault_assets.engine.postgres import connect, one_row
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.postgres.postgres import connect, one_row
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgvault_assets.engine import names
-from pgvault_assets.engine.postgres import connect, one_row
+from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.postgres.postgres import connect, one_row
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
 

@@ -13,9 +13,9 @@ import secrets
 
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 
-from pgvault_assets.engine import names
-from pgvault_assets.engine.crypto import ALGORITHM, SDK
-from pgvault_assets.engine.vault import Vault
+from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.vault.crypto import ALGORITHM, SDK
+from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import IntegrityError, KeyUnavailable
 
 

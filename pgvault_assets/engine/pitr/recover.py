@@ -23,10 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg
 
-from pgvault_assets.engine.cluster import Cluster, restored_cluster, server_running
 from pgvault_assets.engine.pitr.runner import PgBackRest, PitrFailed
 from pgvault_assets.engine.pitr.window import Window, read_window, segment_index
-from pgvault_assets.engine.postgres import connect, table_row_counts
+from pgvault_assets.engine.postgres.cluster import Cluster, restored_cluster, server_running
+from pgvault_assets.engine.postgres.postgres import connect, table_row_counts
 from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.settings import DatabaseUrl
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgvault_assets.engine.interrupts import run_in_own_group
+from pgvault_assets.engine.basics.interrupts import run_in_own_group
 from pgvault_assets.engine.pitr.config import OS_USER, pgbackrest_binary
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.redact import redact

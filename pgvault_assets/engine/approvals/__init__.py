@@ -1,0 +1,1 @@
+"""Operator accountability: the audit trail and the two-person approvals it records."""

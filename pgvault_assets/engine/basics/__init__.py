@@ -1,0 +1,1 @@
+"""Basics every room uses: the clock, names, interrupts, test pause points, tier policy."""

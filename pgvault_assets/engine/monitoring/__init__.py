@@ -1,0 +1,1 @@
+"""What the platform reports: health figures, metrics, the doctor, the catalog, run budgets."""

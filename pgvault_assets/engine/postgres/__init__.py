@@ -1,0 +1,1 @@
+"""The PostgreSQL side: connections, throwaway clusters, a server's context and shape, comparison."""

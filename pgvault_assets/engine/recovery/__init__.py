@@ -1,0 +1,1 @@
+"""Operator work on top of restore: drills, row recovery, restore proofs, kept databases."""

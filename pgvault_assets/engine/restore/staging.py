@@ -1,0 +1,101 @@
+"""Staging is never production: before pgvault writes into staging (a restore, a rollback, a
+row recovery, a recovery to a time, an integrity check it records), the staging URL must reach
+none of the production databases pgvault knows (`DATABASE_URL`, every fleet database).
+
+URL text cannot tell: `localhost` and `127.0.0.1`, two port forwards or a DNS alias reach one
+server. Nor can what a server says of itself: a clone made from a physical backup (a valid
+staging) shares production's system identifier and database oids, and may share its data
+directory's path. So pgvault asks the servers: it holds a session on staging's server under a random
+`application_name` and looks for it in each production server's `pg_stat_activity`, which
+lists every session of its own server, none of another's, and shows `application_name` to
+any role. Found there, staging is on that server, and is production when it names one of the
+production databases there (database names are unique on a server).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pgvault_assets.engine.postgres.postgres import DatabaseUnavailable, connect
+from pgvault_assets.errors import ConfigError
+from pgvault_assets.fleet import load_fleet
+from pgvault_assets.settings import DatabaseUrl, Settings
+
+MAINTENANCE_DATABASE = "postgres"
+
+
+class StagingIsProduction(ConfigError):
+    """The staging URL reaches a production database: nothing may be written there."""
+
+
+@dataclass(frozen=True)
+class _Production:
+    """A production database and the setting that names it, as an error says it."""
+
+    url: DatabaseUrl
+    named_by: str
+
+
+def _productions(settings: Settings, env: Mapping[str, str]) -> tuple[str, str, list[_Production]]:
+    """The setting that names staging, what to do when it is production, and every production
+    database whose URL is set."""
+    fleet = load_fleet(settings.platform.fleet_file)
+    found: list[_Production] = []
+    raw = env.get("DATABASE_URL", "").strip()
+    if raw:
+        found.append(_Production(DatabaseUrl.parse(raw, "DATABASE_URL"), "DATABASE_URL"))
+    if not fleet.from_file:
+        advice = "point STAGING_DATABASE_URL at another database, on this server or another"
+        return "STAGING_DATABASE_URL", advice, found
+    for database in fleet.databases:
+        server = fleet.server(database.server)
+        raw = env.get(server.url_env, "").strip()
+        if raw:
+            url = DatabaseUrl.parse(raw, server.url_env).with_dbname(database.dbname)
+            named = f"production database {database.name} (url_env {server.url_env})"
+            found.append(_Production(url, named))
+    server = fleet.server(fleet.choose(settings.database).server)
+    return (
+        f"server {server.name}: its staging_url_env {server.staging_url_env}",
+        f"point {server.staging_url_env} at another server",
+        found,
+    )
+
+
+def staging_target(settings: Settings, env: Mapping[str, str]) -> DatabaseUrl:
+    """The staging URL, once no production database is behind it; `StagingIsProduction` (one
+    line naming both settings) when one is. A production server that cannot be reached stops
+    it too: pgvault cannot tell that staging is not that server by another name."""
+    staging = settings.target_url("staging")
+    staging_setting, advice, productions = _productions(settings, env)
+    servers: dict[str, list[_Production]] = {}
+    for production in productions:
+        key = production.url.with_dbname(MAINTENANCE_DATABASE).secret
+        servers.setdefault(key, []).append(production)
+    token = f"pgvault-staging-probe-{secrets.token_hex(16)}"
+    # An open transaction keeps a pooler's server connection (and its application_name) ours.
+    with connect(
+        staging.with_dbname(MAINTENANCE_DATABASE), autocommit=False, application_name=token
+    ) as probe:
+        probe.execute("SELECT 1")
+        for group in servers.values():
+            first = group[0]
+            try:
+                with connect(first.url.with_dbname(MAINTENANCE_DATABASE)) as conn:
+                    seen = conn.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (token,)
+                    ).fetchone()
+            except DatabaseUnavailable as exc:
+                raise ConfigError(
+                    f"cannot tell {staging_setting} from {first.named_by}, so nothing was "
+                    f"written to staging: {exc}"
+                ) from None
+            for production in group if seen else ():
+                if production.url.dbname == staging.dbname:
+                    raise StagingIsProduction(
+                        f"{staging_setting} and {production.named_by} reach the same database "
+                        f"({staging.dbname}, one server): {advice}; nothing was changed"
+                    )
+    return staging
