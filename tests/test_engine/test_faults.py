@@ -335,3 +335,45 @@ def test_restores_and_a_rollback_in_one_second_keep_every_replaced_database_newe
     assert previous_databases(target)[:2] == [second.previous, first.previous]
     swapped_in, kept_as = rollback_restore(target, now=same_second)
     assert swapped_in == second.previous and kept_as not in (first.previous, second.previous)
+
+
+def test_a_run_gives_its_claim_on_the_target_back_before_its_connection_closes(
+    make_database, monkeypatch: pytest.MonkeyPatch
+):
+    """A backend frees its locks only once it has exited, after the client has moved on: a
+    restore that followed another at once found the target still claimed (LockBusy). The claim
+    is released while the connection is still open, which this test sees at the moment it
+    would close."""
+    from contextlib import contextmanager
+
+    from pgvault_assets.engine.basics.names import restore_claim
+    from pgvault_assets.engine.restore import swap
+
+    target = DatabaseUrl.parse(make_database("target"), "target")
+    held_at_close: list[bool] = []
+    real_connect = swap.connect
+
+    @contextmanager
+    def connect_watching_the_claim(url, **options):
+        with real_connect(url, **options) as conn:
+            yield conn
+            with psycopg.connect(target.with_dbname("postgres").secret) as watcher:
+                held_at_close.append(
+                    watcher.execute(
+                        "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND pid = %s AND objid::int = hashtext(%s)",
+                        (conn.info.backend_pid, restore_claim(target.dbname)),
+                    ).fetchone()[0]
+                )
+
+    monkeypatch.setattr(swap, "connect", connect_watching_the_claim)
+    with swap.claimed_target(target.with_dbname("postgres"), target.dbname) as (conn, _):
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()"
+                " AND locktype = 'advisory'"
+            ).fetchone()[0]
+            == 1
+        )  # claimed
+
+    assert held_at_close == [False]

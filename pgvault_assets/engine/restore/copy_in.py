@@ -20,10 +20,10 @@ from pgvault_assets.engine.postgres.postgres import (
 )
 from pgvault_assets.engine.restore.provision import create_scratch
 from pgvault_assets.engine.restore.swap import (
+    claimed_target,
     connection_loss_keeps,
     drop_scratch,
     free_stamp,
-    guard_target,
     swap_databases,
 )
 from pgvault_assets.engine.restore.verify import compare_counts
@@ -95,10 +95,9 @@ def copy_database(
     maintenance_url = target_url.with_dbname("postgres")
     with (
         connection_loss_keeps(target),
-        connect(maintenance_url) as maintenance,
+        claimed_target(maintenance_url, target) as (maintenance, _),
         connect(source) as origin,
     ):
-        guard_target(maintenance, target)
         stamp = free_stamp(maintenance, target, ("restore", "pre_restore"), now())
         scratch = database_beside(target, "restore", stamp)
         keep_as = database_beside(target, "pre_restore", stamp)

@@ -49,10 +49,10 @@ from pgvault_assets.engine.restore.scratch import (
     still_holding,
 )
 from pgvault_assets.engine.restore.swap import (
+    claimed_target,
     connection_loss_keeps,
     drop_scratch,
     free_stamp,
-    guard_target,
     swap_databases,
 )
 from pgvault_assets.engine.restore.verify import compare_counts, feed_psql
@@ -114,10 +114,9 @@ def restore_backup(
             f"database was dropped; {target} is as it was"
         ),
         connection_loss_keeps(target),
-        connect(maintenance_url) as maintenance,
-    ):
         # Repair first: a run refused below must still leave the target usable.
-        abandoned = guard_target(maintenance, target)
+        claimed_target(maintenance_url, target) as (maintenance, abandoned),
+    ):
         stamp = free_stamp(maintenance, target, ("restore", "pre_restore"), now())
         scratch = database_beside(target, "restore", stamp)
         keep_as = database_beside(target, "pre_restore", stamp)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -47,6 +47,25 @@ def free_stamp(
         f"an hour of restores of {target} have left their databases; drop the old "
         f"{target}_pre_restore_* and {target}_rolled_back_* databases you no longer need"
     )
+
+
+@contextlib.contextmanager
+def claimed_target(
+    url: DatabaseUrl, target: str
+) -> Iterator[tuple[psycopg.Connection, tuple[str, ...]]]:
+    """A maintenance connection to `url`'s server holding `target`'s claim (`guard_target`),
+    and what the repair dropped. The claim is given back before the connection closes: a
+    backend frees its locks only once it has exited, after the client has moved on, so a run
+    that follows at once would otherwise find its target still claimed."""
+    with connect(url) as maintenance:
+        abandoned = guard_target(maintenance, target)
+        try:
+            yield maintenance, abandoned
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a lost connection frees it anyway
+                maintenance.execute(
+                    "SELECT pg_advisory_unlock(hashtext(%s))", (restore_claim(target),)
+                )
 
 
 def guard_target(maintenance: psycopg.Connection, target: str) -> tuple[str, ...]:
@@ -168,9 +187,8 @@ def rollback_restore(url: DatabaseUrl, *, now: Clock = utcnow) -> tuple[str, str
     target = url.dbname
     with (
         connection_loss_keeps(target),
-        connect(url.with_dbname("postgres")) as maintenance,
+        claimed_target(url.with_dbname("postgres"), target) as (maintenance, _),
     ):
-        guard_target(maintenance, target)
         keep_as = database_beside(
             target, "rolled_back", free_stamp(maintenance, target, ("rolled_back",), now())
         )
