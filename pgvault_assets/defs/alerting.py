@@ -19,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
-    AssetKey,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
@@ -45,6 +44,7 @@ from pgvault_assets.defs.history import (
     backup_keys_of_run,
     failed_runs_by_key,
     failure_reason,
+    may_concern,
     of_another_environment,
     run_events,
 )
@@ -277,19 +277,6 @@ class Channels:
         self.sent += 1
 
 
-def _names_in(keys: Iterable[AssetKey | None], fleet_keys: dict[AssetKey, str]) -> list[str]:
-    return sorted({fleet_keys[key] for key in keys if key in fleet_keys})
-
-
-def _may_concern(run: DagsterRun, fleet_keys: dict[AssetKey, str]) -> bool:
-    """Whether `run` may have touched a fleet backup; a run without a selection (a whole job,
-    which Dagster records as no selection or an empty one) may have."""
-    if not run.asset_selection and not run.asset_check_selection:
-        return True
-    checked = {check.asset_key for check in run.asset_check_selection or ()}
-    return bool(_names_in((*(run.asset_selection or ()), *checked), fleet_keys))
-
-
 class FleetAlertTick:
     """One evaluation of the fleet alert sensor, from one cursor to the next."""
 
@@ -367,7 +354,7 @@ class FleetAlertTick:
     def finished_run(
         self, run: DagsterRun, failed: bool, ended_at: datetime, states: dict[str, DatabaseState]
     ) -> None:
-        if not _may_concern(run, self.fleet_keys) or of_another_environment(run, self.environment):
+        if not may_concern(run, self.fleet_keys) or of_another_environment(run, self.environment):
             return
         events = run_events(self.instance, run.run_id, BACKUP_EVENTS)
         day = run.tags.get(PARTITION_TAG, "?")

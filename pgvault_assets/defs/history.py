@@ -50,6 +50,16 @@ def is_backup_run(instance: DagsterInstance, run: DagsterRun, key: AssetKey) -> 
     return key in backup_keys_of_run(instance, run, {key})
 
 
+def may_concern(run: DagsterRun, keys: Collection[AssetKey]) -> bool:
+    """Whether `run` may have backed up or checked one of `keys`, from its selection alone,
+    so a sensor or a scrape reads the events of no other run; a run of a whole job (which
+    Dagster records as no selection or an empty one) may have."""
+    if not run.asset_selection and not run.asset_check_selection:
+        return True
+    checked = {check.asset_key for check in run.asset_check_selection or ()}
+    return bool((set(run.asset_selection or ()) | checked) & set(keys))
+
+
 def backup_keys_of_run(
     instance: DagsterInstance,
     run: DagsterRun,

@@ -38,6 +38,7 @@ from pgvault_assets.defs.history import (
     PARTITION_TAG,
     backup_keys_of_run,
     failure_reason,
+    may_concern,
     of_another_environment,
     run_events,
 )
@@ -138,15 +139,6 @@ def backup_keys(fleet: Fleet) -> dict[AssetKey, str]:
     return {names.backup: names.database.name for names in names_of(fleet).databases}
 
 
-def _may_concern(run: DagsterRun, keys: Collection[AssetKey]) -> bool:
-    """Whether `run` may have backed up or checked one of `keys`; a run of a whole job carries
-    no selection and may have."""
-    if not run.asset_selection and not run.asset_check_selection:
-        return True
-    checked = {check.asset_key for check in run.asset_check_selection or ()}
-    return bool((set(run.asset_selection or ()) | checked) & set(keys))
-
-
 class RunHistoryReader:
     """The instance's history of `keys` (each backup asset mapped to its database's name) in
     `environment`, re-read at most once per `refresh` and then only the runs that ended since."""
@@ -232,7 +224,7 @@ class RunHistoryReader:
         return True
 
     def _observe(self, run: DagsterRun, failed: bool, ended_at: float) -> None:
-        if of_another_environment(run, self.environment) or not _may_concern(run, self.keys):
+        if of_another_environment(run, self.environment) or not may_concern(run, self.keys):
             return
         self.runs_read += 1
         events = run_events(self.instance, run.run_id, RUN_EVENTS)
