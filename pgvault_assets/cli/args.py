@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, date, datetime
 
 from pgvault_assets.cli.console import errors
+from pgvault_assets.engine.basics.names import database_option
 from pgvault_assets.errors import ConfigError
-from pgvault_assets.fleet import load_fleet
+from pgvault_assets.fleet import SINGLE, each_database_apart, load_fleet
 from pgvault_assets.settings import Settings
 
 
@@ -46,6 +48,17 @@ def shows_every_database(args: argparse.Namespace, settings: Settings) -> bool:
     return len(load_fleet(settings.platform.fleet_file).databases) > 1
 
 
+def databases_shown(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[bool, list[tuple[str, Settings | ConfigError]]]:
+    """Whether the command shows every database (`shows_every_database`), and the databases it
+    shows with their settings: every database of the fleet, each pinned apart (one whose
+    settings cannot be made comes with its error), or the one `settings` are pinned to."""
+    if shows_every_database(args, settings):
+        return True, each_database_apart(settings, os.environ)
+    return False, [(settings.database or SINGLE, settings)]
+
+
 TARGETS = ("staging", "production")
 
 
@@ -65,9 +78,7 @@ class DatabaseOrTarget(argparse.Action):
 
 def database_and_target(settings: Settings, target: str) -> str:
     """The integrity command's arguments for `target` of the database `settings` are pinned to."""
-    if settings.database is None:
-        return f"--database {target}"
-    return f"--database {settings.database} --target {target}"
+    return f"{database_option(settings.database)}--target {target}"
 
 
 class EnvironmentWide(argparse.Action):

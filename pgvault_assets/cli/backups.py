@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from rich.markup import escape
 from rich.table import Table
@@ -20,6 +19,7 @@ from pgvault_assets.cli.args import (
     add_every_database_option,
     confirm,
     database_and_target,
+    databases_shown,
     parse_date,
     positive_int,
 )
@@ -35,7 +35,6 @@ from pgvault_assets.engine.basics.clock import utcnow
 from pgvault_assets.engine.monitoring.catalog import backup_rows
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError, PgvaultError
-from pgvault_assets.fleet import each_database_apart
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings
 
@@ -142,21 +141,37 @@ def _print_recoverable_window(settings: Settings) -> None:
 
 
 def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.platform.fleet_file is not None and settings.database is None:
-        return _list_every_database(args, settings)
-    rows = backup_rows(settings, days=args.days, now=utcnow(), versions=args.versions)
+    """The backups of the databases shown: every database's with a `database` column (and
+    JSON field) saying whose, a database that cannot be listed one line on stderr while the
+    others are still shown; one database's as the manual shows them, its error the command's."""
+    every, databases = databases_shown(args, settings)
+    now = utcnow()
+    rows: list[dict] = []
+    failed = 0
+    for name, pinned in databases:
+        try:
+            if isinstance(pinned, PgvaultError):
+                raise pinned
+            listed = backup_rows(pinned, days=args.days, now=now, versions=args.versions)
+            rows += [{"database": name, **row} for row in listed] if every else listed
+        except PgvaultError as exc:
+            if not every:
+                raise
+            failed += 1
+            errors.print(f"error: database {name}: {redact(str(exc))}", markup=False)
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
+    elif every:
+        title = f"backups of every database of {settings.environment}"
+        console.print(_backups_table(title, rows, whose=True, versions=args.versions))
+    else:
+        if rows:
+            title = f"backups of {settings.environment}"
+            console.print(_backups_table(title, rows, versions=args.versions))
+        else:
+            console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
         _print_recoverable_window(settings)
-        return 0
-    console.print(
-        _backups_table(f"backups of {settings.environment}", rows, versions=args.versions)
-    )
-    _print_recoverable_window(settings)
-    return 0
+    return 1 if failed else 0
 
 
 def _backups_table(
@@ -182,31 +197,6 @@ def _backups_table(
             *((version if row["current"] else f"{version} (replaced)",) if versions else ()),
         )
     return table
-
-
-def _list_every_database(args: argparse.Namespace, settings: Settings) -> int:
-    """Every database's backups, a `database` column (and JSON field) saying whose; a
-    database that cannot be listed is one line on stderr, the others are still shown."""
-    now = utcnow()
-    rows: list[dict] = []
-    failed = 0
-    for name, pinned in each_database_apart(settings, os.environ):
-        try:
-            if isinstance(pinned, PgvaultError):
-                raise pinned
-            rows += [
-                {"database": name, **row}
-                for row in backup_rows(pinned, days=args.days, now=now, versions=args.versions)
-            ]
-        except PgvaultError as exc:
-            failed += 1
-            errors.print(f"error: database {name}: {redact(str(exc))}", markup=False)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 1 if failed else 0
-    title = f"backups of every database of {settings.environment}"
-    console.print(_backups_table(title, rows, whose=True, versions=args.versions))
-    return 1 if failed else 0
 
 
 def _cmd_verify_backup(args: argparse.Namespace, settings: Settings) -> int:

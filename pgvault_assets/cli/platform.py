@@ -31,11 +31,13 @@ from rich.table import Table
 from pgvault_assets.cli.args import (
     add_database_option,
     add_every_database_option,
+    databases_shown,
     parse_date,
     retry_count,
 )
 from pgvault_assets.cli.console import console, errors
 from pgvault_assets.engine.backup.cleanup import run_cleanup
+from pgvault_assets.engine.basics import names as object_names
 from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.basics.interrupts import SIGNALS, Interrupted, handled_here, signals_seen
 from pgvault_assets.engine.monitoring.report import (
@@ -51,7 +53,7 @@ from pgvault_assets.engine.monitoring.report import (
 from pgvault_assets.engine.vault.manifest import Manifest
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import BackupFailed, PgvaultError
-from pgvault_assets.fleet import each_database_apart, load_fleet
+from pgvault_assets.fleet import load_fleet
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
 
@@ -525,27 +527,44 @@ def cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.platform.fleet_file is not None and settings.database is None:
-        return fleet_status(settings)
+    """The backup health of the databases shown, from one read of the run history: one
+    database's figures as the manual's table, or one row per database; exit 1 when any is
+    stale, warned about or cannot be read."""
+    every, databases = databases_shown(args, settings)
+    read: dict[str, list[Manifest] | PgvaultError] = {}
+    for name, pinned in databases:
+        try:
+            if isinstance(pinned, PgvaultError):
+                raise pinned
+            read[name] = Vault.from_settings(pinned).list_manifests()
+        except PgvaultError as exc:
+            if not every:
+                raise
+            read[name] = exc
     with dagster_previews_hidden():
         # Deferred on purpose: both import Dagster (see the module docstring).
-        from pgvault_assets.defs.history import failed_backup_runs
+        from pgvault_assets.defs.history import failed_runs_by_key
         from pgvault_assets.defs.naming import names_of
 
-    vault = Vault.from_settings(settings)
     now = utcnow()
-    fleet = load_fleet(settings.platform.fleet_file)
-    key = names_of(fleet).of(fleet.choose(settings.database).name).backup
+    names = names_of(load_fleet(settings.platform.fleet_file))
+    keys = {names.of(name).backup: name for name in read}
     with open_instance() as instance:
-        failures = failed_backup_runs(
-            instance,
-            key,
-            now - timedelta(days=31),
-            environment=settings.environment,
-            database=settings.database,
-        )
-    figures = health_figures(vault.list_manifests(), failures, today=now.date())
-    table = Table(title=f"pgvault backup health: {vault.environment}", show_header=False)
+        by_key = failed_runs_by_key(instance, keys, now - timedelta(days=31), settings.environment)
+    figures = {
+        name: health_figures(found, by_key[names.of(name).backup], today=now.date())
+        for name, found in read.items()
+        if not isinstance(found, PgvaultError)
+    }
+    if every:
+        return _every_database_status(settings, read, figures, now)
+    (only,) = figures.values()
+    return _database_status(settings, only, now)
+
+
+def _database_status(settings: Settings, figures: HealthFigures, now: datetime) -> int:
+    namespace = object_names.namespace(settings.environment, settings.database)
+    table = Table(title=f"pgvault backup health: {namespace}", show_header=False)
     table.add_column("figure")
     table.add_column("value")
     rate = "-" if figures.success_rate is None else f"{figures.success_rate:.1%}"
@@ -579,23 +598,13 @@ def _stale(figures: HealthFigures, now: datetime) -> bool:
     return figures.last_success_at is None or now - figures.last_success_at > STALE_AFTER
 
 
-def fleet_status(settings: Settings) -> int:
-    """One row per database of the fleet, from one read of the run history; exit 1 when any
-    database is stale, warned about or cannot be read."""
-    with dagster_previews_hidden():
-        from pgvault_assets.defs.history import failed_runs_by_key
-        from pgvault_assets.defs.naming import fleet_backup_key
-
-    now = utcnow()
-    databases = each_database_apart(settings, os.environ)
-    keys = {name: fleet_backup_key(name) for name, _ in databases}
-    with open_instance() as instance:
-        failures = failed_runs_by_key(
-            instance,
-            {key: name for name, key in keys.items()},
-            now - timedelta(days=31),
-            settings.environment,
-        )
+def _every_database_status(
+    settings: Settings,
+    read: dict[str, list[Manifest] | PgvaultError],
+    figures_of: dict[str, HealthFigures],
+    now: datetime,
+) -> int:
+    """One row per database; the fleet's storage against the environment's budget."""
     table = Table(title=f"pgvault backup health: every database of {settings.environment}")
     for column in ("database", "last successful backup", "success rate (30 days)"):
         table.add_column(column)
@@ -603,16 +612,12 @@ def fleet_status(settings: Settings) -> int:
         table.add_column(column)
     unhealthy = 0
     storage = 0
-    for name, pinned in databases:
-        try:
-            if isinstance(pinned, PgvaultError):
-                raise pinned
-            manifests = Vault.from_settings(pinned).list_manifests()
-        except PgvaultError as exc:
+    for name, found in read.items():
+        if isinstance(found, PgvaultError):
             unhealthy += 1
-            table.add_row(name, "-", "-", "-", "-", f"error: {redact(str(exc))}")
+            table.add_row(name, "-", "-", "-", "-", f"error: {redact(str(found))}")
             continue
-        figures = health_figures(manifests, failures[keys[name]], today=now.date())
+        figures = figures_of[name]
         storage += figures.storage_used_bytes
         problems = [message for _, message in health_warnings(figures, storage_budget_bytes=None)]
         if _stale(figures, now):

@@ -231,13 +231,12 @@ def create_request(
 def require_staging_first(vault: Vault, day: date, sha256: str) -> None:
     """The manual's rule, enforced: production gets only what staging restored and checked."""
     if not audit.staging_verified(vault, day, sha256):
-        database = names.split_namespace(vault.environment)[1]
-        pinned = "" if database is None else f"--database {database} "
-        check = "--database staging" if database is None else f"{pinned}--target staging"
+        pinned = names.database_option(names.split_namespace(vault.environment)[1])
         raise AuthorizationRefused(
             f"the {day} backup (sha256 {sha256[:12]}…) has no staging restore followed by a passing "
             f"integrity check in the audit trail; run: pgvault restore-from-backup {pinned}--date {day} "
-            f"--target staging, then pgvault check-database-integrity {check} --date {day}"
+            f"--target staging, then pgvault check-database-integrity {pinned}--target staging "
+            f"--date {day}"
         )
 
 

@@ -40,6 +40,12 @@ def namespace(environment: str, database: str | None) -> str:
     return environment if database is None else f"{environment}/{database}"
 
 
+def database_option(database: str | None) -> str:
+    """The `--database NAME ` a command about one database passes: none for the single
+    database of `DATABASE_URL`, as `namespace` names its folder."""
+    return "" if database is None else f"--database {database} "
+
+
 def split_namespace(namespace: str) -> tuple[str, str | None]:
     """The environment and the fleet database (None for the single database) of a namespace."""
     environment, _, database = namespace.partition("/")
