@@ -169,6 +169,29 @@ class Fleet(_Model):
         limits = {pool_name(s.name): s.max_concurrent_backups for s in self.servers}
         return {**limits, RESTORE_PROOF_POOL: self.max_concurrent_restore_proofs}
 
+    def production_url(self, database: FleetDatabase, env: Mapping[str, str]) -> DatabaseUrl | None:
+        """`database`'s URL, when its server's variable is set: a fleet file's server URL with
+        the database's `dbname`; the fleet of one's `DATABASE_URL`, which names its own."""
+        server = self.server(database.server)
+        raw = env.get(server.url_env, "").strip()
+        if not raw:
+            return None
+        url = DatabaseUrl.parse(raw, server.url_env)
+        return url.with_dbname(database.dbname) if self.from_file else url
+
+    def staging_named(self, server: Server) -> tuple[str, str]:
+        """How an error names `server`'s staging variable, and what to do when it reaches
+        production. Naming only, as `names.namespace` is: a fleet file's variable is named
+        with the entry that names it, and its staging takes the database's name (so only
+        another server is staging); the fleet of one's is the manual's STAGING_DATABASE_URL,
+        which names its own database."""
+        variable = server.staging_url_env
+        if self.from_file:
+            return f"server {server.name}: its staging_url_env {variable}", (
+                f"point {variable} at another server"
+            )
+        return f"{variable}", f"point {variable} at another database, on this server or another"
+
     def choose(self, name: str | None) -> FleetDatabase:
         """The database `name`, or the only one; a one-line error naming the choices else."""
         names = ", ".join(database.name for database in self.databases)

@@ -40,28 +40,21 @@ class _Production:
 
 def _productions(settings: Settings, env: Mapping[str, str]) -> tuple[str, str, list[_Production]]:
     """The setting that names staging, what to do when it is production, and every production
-    database whose URL is set."""
+    database whose URL is set: `DATABASE_URL`, then each database of the fleet (the fleet of
+    one's is `DATABASE_URL` again, counted once)."""
     fleet = load_fleet(settings.platform.fleet_file)
-    found: list[_Production] = []
+    found: dict[str, _Production] = {}
     raw = env.get("DATABASE_URL", "").strip()
     if raw:
-        found.append(_Production(DatabaseUrl.parse(raw, "DATABASE_URL"), "DATABASE_URL"))
-    if not fleet.from_file:
-        advice = "point STAGING_DATABASE_URL at another database, on this server or another"
-        return "STAGING_DATABASE_URL", advice, found
+        first = DatabaseUrl.parse(raw, "DATABASE_URL")
+        found[first.secret] = _Production(first, "DATABASE_URL")
     for database in fleet.databases:
-        server = fleet.server(database.server)
-        raw = env.get(server.url_env, "").strip()
-        if raw:
-            url = DatabaseUrl.parse(raw, server.url_env).with_dbname(database.dbname)
+        if (url := fleet.production_url(database, env)) is not None:
+            server = fleet.server(database.server)
             named = f"production database {database.name} (url_env {server.url_env})"
-            found.append(_Production(url, named))
-    server = fleet.server(fleet.choose(settings.database).server)
-    return (
-        f"server {server.name}: its staging_url_env {server.staging_url_env}",
-        f"point {server.staging_url_env} at another server",
-        found,
-    )
+            found.setdefault(url.secret, _Production(url, named))
+    setting, advice = fleet.staging_named(fleet.server(fleet.choose(settings.database).server))
+    return setting, advice, list(found.values())
 
 
 def staging_target(settings: Settings, env: Mapping[str, str]) -> DatabaseUrl:
