@@ -469,15 +469,11 @@ def make_restorable(build: Build, names: DatabaseNames) -> AssetChecksDefinition
 def restorable_result(settings: Settings, vault: Vault, day: date) -> AssetCheckResult:
     """The proof of `day`'s backup, or why there is none."""
     if settings.restore_verify_weekly and day.weekday() != SUNDAY:
-        weekly = (
-            "RESTORE_VERIFY_SCHEDULE=weekly"
-            if settings.database is None
-            else "a weekly restore_proof (the fleet file's, else RESTORE_VERIFY_SCHEDULE)"
-        )
         return AssetCheckResult(
             passed=True,
             severity=AssetCheckSeverity.WARN,
-            description=f"not restored: {weekly} proves Sunday backups only",
+            description="not restored: a weekly restore proof (RESTORE_VERIFY_SCHEDULE=weekly, "
+            "or a fleet file's restore_proof: weekly) proves Sunday backups only",
             metadata={"restore_verified": False},
         )
     server = settings.restore_check_database_url
