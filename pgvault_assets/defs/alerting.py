@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
@@ -40,19 +38,27 @@ from dagster import (
 from pgvault_assets.alerts import Alert, Notifier
 from pgvault_assets.defs.backup import CHECKSUM_MATCHES, RESTORABLE
 from pgvault_assets.defs.history import (
-    PARTITION_TAG,
-    backup_keys_of_run,
     failed_runs_by_key,
-    failure_reason,
     may_concern,
     of_another_environment,
-    run_events,
+    run_outcome,
 )
 from pgvault_assets.defs.naming import DatabaseNames, names_of
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.basics.clock import Clock, utcnow
+from pgvault_assets.engine.monitoring.alert_state import (
+    FRESH,
+    STALE,
+    UNREADABLE_KEPT,
+    DatabaseState,
+    FleetCursor,
+    failed_run_alert,
+    staleness_step,
+    unreadable_alert,
+)
 from pgvault_assets.engine.monitoring.report import (
     FLEET_BACKUPS,
+    STALE_AFTER,
     health_figures,
     health_warnings,
     over_budget,
@@ -61,59 +67,6 @@ from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.fleet import Fleet
 from pgvault_assets.settings import Settings
-
-STALE_AFTER = timedelta(hours=36)
-STALE = "stale"
-FRESH = "fresh"
-
-
-def staleness_step(
-    newest_finished_at: datetime | None,
-    cursor: str | None,
-    now: datetime,
-    schedule: str = "daily_backup_schedule",
-) -> tuple[Alert | None, str]:
-    """One tick of the stale-episode state machine: alert on entering, notice on leaving;
-    `schedule` is the one to look at."""
-    if newest_finished_at is None or now - newest_finished_at > STALE_AFTER:
-        if cursor == STALE:
-            return None, STALE
-        since = (
-            f"the newest finished {newest_finished_at:%Y-%m-%d %H:%M} UTC, "
-            f"{(now - newest_finished_at).total_seconds() / 3600:.0f} h ago"
-            if newest_finished_at
-            else "there is no backup at all"
-        )
-        return (
-            Alert(
-                "backup_stale",
-                "fatal",
-                f"no backup has succeeded for more than 36 h ({since}); "
-                f"check the {schedule} and the last backup run",
-            ),
-            STALE,
-        )
-    if cursor == STALE:
-        return (
-            Alert(
-                "backup_stale_resolved",
-                "info",
-                f"backups resumed: the newest finished {newest_finished_at:%Y-%m-%d %H:%M} UTC",
-                resolves=("backup_stale",),
-            ),
-            FRESH,
-        )
-    return None, FRESH
-
-
-def failed_run_alert(reason: str, day: str, run_id: str) -> Alert:
-    """A backup run that failed after all its retries, for the single database or a fleet's."""
-    return Alert(
-        "upload_failing" if reason.startswith("S3 ") else "backup_failed",
-        "fatal",
-        f"backup of {day} failed after all retries: {reason}",
-        {"partition": day, "run_id": run_id},
-    )
 
 
 def failed_check_alert(evaluation: AssetCheckEvaluation, day: str) -> Alert | None:
@@ -136,89 +89,6 @@ RUN_END_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
 RUNS_PER_TICK = 200  # per run-end event type; a longer backlog is read over the next ticks
 HEALTH_EVERY = timedelta(hours=1)
 HEALTH_WINDOW = timedelta(days=31)
-UNREADABLE_KEPT = 100  # per database: the cursor stays bounded by the fleet's size
-BACKUP_EVENTS = {
-    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
-    DagsterEventType.ASSET_MATERIALIZATION,
-    DagsterEventType.ASSET_CHECK_EVALUATION,
-}
-
-
-@dataclass(frozen=True)
-class DatabaseState:
-    """What the sensor remembers of one database between ticks."""
-
-    newest: datetime | None
-    """The newest backup's finish: from its manifests, then from each run that materialized."""
-    since: datetime
-    """When the sensor first saw the database: one without any backup is stale 36 h later."""
-    stale: bool = False
-    warnings: tuple[str, ...] = ()
-    unreadable: tuple[str, ...] = ()
-
-    def seen_backup(self, finished: datetime) -> DatabaseState:
-        newest = finished if self.newest is None else max(self.newest, finished)
-        return dataclasses.replace(self, newest=newest)
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-@dataclass(frozen=True)
-class FleetCursor:
-    runs: dict[str, str] = field(default_factory=dict)
-    """Per run-end event type, the event log position read up to (Dagster's own cursor)."""
-    databases: dict[str, DatabaseState] = field(default_factory=dict)
-    health_at: datetime | None = None
-    over_budget: bool = False
-    """The fleet's backups were over BACKUP_STORAGE_BUDGET_BYTES at the last health pass."""
-
-    @classmethod
-    def parse(cls, text: str | None) -> FleetCursor:
-        """The cursor `dump` wrote; a missing or foreign one starts afresh, as a first tick."""
-        if not text:
-            return cls()
-        try:
-            data = json.loads(text)
-            databases = {
-                name: DatabaseState(
-                    newest=_time(state["newest"]),
-                    since=datetime.fromisoformat(state["since"]),
-                    stale=bool(state["stale"]),
-                    warnings=tuple(state["warnings"]),
-                    unreadable=tuple(state["unreadable"]),
-                )
-                for name, state in data["databases"].items()
-            }
-            return cls(
-                dict(data["runs"]),
-                databases,
-                _time(data["health_at"]),
-                bool(data.get("over_budget", False)),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return cls()
-
-    def dump(self) -> str:
-        return json.dumps(
-            {
-                "runs": self.runs,
-                "health_at": self.health_at.isoformat() if self.health_at else None,
-                "over_budget": self.over_budget,
-                "databases": {
-                    name: {
-                        "newest": state.newest.isoformat() if state.newest else None,
-                        "since": state.since.isoformat(),
-                        "stale": state.stale,
-                        "warnings": list(state.warnings),
-                        "unreadable": list(state.unreadable),
-                    }
-                    for name, state in self.databases.items()
-                },
-            },
-            sort_keys=True,
-        )
 
 
 class Channels:
@@ -356,28 +226,18 @@ class FleetAlertTick:
     ) -> None:
         if not may_concern(run, self.fleet_keys) or of_another_environment(run, self.environment):
             return
-        events = run_events(self.instance, run.run_id, BACKUP_EVENTS)
-        day = run.tags.get(PARTITION_TAG, "?")
-        backups = backup_keys_of_run(self.instance, run, self.fleet_keys, events) if failed else ()
-        names = sorted(self.fleet_keys[key] for key in backups)
-        # None: a refused backfill, which attempted nothing and broke nothing.
-        reason = failure_reason(self.instance, run.run_id) if names else None
-        if reason is not None:
-            for name in names:
-                self.channels.send(name, failed_run_alert(reason, day, run.run_id))
-        for event in events:
-            data = event.event_specific_data
-            if isinstance(data, AssetCheckEvaluation):
-                checked = self.fleet_keys.get(data.asset_key)
-                alert = failed_check_alert(data, data.partition or day) if checked else None
-                if checked and alert:
-                    tags = {**alert.tags, "run_id": run.run_id}
-                    self.channels.send(checked, dataclasses.replace(alert, tags=tags))
-            elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-                backed_up = self.fleet_keys.get(event.asset_key) if event.asset_key else None
-                if backed_up:
-                    # The run's end, seconds after the backup's own finish: close enough for 36 h.
-                    states[backed_up] = states[backed_up].seen_backup(ended_at)
+        outcome = run_outcome(self.instance, run, self.fleet_keys, failed)
+        if outcome.reason is not None:
+            for name in outcome.backups:
+                self.channels.send(name, failed_run_alert(outcome.reason, outcome.day, run.run_id))
+        for name, evaluation in outcome.checks:
+            alert = failed_check_alert(evaluation, evaluation.partition or outcome.day)
+            if alert:
+                tags = {**alert.tags, "run_id": run.run_id}
+                self.channels.send(name, dataclasses.replace(alert, tags=tags))
+        for name in outcome.materialized:
+            # The run's end, seconds after the backup's own finish: close enough for 36 h.
+            states[name] = states[name].seen_backup(ended_at)
 
     def health_pass(self, names: Sequence[str], states: dict[str, DatabaseState]) -> int:
         """Each database's manifests read once: its newest backup, its health warnings and its
@@ -409,16 +269,7 @@ class FleetAlertTick:
                     self.channels.send(name, Alert(kind, "warning", message))
             for record in unreadable:
                 if record.key not in state.unreadable:
-                    self.channels.send(
-                        name,
-                        Alert(
-                            "manifest_unreadable",
-                            "warning",
-                            f"the backup of {record.day.isoformat()} is skipped, its manifest "
-                            f"cannot be read: {record.reason}",
-                            {"date": record.day.isoformat()},
-                        ),
-                    )
+                    self.channels.send(name, unreadable_alert(record))
             states[name] = dataclasses.replace(
                 state,
                 warnings=tuple(sorted(kind for kind, _ in active)),

@@ -12,9 +12,11 @@ none. Only FAILURE counts: a CANCELED run (an operator's Ctrl-C) failed no backu
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetKey,
     DagsterEvent,
     DagsterEventType,
@@ -127,6 +129,69 @@ def failure_reason(instance: DagsterInstance, run_id: str) -> str | None:
     return "the run failed before its backup step (see the run in Dagster)"
 
 
+def counted_failure(run: DagsterRun, environment: str) -> tuple[str, date] | None:
+    """Whose success rate a failed run counts in, and for which day: its database and its
+    partition's day, when it is tagged as `environment`'s and dated; None, it counts for none."""
+    database = run.tags.get(DATABASE_TAG)
+    if run.tags.get(ENVIRONMENT_TAG) != environment or database is None:
+        return None
+    try:
+        return database, date.fromisoformat(run.tags.get(PARTITION_TAG, ""))
+    except ValueError:
+        return None
+
+
+OUTCOME_EVENTS = {
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_CHECK_EVALUATION,
+}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one finished run did to the backups of `keys`, its events read once: the alert
+    sensor alerts it, the run-history metrics keep its episodes."""
+
+    day: str
+    """The run's partition, `?` for a run without one."""
+    failed: bool
+    backups: tuple[str, ...]
+    """The databases whose backup the run set out to take, by name."""
+    reason: str | None
+    """Why a failed run failed; None for a success and for a refused backfill, which
+    attempted nothing and broke nothing."""
+    checks: tuple[tuple[str, AssetCheckEvaluation], ...]
+    """Each check the run evaluated of a backup of `keys`, with its database."""
+    materialized: tuple[str, ...]
+    """The databases whose backup the run took."""
+
+
+def run_outcome(
+    instance: DagsterInstance, run: DagsterRun, keys: Mapping[AssetKey, str], failed: bool
+) -> RunOutcome:
+    """The outcome of `run` for the backups of `keys` (each mapped to its database's name)."""
+    events = run_events(instance, run.run_id, OUTCOME_EVENTS)
+    backups = sorted(keys[key] for key in backup_keys_of_run(instance, run, keys, events))
+    checks = []
+    materialized = []
+    for event in events:
+        data, key = event.event_specific_data, event.asset_key
+        if isinstance(data, AssetCheckEvaluation) and data.asset_key in keys:
+            checks.append((keys[data.asset_key], data))
+        elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION and key in keys:
+            assert key is not None
+            materialized.append(keys[key])
+    return RunOutcome(
+        day=run.tags.get(PARTITION_TAG, "?"),
+        failed=failed,
+        backups=tuple(backups),
+        reason=failure_reason(instance, run.run_id) if failed and backups else None,
+        checks=tuple(checks),
+        materialized=tuple(materialized),
+    )
+
+
 def failed_backup_runs(
     instance: DagsterInstance,
     key: AssetKey,
@@ -158,14 +223,10 @@ def failed_runs_by_key(
     )
     failures: dict[AssetKey, list[FailedRun]] = {key: [] for key in keys}
     for run in (record.dagster_run for record in records):
-        partition = run.tags.get(PARTITION_TAG)
-        if not partition:
+        counted = counted_failure(run, environment)
+        if counted is None:
             continue
-        try:
-            day = date.fromisoformat(partition)
-        except ValueError:
-            continue
-        database = run.tags.get(DATABASE_TAG)
+        database, day = counted
         own = [key for key, name in keys.items() if name == database]
         backed_up = backup_keys_of_run(instance, run, own) if own else set()
         if not backed_up:

@@ -7,8 +7,9 @@ store cannot show them.
 The episodes are the alert sensor's (alerting.py): a failure opens one, the
 next success of the same thing (a backup run of that database, an evaluation of that check)
 closes it, and the kind a failure opens is what the sensors' own `failed_run_alert` and
-`failed_check_alert` call it. `latest_outcomes` and `RunHistory` are the pure part;
-`RunHistoryReader` feeds them from the instance the way the fleet sensor reads it: the
+`failed_check_alert` call it, from the same reading of a run (history.py `run_outcome`).
+`RunHistory` and the episodes (engine/monitoring/alert_state.py) are the pure part;
+`RunHistoryReader` feeds them from the instance the way the alert sensor reads it: the
 run-end events after a cursor (public `fetch_run_status_changes`), each new run's events read
 once. Only the first read looks back, at the runs of the last 31 days, bounded.
 """
@@ -16,12 +17,11 @@ once. Only the first read looks back, at the runs of the last 31 days, bounded.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from dagster import (
-    AssetCheckEvaluation,
     AssetKey,
     DagsterEventType,
     DagsterInstance,
@@ -30,85 +30,31 @@ from dagster import (
     RunsFilter,
 )
 
-from pgvault_assets.defs.alerting import failed_check_alert, failed_run_alert
+from pgvault_assets.defs.alerting import RUN_END_EVENTS, failed_check_alert
 from pgvault_assets.defs.backup import CHECKSUM_MATCHES, DECRYPTS_FULLY
 from pgvault_assets.defs.history import (
-    DATABASE_TAG,
-    ENVIRONMENT_TAG,
-    PARTITION_TAG,
-    backup_keys_of_run,
-    failure_reason,
+    counted_failure,
     may_concern,
     of_another_environment,
-    run_events,
+    run_outcome,
 )
 from pgvault_assets.defs.naming import names_of
-from pgvault_assets.engine.monitoring.report import (
-    FailedRun,
-    HealthFigures,
-    health_warnings,
-    in_window,
+from pgvault_assets.engine.monitoring.alert_state import (
+    Outcome,
+    failed_run_alert,
+    latest_outcomes,
+    success_rate_low,
 )
+from pgvault_assets.engine.monitoring.report import FailedRun
 from pgvault_assets.fleet import Fleet
 
 RUN_KINDS = ("backup_failed", "upload_failing")
 CHECK_KINDS = {CHECKSUM_MATCHES: "checksum_mismatch", DECRYPTS_FULLY: "decrypts_fully"}
 HISTORY_KINDS = (*RUN_KINDS, *CHECK_KINDS.values(), "success_rate_low")
 BACKUP_RUN = "backup_run"  # the subject a backup run's outcome is about; a check's is its name
-HEALTH_WINDOW_DAYS = 30  # as health_figures counts the success rate
 LOOK_BACK = timedelta(days=31)
 RUNS_AT_START = 1000
 RUNS_PER_READ = 200  # per run-end event type; a longer backlog is read over the next scrapes
-RUN_END_EVENTS = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
-RUN_EVENTS = {
-    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
-    DagsterEventType.ASSET_CHECK_EVALUATION,
-}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt at `subject` (a database's backup run, or one of its checks) ended."""
-
-    database: str
-    subject: str
-    ended_at: float
-    opens: str | None
-    """The alert kind the failure opens; None for a success, which closes the episode."""
-
-
-def latest_outcomes(
-    known: Mapping[tuple[str, str], Outcome], outcomes: Iterable[Outcome]
-) -> dict[tuple[str, str], Outcome]:
-    """Each (database, subject)'s latest outcome: the one that says whether its episode is
-    open. Order-free (the later end wins), so a run read twice changes nothing."""
-    latest = dict(known)
-    for outcome in outcomes:
-        key = (outcome.database, outcome.subject)
-        if key not in latest or latest[key].ended_at <= outcome.ended_at:
-            latest[key] = outcome
-    return latest
-
-
-def success_rate_low(
-    backup_dates: Collection[date], failures: Iterable[FailedRun], today: date
-) -> bool:
-    """The health sensors' warning, from the dates the store holds backups of and the failed
-    runs: the same rule (`health_warnings`) over the same 30-day window."""
-    figures = HealthFigures(
-        today=today,
-        window_days=HEALTH_WINDOW_DAYS,
-        backups_created=sum(in_window(day, today, HEALTH_WINDOW_DAYS) for day in backup_dates),
-        failures=tuple(f for f in failures if in_window(f.day, today, HEALTH_WINDOW_DAYS)),
-        average_duration_seconds=None,
-        storage_used_bytes=0,
-        last_success_at=None,
-        last_success_day=None,
-    )
-    return any(
-        kind == "success_rate_low"
-        for kind, _ in health_warnings(figures, storage_budget_bytes=None)
-    )
 
 
 @dataclass(frozen=True)
@@ -136,7 +82,7 @@ class RunHistory:
 
 def backup_keys(fleet: Fleet) -> dict[AssetKey, str]:
     """Each database's backup asset, as the definitions name it, mapped to the database."""
-    return {names.backup: names.database.name for names in names_of(fleet).databases}
+    return names_of(fleet).backup_keys()
 
 
 class RunHistoryReader:
@@ -212,43 +158,24 @@ class RunHistoryReader:
             for run in self.instance.get_runs(filters=RunsFilter(run_ids=list(ended))):
                 self._observe(run, event_type == DagsterEventType.RUN_FAILURE, ended[run.run_id])
 
-    def _counts_for(self, run: DagsterRun, name: str) -> bool:
-        """Whether a failed run counts in `name`'s success rate, as `failed_runs_by_key` counts
-        it for the health sensors: tagged as this environment's and this database's, dated."""
-        if run.tags.get(ENVIRONMENT_TAG) != self.environment or run.tags.get(DATABASE_TAG) != name:
-            return False
-        try:
-            date.fromisoformat(run.tags.get(PARTITION_TAG, ""))
-        except ValueError:
-            return False
-        return True
-
     def _observe(self, run: DagsterRun, failed: bool, ended_at: float) -> None:
         if of_another_environment(run, self.environment) or not may_concern(run, self.keys):
             return
         self.runs_read += 1
-        events = run_events(self.instance, run.run_id, RUN_EVENTS)
-        day = run.tags.get(PARTITION_TAG, "?")
+        outcome = run_outcome(self.instance, run, self.keys, failed)
         outcomes = []
-        backups = backup_keys_of_run(self.instance, run, self.keys, events)
-        # None: a refused backfill, which attempted nothing and broke nothing.
-        reason = failure_reason(self.instance, run.run_id) if failed and backups else None
-        for key in backups:
-            name = self.keys[key]
+        counted = counted_failure(run, self.environment)
+        for name in outcome.backups:
             if not failed:
                 outcomes.append(Outcome(name, BACKUP_RUN, ended_at, None))
-            elif reason is not None:
-                opens: str | None = failed_run_alert(reason, day, run.run_id).kind
+            elif outcome.reason is not None:
+                opens: str | None = failed_run_alert(outcome.reason, outcome.day, run.run_id).kind
                 outcomes.append(Outcome(name, BACKUP_RUN, ended_at, opens))
-                if self._counts_for(run, name):
-                    self._failures[name][run.run_id] = FailedRun(date.fromisoformat(day), reason)
-        for event in events:
-            data = event.event_specific_data
-            if not isinstance(data, AssetCheckEvaluation) or data.check_name not in CHECK_KINDS:
-                continue
-            checked = self.keys.get(data.asset_key)
-            if checked is not None:
-                alert = failed_check_alert(data, data.partition or day)
+                if counted is not None and counted[0] == name:
+                    self._failures[name][run.run_id] = FailedRun(counted[1], outcome.reason)
+        for name, evaluation in outcome.checks:
+            if evaluation.check_name in CHECK_KINDS:
+                alert = failed_check_alert(evaluation, evaluation.partition or outcome.day)
                 opens = alert.kind if alert else None
-                outcomes.append(Outcome(checked, data.check_name, ended_at, opens))
+                outcomes.append(Outcome(name, evaluation.check_name, ended_at, opens))
         self._latest = latest_outcomes(self._latest, outcomes)
