@@ -44,6 +44,17 @@ from pgvault_assets.defs.resources import VaultResource
 from pgvault_assets.engine.backup.cleanup import CleanupResult, run_cleanup
 from pgvault_assets.engine.basics import names as object_names
 from pgvault_assets.engine.basics.clock import utcnow
+from pgvault_assets.engine.monitoring.maintenance_figures import (
+    KEPT_COLUMNS,
+    REPORT_COLUMNS,
+    RETENTION_COLUMNS,
+    kept_row,
+    kept_totals,
+    report_row,
+    report_totals,
+    retention_row,
+    retention_totals,
+)
 from pgvault_assets.engine.monitoring.report import (
     DatabaseHealth,
     FormerDatabase,
@@ -135,30 +146,6 @@ def _finish(outcome: EachDatabase[T], what: str, metadata: dict[str, Any]) -> Ma
     return MaterializeResult(metadata=metadata)
 
 
-TIERS = ("daily", "weekly", "monthly")
-RETENTION_COLUMNS = (
-    ("database", "string"),
-    *((f"kept_{tier}", "int") for tier in TIERS),
-    ("deleted_count", "int"),
-    ("storage_used_bytes", "int"),
-    ("note", "string"),
-)
-
-
-def _retention_row(name: str, result: CleanupResult | None, failed: str | None) -> dict:
-    if result is None:
-        return {"database": name, "note": f"failed: {failed}"}
-    plan = result.plan
-    return {
-        "database": name,
-        **{f"kept_{tier}": plan.kept_per_tier.get(tier, 0) for tier in TIERS},
-        "deleted_count": len(result.deleted_backups),
-        "storage_used_bytes": plan.storage_kept_bytes,
-        "note": plan.blocked_reason
-        or "; ".join(result.repair_lines() + list(result.kept_leftovers)),
-    }
-
-
 def retention_state(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
     now = utcnow()
     blocked: list[str] = []
@@ -175,63 +162,16 @@ def retention_state(context: AssetExecutionContext, vault: VaultResource) -> Mat
         return result
 
     outcome = for_each_database(context, vault, clean)
-    rows = [
-        _retention_row(name, outcome.done.get(name), outcome.failed.get(name))
-        for name in outcome.order
-    ]
-    done = outcome.done.values()
+    rows = [retention_row(n, outcome.done.get(n), outcome.failed.get(n)) for n in outcome.order]
     return _finish(
         outcome,
         "retention",
         {
             "databases": _table(RETENTION_COLUMNS, rows),
-            **{
-                f"kept_{tier}": MetadataValue.int(
-                    sum(r.plan.kept_per_tier.get(tier, 0) for r in done)
-                )
-                for tier in TIERS
-            },
-            "kept_total": MetadataValue.int(sum(len(r.plan.keep) for r in done)),
-            "deleted_count": MetadataValue.int(sum(len(r.deleted_backups) for r in done)),
-            "deleted_keys": MetadataValue.json([k for r in done for k in r.deleted_keys]),
-            "storage_used_bytes": MetadataValue.int(sum(r.plan.storage_kept_bytes for r in done)),
+            **retention_totals(outcome.done.values()),
             "blocked_reason": "; ".join(blocked),
-            "repaired": MetadataValue.json([x.to_dict() for r in done for x in r.repairs]),
-            "repaired_count": MetadataValue.int(sum(r.repaired_count for r in done)),
-            "leftovers_kept": MetadataValue.json([x for r in done for x in r.kept_leftovers]),
         },
     )
-
-
-REPORT_COLUMNS = (
-    ("database", "string"),
-    ("last_backup", "string"),
-    ("backups_7_days", "int"),
-    ("failed_runs_7_days", "int"),
-    ("success_rate_30_days", "float"),
-    ("storage_used_bytes", "int"),
-    ("note", "string"),
-)
-
-
-def _rate(health: DatabaseHealth) -> float:
-    rate = health.month.success_rate if health.month else None
-    return round(rate * 100, 2) if rate is not None else 0.0
-
-
-def _report_row(health: DatabaseHealth) -> dict:
-    week, month = health.week, health.month
-    if week is None or month is None:
-        return {"database": health.name, "note": f"failed: {health.error}"}
-    return {
-        "database": health.name,
-        "last_backup": month.last_success_day.isoformat() if month.last_success_day else "never",
-        "backups_7_days": week.backups_created,
-        "failed_runs_7_days": week.failure_count,
-        "success_rate_30_days": _rate(health),
-        "storage_used_bytes": month.storage_used_bytes,
-        "note": "",
-    }
 
 
 def former_databases(
@@ -293,9 +233,8 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
         names = names_of(load_fleet(settings.platform.fleet_file))
     except PgvaultError as exc:
         raise Failure(description=str(exc)) from None
-    keys = {n.backup: n.database.name for n in names.databases}
     failures = failed_runs_by_key(
-        context.instance, keys, now - timedelta(days=31), settings.environment
+        context.instance, names.backup_keys(), now - timedelta(days=31), settings.environment
     )
     manifests: dict[str, list] = {}
 
@@ -307,7 +246,6 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
     text, key = _report(context, outcome, now)
     store = Vault.from_settings(settings).store
     store.put_bytes(key, text.encode())
-    health = list(outcome.done.values())
     recent = [m for ms in manifests.values() for m in ms if (today - m.date).days <= 30]
     return _finish(
         outcome,
@@ -318,22 +256,11 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
             "databases": _table(
                 REPORT_COLUMNS,
                 [
-                    _report_row(outcome.done.get(n) or DatabaseHealth(n, error=outcome.failed[n]))
+                    report_row(outcome.done.get(n) or DatabaseHealth(n, error=outcome.failed[n]))
                     for n in outcome.order
                 ],
             ),
-            "backups_created_7_days": MetadataValue.int(
-                sum(h.week.backups_created for h in health if h.week is not None)
-            ),
-            "failed_runs_7_days": MetadataValue.int(
-                sum(h.week.failure_count for h in health if h.week is not None)
-            ),
-            "success_rate_30_days": MetadataValue.float(
-                min((_rate(h) for h in health), default=0.0)
-            ),
-            "storage_used_bytes": MetadataValue.int(
-                sum(h.month.storage_used_bytes for h in health if h.month is not None)
-            ),
+            **report_totals(outcome.done.values()),
             "daily_size_and_duration": MetadataValue.table(
                 records=[
                     TableRecord(
@@ -357,25 +284,6 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
     )
 
 
-KEPT_COLUMNS = (
-    ("database", "string"),
-    ("dropped_count", "int"),
-    ("kept_count", "int"),
-    ("note", "string"),
-)
-
-
-def _kept_row(name: str, result: KeptDatabasesResult | None, failed: str | None) -> dict:
-    if result is None:
-        return {"database": name, "note": f"failed: {failed}"}
-    return {
-        "database": name,
-        "dropped_count": len(result.dropped),
-        "kept_count": len(result.kept),
-        "note": "; ".join(f"left for next week: {line}" for line in result.skipped),
-    }
-
-
 def kept_databases(context: AssetExecutionContext, vault: VaultResource) -> MaterializeResult:
     skipped: list[str] = []
 
@@ -392,19 +300,14 @@ def kept_databases(context: AssetExecutionContext, vault: VaultResource) -> Mate
         return result
 
     outcome = for_each_database(context, vault, drop)
-    rows = [
-        _kept_row(name, outcome.done.get(name), outcome.failed.get(name)) for name in outcome.order
-    ]
-    done = outcome.done.values()
+    rows = [kept_row(n, outcome.done.get(n), outcome.failed.get(n)) for n in outcome.order]
     return _finish(
         outcome,
         "dropping kept databases",
         {
             "databases": _table(KEPT_COLUMNS, rows),
             "keep_previous_hours": MetadataValue.int(outcome.settings.restore_keep_previous_hours),
-            "dropped_count": MetadataValue.int(sum(len(r.dropped) for r in done)),
-            "dropped": MetadataValue.json([kept.to_dict() for r in done for kept in r.dropped]),
-            "kept": MetadataValue.json([kept.to_dict() for r in done for kept in r.kept]),
+            **kept_totals(outcome.done.values()),
             "skipped": MetadataValue.json(skipped),
         },
     )

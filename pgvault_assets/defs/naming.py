@@ -64,6 +64,11 @@ class Names:
     def of(self, name: str) -> DatabaseNames:
         return next(names for names in self.databases if names.database.name == name)
 
+    def backup_keys(self) -> dict[AssetKey, str]:
+        """Each database's backup asset mapped to the database's name: how the run history
+        is read for every database at once."""
+        return {names.backup: names.database.name for names in self.databases}
+
     def maintenance_key(self, name: str) -> AssetKey:
         return AssetKey([*self.maintenance_prefix, name])
 

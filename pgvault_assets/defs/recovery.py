@@ -31,12 +31,11 @@ from dagster import (
     schedule,
 )
 
-from pgvault_assets.alerts import Alert
 from pgvault_assets.defs.backup import Build, canceled_on_interrupt
 from pgvault_assets.defs.naming import DatabaseNames
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.approvals import authorization as auth
-from pgvault_assets.engine.recovery.drill import DrillReport, run_configured_drill, store_report
+from pgvault_assets.engine.recovery.drill import drill_alert, run_configured_drill, store_report
 from pgvault_assets.engine.recovery.operations import restore_production, restore_staging
 from pgvault_assets.engine.restore.restore import RestoreResult
 from pgvault_assets.engine.restore.staging import staging_target
@@ -142,23 +141,6 @@ def drill_result(
                 },
             )
         ],
-    )
-
-
-def drill_alert(report: DrillReport, run_id: str) -> Alert:
-    """A drill that failed or missed its objective pages: recovery would not be in time."""
-    return Alert(
-        "drill_over_objective"
-        if report.failure is None and report.checks_passed
-        else "drill_failed",
-        "fatal",
-        f"the recovery drill of the backup of {report.backup_date} did not pass: "
-        + "; ".join(report.findings()),
-        {"run_id": run_id, "partition": report.backup_date.isoformat()},
-        details={
-            "scaled_recovery_seconds": report.scaled_seconds,
-            "recovery_time_objective_seconds": report.recovery_time_objective_seconds,
-        },
     )
 
 

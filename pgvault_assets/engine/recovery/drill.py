@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgvault_assets.alerts import Alert
 from pgvault_assets.engine.approvals.audit import unique_name
 from pgvault_assets.engine.basics.clock import Clock, utcnow
 from pgvault_assets.engine.basics.interrupts import said_as
@@ -376,3 +377,20 @@ def store_report(vault: Vault, report: DrillReport) -> str:
     vault.store.put_bytes(f"{stem}.json", json.dumps(report.to_dict(), indent=2).encode())
     vault.store.put_bytes(f"{stem}.md", report.to_markdown().encode())
     return f"{stem}.md"
+
+
+def drill_alert(report: DrillReport, run_id: str) -> Alert:
+    """A drill that failed or missed its objective pages: recovery would not be in time."""
+    return Alert(
+        "drill_over_objective"
+        if report.failure is None and report.checks_passed
+        else "drill_failed",
+        "fatal",
+        f"the recovery drill of the backup of {report.backup_date} did not pass: "
+        + "; ".join(report.findings()),
+        {"run_id": run_id, "partition": report.backup_date.isoformat()},
+        details={
+            "scaled_recovery_seconds": report.scaled_seconds,
+            "recovery_time_objective_seconds": report.recovery_time_objective_seconds,
+        },
+    )
