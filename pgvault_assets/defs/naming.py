@@ -48,6 +48,25 @@ class DatabaseNames:
 
 
 @dataclass(frozen=True)
+class ServerNames:
+    """One server's point-in-time recovery names: pgBackRest archives per server."""
+
+    server: str
+    pinned: str | None
+    """The database of the server `VaultResource.settings` pins to (any of them names the
+    same server), or None for `DATABASE_URL`'s settings as they are."""
+    base_backup: AssetKey
+    job: str
+    suffix: str
+    """What ends its schedules' names: nothing for the fleet of one."""
+    said: str
+    """What starts its archive alerts: nothing for the fleet of one."""
+
+    def schedule(self, kind: str) -> str:
+        return f"pitr_{kind}_backup_schedule{self.suffix}"
+
+
+@dataclass(frozen=True)
 class Names:
     """The names of one build: each database's, and the jobs and schedules they share."""
 
@@ -60,9 +79,14 @@ class Names:
     maintenance_job: str
     maintenance_schedule: str
     alert_sensor: str
+    servers: tuple[ServerNames, ...]
+    """Each server with a database: its stanza is every one of its databases' PITR."""
 
     def of(self, name: str) -> DatabaseNames:
         return next(names for names in self.databases if names.database.name == name)
+
+    def server_of(self, database: FleetDatabase) -> ServerNames:
+        return next(names for names in self.servers if names.server == database.server)
 
     def maintenance_key(self, name: str) -> AssetKey:
         return AssetKey([*self.maintenance_prefix, name])
@@ -101,6 +125,16 @@ def names_of(fleet: Fleet) -> Names:
             "weekly_maintenance_job",
             "weekly_maintenance_schedule",
             "backup_alert_sensor",
+            (
+                ServerNames(
+                    database.server,
+                    None,
+                    AssetKey("pitr_base_backup"),
+                    "pitr_base_backup_job",
+                    "",
+                    "",
+                ),
+            ),
         )
     return Names(
         tuple(
@@ -125,4 +159,20 @@ def names_of(fleet: Fleet) -> Names:
         "fleet_maintenance_job",
         "fleet_maintenance_schedule",
         "fleet_alert_sensor",
+        tuple(
+            _server_names(fleet, server.name) for server in fleet.servers if fleet.on(server.name)
+        ),
+    )
+
+
+def _server_names(fleet: Fleet, server: str) -> ServerNames:
+    # Dagster's job and schedule names take no '-', which a server's name may have.
+    suffix = "_" + server.replace("-", "_")
+    return ServerNames(
+        server,
+        fleet.on(server)[0].name,
+        AssetKey(["pitr", server]),
+        f"pitr_base_backup_job{suffix}",
+        suffix,
+        f"server {server}: ",
     )
