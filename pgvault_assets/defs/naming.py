@@ -56,11 +56,14 @@ class ServerNames:
     """The database of the server `VaultResource.settings` pins to (any of them names the
     same server), or None for `DATABASE_URL`'s settings as they are."""
     base_backup: AssetKey
-    job: str
     suffix: str
-    """What ends its schedules' names: nothing for the fleet of one."""
+    """What ends its job's and schedules' names: nothing for the fleet of one."""
     said: str
     """What starts its archive alerts: nothing for the fleet of one."""
+
+    @property
+    def job(self) -> str:
+        return f"pitr_base_backup_job{self.suffix}"
 
     def schedule(self, kind: str) -> str:
         return f"pitr_{kind}_backup_schedule{self.suffix}"
@@ -125,16 +128,7 @@ def names_of(fleet: Fleet) -> Names:
             "weekly_maintenance_job",
             "weekly_maintenance_schedule",
             "backup_alert_sensor",
-            (
-                ServerNames(
-                    database.server,
-                    None,
-                    AssetKey("pitr_base_backup"),
-                    "pitr_base_backup_job",
-                    "",
-                    "",
-                ),
-            ),
+            (ServerNames(database.server, None, AssetKey("pitr_base_backup"), "", ""),),
         )
     return Names(
         tuple(
@@ -166,13 +160,7 @@ def names_of(fleet: Fleet) -> Names:
 
 
 def _server_names(fleet: Fleet, server: str) -> ServerNames:
-    # Dagster's job and schedule names take no '-', which a server's name may have.
-    suffix = "_" + server.replace("-", "_")
+    pinned = fleet.on(server)[0].name
     return ServerNames(
-        server,
-        fleet.on(server)[0].name,
-        AssetKey(["pitr", server]),
-        f"pitr_base_backup_job{suffix}",
-        suffix,
-        f"server {server}: ",
+        server, pinned, AssetKey(["pitr", server]), f"_{server}", f"server {server}: "
     )

@@ -1,10 +1,8 @@
 """Point-in-time recovery in Dagster, per server (pgBackRest archives a server in one stanza):
-its base backups on their own schedules, their proof, and one sensor watching every server's
-WAL archive each minute.
+base backups on their own schedules, their proof, one sensor watching every WAL archive.
 
-Nothing of a server runs until `pgvault pitr init` wrote its pgBackRest configuration: its
-schedules start stopped when the code location loads without it (the UI shows nothing running
-that is not set up), and skip, saying so, if it goes away after they started.
+Nothing of a server runs until `pgvault pitr init` wrote its configuration: its schedules
+start stopped when the location loads without it, and skip, saying so, if it goes away.
 """
 
 import dataclasses
@@ -61,11 +59,9 @@ def make_base_backup(server: ServerNames) -> dg.AssetsDefinition:
                 "type": backup.kind,
                 "wal_start": backup.wal_start,
                 "wal_stop": backup.wal_stop,
-                "size_bytes": dg.MetadataValue.int(backup.size_bytes),
-                "repository_size_bytes": dg.MetadataValue.int(backup.repository_size_bytes),
-                "duration_seconds": dg.MetadataValue.float(
-                    (backup.stopped_at - backup.started_at).total_seconds()
-                ),
+                "size_bytes": backup.size_bytes,
+                "repository_size_bytes": backup.repository_size_bytes,
+                "duration_seconds": (backup.stopped_at - backup.started_at).total_seconds(),
             }
         )
 
@@ -98,9 +94,9 @@ def make_pitr_restorable(server: ServerNames) -> dg.AssetChecksDefinition:
             metadata={
                 "base_backup": proof.base_backup,
                 "recovered_to": proof.recovered_to,
-                "replay_seconds": dg.MetadataValue.float(proof.replay_seconds),
-                "tables": dg.MetadataValue.int(len(proof.table_rows)),
-                "row_total": dg.MetadataValue.int(sum(proof.table_rows.values())),
+                "replay_seconds": float(proof.replay_seconds),
+                "tables": len(proof.table_rows),
+                "row_total": sum(proof.table_rows.values()),
             },
         )
 
@@ -187,8 +183,7 @@ def make_archive_sensor(build: Build, running: bool) -> dg.SensorDefinition:
     servers = build.names.servers
 
     def watch_archive(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        cursors = _server_cursors(context.cursor, servers)
-        said = []
+        cursors, said = _server_cursors(context.cursor, servers), []
         for server in servers:
             resources, cursor = context.resources, cursors.get(server.server)
             text, cursor = _watch_server(server, resources.vault, resources.alerts, cursor)
@@ -222,49 +217,44 @@ def _running(server: ServerNames) -> bool:
         return False
 
 
+SCHEDULES = {
+    "full": ("30 1 * * 0", "Sunday 01:30 UTC: a full base backup."),
+    "diff": ("30 1 * * 1-6", "Monday to Saturday 01:30 UTC: a differential base backup."),
+}
+
+
 def pitr_defs(build: Build) -> dg.Definitions:
     """Per server of the fleet: its base backups, their proof and their schedules, started
     only where `pitr init` has run as the location loads; one sensor watches them all."""
-    assets: list[dg.AssetsDefinition] = []
-    checks: list[dg.AssetChecksDefinition] = []
-    jobs, schedules, running = [], [], []
-    for server in build.names.servers:
-        running.append(_running(server))
-        status = (
-            dg.DefaultScheduleStatus.RUNNING if running[-1] else dg.DefaultScheduleStatus.STOPPED
-        )
-        job = dg.define_asset_job(
+    servers = build.names.servers
+    running = [_running(server) for server in servers]
+    jobs = [
+        dg.define_asset_job(
             server.job,
             selection=[server.base_backup],
             description="One pgBackRest base backup; its type comes from the run config.",
         )
-        assets.append(make_base_backup(server))
-        checks.append(make_pitr_restorable(server))
-        jobs.append(job)
-        schedules += [
+        for server in servers
+    ]
+    return dg.Definitions(
+        assets=[make_base_backup(server) for server in servers],
+        asset_checks=[make_pitr_restorable(server) for server in servers],
+        jobs=jobs,
+        schedules=[
             dg.ScheduleDefinition(
                 name=server.schedule(kind),
                 job=job,
                 cron_schedule=cron,
                 execution_timezone="UTC",
-                default_status=status,
+                default_status=dg.DefaultScheduleStatus.RUNNING
+                if on
+                else dg.DefaultScheduleStatus.STOPPED,
                 execution_fn=_requests(server, kind),
                 required_resource_keys={"vault"},
                 description=description,
             )
-            for kind, cron, description in (
-                ("full", "30 1 * * 0", "Sunday 01:30 UTC: a full base backup."),
-                (
-                    "diff",
-                    "30 1 * * 1-6",
-                    "Monday to Saturday 01:30 UTC: a differential base backup.",
-                ),
-            )
-        ]
-    return dg.Definitions(
-        assets=assets,
-        asset_checks=checks,
-        jobs=jobs,
-        schedules=schedules,
+            for server, job, on in zip(servers, jobs, running, strict=True)
+            for kind, (cron, description) in SCHEDULES.items()
+        ],
         sensors=[make_archive_sensor(build, any(running))],
     )
