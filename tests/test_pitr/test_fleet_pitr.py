@@ -159,6 +159,8 @@ def test_a_fleet_database_recovers_from_its_servers_stanza_and_leaves_the_others
     assert len(err.strip().splitlines()) == 1
     code, out, _ = printed(capsys, "list-backups", "--database", "beta")
     assert code == 0 and "point-in-time window: " in out
+    _, out, _ = printed(capsys, "doctor", "--database", "beta")
+    assert "test-main" in out  # its WAL archiving row: the stanza of its server
 
     # Each database carries its server's window; gamma has none.
     target_file = tmp_path / "pgvault.prom"
