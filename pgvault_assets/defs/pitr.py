@@ -12,19 +12,22 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from pgvault_assets.alerts import Alert
 from pgvault_assets.defs.backup import Build
 from pgvault_assets.defs.naming import ServerNames
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.basics import names
-from pgvault_assets.engine.pitr.archive import pitr_status, take_base_backup, tool_for
+from pgvault_assets.engine.pitr.archive import (
+    archive_alert_step,
+    pitr_status,
+    take_base_backup,
+    tool_for,
+)
 from pgvault_assets.engine.pitr.recover import prove_restorable
 from pgvault_assets.engine.postgres.cluster import one_proof_at_a_time
 from pgvault_assets.errors import PgvaultError
 from pgvault_assets.fleet import RESTORE_PROOF_POOL, pin_database
 from pgvault_assets.settings import Settings, load_settings
 
-RESOLVED = "pitr_archive_resolved"
 NOT_SET_UP = "point-in-time recovery is not set up; run pgvault pitr init"
 
 
@@ -119,32 +122,6 @@ def _requests(server: ServerNames, kind: str) -> Callable[..., dg.RunRequest | d
         )
 
     return evaluate
-
-
-def archive_alert_step(
-    problems: list[tuple[str, str]], cursor: str | None
-) -> tuple[list[Alert], str]:
-    """One tick of the archive's episodes: an alert for each problem kind that begins, one
-    resolved notice when all have ended, which resolves every kind the episode had (a kind
-    that ended while another lasted included). The cursor holds the kinds active now and
-    those of the episode; a cursor of the active kinds alone (as before) still reads."""
-    active = {kind: message for kind, message in problems}
-    saved = json.loads(cursor) if cursor else []
-    before = set(saved["active"] if isinstance(saved, dict) else saved)
-    episode = set(saved["episode"] if isinstance(saved, dict) else saved) | set(active)
-    alerts = [
-        Alert(kind, "fatal" if kind != "pitr_no_base_backup" else "warning", message)
-        for kind, message in active.items()
-        if kind not in before
-    ]
-    if before and not active:
-        alerts.append(
-            Alert(
-                RESOLVED, "info", "WAL archiving is healthy again", resolves=tuple(sorted(episode))
-            )
-        )
-        episode = set()
-    return alerts, json.dumps({"active": sorted(active), "episode": sorted(episode)})
 
 
 def _server_cursors(cursor: str | None, servers: tuple[ServerNames, ...]) -> dict[str, str]:

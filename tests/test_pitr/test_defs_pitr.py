@@ -7,9 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import build_schedule_context, build_sensor_context, materialize
 
-from pgvault_assets.defs.pitr import RESOLVED, archive_alert_step
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.pitr.archive import ArchiverState, PitrStatus
+from pgvault_assets.engine.pitr.archive import (
+    RESOLVED,
+    ArchiverState,
+    PitrStatus,
+    archive_alert_step,
+)
 from pgvault_assets.engine.pitr.window import Window
 from tests.test_defs.single import (
     pitr_archive_sensor,

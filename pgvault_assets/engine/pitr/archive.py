@@ -11,12 +11,14 @@ does on its own).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from pgvault_assets.alerts import Alert
 from pgvault_assets.engine.basics import names
 from pgvault_assets.engine.pitr import BACKUP_KINDS
 from pgvault_assets.engine.pitr import config as pc
@@ -35,6 +37,7 @@ from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
 
 SEGMENT_BYTES = 16 * 1024 * 1024
+RESOLVED = "pitr_archive_resolved"
 LOG_HINT = "the server's log and pgBackRest's archive-push log (log/ beside its configuration)"
 
 
@@ -296,3 +299,29 @@ def pitr_status(settings: Settings) -> PitrStatus:
     return PitrStatus(
         window, problem, read_archiver(settings.require_database()), pc.archive_command(settings)
     )
+
+
+def archive_alert_step(
+    problems: list[tuple[str, str]], cursor: str | None
+) -> tuple[list[Alert], str]:
+    """One tick of the archive's episodes: an alert for each problem kind that begins, one
+    resolved notice when all have ended, which resolves every kind the episode had (a kind
+    that ended while another lasted included). The cursor holds the kinds active now and
+    those of the episode; a cursor of the active kinds alone (as before) still reads."""
+    active = {kind: message for kind, message in problems}
+    saved = json.loads(cursor) if cursor else []
+    before = set(saved["active"] if isinstance(saved, dict) else saved)
+    episode = set(saved["episode"] if isinstance(saved, dict) else saved) | set(active)
+    alerts = [
+        Alert(kind, "fatal" if kind != "pitr_no_base_backup" else "warning", message)
+        for kind, message in active.items()
+        if kind not in before
+    ]
+    if before and not active:
+        alerts.append(
+            Alert(
+                RESOLVED, "info", "WAL archiving is healthy again", resolves=tuple(sorted(episode))
+            )
+        )
+        episode = set()
+    return alerts, json.dumps({"active": sorted(active), "episode": sorted(episode)})
