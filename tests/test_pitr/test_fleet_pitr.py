@@ -17,6 +17,7 @@ from pgvault_assets.defs.backup import Build
 from pgvault_assets.defs.pitr import pitr_defs
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.basics import names
+from pgvault_assets.engine.postgres.cluster import start_cluster
 from pgvault_assets.fleet import load_fleet, pin_database
 from pgvault_assets.settings import Settings, load_settings, platform_section
 from tests.conftest import PG_SERVER_URL
@@ -204,3 +205,18 @@ def test_in_dagster_each_server_has_its_base_backup_and_one_sensor_watches_them_
     assert "server main: archiving is healthy" in skipped
     assert "server quiet: point-in-time recovery is not set up" in skipped
     assert alerts_captured.posts("/hook") == []
+
+
+def test_a_servers_stanza_refuses_another_cluster_named_for_it(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pgvault("pitr", "init", "--database", "alpha") == 0
+    config = fleet.server.pitr_dir / "servers" / "main" / "pgbackrest.conf"
+    first = config.read_text()
+    with start_cluster() as other:
+        with psycopg.connect(other.url.secret, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{fleet.dbnames["beta"]}"')
+        monkeypatch.setenv("PGVAULT_TEST_MAIN_URL", other.url.secret)  # main, rebuilt
+        code, _, err = printed(capsys, "pitr", "init", "--database", "beta")
+    assert code == 2 and "stanza test-main archives another cluster" in err
+    assert config.read_text() == first

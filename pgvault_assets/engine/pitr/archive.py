@@ -159,7 +159,7 @@ def _require_reachable(config: Path) -> None:
 
 def _refuse_another_cluster(settings: Settings, server: pc.Server) -> None:
     """A stanza archives one cluster: rewriting its configuration for another (a rebuilt
-    server under the same environment name) would stop the first one's archiving, and
+    server under the same environment or fleet server name) would stop the first one's archiving, and
     pgBackRest would refuse the new one's WAL anyway."""
     if not names.pitr_stanza(settings).config_file.exists():
         return
@@ -172,7 +172,7 @@ def _refuse_another_cluster(settings: Settings, server: pc.Server) -> None:
         raise ConfigError(
             f"stanza {stanza} archives another cluster (system id {archived}, "
             f"this server is {server.system_id}); give this server its own ENVIRONMENT_NAME, "
-            "or PITR_DIR, and nothing was changed"
+            "PITR_DIR or name in the fleet file, and nothing was changed"
         )
 
 
