@@ -29,9 +29,12 @@ DEFAULT_SCHEDULE_HOUR = 2
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Folders an environment keeps beside its databases' (audit, reports, drills, the doctor's
-# probes): a database of one of these names would share them. `staging` and `production` are
-# the targets: `check-database-integrity --database staging` keeps meaning the target.
-RESERVED_NAMES = frozenset({"audit", "reports", "drills", "doctor", "staging", "production"})
+# probes, pitr's sealed passphrase): a database of one of these names would share them.
+# `staging` and `production` are the targets: `check-database-integrity --database staging`
+# keeps meaning the target.
+RESERVED_NAMES = frozenset(
+    {"audit", "reports", "drills", "doctor", "pitr", "staging", "production"}
+)
 SINGLE = "default"
 
 
@@ -163,6 +166,10 @@ class Fleet(_Model):
     def server(self, name: str) -> Server:
         return next(server for server in self.servers if server.name == name)
 
+    def on(self, server: str) -> tuple[FleetDatabase, ...]:
+        """The databases on `server`, in the file's order."""
+        return tuple(database for database in self.databases if database.server == server)
+
     def pool_limits(self) -> dict[str, int]:
         """Each server's pool and its limit, and the restore proofs', as `pgvault fleet
         apply-limits` sets them."""
@@ -249,6 +256,15 @@ def _cross_check(fleet: Fleet) -> str | None:
     for i, server in enumerate(fleet.servers):
         if server.name in servers:
             return f"servers[{i}].name: {server.name!r} is already servers[{servers[server.name]}]"
+        # Dagster's names take `_` for `-` (defs/naming.dagster_name): `db-a` and `db_a` would clash.
+        twin = next(
+            (s for s in servers if s.replace("-", "_") == server.name.replace("-", "_")), None
+        )
+        if twin is not None:
+            return (
+                f"servers[{i}].name: {server.name!r} differs from servers[{servers[twin]}] "
+                f"({twin!r}) only in '-' and '_', which Dagster's names do not tell apart; rename one"
+            )
         servers[server.name] = i
     databases: dict[str, int] = {}
     targets: dict[tuple[str, str], int] = {}

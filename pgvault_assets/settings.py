@@ -906,6 +906,7 @@ class PitrSettings:
 
     @property
     def config_file(self) -> Path:
+        """The fleet of one's configuration; a fleet server's is `names.pitr_stanza`'s."""
         return self.directory / "pgbackrest.conf"
 
     @property

@@ -21,9 +21,9 @@ from pgvault_assets.cli import main
 from pgvault_assets.defs.alerting import Channels, failed_check_alert, staleness_step
 from pgvault_assets.defs.backup import RESTORABLE, SIZE_NOT_SHRUNK
 from pgvault_assets.defs.naming import BACKUP_KEY
-from pgvault_assets.defs.pitr import archive_alert_step
 from pgvault_assets.defs.recovery import drill_alert
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.pitr.archive import archive_alert_step
 from pgvault_assets.engine.recovery.drill import DrillReport
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import Settings, load_settings

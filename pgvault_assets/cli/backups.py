@@ -31,6 +31,7 @@ from pgvault_assets.cli.recovery import (
     target_to_write,
 )
 from pgvault_assets.engine.approvals.audit import operator, record_integrity_check
+from pgvault_assets.engine.basics import names
 from pgvault_assets.engine.basics.clock import utcnow
 from pgvault_assets.engine.monitoring.catalog import backup_rows
 from pgvault_assets.engine.vault.vault import Vault
@@ -119,8 +120,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _print_recoverable_window(settings: Settings) -> None:
-    """Where point-in-time recovery is set up, the times it can reach, after the dumps."""
-    if not settings.pitr.config_file.exists() or settings.platform.fleet_file is not None:
+    """Where point-in-time recovery is set up for the database's server, the times it can
+    reach, after the dumps."""
+    if not names.pitr_stanza(settings).config_file.exists():
         return
     from pgvault_assets.engine.pitr.archive import tool_for
     from pgvault_assets.engine.pitr.window import read_window

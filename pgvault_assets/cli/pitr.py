@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pgvault_assets.cli.args import Parser, confirm, parse_time
+from pgvault_assets.cli.args import Parser, add_database_option, confirm, parse_time
 from pgvault_assets.cli.console import console, human_bytes, on_target
 from pgvault_assets.cli.recovery import target_to_write
 from pgvault_assets.engine.approvals import audit
@@ -23,12 +23,14 @@ examples:
   pgvault pitr backup --type full         a base backup (the Dagster schedule takes them weekly/daily)
   pgvault pitr status                     the recoverable window, the archive's lag and health
   pgvault restore-to-time --time 2026-11-30T09:15:00Z --target staging
+  pgvault pitr init --database billing    a fleet file: set up billing's server (one stanza each)
 """
 
 
-PER_CLUSTER = (
-    "Point-in-time recovery is per cluster, set up from DATABASE_URL: refused with a fleet "
-    "file (PGVAULT_FLEET_FILE), so it takes no --database."
+PER_SERVER = (
+    "Point-in-time recovery is per server: pgBackRest archives the whole server in one stanza "
+    "and every database on it recovers from it. With a fleet file (PGVAULT_FLEET_FILE), "
+    "--database NAME picks the database and so its server; without one, DATABASE_URL's."
 )
 
 
@@ -36,27 +38,32 @@ def register(commands: argparse._SubParsersAction) -> None:
     group = commands.add_parser(
         "pitr",
         help="point-in-time recovery by pgBackRest: init, status, backup",
-        description=PER_CLUSTER,
+        description=PER_SERVER,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verbs = group.add_subparsers(
         dest="pitr_command", metavar="VERB", parser_class=Parser, required=True
     )
-    verbs.add_parser(
+    sub = verbs.add_parser(
         "init", help="write pgBackRest's configuration, create the stanza, check archiving"
-    ).set_defaults(handler=cmd_init)
-    verbs.add_parser(
+    )
+    add_database_option(sub)
+    sub.set_defaults(handler=cmd_init)
+    sub = verbs.add_parser(
         "status", help="the recoverable window, archive lag, archiver state, gaps"
-    ).set_defaults(handler=cmd_status)
+    )
+    add_database_option(sub)
+    sub.set_defaults(handler=cmd_status)
     sub = verbs.add_parser("backup", help="take a base backup now")
     sub.add_argument("--type", dest="kind", choices=BACKUP_KINDS, default="full")
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_backup)
 
     sub = commands.add_parser(
         "restore-to-time",
         help="recover to a point in time, then swap it into the target like a restore",
-        description=PER_CLUSTER,
+        description=PER_SERVER,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -66,6 +73,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument(
         "--skip-confirmation", action="store_true", help="do not ask to type the database name"
     )
+    add_database_option(sub)
     sub.set_defaults(handler=cmd_restore_to_time)
 
 
@@ -80,9 +88,10 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     console.print("add these lines to postgresql.conf, then restart PostgreSQL:", markup=False)
     for line in result.server_lines:
         console.print(f"  {line}", markup=False)
+    option = f" --database {settings.database}" if settings.database else ""
     console.print(
-        "archive_mode takes effect only at a restart; afterwards run pgvault pitr init again "
-        "to check archiving, then pgvault pitr backup --type full"
+        "archive_mode takes effect only at a restart; afterwards run pgvault pitr init"
+        f"{option} again to check archiving, then pgvault pitr backup{option} --type full"
     )
     return 0
 
@@ -123,13 +132,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
-    from pgvault_assets.engine.pitr.archive import require_single_cluster, tool_for
+    from pgvault_assets.engine.pitr.archive import tool_for
     from pgvault_assets.engine.recovery.operations import (
         restore_production_to_time,
         restore_staging_to_time,
     )
 
-    require_single_cluster(settings)
     source = settings.require_database()
     url = target_to_write(settings, args.target)
     vault = Vault.from_settings(settings)

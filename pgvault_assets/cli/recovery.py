@@ -274,7 +274,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _origin(args: argparse.Namespace, settings: Settings) -> Origin:
-    """The backup of `--date`, or `--time` in the cluster pgBackRest archives (DATABASE_URL's)."""
+    """The backup of `--date`, or `--time` in the stanza of the database's server."""
     if args.time is None:
         return args.date
     from pgvault_assets.engine.pitr.archive import tool_for

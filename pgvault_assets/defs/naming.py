@@ -48,6 +48,28 @@ class DatabaseNames:
 
 
 @dataclass(frozen=True)
+class ServerNames:
+    """One server's point-in-time recovery names: pgBackRest archives per server."""
+
+    server: str
+    pinned: str | None
+    """The database of the server `VaultResource.settings` pins to (any of them names the
+    same server), or None for `DATABASE_URL`'s settings as they are."""
+    base_backup: AssetKey
+    suffix: str
+    """What ends its job's and schedules' names: nothing for the fleet of one."""
+    said: str
+    """What starts its archive alerts: nothing for the fleet of one."""
+
+    @property
+    def job(self) -> str:
+        return f"pitr_base_backup_job{self.suffix}"
+
+    def schedule(self, kind: str) -> str:
+        return f"pitr_{kind}_backup_schedule{self.suffix}"
+
+
+@dataclass(frozen=True)
 class Names:
     """The names of one build: each database's, and the jobs and schedules they share."""
 
@@ -60,6 +82,8 @@ class Names:
     maintenance_job: str
     maintenance_schedule: str
     alert_sensor: str
+    servers: tuple[ServerNames, ...]
+    """Each server with a database: its stanza is every one of its databases' PITR."""
 
     def of(self, name: str) -> DatabaseNames:
         return next(names for names in self.databases if names.database.name == name)
@@ -69,8 +93,18 @@ class Names:
         is read for every database at once."""
         return {names.backup: names.database.name for names in self.databases}
 
+    def server_of(self, database: FleetDatabase) -> ServerNames:
+        return next(names for names in self.servers if names.server == database.server)
+
     def maintenance_key(self, name: str) -> AssetKey:
         return AssetKey([*self.maintenance_prefix, name])
+
+
+def dagster_name(name: str) -> str:
+    """A fleet name as Dagster's group, job and schedule names allow it (`[A-Za-z0-9_]`): a
+    fleet name may hold `-`, which the fleet file keeps apart from `_` (fleet.py refuses two
+    servers that differ only there)."""
+    return name.replace("-", "_")
 
 
 def fleet_backup_key(database: str) -> AssetKey:
@@ -106,6 +140,7 @@ def names_of(fleet: Fleet) -> Names:
             "weekly_maintenance_job",
             "weekly_maintenance_schedule",
             "backup_alert_sensor",
+            (ServerNames(database.server, None, AssetKey("pitr_base_backup"), "", ""),),
         )
     return Names(
         tuple(
@@ -115,7 +150,7 @@ def names_of(fleet: Fleet) -> Names:
                 backup=fleet_backup_key(database.name),
                 drill=AssetKey(["drill", database.name]),
                 pool=pool_name(database.server),
-                group=database.server,
+                group=dagster_name(database.server),
                 schedule=schedule_name(database.schedule_hour),
                 source=f"{database.dbname} on {database.server}",
                 said=f"{database.name}: ",
@@ -130,4 +165,14 @@ def names_of(fleet: Fleet) -> Names:
         "fleet_maintenance_job",
         "fleet_maintenance_schedule",
         "fleet_alert_sensor",
+        tuple(
+            _server_names(fleet, server.name) for server in fleet.servers if fleet.on(server.name)
+        ),
+    )
+
+
+def _server_names(fleet: Fleet, server: str) -> ServerNames:
+    pinned = fleet.on(server)[0].name
+    return ServerNames(
+        server, pinned, AssetKey(["pitr", server]), f"_{dagster_name(server)}", f"server {server}: "
     )

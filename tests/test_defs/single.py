@@ -32,4 +32,6 @@ retention_state, weekly_health_report, kept_databases = maintenance_assets(BUILD
 RETENTION_KEY = retention_state.key
 PITR = pitr_defs(BUILD)
 (pitr_archive_sensor,) = PITR.sensors
+(pitr_base_backup,) = PITR.assets
+(pitr_restorable,) = PITR.asset_checks
 pitr_diff_backup_schedule = next(s for s in PITR.schedules if s.name == "pitr_diff_backup_schedule")

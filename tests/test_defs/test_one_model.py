@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import AssetCheckKey, AssetKey, Definitions
 
 from pgvault_assets.defs.location import build_defs
-from pgvault_assets.defs.naming import DatabaseNames, names_of
+from pgvault_assets.defs.naming import DatabaseNames, Names, names_of
 from pgvault_assets.defs.resources import resource_defs
 from pgvault_assets.fleet import RESTORE_PROOF_POOL, Fleet, parse_fleet, single_fleet
 from pgvault_assets.settings import platform_section
@@ -34,6 +34,24 @@ def _built(fleet: Fleet) -> Definitions:
     return Definitions.merge(
         build_defs(fleet, platform_section()), Definitions(resources=resource_defs())
     )
+
+
+def pitr_capabilities(defs: Definitions, all_names: Names, names: DatabaseNames) -> set[str]:
+    """Point-in-time recovery of the database's server, named without its names."""
+    server = all_names.server_of(names.database)
+    repository = defs.get_repository_def()
+    found: set[str] = set()
+    if server.base_backup in set(defs.resolve_all_asset_keys()):
+        found.add("base backup of its server")
+    if defs.get_asset_checks_def(AssetCheckKey(server.base_backup, "pitr_restorable")):
+        found.add("check pitr_restorable of its server's base backup")
+    for schedule in repository.schedule_defs:
+        job = repository.get_job(schedule.job_name)
+        if job.asset_layer and server.base_backup in job.asset_layer.executable_asset_keys:
+            found.add(f"its server's base backup on {schedule.cron_schedule}")
+    if any(sensor.name == "pitr_archive_sensor" for sensor in repository.sensor_defs):
+        found.add("archive watch")
+    return found
 
 
 def capabilities(defs: Definitions, names: DatabaseNames) -> set[str]:
@@ -73,7 +91,10 @@ def capabilities(defs: Definitions, names: DatabaseNames) -> set[str]:
 
 def test_every_database_of_a_fleet_has_the_single_databases_capabilities():
     single = names_of(single_fleet()).databases[0]
-    expected = capabilities(_built(single_fleet()), single)
+    single_defs = _built(single_fleet())
+    expected = capabilities(single_defs, single) | pitr_capabilities(
+        single_defs, names_of(single_fleet()), single
+    )
     assert {
         "backup in its pool (True)",
         "check checksum_matches",
@@ -85,12 +106,17 @@ def test_every_database_of_a_fleet_has_the_single_databases_capabilities():
         "drill on quarterly_drill_schedule",
         "drill check recovery_time_within_objective",
         "restore_job for a chosen database",
+        "base backup of its server",
+        "check pitr_restorable of its server's base backup",
+        "its server's base backup on 30 1 * * 0",
+        "its server's base backup on 30 1 * * 1-6",
+        "archive watch",
     } <= expected
 
     fleet = _built(THREE_ON_TWO)
     for names in names_of(THREE_ON_TWO).databases:
         hour = names.database.schedule_hour
-        found = capabilities(fleet, names)
+        found = capabilities(fleet, names) | pitr_capabilities(fleet, names_of(THREE_ON_TWO), names)
         assert found == {
             c.replace("daily at 02:00", f"daily at {hour:02d}:00") for c in expected
         }, names.database.name
@@ -103,6 +129,13 @@ def test_the_single_database_keeps_the_names_its_history_was_recorded_under():
         AssetKey("disaster_recovery_drill"),
         "pgvault_backup",
         "daily_backup_schedule",
+    )
+    (pitr,) = names_of(single_fleet()).servers
+    assert (pitr.base_backup, pitr.job, pitr.schedule("full"), pitr.schedule("diff")) == (
+        AssetKey("pitr_base_backup"),
+        "pitr_base_backup_job",
+        "pitr_full_backup_schedule",
+        "pitr_diff_backup_schedule",
     )
     wiki = names_of(THREE_ON_TWO).of("wiki")
     assert (wiki.backup, wiki.drill, wiki.pool, wiki.schedule) == (
@@ -130,3 +163,20 @@ def test_no_module_of_defs_reads_the_environment_when_imported(tmp_path):
     assert result.stdout.strip() == "imported", result.stderr[-2000:]
     assert result.returncode != 0
     assert f"PGVAULT_FLEET_FILE {tmp_path / 'absent.yaml'} does not exist" in result.stderr
+
+
+def test_a_fleet_name_with_a_dash_builds_under_dagsters_rules():
+    """Fleet names may hold `-` (the fleet file allows it); Dagster's group, job and schedule
+    names may not: the server `db-main` is `db_main` there, its keys keep the dash."""
+    fleet = parse_fleet(
+        """
+servers:
+  - {name: db-main, url_env: MAIN_URL}
+databases:
+  - {name: my-db, server: db-main, dbname: billing}
+""",
+        Path("fleet.yaml"),
+    )
+    repository = _built(fleet).get_repository_def()
+    assert repository.has_job("pitr_base_backup_job_db_main")
+    assert AssetKey(["backup", "my-db"]) in set(_built(fleet).resolve_all_asset_keys())

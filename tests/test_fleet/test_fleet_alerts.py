@@ -294,4 +294,5 @@ def test_the_fleet_location_has_the_fleet_alert_sensor_and_the_single_one_its_ow
     assert single == ["backup_alert_sensor", "pitr_archive_sensor"]
 
     _fleet(local_env, monkeypatch, {"alpha": "alpha"})
-    assert fresh_definitions(SENSOR_NAMES) == [SENSOR_NAME]
+    # Point-in-time recovery is per server now, watched by the one archive sensor.
+    assert fresh_definitions(SENSOR_NAMES) == [SENSOR_NAME, "pitr_archive_sensor"]

@@ -105,11 +105,11 @@ def test_the_integrity_check_of_a_fleet_database_staging_is_audited_for_it_alone
         (["doctor"], "pass --database with one of: alpha, beta"),
         (["init-storage", "--database", "alpha"], "init-storage is environment-wide"),
         (["key-fingerprint", "--database", "alpha"], "key-fingerprint is environment-wide"),
-        (["pitr", "status"], "point-in-time recovery is per cluster"),
-        (["pitr", "init"], "point-in-time recovery is per cluster"),
+        (["pitr", "status"], "pass --database with one of: alpha, beta"),
+        (["pitr", "init"], "pass --database with one of: alpha, beta"),
         (
             ["restore-to-time", "--time", "2026-03-14T09:00:00Z", "--target", "staging"],
-            "point-in-time recovery is per cluster",
+            "pass --database with one of: alpha, beta",
         ),
     ],
 )

@@ -130,8 +130,15 @@ def test_the_code_location_is_the_fleet_with_a_fleet_file_and_unchanged_without(
             "fleet/kept_databases",
             "fleet/retention_state",
             "fleet/weekly_health_report",
+            "pitr/main",  # point-in-time recovery per server
         ],
-        ["fleet_backup_schedule_02", "fleet_maintenance_schedule", "quarterly_drill_schedule"],
+        [
+            "fleet_backup_schedule_02",
+            "fleet_maintenance_schedule",
+            "pitr_diff_backup_schedule_main",
+            "pitr_full_backup_schedule_main",
+            "quarterly_drill_schedule",
+        ],
     ]
 
 

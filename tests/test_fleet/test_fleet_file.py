@@ -78,6 +78,14 @@ def test_fleet_file_declares_servers_and_databases():
             "fleet file fleet.yaml: databases[1].name: 'billing' is already databases[0]",
         ),
         (
+            GOOD.replace("name: main", "name: db-main")
+            .replace("server: main", "server: db-main")
+            .replace("name: reports", "name: db_main")
+            .replace("server: reports", "server: db_main"),
+            "fleet file fleet.yaml: servers[1].name: 'db_main' differs from servers[0] ('db-main') "
+            "only in '-' and '_', which Dagster's names do not tell apart; rename one",
+        ),
+        (
             GOOD.replace("    dbname: analytics\n", ""),
             "fleet file fleet.yaml: databases[1].dbname: is required",
         ),

@@ -24,7 +24,7 @@ import pytest
 from pgvault_assets.cli import main
 from pgvault_assets.engine.pitr.config import server_settings_lines
 from pgvault_assets.engine.postgres.cluster import Cluster, start_cluster
-from pgvault_assets.settings import load_settings
+from pgvault_assets.settings import Settings, load_settings
 from tests.conftest import AwsEnv
 from tests.test_pitr.tls import tls_proxy, write_localhost_certificate
 from tests.test_recovery.conftest import approvers  # noqa: F401 (shared fixture)
@@ -68,9 +68,10 @@ class ArchivingServer:
         )
         assert result.returncode == 0, result.stderr
 
-    def enable_archiving(self) -> None:
-        """What the operator does with the lines `pitr init` prints: add them, restart."""
-        for line in server_settings_lines(load_settings()):
+    def enable_archiving(self, settings: Settings | None = None) -> None:
+        """What the operator does with the lines `pitr init` prints: add them, restart (the
+        lines of `settings`' server, DATABASE_URL's by default)."""
+        for line in server_settings_lines(settings or load_settings()):
             self.sql(f"ALTER SYSTEM SET {line}", dbname="postgres")
         self.restart()
 

@@ -7,16 +7,20 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import build_schedule_context, build_sensor_context, materialize
 
-from pgvault_assets.defs.pitr import (
+from pgvault_assets.defs.resources import AlertsResource, VaultResource
+from pgvault_assets.engine.pitr.archive import (
     RESOLVED,
+    ArchiverState,
+    PitrStatus,
     archive_alert_step,
+)
+from pgvault_assets.engine.pitr.window import Window
+from tests.test_defs.single import (
+    pitr_archive_sensor,
     pitr_base_backup,
+    pitr_diff_backup_schedule,
     pitr_restorable,
 )
-from pgvault_assets.defs.resources import AlertsResource, VaultResource
-from pgvault_assets.engine.pitr.archive import ArchiverState, PitrStatus
-from pgvault_assets.engine.pitr.window import Window
-from tests.test_defs.single import pitr_archive_sensor, pitr_diff_backup_schedule
 from tests.test_pitr.conftest import ArchivingServer
 
 RESOURCES = {"vault": VaultResource(), "alerts": AlertsResource()}

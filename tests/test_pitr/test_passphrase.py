@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, build_sensor_context, materialize
 
-from pgvault_assets.defs.pitr import pitr_base_backup, pitr_restorable
 from pgvault_assets.defs.resources import AlertsResource, VaultResource
 from pgvault_assets.engine.basics import names
 from pgvault_assets.engine.pitr.passphrase import passphrase_context, stored_passphrase
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import load_settings
-from tests.test_defs.single import pitr_archive_sensor
+from tests.test_defs.single import pitr_archive_sensor, pitr_base_backup, pitr_restorable
 from tests.test_pitr.conftest import ArchivingServer, pgvault
 
 

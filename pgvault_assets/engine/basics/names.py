@@ -13,7 +13,8 @@ Layout of one environment's folder in the store::
     {environment}/reports/{YYYY-MM-DD}-fleet-health.md  a fleet's weekly health report
 
 pgBackRest's own repository, in S3, sits beside the environments under `pgbackrest/`, so the
-environment's listing never walks every archived WAL segment.
+environment's listing never walks every archived WAL segment. Each server archives to a
+stanza of its own (`pitr_stanza`); the passphrase is the environment's, one for all of them.
 
 A database of a fleet file has the same layout under `{environment}/{database}` (its
 namespace), and its locks are named after the namespace too: no key or lock is shared.
@@ -21,7 +22,11 @@ namespace), and its locks are named after the namespace too: no key or lock is s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
+
+from pgvault_assets.settings import Settings
 
 OBJECT_NAME = "db_backup.sql.gz.enc"
 SERVER_CONTEXT_NAME = "server_context.sql.gz.enc"
@@ -116,6 +121,36 @@ def pitr_passphrase_key(environment: str) -> str:
     return f"{environment}/pitr/cipher-passphrase.enc"
 
 
-def pitr_s3_repo_path(environment: str) -> str:
-    """The environment's pgBackRest repository in the backup bucket."""
-    return f"/pgbackrest/{environment}"
+@dataclass(frozen=True)
+class PitrStanza:
+    """Where one server's pgBackRest lives: its stanza, its folder (configuration, locks,
+    logs, and the repository in the embedded default) and its repository path in S3."""
+
+    name: str
+    directory: Path
+    s3_path: str
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "pgbackrest.conf"
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.directory / "repo"
+
+
+def pitr_stanza(settings: Settings) -> PitrStanza:
+    """The stanza of the server `settings` are pinned to, named here and nowhere else.
+
+    The fleet of one (`settings.server` None) keeps the names its archive was set up under:
+    PITR_DIR itself, stanza ENVIRONMENT_NAME, `/pgbackrest/{environment}`. A fleet file's
+    server S has `PITR_DIR/servers/S`, stanza `{environment}-S` and
+    `/pgbackrest/{environment}/servers/S`: `servers` is no folder pgBackRest or the fleet of
+    one writes, so no server's folder meets theirs."""
+    environment, server, pitr_dir = settings.environment, settings.server, settings.pitr.directory
+    repository = f"/pgbackrest/{environment}"
+    if server is None:
+        return PitrStanza(environment, pitr_dir, repository)
+    return PitrStanza(
+        f"{environment}-{server}", pitr_dir / "servers" / server, f"{repository}/servers/{server}"
+    )

@@ -21,6 +21,7 @@ import botocore.exceptions
 from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
 from sentry_sdk.utils import BadDsn, Dsn
 
+from pgvault_assets.engine.basics import names
 from pgvault_assets.engine.pitr.archive import pitr_status
 from pgvault_assets.engine.postgres.postgres import check_tool_fits_server, connect, server_version
 from pgvault_assets.engine.storage.bucket import BucketSettings
@@ -304,7 +305,8 @@ def pitr_check(settings: Settings) -> Check:
                 f" (and {len(problems) - 1} more: pgvault pitr status)" if len(problems) > 1 else ""
             )
             return Check(name, Status.FAIL, redact(problems[0][1]) + more)
-        return Check(name, Status.OK, f"archiving to stanza {settings.environment}, no lag or gap")
+        stanza = names.pitr_stanza(settings).name
+        return Check(name, Status.OK, f"archiving to stanza {stanza}, no lag or gap")
 
     return _guarded(name, run)
 
@@ -320,6 +322,6 @@ def run_checks(settings: Settings, *, today: date) -> list[Check]:
         checks.append(local_store_check(settings))
     checks.append(round_trip_check(vault))
     checks.append(sentry_check(settings.sentry_dsn))
-    if settings.pitr.config_file.exists():
+    if names.pitr_stanza(settings).config_file.exists():
         checks.append(pitr_check(settings))
     return checks

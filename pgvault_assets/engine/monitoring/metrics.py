@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pgvault_assets.engine.basics import names
@@ -69,7 +70,8 @@ RUN_HISTORY_KINDS = ("pagerduty_failed",)
 
 @dataclass(frozen=True)
 class PitrFigures:
-    """The point-in-time recovery window and the archive's state (single database only)."""
+    """The point-in-time recovery window and the archive's state of a database's server:
+    every database of one server shows the same (its stanza's)."""
 
     window_start: datetime | None
     window_end: datetime | None
@@ -150,8 +152,9 @@ PitrReader = Callable[[Settings], PitrFigures | None]
 
 
 def read_pitr(settings: Settings) -> PitrFigures | None:
-    """The window and lag where `pgvault pitr init` set PITR up on this host; else None."""
-    if settings.database is not None or not settings.pitr.config_file.exists():
+    """The window and lag of the database's server where `pgvault pitr init` set PITR up for
+    it on this host; else None."""
+    if not names.pitr_stanza(settings).config_file.exists():
         return None
     # pgBackRest's modules (and psycopg) only where PITR is set up: the CLI's parser reads
     # DEFAULT_REFRESH from this module.
@@ -200,6 +203,8 @@ class MetricsReader:
         self.refresh = refresh
         self.clock = clock
         self.pitr = pitr
+        self._pitr_read: dict[Path, PitrFigures | None] = {}
+        """This reading's figures of each server's stanza: its databases share them."""
         self.databases: list[_Database] = []
         for name, pinned in each_database_apart(settings, env):
             if isinstance(pinned, ConfigError):
@@ -209,6 +214,7 @@ class MetricsReader:
 
     def read(self) -> Snapshot:
         now = self.clock()
+        self._pitr_read = {}
         figures = []
         for database in self.databases:
             if database.figures is None or now - (database.read_at or now) >= self.refresh:
@@ -228,7 +234,7 @@ class MetricsReader:
         return self._figures(database, listing)
 
     def _figures(self, database: _Database, listing: list[StoredObject]) -> DatabaseFigures:
-        assert database.vault is not None
+        assert database.vault is not None and database.settings is not None
         namespace = database.vault.environment
         manifests: list[Manifest] = []
         proofs: list[datetime] = []
@@ -292,8 +298,14 @@ class MetricsReader:
             shrank=newest is not None and size_shrank(newest, manifests)[0],
             unreadable=unreadable,
             backup_dates=tuple(m.date for m in manifests),
-            pitr=self.pitr(database.settings) if database.settings else None,
+            pitr=self._pitr_of(database.settings),
         )
+
+    def _pitr_of(self, settings: Settings) -> PitrFigures | None:
+        stanza = names.pitr_stanza(settings).config_file
+        if stanza not in self._pitr_read:
+            self._pitr_read[stanza] = self.pitr(settings)
+        return self._pitr_read[stanza]
 
     def _cached(self, database: _Database, obj: StoredObject, kind: str) -> Any:
         """The parsed object, read from the store only when it is new or changed; None when

@@ -1,4 +1,7 @@
-"""Set up WAL archiving for this server, take base backups, and observe the archive.
+"""Set up WAL archiving for a server, take base backups, and observe the archive.
+
+The server is the one `settings` are pinned to (a fleet database's, or DATABASE_URL's for the
+fleet of one): its stanza is `names.pitr_stanza(settings)`, shared by every database on it.
 
 `pitr init` is idempotent: the configuration is rewritten from the settings (the sealed
 passphrase is reused), the stanza is created if missing, and pgBackRest's `check` runs once
@@ -8,12 +11,15 @@ does on its own).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from pgvault_assets.alerts import Alert
+from pgvault_assets.engine.basics import names
 from pgvault_assets.engine.pitr import BACKUP_KINDS
 from pgvault_assets.engine.pitr import config as pc
 from pgvault_assets.engine.pitr.passphrase import ensure_passphrase
@@ -31,29 +37,24 @@ from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
 
 SEGMENT_BYTES = 16 * 1024 * 1024
-LOG_HINT = "the server's log and pgBackRest's archive-push log in PITR_DIR/log"
-
-
-def require_single_cluster(settings: Settings) -> None:
-    """Point-in-time recovery archives one cluster, set up from `DATABASE_URL`: a fleet file
-    names many databases on many servers, none of them `DATABASE_URL`'s."""
-    if settings.platform.fleet_file is not None:
-        raise ConfigError(
-            "point-in-time recovery is per cluster, set up from DATABASE_URL, not for a fleet: "
-            "run pgvault pitr and restore-to-time with PGVAULT_FLEET_FILE unset"
-        )
+RESOLVED = "pitr_archive_resolved"
+LOG_HINT = "the server's log and pgBackRest's archive-push log (log/ beside its configuration)"
 
 
 def tool_for(settings: Settings) -> PgBackRest:
-    """pgBackRest with pgvault's configuration; refuses before `pitr init` wrote it."""
-    require_single_cluster(settings)
-    config = settings.pitr.config_file
-    if not os.path.exists(config):
+    """pgBackRest with the server's configuration; refuses before `pitr init` wrote it."""
+    stanza = names.pitr_stanza(settings)
+    if not stanza.config_file.exists():
         raise ConfigError(
-            f"point-in-time recovery is not set up ({config} does not exist); run pgvault pitr init"
+            f"point-in-time recovery is not set up ({stanza.config_file} does not exist); "
+            f"run pgvault pitr init{_database_option(settings)}"
         )
     password = settings.database_url.password if settings.database_url else None
-    return PgBackRest(config, pc.stanza_name(settings), password)
+    return PgBackRest(stanza.config_file, stanza.name, password)
+
+
+def _database_option(settings: Settings) -> str:
+    return f" --database {settings.database}" if settings.database else ""
 
 
 @dataclass(frozen=True)
@@ -158,25 +159,25 @@ def _require_reachable(config: Path) -> None:
 
 def _refuse_another_cluster(settings: Settings, server: pc.Server) -> None:
     """A stanza archives one cluster: rewriting its configuration for another (a rebuilt
-    server under the same environment name) would stop the first one's archiving, and
+    server under the same environment or fleet server name) would stop the first one's archiving, and
     pgBackRest would refuse the new one's WAL anyway."""
-    if not settings.pitr.config_file.exists():
+    if not names.pitr_stanza(settings).config_file.exists():
         return
     try:
         archived = parse_system_id(tool_for(settings).json("info"))
     except PitrFailed:
         return  # no readable stanza yet: nothing to protect
     if archived is not None and archived != server.system_id:
+        stanza = names.pitr_stanza(settings).name
         raise ConfigError(
-            f"stanza {pc.stanza_name(settings)} archives another cluster (system id {archived}, "
+            f"stanza {stanza} archives another cluster (system id {archived}, "
             f"this server is {server.system_id}); give this server its own ENVIRONMENT_NAME, "
-            "or PITR_DIR, and nothing was changed"
+            "PITR_DIR or name in the fleet file, and nothing was changed"
         )
 
 
 def init_pitr(settings: Settings, vault: Vault) -> InitResult:
     """Write the configuration, create the stanza, and check archiving if it is on."""
-    require_single_cluster(settings)
     url = settings.require_database()
     server = pc.describe_server(url)
     _refuse_another_cluster(settings, server)
@@ -189,7 +190,7 @@ def init_pitr(settings: Settings, vault: Vault) -> InitResult:
     if archiving:
         tool.run("check", timeout=600)
     return InitResult(
-        settings.pitr.config_file,
+        tool.config,
         tool.stanza,
         pc.server_settings_lines(settings),
         archiving,
@@ -298,3 +299,29 @@ def pitr_status(settings: Settings) -> PitrStatus:
     return PitrStatus(
         window, problem, read_archiver(settings.require_database()), pc.archive_command(settings)
     )
+
+
+def archive_alert_step(
+    problems: list[tuple[str, str]], cursor: str | None
+) -> tuple[list[Alert], str]:
+    """One tick of the archive's episodes: an alert for each problem kind that begins, one
+    resolved notice when all have ended, which resolves every kind the episode had (a kind
+    that ended while another lasted included). The cursor holds the kinds active now and
+    those of the episode; a cursor of the active kinds alone (as before) still reads."""
+    active = {kind: message for kind, message in problems}
+    saved = json.loads(cursor) if cursor else []
+    before = set(saved["active"] if isinstance(saved, dict) else saved)
+    episode = set(saved["episode"] if isinstance(saved, dict) else saved) | set(active)
+    alerts = [
+        Alert(kind, "fatal" if kind != "pitr_no_base_backup" else "warning", message)
+        for kind, message in active.items()
+        if kind not in before
+    ]
+    if before and not active:
+        alerts.append(
+            Alert(
+                RESOLVED, "info", "WAL archiving is healthy again", resolves=tuple(sorted(episode))
+            )
+        )
+        episode = set()
+    return alerts, json.dumps({"active": sorted(active), "episode": sorted(episode)})

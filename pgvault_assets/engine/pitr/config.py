@@ -1,4 +1,7 @@
-"""pgBackRest's configuration for this server, and the archive_command that uses it.
+"""pgBackRest's configuration for one server, and the archive_command that uses it.
+
+pgBackRest archives per server: each server of the fleet has its own stanza, configuration,
+lock and log folders and repository, and every database of that server recovers from it.
 
 The archive command runs in the server's environment, not pgvault's, so everything
 pgBackRest needs (repository, credentials, passphrase) is in the configuration file, which
@@ -68,21 +71,18 @@ def pgbackrest_binary() -> str:
     return found
 
 
-def stanza_name(settings: Settings) -> str:
-    return settings.environment
-
-
 def archive_command(settings: Settings) -> str:
     """The server's archive_command: pgBackRest's archive-push, bounded, because a push to an
     endpoint that accepts and never answers would otherwise hold the archiver for minutes
     while WAL piles up on the server."""
+    stanza = names.pitr_stanza(settings)
     return " ".join(
         [
             "timeout",
             str(settings.pitr.archive_push_timeout_seconds),
             shlex.quote(pgbackrest_binary()),
-            shlex.quote(f"--config={settings.pitr.config_file}"),
-            shlex.quote(f"--stanza={stanza_name(settings)}"),
+            shlex.quote(f"--config={stanza.config_file}"),
+            shlex.quote(f"--stanza={stanza.name}"),
             "archive-push",
             "%p",
         ]
@@ -100,14 +100,14 @@ def server_settings_lines(settings: Settings) -> list[str]:
 
 
 def _repository_lines(settings: Settings) -> list[str]:
-    pitr = settings.pitr
+    pitr, stanza = settings.pitr, names.pitr_stanza(settings)
     if not settings.uses_s3:
-        return ["repo1-type=posix", f"repo1-path={pitr.directory / 'repo'}"]
+        return ["repo1-type=posix", f"repo1-path={stanza.repo_dir}"]
     endpoint = pitr.s3_endpoint or f"s3.{pitr.s3_region}.amazonaws.com"
     host, _, port = endpoint.partition(":")
     lines = [
         "repo1-type=s3",
-        f"repo1-path={names.pitr_s3_repo_path(settings.environment)}",
+        f"repo1-path={stanza.s3_path}",
         f"repo1-s3-bucket={settings.s3_bucket}",
         f"repo1-s3-endpoint={host}",
         f"repo1-s3-region={pitr.s3_region}",
@@ -131,7 +131,7 @@ def _repository_lines(settings: Settings) -> list[str]:
 
 
 def render_config(settings: Settings, server: Server, passphrase: str) -> str:
-    pitr = settings.pitr
+    pitr, stanza = settings.pitr, names.pitr_stanza(settings)
     lines = [
         "# Written by pgvault pitr init; run it again rather than editing this file.",
         "[global]",
@@ -144,13 +144,13 @@ def render_config(settings: Settings, server: Server, passphrase: str) -> str:
         "repo1-retention-full-type=time",
         f"repo1-retention-full={pitr.retention_days}",
         f"io-timeout={pitr.io_timeout_seconds}",
-        f"lock-path={pitr.directory / 'lock'}",
-        f"log-path={pitr.directory / 'log'}",
+        f"lock-path={stanza.directory / 'lock'}",
+        f"log-path={stanza.directory / 'log'}",
         "log-level-console=warn",
         "log-level-file=info",
         "start-fast=y",
         "",
-        f"[{stanza_name(settings)}]",
+        f"[{stanza.name}]",
         f"pg1-path={server.data_directory}",
         f"pg1-port={server.port}",
         f"pg1-socket-path={server.socket_directory}",
@@ -191,12 +191,15 @@ def write_config(
 
     `readable` is called with the file while it is still empty: if it refuses (postgres
     cannot reach the folder), the file is removed having held no passphrase."""
-    pitr = settings.pitr
+    stanza = names.pitr_stanza(settings)
     owner = _owner_ids()
-    _owned_dir(pitr.directory, owner)
+    root = settings.pitr.directory
+    between = [folder for folder in reversed(stanza.directory.parents) if root in folder.parents]
+    for folder in dict.fromkeys((root, *between, stanza.directory)):
+        _owned_dir(folder, owner)
     for sub in ("lock", "log", *(() if settings.uses_s3 else ("repo",))):
-        _owned_dir(pitr.directory / sub, owner)
-    fd, temporary = tempfile.mkstemp(prefix=".pgbackrest-", dir=pitr.directory)
+        _owned_dir(stanza.directory / sub, owner)
+    fd, temporary = tempfile.mkstemp(prefix=".pgbackrest-", dir=stanza.directory)
     try:
         with os.fdopen(fd, "w") as out:
             os.fchmod(out.fileno(), 0o600)
@@ -207,9 +210,9 @@ def write_config(
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, pitr.config_file)
+        os.replace(temporary, stanza.config_file)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    return pitr.config_file
+    return stanza.config_file
