@@ -10,8 +10,9 @@ import argparse
 
 from pgvault_assets.cli.args import Parser, add_database_option, confirm, parse_time
 from pgvault_assets.cli.console import console, human_bytes, on_target
-from pgvault_assets.cli.recovery import target_to_write
+from pgvault_assets.cli.recovery import production_rollback_hint, target_to_write
 from pgvault_assets.engine.approvals import audit
+from pgvault_assets.engine.basics.names import database_option
 from pgvault_assets.engine.pitr import BACKUP_KINDS
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError
@@ -141,12 +142,14 @@ def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
     source = settings.require_database()
     url = target_to_write(settings, args.target)
     vault = Vault.from_settings(settings)
+    pinned = database_option(settings.database)
     if args.target == "production":
         if not args.request:
             raise ConfigError(
-                "recovering production to a time needs an approved request: pgvault "
-                "request-restore --kind restore-to-time --time T --target production --reason "
-                "TEXT, two approvals, then --request ID (after the same recovery into staging)"
+                f"recovering production to a time needs an approved request: pgvault "
+                f"request-restore {pinned}--kind restore-to-time --time T --target production "
+                "--reason TEXT, two approvals, then --request ID (after the same recovery into "
+                "staging)"
             )
         result = restore_production_to_time(
             vault,
@@ -169,10 +172,9 @@ def cmd_restore_to_time(args: argparse.Namespace, settings: Settings) -> int:
     )
     if result.copy.previous:
         undo = (
-            f"pgvault rollback-restore --target {args.target}"
+            f"pgvault rollback-restore {pinned}--target staging"
             if args.target == "staging"
-            else "pgvault request-restore --kind rollback --target production --reason TEXT, "
-            "two approvals, then pgvault rollback-restore --target production --request ID"
+            else production_rollback_hint(settings)
         )
         console.print(f"previous {url.dbname} kept as {result.copy.previous}; undo with: {undo}")
     return 0

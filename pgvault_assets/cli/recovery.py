@@ -20,6 +20,7 @@ from pgvault_assets.cli.args import add_database_option, confirm, parse_date, pa
 from pgvault_assets.cli.console import console, human_bytes, progress
 from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.approvals import authorization as auth
+from pgvault_assets.engine.basics.names import database_option
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.errors import ConfigError
 from pgvault_assets.settings import DatabaseUrl, Settings
@@ -184,7 +185,8 @@ def cmd_request_restore(args: argparse.Namespace, settings: Settings) -> int:
     console.print(request.id)
     console.print(
         f"requested: {request.summary()}; expires {request.expires_at:%Y-%m-%d %H:%M} UTC. "
-        f"Two approvers run: pgvault approve-restore {request.id} --key PATH"
+        f"Two approvers run: pgvault approve-restore {request.id} "
+        f"{database_option(settings.database)}--key PATH"
     )
     return 0
 
@@ -466,10 +468,18 @@ def restore_production_command(args: argparse.Namespace, settings: Settings) -> 
     if result.previous:
         console.print(
             f"the replaced database is {kept_as(result.previous, settings)}; to undo: "
-            "pgvault request-restore --kind rollback --target production --reason TEXT, two approvals, "
-            "then pgvault rollback-restore --target production --request ID"
+            f"{production_rollback_hint(settings)}"
         )
     return 0
+
+
+def production_rollback_hint(settings: Settings) -> str:
+    """How production's replaced database comes back: a rollback request of the same database."""
+    pinned = database_option(settings.database)
+    return (
+        f"pgvault request-restore {pinned}--kind rollback --target production --reason TEXT, "
+        f"two approvals, then pgvault rollback-restore {pinned}--target production --request ID"
+    )
 
 
 def kept_as(name: str, settings: Settings) -> str:

@@ -220,3 +220,73 @@ def test_a_servers_stanza_refuses_another_cluster_named_for_it(
         code, _, err = printed(capsys, "pitr", "init", "--database", "beta")
     assert code == 2 and "stanza test-main archives another cluster" in err
     assert config.read_text() == first
+
+
+def test_production_of_a_fleet_database_recovers_to_the_approved_time_and_spares_its_neighbour(
+    fleet: Fleet, approvers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_up_main(fleet)
+    for name in ("alpha", "beta"):
+        fleet.sql(name, "CREATE TABLE orders (id int PRIMARY KEY)")
+        fleet.sql(name, "INSERT INTO orders SELECT generate_series(1, 3)")
+    target = fleet.server.now().isoformat()
+    for name in ("alpha", "beta"):
+        fleet.sql(name, "INSERT INTO orders SELECT generate_series(4, 6)")
+    fleet.server.switch_and_wait()
+    request = (
+        *("request-restore", "--kind", "restore-to-time", "--time", target),
+        *("--target", "production", "--reason", "orders deleted"),
+    )
+    production = (
+        *("restore-to-time", "--time", target, "--target", "production"),
+        "--skip-confirmation",
+    )
+
+    code, _, err = printed(capsys, *request, "--database", "alpha")
+    assert code == 1 and "staging does not hold a recovery" in err
+    assert "run: pgvault restore-to-time --database alpha --time" in err
+    code, _, err = printed(
+        capsys,
+        *("restore-to-time", "--database", "alpha", "--time", target, "--target", "staging"),
+    )
+    assert code == 0, err
+    assert fleet.staging_rows("alpha") == [1, 2, 3]
+
+    code, out, err = printed(capsys, *request, "--database", "alpha")
+    assert code == 0, err
+    request_id = out.splitlines()[0]
+    assert f"into {fleet.dbnames['alpha']} (production, test/alpha)" in out
+    assert f"approve-restore {request_id} --database alpha --key PATH" in out
+
+    # beta's approvers, and beta's recovery, never see alpha's request.
+    code, _, err = printed(
+        capsys, "approve-restore", request_id, "--database", "beta", "--key", str(approvers.alice)
+    )
+    assert code == 1 and f"no request {request_id} in test/beta" in err
+    for count, key in enumerate((approvers.alice, approvers.bob), start=1):
+        code, out, err = printed(
+            capsys, "approve-restore", request_id, "--database", "alpha", "--key", str(key)
+        )
+        assert code == 0, err
+        assert f"{count} of 2 distinct approvals" in out
+        if count == 1:
+            code, _, err = printed(
+                capsys, *production, "--database", "alpha", "--request", request_id
+            )
+            assert code == 1 and "it needs 2 distinct approvers" in err
+            assert f"approve-restore {request_id} --database alpha --key PATH" in err
+    code, _, err = printed(capsys, *production, "--database", "beta", "--request", request_id)
+    assert code == 1 and f"no request {request_id} in test/beta" in err
+
+    code, out, err = printed(capsys, *production, "--database", "alpha", "--request", request_id)
+    assert code == 0, err
+    assert f"swapped into the production database {fleet.dbnames['alpha']}" in out
+    assert "pgvault rollback-restore --database alpha --target production" in out
+    alpha_rows = fleet.server.sql(
+        "SELECT id FROM orders ORDER BY id", dbname=fleet.dbnames["alpha"]
+    )
+    assert [row[0] for row in alpha_rows] == [1, 2, 3]
+    beta_rows = fleet.server.sql("SELECT id FROM orders ORDER BY id", dbname=fleet.dbnames["beta"])
+    assert [row[0] for row in beta_rows] == [1, 2, 3, 4, 5, 6]
+    code, _, err = printed(capsys, *production, "--database", "alpha", "--request", request_id)
+    assert code == 1 and "already executed" in err

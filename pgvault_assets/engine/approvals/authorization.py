@@ -244,9 +244,11 @@ def require_staging_recovered_first(vault: Vault, time: str, base_backup: str) -
     """The same rule for a point in time: staging recovered to exactly this time, from exactly
     this base backup, and still holds it."""
     if not audit.staging_recovered_to(vault, time, base_backup):
+        pinned = names.database_option(names.split_namespace(vault.environment)[1])
         raise AuthorizationRefused(
             f"staging does not hold a recovery to {time} from base backup {base_backup} by the "
-            f"audit trail; run: pgvault restore-to-time --time {time.replace(' ', 'T')} --target staging"
+            f"audit trail; run: pgvault restore-to-time {pinned}--time {time.replace(' ', 'T')} "
+            "--target staging"
         )
 
 
@@ -486,7 +488,8 @@ def authorize(
         who = ", ".join(a.principal for a in approvals) or "nobody"
         raise AuthorizationRefused(
             f"request {request_id} has valid approvals from {who}; it needs {REQUIRED_APPROVERS} "
-            "distinct approvers: pgvault approve-restore ID --key PATH"
+            f"distinct approvers: pgvault approve-restore {request_id} "
+            f"{names.database_option(names.split_namespace(vault.environment)[1])}--key PATH"
         )
     return Authorization(request, approvals)
 
