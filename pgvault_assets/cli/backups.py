@@ -119,27 +119,43 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.set_defaults(handler=_cmd_demo)
 
 
-def _print_recoverable_window(settings: Settings) -> None:
-    """Where point-in-time recovery is set up for the database's server, the times it can
-    reach, after the dumps."""
+def _recoverable_window(settings: Settings) -> str | None:
+    """The times point-in-time recovery of the database's server can reach, where it is set
+    up (None where it is not)."""
     if not names.pitr_stanza(settings).config_file.exists():
-        return
+        return None
     from pgvault_assets.engine.pitr.archive import tool_for
     from pgvault_assets.engine.pitr.window import read_window
 
     try:
         window = read_window(tool_for(settings))
     except PgvaultError as exc:
-        console.print(f"point-in-time window: unknown ({exc})", markup=False)
-        return
+        return f"unknown ({exc})"
     if window.earliest is None or window.latest is None:
-        console.print("point-in-time window: none yet (no base backup)")
-        return
+        return "none yet (no base backup)"
     gaps = f", {len(window.gaps)} gap(s): pgvault pitr status" if window.gaps else ""
-    console.print(
-        f"point-in-time window: {window.earliest:%Y-%m-%d %H:%M:%S}Z .. "
+    return (
+        f"{window.earliest:%Y-%m-%d %H:%M:%S}Z .. "
         f"{window.latest:%Y-%m-%d %H:%M:%S}Z ({len(window.backups)} base backups{gaps})"
     )
+
+
+def _print_recoverable_windows(
+    databases: list[tuple[str, Settings | ConfigError]], *, every: bool
+) -> None:
+    """After the dumps, each server's point-in-time window once: a window is the server's and
+    every database on it shares it. Every database's listing names the server and the
+    databases shown that recover from it; one database's, as the manual shows it."""
+    servers: dict[str | None, list[tuple[str, Settings]]] = {}
+    for name, pinned in databases:
+        if isinstance(pinned, Settings):
+            servers.setdefault(pinned.server, []).append((name, pinned))
+    for server, shown in servers.items():
+        window = _recoverable_window(shown[0][1])
+        if window is None:
+            continue
+        whose = f" of server {server} ({', '.join(name for name, _ in shown)})" if every else ""
+        console.print(f"point-in-time window{whose}: {window}", markup=False)
 
 
 def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
@@ -163,16 +179,16 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
             errors.print(f"error: database {name}: {redact(str(exc))}", markup=False)
     if args.json:
         print(json.dumps(rows, indent=2))
-    elif every:
-        title = f"backups of every database of {settings.environment}"
-        console.print(_backups_table(title, rows, whose=True, versions=args.versions))
     else:
-        if rows:
+        if every:
+            title = f"backups of every database of {settings.environment}"
+            console.print(_backups_table(title, rows, whose=True, versions=args.versions))
+        elif rows:
             title = f"backups of {settings.environment}"
             console.print(_backups_table(title, rows, versions=args.versions))
         else:
             console.print(f"no backups in {settings.environment} yet; run: pgvault backup")
-        _print_recoverable_window(settings)
+        _print_recoverable_windows(databases, every=every)
     return 1 if failed else 0
 
 

@@ -290,3 +290,18 @@ def test_production_of_a_fleet_database_recovers_to_the_approved_time_and_spares
     assert [row[0] for row in beta_rows] == [1, 2, 3, 4, 5, 6]
     code, _, err = printed(capsys, *production, "--database", "alpha", "--request", request_id)
     assert code == 1 and "already executed" in err
+
+
+def test_listing_every_database_shows_each_servers_window_once(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_up_main(fleet)
+    fleet.server.hold_still()
+    fleet.server.switch_and_wait()
+    (status,) = WINDOW.findall(printed(capsys, "pitr", "status", "--database", "alpha")[1])
+
+    code, out, err = printed(capsys, "list-backups")
+    assert code == 0, err
+    windows = [line for line in out.splitlines() if line.startswith("point-in-time window")]
+    # main's window, as its status shows it; quiet archives nowhere, so it has none.
+    assert windows == [f"point-in-time window of server main (alpha, beta): {status}"]
