@@ -888,9 +888,10 @@ class RestoreLoad:
 
 @dataclass(frozen=True)
 class PitrSettings:
-    """Point-in-time recovery by pgBackRest: where its configuration, local repository, locks
-    and logs live (a folder the `postgres` OS user can reach), how stale the WAL archive may
-    grow, and how S3 is reached when the backups are in S3."""
+    """Point-in-time recovery by pgBackRest: the folder its configuration, local repository,
+    locks and logs live under (one the `postgres` OS user can reach; each server's own place
+    in it, its configuration file included, is `names.pitr_stanza`'s alone), how stale the WAL
+    archive may grow, and how S3 is reached when the backups are in S3."""
 
     directory: Path
     max_lag_minutes: int = _default(PitrVariables, "pitr_max_lag_minutes")
@@ -903,11 +904,6 @@ class PitrSettings:
     s3_ca_file: Path | None = None
     s3_access_key: str | None = field(default=None, repr=False)
     s3_secret_key: str | None = field(default=None, repr=False)
-
-    @property
-    def config_file(self) -> Path:
-        """The fleet of one's configuration; a fleet server's is `names.pitr_stanza`'s."""
-        return self.directory / "pgbackrest.conf"
 
     @property
     def max_lag(self) -> timedelta:

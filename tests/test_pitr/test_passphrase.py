@@ -54,7 +54,7 @@ def test_the_passphrase_is_in_no_output_log_event_or_stored_object(
     forms = {passphrase, base64.b64encode(passphrase.encode()).decode(), passphrase.encode().hex()}
 
     captured = capsys.readouterr()
-    config = settings.pitr.config_file
+    config = names.pitr_stanza(settings).config_file
     written = [p for p in files_under(pitr_server.pitr_dir, local_env) if p != config]
     texts = {
         "stdout": captured.out,

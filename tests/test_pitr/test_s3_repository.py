@@ -7,6 +7,7 @@ import os
 import psycopg
 import pytest
 
+from pgvault_assets.engine.basics import names
 from pgvault_assets.settings import load_settings
 from tests.test_pitr.conftest import ArchivingServer, S3Repository, pgvault, wait_until
 from tests.test_pitr.tls import silent_endpoint
@@ -35,7 +36,7 @@ def test_recovery_to_a_time_on_the_s3_repository_gets_exactly_the_rows_before_it
         Bucket=s3_repository.aws.bucket, Prefix=f"pgbackrest/{settings.environment}/archive/"
     )
     assert stored["KeyCount"] > 0
-    config = settings.pitr.config_file.read_text()
+    config = names.pitr_stanza(settings).config_file.read_text()
     assert f"repo1-s3-kms-key-id={s3_repository.aws.kms_key_id}" in config
     assert "repo1-cipher-type=aes-256-cbc" in config
 
