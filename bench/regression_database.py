@@ -69,11 +69,7 @@ def say(message: str) -> None:
 def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(command, text=True, capture_output=True, check=False, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
-        tail = (
-            (result.stderr or result.stdout)
-            .strip()
-            .splitlines()[-int(os.environ.get("REGRESSION_DB_TAIL", "3")) :]
-        )
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise Failed(f"{Path(command[0]).name} failed: {' | '.join(tail) or 'no output'}")
     return result  # type: ignore[no-any-return]
 
@@ -249,7 +245,7 @@ def pgvault_env(cluster: Cluster, home: Path) -> dict[str, str]:
 
 def pgvault(args: list[str], env: dict[str, str]) -> float:
     started = time.monotonic()
-    run([str(REPO / ".venv/bin/pgvault"), "--debug", *args], env=env)
+    run([str(REPO / ".venv/bin/pgvault"), *args], env=env)
     return time.monotonic() - started
 
 
