@@ -119,6 +119,7 @@ def source_tree(cache: Path) -> Path:
     version, sha256 = PINNED_VERSION, PINNED_SHA256
     tarball = cache / f"postgresql-{MAJOR}_{version}.orig.tar.bz2"
     if not tarball.exists():
+        say(f"downloading {tarball.name}")
         try:
             _download(POOL + tarball.name, tarball)
         except urllib.error.HTTPError as error:
