@@ -1,8 +1,8 @@
 """A quick CLI: commands import only what they use.
 
 Every `pgvault` command builds the whole parser, so what the parser imports every command
-pays for; Dagster, boto3, psycopg and the Encryption SDK cost most of a second together.
-`--help` and `list-backups` on the embedded default store need none of them. A command that
+pays for; Dagster, boto3, psycopg, the Encryption SDK and prometheus_client cost most of a
+second together. `--help` and `list-backups` on the embedded default store need none of them. A command that
 runs imports what its run uses, no more: a backup without Sentry or PagerDuty set loads
 neither client, a restore of a dump loads nothing of point-in-time recovery. Timings are the
 benchmark's (bench/bench_cli.py); these tests hold the structure that makes them.
@@ -19,7 +19,7 @@ import pytest
 
 from tests.test_engine.helpers import DAY, back_up
 
-HEAVY = ("dagster", "boto3", "psycopg", "aws_encryption_sdk")
+HEAVY = ("dagster", "boto3", "psycopg", "aws_encryption_sdk", "prometheus_client")
 ALERT_CLIENTS = ("sentry_sdk", "pagerduty")
 PITR = "pgvault_assets.engine.pitr."  # its modules; the package itself only names backup kinds
 
