@@ -289,7 +289,9 @@ def make_database_backup(build: Build, names: DatabaseNames) -> AssetsDefinition
         store = vault.vault(settings)
         notifier = alerts.notifier(settings)
         checkin_id = _checkin_id(context.run_id)
-        budget = recent_run_budget(lambda: store)
+        # The recent durations set the check-in monitor's margins, Sentry's only: without it,
+        # a run does not list and read every manifest in the store before it starts.
+        budget = recent_run_budget(lambda: store) if notifier.sentry_enabled else RunBudget()
         notifier.checkin("in_progress", check_in_id=checkin_id, **_monitor_times(budget))
         started = time.monotonic()
         try:
