@@ -117,3 +117,24 @@ def test_a_restore_of_a_dump_loads_nothing_of_point_in_time_recovery(
     assert code == 0 and "restored backup" in out
     assert "pgvault_assets.engine.restore.restore" in modules  # it restored, here
     assert sorted(m for m in modules if m.startswith(PITR)) == []
+
+
+def test_the_console_script_collects_garbage_less_often_than_python_does(tmp_path, local_env):
+    """A command's modules live as long as its process: the console script does not have the
+    collector walk them every 700 allocations while they load. Called as a library (the
+    tests, the code location), the process's own thresholds stay."""
+    script = (
+        "import gc, json, sys\n"
+        "from pgvault_assets.cli import main\n"
+        "python_s = gc.get_threshold()\n"
+        "main(['list-backups'])\n"
+        "as_library = gc.get_threshold()\n"
+        "sys.argv = ['pgvault', 'list-backups']\n"
+        "main()\n"
+        "print(json.dumps([python_s, as_library, gc.get_threshold()]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    python_s, as_library, console_script = json.loads(result.stdout.splitlines()[-1])
+    assert as_library == python_s
+    assert console_script[0] >= 10 * python_s[0]
