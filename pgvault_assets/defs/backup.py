@@ -270,8 +270,10 @@ def make_database_backup(build: Build, names: DatabaseNames) -> AssetsDefinition
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         # Runs the UI or a backfill launched carry no tags of ours: the health figures find
-        # the run by these.
-        context.instance.add_run_tags(context.run_id, backup_run_tags(environment, pinned))
+        # the run by these. The CLI's and the schedule's runs have them already (a write less).
+        tags = backup_run_tags(environment, pinned)
+        if any(context.run.tags.get(name) != value for name, value in tags.items()):
+            context.instance.add_run_tags(context.run_id, tags)
         day = date.fromisoformat(context.partition_key)
         try:
             check_backup_date(day, utcnow())
