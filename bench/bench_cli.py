@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib
 import json
 import os
@@ -96,10 +97,25 @@ def trace(report: Path, argv: list[str]) -> None:
 
         return wrapper
 
+    collecting: list[float] = [0.0, 0.0, 0.0]  # began, seconds in all, collections
+
+    def collected(phase: str, _info: dict) -> None:
+        if phase == "start":
+            collecting[0] = time.thread_time()
+        else:
+            collecting[1] += time.thread_time() - collecting[0]
+            collecting[2] += 1
+
+    gc.callbacks.append(collected)
     stamp("interpreter started")
     from pgvault_assets.cli import main
 
     stamp("CLI imported")
+    # The console script's collector settings (main() sets them before a command imports
+    # Dagster), here before the tracer imports what it wraps; a checkout without them keeps
+    # Python's.
+    cli_main = sys.modules["pgvault_assets.cli.main"]
+    gc.set_threshold(*getattr(cli_main, "CLI_GC_THRESHOLDS", gc.get_threshold()))
     from pgvault_assets.cli.platform import dagster_previews_hidden
 
     with dagster_previews_hidden():  # as materialize_backup imports them
@@ -122,6 +138,7 @@ def trace(report: Path, argv: list[str]) -> None:
                 "stamps": stamps,
                 "cpu_spans": cpu_spans,
                 "cpu_stamps": cpu_stamps,
+                "gc": {"seconds": collecting[1], "collections": collecting[2]},
             }
         )
     )
@@ -237,7 +254,12 @@ class Bench:
         on_cpu = {"spans": found["cpu_spans"], "stamps": found["cpu_stamps"]}
         return (
             itemise(found, ended) | {"total (traced)": ended},
-            itemise(on_cpu, cpu) | {"total (traced)": cpu},
+            itemise(on_cpu, cpu)
+            | {
+                "total (traced)": cpu,
+                "garbage collection, within the items above": found["gc"]["seconds"],
+                "garbage collections (count)": found["gc"]["collections"],
+            },
         )
 
 
@@ -318,6 +340,12 @@ def main() -> int:
         wall = statistics.median(p[phase] for p in phases)
         on_cpu = statistics.median(p[phase] for p in cpu_phases)
         print(f"  {phase:<58} {wall:6.3f} s {on_cpu:7.3f} s")
+    collected = statistics.median(
+        p["garbage collection, within the items above"] for p in cpu_phases
+    )
+    collections = statistics.median(p["garbage collections (count)"] for p in cpu_phases)
+    print(f"  {'of which garbage collection (CPU)':<58} {'':8} {collected:7.3f} s")
+    print(f"  {'garbage collections':<58} {'':8} {collections:7.0f}")
     return 0
 
 
