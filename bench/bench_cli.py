@@ -9,6 +9,10 @@ A backup is then run again under a tracer (this script in `--trace` mode, in a c
 own) that stamps when chosen functions start and end; the medians of those spans itemise the
 fixed cost. The tracer adds a little of its own, so its total is shown beside the untraced one.
 
+Beside each wall-clock figure is the CPU (user + sys) it took: of the command's process for
+the contenders, of the traced process (`time.process_time`, every thread) for each item. On a
+busy machine the wall figures drift with the load; the CPU figures hold.
+
 Usage: .venv/bin/python bench/bench_cli.py [--runs 5] [--server URL] [--keep]
 (`PYTHONPATH=/another/checkout` times that checkout's pgvault with this environment.)
 """
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,22 +77,45 @@ def trace(report: Path, argv: list[str]) -> None:
     """`--trace` mode, in the child: run `pgvault ARGV` here, stamping the traced calls."""
     start = float(os.environ["PGVAULT_BENCH_STARTED"])
     spans: list[tuple[str, float, float]] = []
-    stamps: dict[str, float] = {"interpreter started": time.time() - start}
+    cpu_spans: list[tuple[str, float, float]] = []
+    stamps: dict[str, float] = {}
+    cpu_stamps: dict[str, float] = {}
+
+    def stamp(name: str) -> None:
+        stamps[name] = time.time() - start
+        cpu_stamps[name] = time.process_time()  # since the process began, every thread
 
     def stamped(label: str, fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            began = time.time() - start
+            began, cpu_began = time.time() - start, time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 spans.append((label, began, time.time() - start))
+                cpu_spans.append((label, cpu_began, time.process_time()))
 
         return wrapper
 
+    collecting: list[float] = [0.0, 0.0, 0.0]  # began, seconds in all, collections
+
+    def collected(phase: str, _info: dict) -> None:
+        if phase == "start":
+            collecting[0] = time.thread_time()
+        else:
+            collecting[1] += time.thread_time() - collecting[0]
+            collecting[2] += 1
+
+    gc.callbacks.append(collected)
+    stamp("interpreter started")
     from pgvault_assets.cli import main
 
-    stamps["CLI imported"] = time.time() - start
+    stamp("CLI imported")
+    # The console script's collector settings (main() sets them before a command imports
+    # Dagster), here before the tracer imports what it wraps; a checkout without them keeps
+    # Python's.
+    cli_main = sys.modules["pgvault_assets.cli.main"]
+    gc.set_threshold(*getattr(cli_main, "CLI_GC_THRESHOLDS", gc.get_threshold()))
     from pgvault_assets.cli.platform import dagster_previews_hidden
 
     with dagster_previews_hidden():  # as materialize_backup imports them
@@ -97,15 +126,28 @@ def trace(report: Path, argv: list[str]) -> None:
         for parent in parents:
             owner = getattr(owner, parent)
         setattr(owner, name, stamped(label, getattr(owner, name)))
-    stamps["tracer ready"] = time.time() - start
+    stamp("tracer ready")
     sys.argv = ["pgvault", *argv]
     code = main()  # as the console script calls it, so it ends as the command does
-    stamps["command done"] = time.time() - start
-    report.write_text(json.dumps({"code": code, "spans": spans, "stamps": stamps}))
+    stamp("command done")
+    report.write_text(
+        json.dumps(
+            {
+                "code": code,
+                "spans": spans,
+                "stamps": stamps,
+                "cpu_spans": cpu_spans,
+                "cpu_stamps": cpu_stamps,
+                "gc": {"seconds": collecting[1], "collections": collecting[2]},
+            }
+        )
+    )
 
 
 def itemise(found: dict, ended: float) -> dict[str, float]:
-    """The backup's seconds by phase, from one traced run that ended at `ended`."""
+    """The backup's seconds by phase, from one traced run that ended at `ended`: wall-clock
+    seconds from `spans` and `stamps`, or CPU seconds from the `cpu_` ones and the process's
+    CPU in all as `ended`."""
     spans, stamps = found["spans"], found["stamps"]
 
     def span(label: str, nth: int = 0) -> tuple[float, float]:
@@ -150,6 +192,8 @@ class Bench:
         self.work = work
         self.python = str(Path(args.pgvault).with_name("python"))
         self.url = f"{args.server.rstrip('/')}/{DBNAME}"
+        self.cpu: dict[str, list[float]] = {}  # CPU seconds of each timed command, by name
+        self.last_cpu = 0.0
 
     def env(self, store: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in INHERITED if k in os.environ}
@@ -174,11 +218,15 @@ class Bench:
         check: bool = True,
     ) -> float:
         env = self.env(store) | (extra or {})
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         result = subprocess.run(
             argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
         )
         seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The command's process and the children it waited for (pg_dump).
+        self.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if check and result.returncode != 0:
             sys.exit(f"{' '.join(argv)} failed: {result.stderr.strip()}")
         return seconds
@@ -189,7 +237,8 @@ class Bench:
         shutil.rmtree(self.work / store)  # each run backs up into a store of its own
         return seconds
 
-    def traced_backup(self, round_no: int) -> dict[str, float]:
+    def traced_backup(self, round_no: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The traced backup's phases in wall-clock seconds and in CPU seconds."""
         report = self.work / "trace.json"
         store = f"store-traced-{round_no}"
         started = time.time()
@@ -199,8 +248,19 @@ class Bench:
             extra={"PGVAULT_BENCH_STARTED": repr(started)},
         )
         ended = time.time() - started
+        cpu = self.last_cpu
         shutil.rmtree(self.work / store)
-        return itemise(json.loads(report.read_text()), ended) | {"total (traced)": ended}
+        found = json.loads(report.read_text())
+        on_cpu = {"spans": found["cpu_spans"], "stamps": found["cpu_stamps"]}
+        return (
+            itemise(found, ended) | {"total (traced)": ended},
+            itemise(on_cpu, cpu)
+            | {
+                "total (traced)": cpu,
+                "garbage collection, within the items above": found["gc"]["seconds"],
+                "garbage collections (count)": found["gc"]["collections"],
+            },
+        )
 
 
 def psql(server: str, sql: str) -> None:
@@ -247,11 +307,16 @@ def main() -> int:
             "pgvault backup (empty database)": bench.backup,
         }
         seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        cpu: dict[str, list[float]] = {name: [] for name in contenders}
         phases: list[dict[str, float]] = []
+        cpu_phases: list[dict[str, float]] = []
         for round_no in range(args.runs):
             for name, run in contenders.items():
                 seconds[name].append(run(round_no))
-            phases.append(bench.traced_backup(round_no))
+                cpu[name].append(bench.last_cpu)
+            on_wall, on_cpu = bench.traced_backup(round_no)
+            phases.append(on_wall)
+            cpu_phases.append(on_cpu)
             print(f"round {round_no + 1}/{args.runs} done", file=sys.stderr)
     finally:
         if not args.keep:
@@ -260,16 +325,27 @@ def main() -> int:
 
     baseline = statistics.median(seconds["python -c pass"])
     print(f"\nmedians of {args.runs} (seconds; ratio to `python -c pass`, {baseline:.3f} s)")
+    print(f"  {'':<34} {'wall':>8}  {'ratio':>7} {'CPU':>9}")
     for name, values in seconds.items():
         median = statistics.median(values)
         goal = GOALS.get(name)
         verdict = (
             "" if goal is None else f"  goal <= {goal} s: {'ok' if median <= goal else 'MISSED'}"
         )
-        print(f"  {name:<34} {median:6.3f} s  {median / baseline:6.1f}x{verdict}")
+        on_cpu = statistics.median(cpu[name])
+        print(f"  {name:<34} {median:6.3f} s  {median / baseline:6.1f}x {on_cpu:7.3f} s{verdict}")
     print(f"\nwhere a CLI backup of an empty database goes (medians of {args.runs} traced runs)")
+    print(f"  {'':<58} {'wall':>8} {'CPU':>9}")
     for phase in phases[0]:
-        print(f"  {phase:<58} {statistics.median(p[phase] for p in phases):6.3f} s")
+        wall = statistics.median(p[phase] for p in phases)
+        on_cpu = statistics.median(p[phase] for p in cpu_phases)
+        print(f"  {phase:<58} {wall:6.3f} s {on_cpu:7.3f} s")
+    collected = statistics.median(
+        p["garbage collection, within the items above"] for p in cpu_phases
+    )
+    collections = statistics.median(p["garbage collections (count)"] for p in cpu_phases)
+    print(f"  {'of which garbage collection (CPU)':<58} {'':8} {collected:7.3f} s")
+    print(f"  {'garbage collections':<58} {'':8} {collections:7.0f}")
     return 0
 
 

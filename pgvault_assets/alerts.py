@@ -12,6 +12,10 @@ maintained, with bounded retries and backoff on 429 and 5xx built in). `dagster-
 not used: it imports Dagster, which this layer must not, and it wraps the older `pypd` client.
 An incident's `dedup_key` is the environment, database and alert kind, so a check that flaps
 re-triggers the same incident and the alert that ends an episode resolves it.
+
+`sentry_sdk` and `pagerduty` are imported where a sink that is set uses them, not at the top:
+every run builds a notifier, and a backup without SENTRY_DSN or PAGERDUTY_ROUTING_KEY would
+pay a tenth of a second importing them for nothing (tests/test_cli_imports.py holds this).
 """
 
 from __future__ import annotations
@@ -22,15 +26,13 @@ import os
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import pagerduty
-import sentry_sdk
-from sentry_sdk.crons import capture_checkin
-from sentry_sdk.integrations.logging import LoggingIntegration
+from typing import TYPE_CHECKING, Any, Literal
 
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import PagerDutySettings, Settings
+
+if TYPE_CHECKING:
+    import pagerduty
 
 Level = Literal["info", "warning", "error", "fatal"]
 CheckinStatus = Literal["in_progress", "ok", "error"]
@@ -104,6 +106,9 @@ def init_sentry(settings: Settings) -> bool:
     """Start the Sentry client when `SENTRY_DSN` is set; return whether it is on."""
     if not settings.sentry_dsn:
         return False
+    import sentry_sdk  # deferred: see the module docstring
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
     client = sentry_sdk.get_client()
     if client.is_active() and client.dsn == settings.sentry_dsn:
         return True  # every sensor tick builds a notifier; the client is made once
@@ -211,6 +216,8 @@ class PagerDutySink:
         return [("trigger", dedup_key(environment, database, alert.kind), properties)]
 
     def client(self) -> pagerduty.EventsApiV2Client:
+        import pagerduty  # deferred: see the module docstring
+
         client = pagerduty.EventsApiV2Client(
             self.settings.routing_key or "", base_url=self.settings.events_url
         )
@@ -280,6 +287,8 @@ class Notifier:
     def _to_pagerduty(self, alert: Alert, sink: PagerDutySink) -> None:
         """A page that cannot be sent is itself an alert, to the other sinks: on-call must
         hear that PagerDuty did not."""
+        import pagerduty  # deferred: see the module docstring
+
         database = self.database or alert.tags.get("database")
         events = sink.events(alert, self.environment, database, self.secrets)
         try:
@@ -302,6 +311,8 @@ class Notifier:
                 self._to_webhook(failed, self.webhook_url)
 
     def _to_sentry(self, alert: Alert) -> None:
+        import sentry_sdk  # deferred: see the module docstring
+
         with sentry_sdk.new_scope() as scope:
             scope.set_tag("alert", alert.kind)
             scope.set_tag("environment", self.environment)
@@ -354,6 +365,9 @@ class Notifier:
         """
         if not self.sentry_enabled:
             return None
+        import sentry_sdk  # deferred: see the module docstring
+        from sentry_sdk.crons import capture_checkin
+
         sent = capture_checkin(
             monitor_slug=monitor_slug(self.environment, self.database),
             check_in_id=check_in_id,

@@ -73,7 +73,8 @@ def _columns(conn: psycopg.Connection[Any], oid: int) -> list[dict[str, Any]]:
 
 
 def _table_rows(conn: psycopg.Connection[Any], schema: str, name: str) -> list[str]:
-    query = sql.SQL("SELECT t::text FROM {}.{} AS t").format(
+    # ROW(t.*), not t: in a table with a column named t, `t` is that column, not the row.
+    query = sql.SQL("SELECT ROW(t.*)::text FROM {}.{} AS t").format(
         sql.Identifier(schema), sql.Identifier(name)
     )
     return sorted(row[0] for row in conn.execute(query))

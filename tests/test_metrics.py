@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from pgvault_assets.cli.metrics import families
+from pgvault_assets.cli.exposition import families
 from pgvault_assets.defs.run_episodes import HISTORY_KINDS, RunHistory
 from pgvault_assets.engine.basics import names
 from pgvault_assets.engine.monitoring.metrics import DatabaseFigures, MetricsReader, Snapshot

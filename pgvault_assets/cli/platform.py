@@ -446,7 +446,12 @@ def _first_failure(result: ExecuteInProcessResult) -> str:
         if data.user_failure_data and data.user_failure_data.description:
             return " ".join(data.user_failure_data.description.split())
         if data.error:
-            return " ".join(data.error.message.split())
+            # An unexpected error a retry policy gave up on reads "Exceeded max_retries of
+            # 0": what went wrong is the error it wraps, its innermost cause.
+            error = data.error
+            while error.cause is not None:
+                error = error.cause
+            return " ".join(error.message.split())
     return "the run failed"
 
 

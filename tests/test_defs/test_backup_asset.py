@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import ClassVar
 
 import pytest
 from dagster import (
@@ -254,6 +255,49 @@ def test_every_check_of_a_backup_is_recorded_under_its_day(backup_env, instance,
             AssetCheckKey(BACKUP_KEY, name), limit=10
         )
         assert [(r.partition, r.status.value) for r in records] == [(day, "SUCCEEDED")], name
+
+
+class ListingWatchedVaultResource(VaultResource):
+    """A store that notes, in order, each listing of its backups and the writing of the
+    dump's object."""
+
+    seen: ClassVar[list[str]] = []
+
+    def vault(self, settings: Settings | None = None) -> Vault:
+        vault = super().vault(settings)
+        store, seen = vault.store, self.seen
+        open_writer, list_manifests = store.open_writer, vault.list_manifests
+
+        def noting_writer(key: str, **options):
+            if key.endswith(OBJECT_NAME):
+                seen.append("object written")
+            return open_writer(key, **options)
+
+        def noting_listing():
+            seen.append("listed")
+            return list_manifests()
+
+        store.open_writer = noting_writer  # type: ignore[method-assign]
+        vault.list_manifests = noting_listing  # type: ignore[method-assign]
+        return vault
+
+
+def test_without_sentry_a_backup_lists_the_store_only_for_its_checks(
+    backup_env, instance, yesterday, monkeypatch
+):
+    """The recent durations set Sentry's check-in margins only: a run without SENTRY_DSN does
+    not read every manifest before its dump. Its checks still compare with the history."""
+    monkeypatch.delenv("SENTRY_DSN", raising=False)
+    ListingWatchedVaultResource.seen.clear()
+    result = materialize(
+        [database_backup],
+        instance=instance,
+        resources={**resource_defs(), "vault": ListingWatchedVaultResource()},
+        partition_key=yesterday.isoformat(),
+    )
+    assert result.success
+    assert ListingWatchedVaultResource.seen[0] == "object written"
+    assert "listed" in ListingWatchedVaultResource.seen
 
 
 def test_the_check_in_monitor_of_a_large_database_allows_three_times_its_longest_backup(

@@ -118,3 +118,21 @@ def test_a_retry_line_is_one_line_with_the_next_attempts_time_and_no_secret():
         "attempt 1 failed: cannot connect to postgresql://app:[redacted]@db.internal/app "
         "(refused); retrying at 02:01:50 UTC (in 110 s)"
     )
+
+
+def test_an_unexpected_error_in_the_run_is_named_not_hidden_behind_the_retry_policy(
+    backup_env, monkeypatch, capsys
+):
+    """A bug in the engine (here a TypeError) reaches the operator as what it is, in one
+    line: not as the retry policy's "Exceeded max_retries of 0"."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("'<' not supported between instances of 'NoneType' and 'str'")
+
+    monkeypatch.setattr("pgvault_assets.defs.backup.backup_database", broken)
+    assert main(["backup", "--retries", "0"]) != 0
+
+    printed = capsys.readouterr()
+    (error,) = [line for line in printed.err.splitlines() if "error" in line.lower()]
+    assert error.startswith("error: backup of ") and "Traceback" not in printed.err
+    assert "TypeError: '<' not supported" in error and "max_retries" not in error

@@ -5,10 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+import uuid
 
 import aws_encryption_sdk
+import psycopg
 from aws_encryption_sdk.identifiers import CommitmentPolicy
 from aws_encryption_sdk.key_providers.kms import StrictAwsKmsMasterKeyProvider
+from psycopg import sql
 
 from pgvault_assets.engine.restore.restore import restore_backup
 from pgvault_assets.engine.restore.verify import verify_backup
@@ -97,3 +100,32 @@ def test_local_store_and_key_file_are_owner_only(local_env, awkward_database):
     assert (local_env / "store").stat().st_mode & 0o777 == 0o700
     assert (local_env / "store" / manifest.object_key).stat().st_mode & 0o777 == 0o600
     assert (local_env / "store" / "test").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_comment_left_behind_by_a_dropped_subscription_does_not_stop_a_backup(
+    local_env, make_database
+):
+    """PostgreSQL's regression database has one: DROP SUBSCRIPTION keeps the subscription's
+    comment, on an object no longer there, which a dump leaves out and a backup must too."""
+    source = make_database("src")
+    name = f"pgvault_sub_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE SUBSCRIPTION {s} CONNECTION 'dbname=pgvault_no_such_db' "
+                "PUBLICATION p WITH (connect = false, slot_name = NONE);"
+                "COMMENT ON SUBSCRIPTION {s} IS 'left behind';"
+                "DROP SUBSCRIPTION {s};"
+                "CREATE TABLE kept (id int); INSERT INTO kept VALUES (1);"
+                "COMMENT ON TABLE kept IS 'a comment beside it'"
+            ).format(s=sql.Identifier(name))
+        )
+        orphans = conn.execute(
+            "SELECT count(*) FROM pg_description WHERE description = 'left behind' "
+            "AND classoid = 'pg_subscription'::regclass"
+        ).fetchone()
+    assert orphans == (1,)
+
+    manifest = back_up(source)
+
+    assert manifest.table_rows == {"public.kept": 1}

@@ -80,3 +80,18 @@ def test_the_readme_production_flow_passes_on_a_faithful_restore(databases, caps
         scalar(databases.staging, "SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'")
         == 0
     )
+
+
+def test_a_changed_value_is_found_in_a_table_with_a_column_named_t(make_database):
+    """The checksum covers the whole row even where a column's name is the row's alias
+    (PostgreSQL's regression database has such tables)."""
+    left, right = make_database("left"), make_database("right")
+    for url, value in ((left, "kept"), (right, "changed")):
+        execute(
+            url,
+            f"CREATE TABLE public.tee (t int, other text); INSERT INTO public.tee VALUES (1, '{value}')",
+        )
+
+    comparison = compare_databases(DatabaseUrl(left), DatabaseUrl(right), ["public.tee"])
+
+    assert [t.table for t in comparison.differing] == ["public.tee"]

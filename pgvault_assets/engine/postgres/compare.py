@@ -82,7 +82,8 @@ def table_digest(conn: psycopg.Connection, schema: str, table: str) -> TableDige
         "SELECT count(*), "
         "coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
         "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
-        "FROM (SELECT md5(t::text) AS h FROM {}.{} AS t) AS hashed"
+        # ROW(t.*), not t: in a table with a column named t, `t` is that column alone.
+        "FROM (SELECT md5(ROW(t.*)::text) AS h FROM {}.{} AS t) AS hashed"
     ).format(sql.Identifier(schema), sql.Identifier(table))
     count, high, low = one_row(conn, query)
     checksum = hashlib.sha256(f"{count}:{high}:{low}".encode()).hexdigest()[:32]

@@ -145,6 +145,8 @@ WHERE d.objoid >= 16384  -- PostgreSQL's own objects describe themselves
   -- a dump leaves out comments on constraints a child inherits
   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE d.classoid = 'pg_constraint'::regclass
                   AND c.oid = d.objoid AND NOT c.conislocal)
+  -- nor comments whose object is gone (DROP SUBSCRIPTION leaves its comment behind)
+  AND pg_describe_object(d.classoid, d.objoid, d.objsubid) IS NOT NULL
 """
 
 # Contents are read only when comparing two live databases: a backup never reads a large

@@ -1,6 +1,9 @@
 """The operators' entry points to restore: staging's restores are audited, production's are
 authorized by two approvals first. Authorization decides and audit records; the restore
 mechanism (engine/restore) knows nothing of either.
+
+Recovery to a time (engine/pitr, and the copy out of its throwaway cluster) is imported by the
+functions that recover to a time: a restore of a dump, the CLI's most common, does not load it.
 """
 
 from __future__ import annotations
@@ -9,22 +12,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.approvals import authorization as auth
 from pgvault_assets.engine.basics.clock import Clock, utcnow
 from pgvault_assets.engine.basics.interrupts import said_as
-from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
-from pgvault_assets.engine.pitr.runner import PgBackRest
 from pgvault_assets.engine.postgres.postgres import (
     previous_databases,
 )
-from pgvault_assets.engine.restore.copy_in import CopyResult, copy_database
 from pgvault_assets.engine.restore.restore import RestoreResult, restore_backup
 from pgvault_assets.engine.restore.swap import rollback_restore
 from pgvault_assets.engine.vault.pipeline import Progress
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.settings import DatabaseUrl
+
+if TYPE_CHECKING:
+    from pgvault_assets.engine.pitr.runner import PgBackRest
+    from pgvault_assets.engine.restore.copy_in import CopyResult
 
 
 def restore_staging(
@@ -74,6 +79,9 @@ def restore_staging_to_time(
 ) -> TimeRestoreResult:
     """Recover a throwaway cluster to `target_time`, then copy `source`'s database from it
     into staging by the checked swap, and record it, failed or not."""
+    from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
+    from pgvault_assets.engine.restore.copy_in import copy_database
+
     body = {"time": time_key(target_time), "database": url.dbname}
     with (
         said_as(
@@ -123,6 +131,9 @@ def restore_production_to_time(
 ) -> TimeRestoreResult:
     """Recover production to the time a dual-authorized `restore-to-time` request names, from
     the base backup it pins, once staging holds that same recovery; with the safe swap."""
+    from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
+    from pgvault_assets.engine.restore.copy_in import copy_database
+
     pinned = auth.authorize_pinned_time(
         vault, request_id, approvers_file, database=target_url.dbname, now=now
     )
