@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import uuid
 import warnings
@@ -26,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
 from rich.table import Table
 
 from pgvault_assets.cli.args import (
@@ -52,7 +54,7 @@ from pgvault_assets.engine.monitoring.report import (
 )
 from pgvault_assets.engine.vault.manifest import Manifest
 from pgvault_assets.engine.vault.vault import Vault
-from pgvault_assets.errors import BackupFailed, PgvaultError
+from pgvault_assets.errors import BackupFailed, ConfigError, PgvaultError
 from pgvault_assets.fleet import load_fleet
 from pgvault_assets.redact import redact
 from pgvault_assets.settings import Settings, load_settings, pgvault_home
@@ -120,33 +122,53 @@ def dagster_home() -> Path:
     return home
 
 
+# Dagster's documented setting for an instance that captures no compute logs.
+_NO_COMPUTE_LOGS = {
+    "module": "dagster._core.storage.noop_compute_log_manager",
+    "class": "NoOpComputeLogManager",
+}
+
+
 @contextlib.contextmanager
 def open_instance(instance: DagsterInstance | None = None) -> Iterator[DagsterInstance]:
+    """The instance of `DAGSTER_HOME` (or the embedded one), as its `dagster.yaml` configures
+    it, but for one thing: the CLI's runs print straight to the terminal, not through
+    Dagster's compute logs.
+
+    The local compute log manager mirrors a run's output back with a `tail` child and a
+    Python watcher child in pgvault's process group: a Ctrl-C reaches them too, and the
+    watcher prints a traceback. The operator reads this output in the terminal anyway; the
+    run's events stay in the UI. So the instance is opened from a private copy of the
+    configuration with `compute_logs` set to Dagster's no-op manager, which exists only
+    while the instance reads it; the operator's file is never changed.
+    """
     from dagster import DagsterInstance  # deferred on purpose: see the module docstring
 
     if instance is not None:
         yield instance
         return
-    if os.environ.get("DAGSTER_HOME"):
-        with DagsterInstance.get() as configured:
-            yield _output_in_the_terminal(configured)
-        return
-    with DagsterInstance.from_config(str(dagster_home())) as embedded:
-        yield _output_in_the_terminal(embedded)
+    home = dagster_home()
+    with tempfile.TemporaryDirectory(prefix="pgvault-instance-") as private:
+        config = Path(private) / "dagster.yaml"
+        settings = {**_instance_config(home), "compute_logs": _NO_COMPUTE_LOGS}
+        config.write_text(yaml.safe_dump(settings))
+        # An absolute file name: Dagster joins it to the home, which stays the storage's base.
+        opened = DagsterInstance.from_config(str(home), config_filename=str(config))
+    with opened:
+        yield opened
 
 
-def _output_in_the_terminal(instance: DagsterInstance) -> DagsterInstance:
-    """The CLI's runs print straight to the terminal, not through Dagster's compute logs.
-
-    The local compute log manager mirrors a run's output back with a `tail` child and a
-    Python watcher child in pgvault's process group: a Ctrl-C reaches them too, and the
-    watcher prints a traceback. The operator reads this output in the terminal anyway; the
-    run's events stay in the UI. Set before the instance first reads its own manager.
-    """
-    from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
-
-    instance._compute_log_manager = NoOpComputeLogManager()
-    return instance
+def _instance_config(home: Path) -> dict[str, object]:
+    try:
+        loaded = yaml.safe_load((home / "dagster.yaml").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"{home / 'dagster.yaml'} cannot be read ({' '.join(str(exc).split())}); "
+            "fix the Dagster instance's configuration"
+        ) from None
+    return dict(loaded) if isinstance(loaded, dict) else {}
 
 
 @contextlib.contextmanager

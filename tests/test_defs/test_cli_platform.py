@@ -136,3 +136,45 @@ def test_an_unexpected_error_in_the_run_is_named_not_hidden_behind_the_retry_pol
     (error,) = [line for line in printed.err.splitlines() if "error" in line.lower()]
     assert error.startswith("error: backup of ") and "Traceback" not in printed.err
     assert "TypeError: '<' not supported" in error and "max_retries" not in error
+
+
+def test_the_cli_opens_the_operators_instance_as_configured_but_prints_its_runs_itself(
+    tmp_path, monkeypatch
+):
+    """The CLI's runs print to the terminal, not through Dagster's compute logs (whose
+    helper processes a Ctrl-C would reach): every other setting of the operator's
+    dagster.yaml holds, the storage stays in DAGSTER_HOME, and the file is left as it was."""
+    from pathlib import Path
+
+    from pgvault_assets.cli.platform import open_instance
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    text = "telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 2\n"
+    (home / "dagster.yaml").write_text(text)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+    with open_instance() as instance:
+        assert type(instance.compute_log_manager).__name__ == "NoOpComputeLogManager"
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert not instance.telemetry_enabled
+        assert Path(instance.root_directory) == home
+    assert (home / "dagster.yaml").read_text() == text
+    assert sorted(p.name for p in home.iterdir() if p.suffix == ".yaml") == ["dagster.yaml"]
+
+
+def test_an_unreadable_dagster_yaml_is_named_in_one_line(tmp_path, monkeypatch):
+    import pytest
+
+    from pgvault_assets.cli.platform import open_instance
+    from pgvault_assets.errors import ConfigError
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry: [unclosed\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+    with pytest.raises(ConfigError) as raised, open_instance():
+        pass
+    message = str(raised.value)
+    assert "\n" not in message and str(home / "dagster.yaml") in message
