@@ -20,9 +20,11 @@ Usage: .venv/bin/python bench/bench_cli.py [--runs 5] [--server URL] [--keep]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -48,7 +50,7 @@ TRACED = (
     ("settings", "pgvault_assets.cli.main", "load_settings"),
     ("materialize", "pgvault_assets.cli.platform", "materialize_backup"),
     ("build the job", "dagster", "Definitions.resolve_job_def"),
-    ("open the instance", "dagster", "DagsterInstance.get"),  # DAGSTER_HOME is set
+    ("open the instance", "dagster", "DagsterInstance.from_config"),  # the CLI opens it so
     ("run", "dagster", "JobDefinition.execute_in_process"),
     ("backup", "pgvault_assets.defs.backup", "backup_database"),
     ("encryption key", "pgvault_assets.engine.vault.vault", "Vault.encryption_keys"),
@@ -108,17 +110,24 @@ def trace(report: Path, argv: list[str]) -> None:
 
     gc.callbacks.append(collected)
     stamp("interpreter started")
+    # As the console script (pgvault_assets/__main__.py) loads the CLI, where it does so.
+    console_script = importlib.util.find_spec("pgvault_assets.__main__") is not None
+    if console_script:
+        gc.disable()
     from pgvault_assets.cli import main
 
+    if console_script:
+        gc.freeze()
+        gc.enable()
     stamp("CLI imported")
     # The console script's collector settings (main() sets them before a command imports
     # Dagster), here before the tracer imports what it wraps; a checkout without them keeps
     # Python's.
     cli_main = sys.modules["pgvault_assets.cli.main"]
     gc.set_threshold(*getattr(cli_main, "CLI_GC_THRESHOLDS", gc.get_threshold()))
-    from pgvault_assets.cli.platform import dagster_previews_hidden
-
-    with dagster_previews_hidden():  # as materialize_backup imports them
+    platform = importlib.import_module("pgvault_assets.cli.platform")
+    paused = getattr(platform, "CollectionPaused", contextlib.nullcontext)
+    with platform.dagster_previews_hidden(), paused():  # as materialize_backup imports them
         importlib.import_module("pgvault_assets.defs.backup")
     for label, module_name, path in TRACED:
         owner = importlib.import_module(module_name)
