@@ -126,7 +126,7 @@ def trace(report: Path, argv: list[str]) -> None:
     cli_main = sys.modules["pgvault_assets.cli.main"]
     gc.set_threshold(*getattr(cli_main, "CLI_GC_THRESHOLDS", gc.get_threshold()))
     platform = importlib.import_module("pgvault_assets.cli.platform")
-    paused = getattr(platform, "CollectionPaused", contextlib.nullcontext)
+    paused = getattr(platform, "collection_paused", contextlib.nullcontext)
     with platform.dagster_previews_hidden(), paused():  # as materialize_backup imports them
         importlib.import_module("pgvault_assets.defs.backup")
     for label, module_name, path in TRACED:

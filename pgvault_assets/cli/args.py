@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 from pgvault_assets.cli.console import errors
 from pgvault_assets.engine.basics.names import database_option
-from pgvault_assets.errors import ConfigError
+from pgvault_assets.errors import ConfigError, PgvaultError
 from pgvault_assets.fleet import SINGLE, each_database_apart, load_fleet
 from pgvault_assets.settings import Settings
+
+T = TypeVar("T")
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,6 +61,27 @@ def databases_shown(
     if shows_every_database(args, settings):
         return True, each_database_apart(settings, os.environ)
     return False, [(settings.database or SINGLE, settings)]
+
+
+def read_each_shown(
+    every: bool,
+    databases: list[tuple[str, Settings | ConfigError]],
+    read: Callable[[Settings], T],
+) -> dict[str, T | PgvaultError]:
+    """`read` of each database shown, by name. Shown alone, a database's error is the
+    command's (raised); among every database, it is that database's entry, and the rest are
+    still read."""
+    found: dict[str, T | PgvaultError] = {}
+    for name, pinned in databases:
+        try:
+            if isinstance(pinned, PgvaultError):
+                raise pinned
+            found[name] = read(pinned)
+        except PgvaultError as exc:
+            if not every:
+                raise
+            found[name] = exc
+    return found
 
 
 TARGETS = ("staging", "production")

@@ -22,6 +22,7 @@ from pgvault_assets.cli.args import (
     databases_shown,
     parse_date,
     positive_int,
+    read_each_shown,
 )
 from pgvault_assets.cli.console import ago, console, errors, human_bytes, on_target, progress
 from pgvault_assets.cli.recovery import (
@@ -164,19 +165,19 @@ def _cmd_list_backups(args: argparse.Namespace, settings: Settings) -> int:
     others are still shown; one database's as the manual shows them, its error the command's."""
     every, databases = databases_shown(args, settings)
     now = utcnow()
+    listed = read_each_shown(
+        every,
+        databases,
+        lambda pinned: backup_rows(pinned, days=args.days, now=now, versions=args.versions),
+    )
     rows: list[dict] = []
     failed = 0
-    for name, pinned in databases:
-        try:
-            if isinstance(pinned, PgvaultError):
-                raise pinned
-            listed = backup_rows(pinned, days=args.days, now=now, versions=args.versions)
-            rows += [{"database": name, **row} for row in listed] if every else listed
-        except PgvaultError as exc:
-            if not every:
-                raise
+    for name, found in listed.items():
+        if isinstance(found, PgvaultError):
             failed += 1
-            errors.print(f"error: database {name}: {redact(str(exc))}", markup=False)
+            errors.print(f"error: database {name}: {redact(str(found))}", markup=False)
+            continue
+        rows += [{"database": name, **row} for row in found] if every else found
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -36,6 +36,7 @@ from pgvault_assets.cli.args import (
     add_every_database_option,
     databases_shown,
     parse_date,
+    read_each_shown,
     retry_count,
 )
 from pgvault_assets.cli.console import console, errors
@@ -172,24 +173,20 @@ def _instance_config(home: Path) -> dict[str, object]:
     return dict(loaded) if isinstance(loaded, dict) else {}
 
 
-class CollectionPaused(contextlib.AbstractContextManager[None]):
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
     """No garbage collection while Dagster, the definitions and the instance's storage load:
     some hundred thousand objects that live as long as the process, which the collector
     would walk again and again as they arrive (more CPU than the backup of an empty
     database). On leaving, what loaded is frozen out of the collector's reach and it
-    resumes; leaving twice is leaving once."""
-
-    def __enter__(self) -> None:
-        self._was_enabled = gc.isenabled()
-        self._left = False
-        gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._left:
-            return
-        self._left = True
+    resumes."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
         gc.freeze()
-        if self._was_enabled:
+        if was_enabled:
             gc.enable()
 
 
@@ -394,46 +391,44 @@ def materialize_backup(
     `retries` replaces BACKUP_MAX_RETRIES for this run.
     """
     settings = settings or load_settings()
-    loading = CollectionPaused()
-    loading.__enter__()
-    with dagster_previews_hidden(), contextlib.ExitStack() as running:
-        running.callback(loading.__exit__, None, None, None)  # a failure while loading too
-        # Deferred on purpose (see the module docstring), and inside the block because
-        # loading the checks' definitions is what warns.
-        from dagster import AssetSelection, Definitions, define_asset_job
+    with contextlib.ExitStack() as running:
+        with collection_paused():  # until the instance is open; Dagster loads from the first line
+            # Deferred on purpose (see the module docstring), and inside the block because
+            # loading the checks' definitions is what warns.
+            running.enter_context(dagster_previews_hidden())
+            from dagster import AssetSelection, Definitions, define_asset_job
 
-        from pgvault_assets.defs.backup import (
-            ACCEPT_NEW_SOURCE_TAG,
-            Build,
-            make_database_backup,
-            make_decrypts_fully,
-            make_restorable,
-        )
-        from pgvault_assets.defs.history import backup_run_tags
-        from pgvault_assets.defs.resources import resource_defs
-        from pgvault_assets.engine.backup.backup import check_backup_date
+            from pgvault_assets.defs.backup import (
+                ACCEPT_NEW_SOURCE_TAG,
+                Build,
+                make_database_backup,
+                make_decrypts_fully,
+                make_restorable,
+            )
+            from pgvault_assets.defs.history import backup_run_tags
+            from pgvault_assets.defs.resources import resource_defs
+            from pgvault_assets.engine.backup.backup import check_backup_date
 
-        check_backup_date(day, utcnow())
-        config = settings.platform
-        if retries is not None:
-            config = dataclasses.replace(config, max_retries=retries)
-        build = Build.of(load_fleet(config.fleet_file), config)
-        names = build.names.of(build.fleet.choose(settings.database).name)
-        job_name = build.names.backup_job
-        assets = [make_database_backup(build, names)]
-        if prove_restorable:
-            assets += [make_decrypts_fully(build, names), make_restorable(build, names)]
-        # The run carries the scheduled job's name, so the UI lists it with the scheduled
-        # runs rather than as an unnamed ephemeral job.
-        job = Definitions(
-            assets=assets[:1],
-            asset_checks=assets[1:],
-            jobs=[define_asset_job(job_name, selection=AssetSelection.all())],
-            resources=resource_defs(),
-        ).resolve_job_def(job_name)
+            check_backup_date(day, utcnow())
+            config = settings.platform
+            if retries is not None:
+                config = dataclasses.replace(config, max_retries=retries)
+            build = Build.of(load_fleet(config.fleet_file), config)
+            names = build.names.of(build.fleet.choose(settings.database).name)
+            job_name = build.names.backup_job
+            assets = [make_database_backup(build, names)]
+            if prove_restorable:
+                assets += [make_decrypts_fully(build, names), make_restorable(build, names)]
+            # The run carries the scheduled job's name, so the UI lists it with the scheduled
+            # runs rather than as an unnamed ephemeral job.
+            job = Definitions(
+                assets=assets[:1],
+                asset_checks=assets[1:],
+                jobs=[define_asset_job(job_name, selection=AssetSelection.all())],
+                resources=resource_defs(),
+            ).resolve_job_def(job_name)
+            active = running.enter_context(open_instance(instance))
         token = uuid.uuid4().hex
-        active = running.enter_context(open_instance(instance))
-        loading.__exit__(None, None, None)
         with (
             runs_of_the_code_location(active, job_name),
             RetryAnnouncer(active, token, say or _silent),
@@ -584,16 +579,9 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     database's figures as the manual's table, or one row per database; exit 1 when any is
     stale, warned about or cannot be read."""
     every, databases = databases_shown(args, settings)
-    read: dict[str, list[Manifest] | PgvaultError] = {}
-    for name, pinned in databases:
-        try:
-            if isinstance(pinned, PgvaultError):
-                raise pinned
-            read[name] = Vault.from_settings(pinned).list_manifests()
-        except PgvaultError as exc:
-            if not every:
-                raise
-            read[name] = exc
+    read = read_each_shown(
+        every, databases, lambda pinned: Vault.from_settings(pinned).list_manifests()
+    )
     with dagster_previews_hidden():
         # Deferred on purpose: both import Dagster (see the module docstring).
         from pgvault_assets.defs.history import failed_runs_by_key
