@@ -75,7 +75,8 @@ Variable = Annotated[str, AfterValidator(_variable)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built when a fleet file is first read, not when a command that reads none starts.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # The restorable check and the drill: this many full restores at a time, whatever launched them.

@@ -56,6 +56,23 @@ def test_retention_days_come_from_the_environment(tmp_path):
     ) == (7, 28, 730)
 
 
+def test_only_the_variables_exact_names_count_stripped_and_blank_as_unset(tmp_path):
+    home = {"XDG_DATA_HOME": str(tmp_path)}
+    settings = load_settings(
+        {
+            **home,
+            "BACKUP_RETENTION_DAYS_DAILY": " 7\n",  # stripped, as a file's line would need
+            "backup_retention_days_weekly": "28",  # not the variable: its name is upper case
+            "ENVIRONMENT_NAME": "   ",  # blank is unset: the default, not an error
+            "BACKUP_COMPRESSION_LEVEL": "",
+        },
+    )
+    assert settings.retention.daily_days == 7
+    assert settings.retention.weekly_days == 90
+    assert settings.environment == "development"
+    assert settings.compression_level == load_settings(home).compression_level
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
