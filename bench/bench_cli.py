@@ -2,7 +2,10 @@
 
 Three commands on the embedded default (local store and key, the quickstart's SQLite Dagster
 instance): `pgvault --help`, `pgvault list-backups` (one backup stored) and `pgvault backup` of
-an empty database, each against `python -c pass` timed in the same rounds. Rounds are
+an empty database, each against `python -c pass` timed in the same rounds, and the backup
+against Dagster's floor: a run of one op that does nothing, on the same instance, with no
+pgvault in the process. A CLI backup is a Dagster run (its place in the UI's timeline and in
+run-failure alerting), so it can cost no less; the difference is pgvault's own. Rounds are
 interleaved so load drift hits every contender alike; medians are reported.
 
 A backup is then run again under a tracer (this script in `--trace` mode, in a child of its
@@ -42,6 +45,39 @@ DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
 DBNAME = "pgvault_bench_cli"
 # Only these reach the children: no pgvault setting from the caller's shell.
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
+
+# The least a CLI backup that is a Dagster run can cost, with no pgvault in it: import Dagster,
+# open the same instance as the CLI does (its dagster.yaml, compute logs off), and run a job of
+# one op that does nothing, in process, with the collector treated as the CLI treats it.
+DAGSTER_FLOOR = """
+import gc, os, tempfile, yaml
+from pathlib import Path
+gc.disable()
+import dagster as dg
+home = Path(os.environ["DAGSTER_HOME"])
+with tempfile.TemporaryDirectory() as private:
+    config = Path(private) / "dagster.yaml"
+    settings = yaml.safe_load((home / "dagster.yaml").read_text()) or {}
+    settings["compute_logs"] = {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+    config.write_text(yaml.safe_dump(settings))
+    instance = dg.DagsterInstance.from_config(str(home), config_filename=str(config))
+gc.freeze()
+gc.enable()
+
+@dg.op
+def nothing():
+    pass
+
+@dg.job
+def floor():
+    nothing()
+
+with instance:
+    assert floor.execute_in_process(instance=instance).success
+"""
 
 GOALS = {"pgvault --help": 0.4, "pgvault list-backups": 0.4, "pgvault backup (empty database)": 1.5}
 
@@ -314,6 +350,9 @@ def main() -> int:
             "pgvault --help": lambda _: bench.timed([args.pgvault, "--help"], "listed"),
             "pgvault list-backups": lambda _: bench.timed([args.pgvault, "list-backups"], "listed"),
             "pgvault backup (empty database)": bench.backup,
+            "Dagster's floor (a one-op run)": lambda _: bench.timed(
+                [bench.python, "-c", DAGSTER_FLOOR], "listed"
+            ),
         }
         seconds: dict[str, list[float]] = {name: [] for name in contenders}
         cpu: dict[str, list[float]] = {name: [] for name in contenders}
@@ -343,6 +382,12 @@ def main() -> int:
         )
         on_cpu = statistics.median(cpu[name])
         print(f"  {name:<34} {median:6.3f} s  {median / baseline:6.1f}x {on_cpu:7.3f} s{verdict}")
+    backup = statistics.median(seconds["pgvault backup (empty database)"])
+    floor = statistics.median(seconds["Dagster's floor (a one-op run)"])
+    print(
+        f"  the backup over Dagster's floor: {backup / floor:.2f}x, "
+        f"pgvault's own {backup - floor:.3f} s"
+    )
     print(f"\nwhere a CLI backup of an empty database goes (medians of {args.runs} traced runs)")
     print(f"  {'':<58} {'wall':>8} {'CPU':>9}")
     for phase in phases[0]:
