@@ -1,6 +1,7 @@
 """Two fleet databases of one `dbname` on two servers: everything pgvault keys by database (the
 store's namespace, Dagster's asset keys, the metrics' series, `--database`) takes the entry's
-`name`, so each is backed up, listed, verified and restored apart."""
+`name`, so each is backed up, listed, verified and restored apart; and their stagings (each the
+same `dbname` on its server's staging) must be two servers, or neither is restored there."""
 
 from __future__ import annotations
 
@@ -174,3 +175,86 @@ def test_each_verifies_and_one_restored_into_its_staging_is_its_own_other_server
     assert owners(twins.urls["app_west"]) == ["app_west"]
     assert databases_named_from(twins.servers["west"], twins.dbname) == [twins.dbname]
     assert databases_named_from(twins.servers["east"], twins.dbname) == [twins.dbname]
+
+
+def test_their_servers_sharing_one_staging_server_is_refused_there_and_another_dbname_is_not(
+    twins: Twins,
+    private_postgres: PrivateCluster,
+    own_cluster: PrivateCluster,
+    local_env: Path,
+    monkeypatch,
+    capsys,
+):
+    """Both would be staged into one database, each restore replacing the other's: refused
+    before anything is written, under any two variables that reach that server. A database of
+    another dbname on west still stages there."""
+    solo = private_postgres.create_database(f"{twins.dbname}_solo")
+    with psycopg.connect(solo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE owner (name text); INSERT INTO owner VALUES ('solo')")
+    write_fleet(
+        local_env,
+        monkeypatch,
+        servers={name: (url, 1) for name, url in twins.servers.items()},
+        databases={
+            "app_east": ("east", twins.dbname),
+            "app_west": ("west", twins.dbname),
+            "solo": ("west", f"{twins.dbname}_solo"),
+        },
+        staging={"east": own_cluster.url("postgres"), "west": own_cluster.url("postgres")},
+    )
+    back_up_both(capsys)
+    code, _, err = run(capsys, "backup", "--database", "solo")
+    assert code == 0, err
+    restore = ("restore-from-backup", "--date", DAY, "--target", "staging", "--database")
+
+    for name, other, server, other_server in (
+        ("app_east", "app_west", "east", "west"),
+        ("app_west", "app_east", "west", "east"),
+    ):
+        code, _, err = run(capsys, *restore, name)
+        assert code == 2
+        variable, others = (
+            f"PGVAULT_TEST_{server.upper()}_URL_STAGING",
+            f"PGVAULT_TEST_{other_server.upper()}_URL_STAGING",
+        )
+        assert one_line(err) == (
+            f"error: server {server}: its staging_url_env {variable} and database {other}'s "
+            f"staging (server {other_server}: its staging_url_env {others}) reach the same "
+            f"database ({twins.dbname}, one server): point {variable} at another server; "
+            "nothing was changed"
+        )
+    assert databases_named_from(own_cluster.url("postgres"), twins.dbname) == []
+
+    code, _, err = run(capsys, *restore, "solo")
+    assert code == 0, err
+    assert owners(own_cluster.url(f"{twins.dbname}_solo")) == ["solo"]
+    assert owners(twins.urls["app_east"]) == ["app_east"]
+    assert owners(twins.urls["app_west"]) == ["app_west"]
+
+
+def test_a_staging_is_refused_while_the_other_ones_staging_cannot_be_told_apart(
+    twins: Twins, own_cluster: PrivateCluster, local_env: Path, monkeypatch, capsys
+):
+    write_fleet(
+        local_env,
+        monkeypatch,
+        servers={name: (url, 1) for name, url in twins.servers.items()},
+        databases={"app_east": ("east", twins.dbname), "app_west": ("west", twins.dbname)},
+        staging={
+            "east": own_cluster.url("postgres"),
+            "west": "postgresql://postgres@127.0.0.1:1/postgres",
+        },
+    )
+
+    code, _, err = run(
+        capsys,
+        *("restore-from-backup", "--database", "app_east", "--date", DAY, "--target", "staging"),
+    )
+
+    assert code == 2
+    assert one_line(err).startswith(
+        "error: cannot tell server east: its staging_url_env PGVAULT_TEST_EAST_URL_STAGING from "
+        "database app_west's staging (server west: its staging_url_env "
+        "PGVAULT_TEST_WEST_URL_STAGING), so nothing was written to staging: "
+    )
+    assert databases_named_from(own_cluster.url("postgres"), twins.dbname) == []
