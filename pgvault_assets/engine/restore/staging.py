@@ -10,6 +10,10 @@ directory's path. So pgvault asks the servers: it holds a session on staging's s
 lists every session of its own server, none of another's, and shows `application_name` to
 any role. Found there, staging is on that server, and is production when it names one of the
 production databases there (database names are unique on a server).
+
+Two fleet databases of one `dbname` on two servers stage into that name on their servers'
+stagings: probed the same way, a staging that is the other's is refused too, or a restore of
+either would replace the other's staging (and a rollback swap in the other's data).
 """
 
 from __future__ import annotations
@@ -27,46 +31,58 @@ MAINTENANCE_DATABASE = "postgres"
 
 
 class StagingIsProduction(ConfigError):
-    """The staging URL reaches a production database: nothing may be written there."""
+    """The staging URL reaches a production database, or another fleet database's staging:
+    nothing may be written there."""
 
 
 @dataclass(frozen=True)
-class _Production:
-    """A production database and the setting that names it, as an error says it."""
+class _Taken:
+    """A database staging must not be, and the setting that names it, as an error says it."""
 
     url: DatabaseUrl
     named_by: str
 
 
-def _productions(settings: Settings, env: Mapping[str, str]) -> tuple[str, str, list[_Production]]:
-    """The setting that names staging, what to do when it is production, and every production
-    database whose URL is set: `DATABASE_URL`, then each database of the fleet (the fleet of
-    one's is `DATABASE_URL` again, counted once)."""
+def _taken(settings: Settings, env: Mapping[str, str]) -> tuple[str, str, list[_Taken]]:
+    """The setting that names staging, what to do when it is taken, and every database it must
+    not be whose URL is set: `DATABASE_URL`, each database of the fleet (the fleet of one's is
+    `DATABASE_URL` again, counted once), then the stagings of the fleet's other databases of
+    this one's `dbname`."""
     fleet = load_fleet(settings.platform.fleet_file)
-    found: dict[str, _Production] = {}
+    found: dict[str, _Taken] = {}
     raw = env.get("DATABASE_URL", "").strip()
     if raw:
         first = DatabaseUrl.parse(raw, "DATABASE_URL")
-        found[first.secret] = _Production(first, "DATABASE_URL")
+        found[first.secret] = _Taken(first, "DATABASE_URL")
     for database in fleet.databases:
         if (url := fleet.production_url(database, env)) is not None:
             server = fleet.server(database.server)
             named = f"production database {database.name} (url_env {server.url_env})"
-            found.setdefault(url.secret, _Production(url, named))
-    setting, advice = fleet.staging_named(fleet.server(fleet.choose(settings.database).server))
+            found.setdefault(url.secret, _Taken(url, named))
+    this = fleet.choose(settings.database)
+    for twin in fleet.databases:
+        variable = fleet.server(twin.server).staging_url_env
+        if twin.name == this.name or twin.dbname != this.dbname or variable is None:
+            continue
+        if raw := env.get(variable, "").strip():
+            url = DatabaseUrl.parse(raw, variable).with_dbname(twin.dbname)
+            named = f"database {twin.name}'s staging (server {twin.server}: its staging_url_env {variable})"
+            found.setdefault(url.secret, _Taken(url, named))
+    setting, advice = fleet.staging_named(fleet.server(this.server))
     return setting, advice, list(found.values())
 
 
 def staging_target(settings: Settings, env: Mapping[str, str]) -> DatabaseUrl:
-    """The staging URL, once no production database is behind it; `StagingIsProduction` (one
-    line naming both settings) when one is. A production server that cannot be reached stops
-    it too: pgvault cannot tell that staging is not that server by another name."""
+    """The staging URL, once no production database (nor another database's staging) is
+    behind it; `StagingIsProduction` (one line naming both settings) when one is. A server
+    of theirs that cannot be reached stops it too: pgvault cannot tell that staging is not
+    that server by another name."""
     staging = settings.target_url("staging")
-    staging_setting, advice, productions = _productions(settings, env)
-    servers: dict[str, list[_Production]] = {}
-    for production in productions:
-        key = production.url.with_dbname(MAINTENANCE_DATABASE).secret
-        servers.setdefault(key, []).append(production)
+    staging_setting, advice, taken = _taken(settings, env)
+    servers: dict[str, list[_Taken]] = {}
+    for database in taken:
+        key = database.url.with_dbname(MAINTENANCE_DATABASE).secret
+        servers.setdefault(key, []).append(database)
     token = f"pgvault-staging-probe-{secrets.token_hex(16)}"
     # An open transaction keeps a pooler's server connection (and its application_name) ours.
     with connect(
@@ -85,10 +101,10 @@ def staging_target(settings: Settings, env: Mapping[str, str]) -> DatabaseUrl:
                     f"cannot tell {staging_setting} from {first.named_by}, so nothing was "
                     f"written to staging: {exc}"
                 ) from None
-            for production in group if seen else ():
-                if production.url.dbname == staging.dbname:
+            for database in group if seen else ():
+                if database.url.dbname == staging.dbname:
                     raise StagingIsProduction(
-                        f"{staging_setting} and {production.named_by} reach the same database "
+                        f"{staging_setting} and {database.named_by} reach the same database "
                         f"({staging.dbname}, one server): {advice}; nothing was changed"
                     )
     return staging
