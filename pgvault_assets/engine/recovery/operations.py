@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgvault_assets.engine.approvals import audit
 from pgvault_assets.engine.approvals import authorization as auth
@@ -79,9 +79,6 @@ def restore_staging_to_time(
 ) -> TimeRestoreResult:
     """Recover a throwaway cluster to `target_time`, then copy `source`'s database from it
     into staging by the checked swap, and record it, failed or not."""
-    from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
-    from pgvault_assets.engine.restore.copy_in import copy_database
-
     body = {"time": time_key(target_time), "database": url.dbname}
     with (
         said_as(
@@ -92,23 +89,57 @@ def restore_staging_to_time(
             vault, audit.STAGING_RESTORE_TO_TIME, body, actor=actor, now=now
         ) as learned,
     ):
-        with recover_to_time(
+        result = _copy_recovered(
             tool,
             target_time,
-            superuser=source_user(source),
+            source,
+            url,
             source_major=source_major,
-            root=cluster_root,
-        ) as recovered:
-            learned.update(base_backup=recovered.backup_label, stopped_at=recovered.stopped_at)
-            copied = copy_database(recovered.database(source.dbname), url, now=now)
-        learned["previous"] = copied.previous
-        return TimeRestoreResult(
-            copied,
-            target_time,
-            recovered.backup_label,
-            recovered.stopped_at,
-            recovered.replay_seconds,
+            cluster_root=cluster_root,
+            now=now,
+            learned=learned,
         )
+        learned["previous"] = result.copy.previous
+        return result
+
+
+def _copy_recovered(
+    tool: PgBackRest,
+    target_time: datetime,
+    source: DatabaseUrl,
+    url: DatabaseUrl,
+    *,
+    source_major: int | None = None,
+    cluster_root: Path | None = None,
+    base_backup: str | None = None,
+    now: Clock,
+    learned: dict[str, Any] | None = None,
+) -> TimeRestoreResult:
+    """`source`'s database recovered to `target_time` in a throwaway cluster (removed whatever
+    happens), copied into `url` by the checked swap: staging's restore and production's alike.
+    `learned` gets the base backup and where replay stopped before the copy, so a failed
+    copy's record says them too."""
+    from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
+    from pgvault_assets.engine.restore.copy_in import copy_database
+
+    with recover_to_time(
+        tool,
+        target_time,
+        superuser=source_user(source),
+        source_major=source_major,
+        root=cluster_root,
+        base_backup=base_backup,
+    ) as recovered:
+        if learned is not None:
+            learned.update(base_backup=recovered.backup_label, stopped_at=recovered.stopped_at)
+        copied = copy_database(recovered.database(source.dbname), url, now=now)
+    return TimeRestoreResult(
+        copied,
+        target_time,
+        recovered.backup_label,
+        recovered.stopped_at,
+        recovered.replay_seconds,
+    )
 
 
 def time_key(target_time: datetime) -> str:
@@ -131,9 +162,6 @@ def restore_production_to_time(
 ) -> TimeRestoreResult:
     """Recover production to the time a dual-authorized `restore-to-time` request names, from
     the base backup it pins, once staging holds that same recovery; with the safe swap."""
-    from pgvault_assets.engine.pitr.recover import recover_to_time, source_user
-    from pgvault_assets.engine.restore.copy_in import copy_database
-
     pinned = auth.authorize_pinned_time(
         vault, request_id, approvers_file, database=target_url.dbname, now=now
     )
@@ -144,28 +172,18 @@ def restore_production_to_time(
         )
     if confirm is not None:
         confirm(target_url.dbname)
-
-    def recover() -> TimeRestoreResult:
-        with recover_to_time(
-            tool,
-            target_time,
-            superuser=source_user(source),
-            root=cluster_root,
-            base_backup=pinned.base_backup,
-        ) as recovered:
-            copied = copy_database(recovered.database(source.dbname), target_url, now=now)
-        return TimeRestoreResult(
-            copied,
-            target_time,
-            recovered.backup_label,
-            recovered.stopped_at,
-            recovered.replay_seconds,
-        )
-
     return auth.run_authorized(
         vault,
         pinned.authorization,
-        recover,
+        lambda: _copy_recovered(
+            tool,
+            target_time,
+            source,
+            target_url,
+            cluster_root=cluster_root,
+            base_backup=pinned.base_backup,
+            now=now,
+        ),
         lambda result: (
             f"recovered to {pinned.time} from {result.base_backup}; previous kept as "
             f"{result.copy.previous}"

@@ -41,20 +41,43 @@ def verify_backup(
 ) -> VerifyResult:
     """Check the stored object against its manifest; with `full`, also decrypt it all."""
     manifest = vault.read_manifest(day)
+    if full:
+        sha256, size, plain = _read_checked(vault, manifest, progress)
+        return VerifyResult(manifest, sha256, size, True, plain)
     with contextlib.closing(
         vault.store.open_reader(manifest.object_key, manifest.object_version_id)
     ) as raw:
         reader = HashingReader(raw, progress)
-        if not full:
-            reader.drain()
-            _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
-            return VerifyResult(manifest, reader.hexdigest(), reader.size, False, None)
+        reader.drain()
+    _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
+    return VerifyResult(manifest, reader.hexdigest(), reader.size, False, None)
+
+
+def _read_checked(
+    vault: Vault, manifest: Manifest, progress: Progress | None, sink: ParallelLoad | None = None
+) -> tuple[str, int, int]:
+    """One read of the object: SHA-256 and size over the ciphertext, each authenticated frame's
+    plaintext to `sink` when there is one. Returns (SHA-256, size, plaintext bytes) only once
+    all of it matched the manifest: verify-backup and a restore refuse a damaged backup alike."""
+    with contextlib.closing(
+        vault.store.open_reader(manifest.object_key, manifest.object_version_id)
+    ) as raw:
+        reader = HashingReader(raw, progress)
         keys = vault.decryption_keys(manifest)
         plain = 0
+        plaintext = decrypt_stream(reader, keys, manifest.encryption_context)
         try:
-            for chunk in decrypt_stream(reader, keys, manifest.encryption_context):
-                plain += len(chunk)
+            with contextlib.closing(plaintext):
+                for chunk in plaintext:
+                    if sink is not None:
+                        sink.write(chunk)
+                    plain += len(chunk)
         except IntegrityError:
+            if sink is not None:
+                sink.abort()
+            if reader.failure is not None:
+                raise reader.failure from None
+            # A replaced or truncated object is named as such, not as a failed decryption.
             reader.drain()
             _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
             raise
@@ -62,10 +85,10 @@ def verify_backup(
     _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
     if plain != manifest.dump_size_bytes:
         raise IntegrityError(
-            f"backup {day} decrypts to {plain} bytes, not the {manifest.dump_size_bytes} its manifest "
-            "records; do not restore it"
+            f"backup {manifest.date} decrypts to {plain} bytes, not the "
+            f"{manifest.dump_size_bytes} its manifest records; do not restore it"
         )
-    return VerifyResult(manifest, reader.hexdigest(), reader.size, True, plain)
+    return reader.hexdigest(), reader.size, plain
 
 
 def feed_psql(
@@ -83,33 +106,7 @@ def feed_psql(
     load = vault.restore_load
     sink = ParallelLoad(psql, url, load.loaders, load.read_ahead_bytes)
     try:
-        with contextlib.closing(
-            vault.store.open_reader(manifest.object_key, manifest.object_version_id)
-        ) as raw:
-            reader = HashingReader(raw, progress)
-            keys = vault.decryption_keys(manifest)
-            plain = 0
-            plaintext = decrypt_stream(reader, keys, manifest.encryption_context)
-            try:
-                with contextlib.closing(plaintext):
-                    for chunk in plaintext:
-                        sink.write(chunk)
-                        plain += len(chunk)
-            except IntegrityError:
-                sink.abort()
-                if reader.failure is not None:
-                    raise reader.failure from None
-                # A replaced or truncated object is named as such, as verify-backup names it.
-                reader.drain()
-                _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
-                raise
-            reader.drain()
-        _refuse_mismatch(manifest, reader.hexdigest(), reader.size)
-        if plain != manifest.dump_size_bytes:
-            raise IntegrityError(
-                f"backup {manifest.date} decrypts to {plain} bytes, not the "
-                f"{manifest.dump_size_bytes} its manifest records; do not restore it"
-            )
+        _read_checked(vault, manifest, progress, sink)
         sink.finish()
     except BaseException:
         sink.abort()
