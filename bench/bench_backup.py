@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from benchlib import environ_without_pgvault
 from isal import isal_zlib
 from psycopg import sql
 
@@ -45,23 +46,6 @@ BASELINE_SUFFIX = "_baseline"
 POLL_SECONDS = 0.05
 # Client tools whose memory is not pgvault's: the goal is about pgvault's own Python process.
 NOT_PGVAULT = {"pg_dump", "pg_restore", "psql", "pg_wrapper", "gzip", "gunzip", "sh", "bash"}
-# pgvault settings that must come from this script, never from the caller's shell.
-PGVAULT_VARIABLES = (
-    "DATABASE_URL",
-    "STAGING_DATABASE_URL",
-    "BACKUP_S3_BUCKET",
-    "BACKUP_KMS_KEY_ID",
-    "BACKUP_LOCAL_DIR",
-    "BACKUP_LOCAL_KEY_FILE",
-    "BACKUP_STORAGE_BUDGET_BYTES",
-    "ALERT_WEBHOOK_URL",
-    "SENTRY_DSN",
-    "DAGSTER_HOME",
-    "ENVIRONMENT_NAME",
-    "RESTORE_PARALLEL_LOADERS",
-    "RESTORE_READ_AHEAD_MIB",
-)
-
 GOALS = {  # ratio name -> upper bound
     "backup / bare dump": 1.30,
     "stored size / gzip -6 size": 1.10,
@@ -285,7 +269,7 @@ class Context:
         return self.args.dbname + BASELINE_SUFFIX
 
     def pgvault_env(self, store: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in PGVAULT_VARIABLES}
+        env = environ_without_pgvault()
         env.update(
             DATABASE_URL=self.source_url,
             STAGING_DATABASE_URL=self.restore_url,

@@ -18,44 +18,31 @@ Usage: .venv/bin/python bench/bench_fleet.py [--databases 6] [--size-mb 20] [--s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import yaml
+from benchlib import environ_without_pgvault
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.test_fleet.daemon import TERMINAL, started_daemon  # noqa: E402
+
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
 PREFIX = "pgvault_bench_fleet_"
 DAGSTER_DB = f"{PREFIX}dagster"
 SCHEDULE = "fleet_backup_schedule_02"
-# pgvault settings that must come from this script, never from the caller's shell.
-PGVAULT_VARIABLES = (
-    "DATABASE_URL",
-    "STAGING_DATABASE_URL",
-    "BACKUP_S3_BUCKET",
-    "BACKUP_KMS_KEY_ID",
-    "BACKUP_LOCAL_DIR",
-    "BACKUP_LOCAL_KEY_FILE",
-    "BACKUP_STORAGE_BUDGET_BYTES",
-    "PGVAULT_FLEET_FILE",
-    "ALERT_WEBHOOK_URL",
-    "SENTRY_DSN",
-    "DAGSTER_HOME",
-    "DAGSTER_PG_URL",
-    "ENVIRONMENT_NAME",
-)
 # The code location the daemon loads: the fleet, its schedule ticking once, at the time
 # PGVAULT_BENCH_TICK_AT names (a schedule's run keys only dedupe within one tick's scheduled
 # time, so a tick every minute would start every database's run again; the daemon reloads the
@@ -131,7 +118,7 @@ def write_fleet(work: Path, args: argparse.Namespace, dbnames: list[str]) -> dic
 
 
 def base_env(work: Path, variables: dict[str, str], dagster_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PGVAULT_VARIABLES}
+    env = environ_without_pgvault()
     env.update(variables)
     env.update(
         PGVAULT_FLEET_FILE=str(work / "fleet.yaml"),
@@ -151,45 +138,18 @@ def run(args: list[str], env: dict[str, str]) -> None:
         )
 
 
-@contextlib.contextmanager
-def daemon(work: Path, env: dict[str, str]) -> Iterator[Path]:
-    """`dagster-daemon run` in a session of its own, ended with its children afterwards."""
-    dagster_daemon = str(Path(sys.executable).with_name("dagster-daemon"))
-    log_path = work / "daemon.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [dagster_daemon, "run", "-w", str(work / "dagster_home" / "workspace.yaml")],
-            cwd=work,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield log_path
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=60)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def tick_seconds(env: dict[str, str], count: int, timeout: float) -> float:
     """Wait for the tick's `count` runs to finish; first queued -> last finished, in seconds."""
-    # Dagster reads DAGSTER_HOME from the environment: import it only inside this process's env.
+    # The instance is the one DAGSTER_HOME and DAGSTER_PG_URL name in this process's env.
     os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")})
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-    finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
     ends = time.monotonic() + timeout
     with DagsterInstance.get() as instance:
         while time.monotonic() < ends:
             records = instance.get_run_records(
                 filters=RunsFilter(tags={"dagster/schedule_name": SCHEDULE})
             )
-            if len(records) >= count and all(r.dagster_run.status in finished for r in records):
+            if len(records) >= count and all(r.dagster_run.status in TERMINAL for r in records):
                 failed = [
                     r.dagster_run.run_id
                     for r in records
@@ -209,7 +169,7 @@ def one_tick(work: Path, env: dict[str, str], count: int, pgvault: str, timeout:
     # The first whole minute at least 60 s away: the daemon is up and sees the schedule first.
     tick = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
     env = {**env, "PGVAULT_BENCH_TICK_AT": f"{tick.hour}:{tick.minute}"}
-    with daemon(work, env):
+    with started_daemon(work / "dagster_home", env):
         return tick_seconds(env, count, timeout)
 
 

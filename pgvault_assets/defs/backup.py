@@ -149,61 +149,72 @@ def backup_metadata(manifest: Manifest, location: str) -> dict[str, object]:
     return metadata
 
 
-def checksum_result(vault: Vault, day: date) -> AssetCheckResult:
+def _failed(
+    exc: PgvaultError, severity: AssetCheckSeverity, name: str | None = None
+) -> AssetCheckResult:
+    return AssetCheckResult(check_name=name, passed=False, severity=severity, description=str(exc))
+
+
+def _verified(vault: Vault, day: date, full: bool, name: str | None = None) -> AssetCheckResult:
+    """`day`'s stored object against its manifest, an error unless it matches: its SHA-256 and
+    size, or with `full` all of it decrypted and authenticated (and the size it decrypts to)."""
     try:
-        verified = verify_backup(vault, day, full=False)
+        verified = verify_backup(vault, day, full=full)
     except PgvaultError as exc:
-        return AssetCheckResult(
-            check_name=CHECKSUM_MATCHES,
-            passed=False,
-            severity=AssetCheckSeverity.ERROR,
-            description=str(exc),
-        )
+        return _failed(exc, AssetCheckSeverity.ERROR, name)
     return AssetCheckResult(
-        check_name=CHECKSUM_MATCHES,
+        check_name=name,
         passed=True,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"sha256": verified.sha256, "size_bytes": verified.size_bytes},
+        metadata={"dump_size_bytes": verified.dump_size_bytes or 0}
+        if full
+        else {"sha256": verified.sha256, "size_bytes": verified.size_bytes},
+    )
+
+
+def checksum_result(vault: Vault, day: date) -> AssetCheckResult:
+    return _verified(vault, day, full=False, name=CHECKSUM_MATCHES)
+
+
+def _warning(name: str, problem: str | None, metadata: dict[str, object]) -> AssetCheckResult:
+    """A warning check: it passes when there is no `problem` to describe."""
+    return AssetCheckResult(
+        check_name=name,
+        passed=problem is None,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=problem,
     )
 
 
 def duration_result(manifest: Manifest, history: list[Manifest]) -> AssetCheckResult:
     slow, average = duration_exceeds_average(manifest, history)
     metadata: dict[str, object] = {"duration_seconds": round(manifest.duration_seconds, 3)}
+    problem = None
     if average is not None:
         metadata["average_30_day_seconds"] = round(average, 3)
-    return AssetCheckResult(
-        check_name=DURATION_WITHIN_AVERAGE,
-        passed=not slow,
-        severity=AssetCheckSeverity.WARN,
-        metadata=metadata,
-        description=(
-            f"backup took {manifest.duration_seconds:.1f} s, over twice the 30-day average "
-            f"of {average:.1f} s"
-            if slow and average is not None
-            else None
-        ),
-    )
+        if slow:
+            problem = (
+                f"backup took {manifest.duration_seconds:.1f} s, over twice the 30-day average "
+                f"of {average:.1f} s"
+            )
+    return _warning(DURATION_WITHIN_AVERAGE, problem, metadata)
 
 
 def shrink_result(manifest: Manifest, history: list[Manifest]) -> AssetCheckResult:
     shrank, previous = size_shrank(manifest, history)
     metadata: dict[str, object] = {"dump_size_bytes": manifest.dump_size_bytes}
+    problem = None
     if previous is not None:
         metadata["previous_dump_size_bytes"] = previous.dump_size_bytes
         metadata["previous_date"] = previous.date.isoformat()
-    return AssetCheckResult(
-        check_name=SIZE_NOT_SHRUNK,
-        passed=not shrank,
-        severity=AssetCheckSeverity.WARN,
-        metadata=metadata,
-        description=(
-            f"dump is {manifest.dump_size_bytes} bytes, less than half of {previous.date}'s "
-            f"{previous.dump_size_bytes}: a table may have been emptied; keep {previous.date}'s backup"
-            if shrank and previous is not None
-            else None
-        ),
-    )
+        if shrank:
+            problem = (
+                f"dump is {manifest.dump_size_bytes} bytes, less than half of {previous.date}'s "
+                f"{previous.dump_size_bytes}: a table may have been emptied; "
+                f"keep {previous.date}'s backup"
+            )
+    return _warning(SIZE_NOT_SHRUNK, problem, metadata)
 
 
 def _checkin_id(run_id: str) -> str:
@@ -411,9 +422,7 @@ def make_decrypts_fully(build: Build, names: DatabaseNames) -> AssetChecksDefini
         try:
             pinned = vault.vault(vault.settings(names.pinned))
         except PgvaultError as exc:
-            return AssetCheckResult(
-                passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
-            )
+            return _failed(exc, AssetCheckSeverity.ERROR)
         with canceled_on_interrupt(context):
             return decrypts_fully_result(pinned, date.fromisoformat(context.partition_key))
 
@@ -422,17 +431,7 @@ def make_decrypts_fully(build: Build, names: DatabaseNames) -> AssetChecksDefini
 
 def decrypts_fully_result(vault: Vault, day: date) -> AssetCheckResult:
     """The whole backup of `day` read, authenticated and checked against its manifest."""
-    try:
-        verified = verify_backup(vault, day, full=True)
-    except PgvaultError as exc:
-        return AssetCheckResult(
-            passed=False, severity=AssetCheckSeverity.ERROR, description=str(exc)
-        )
-    return AssetCheckResult(
-        passed=True,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"dump_size_bytes": verified.dump_size_bytes or 0},
-    )
+    return _verified(vault, day, full=True)
 
 
 RESTORABLE_DESCRIPTION = (
@@ -459,9 +458,7 @@ def make_restorable(build: Build, names: DatabaseNames) -> AssetChecksDefinition
         try:
             settings = vault.settings(names.pinned)
         except PgvaultError as exc:
-            return AssetCheckResult(
-                passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
-            )
+            return _failed(exc, AssetCheckSeverity.WARN)
         with canceled_on_interrupt(context):
             return restorable_result(
                 settings, vault.vault(settings), date.fromisoformat(context.partition_key)
@@ -484,9 +481,7 @@ def restorable_result(settings: Settings, vault: Vault, day: date) -> AssetCheck
     try:
         proof = verify_restorable(vault, day, server)
     except PgvaultError as exc:
-        return AssetCheckResult(
-            passed=False, severity=AssetCheckSeverity.WARN, description=str(exc)
-        )
+        return _failed(exc, AssetCheckSeverity.WARN)
     return AssetCheckResult(
         passed=True,
         severity=AssetCheckSeverity.WARN,

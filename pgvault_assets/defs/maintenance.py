@@ -48,6 +48,7 @@ from pgvault_assets.engine.monitoring.maintenance_figures import (
     KEPT_COLUMNS,
     REPORT_COLUMNS,
     RETENTION_COLUMNS,
+    Columns,
     kept_row,
     kept_totals,
     report_row,
@@ -94,6 +95,12 @@ class EachDatabase(Generic[T]):
             f"{what} failed for {len(self.failed)} of {len(self.order)} databases ({reasons}); "
             "the others were done, see the table in this step's metadata"
         )
+
+    def table(
+        self, columns: Columns, row: Callable[[str, T | None, str | None], dict[str, Any]]
+    ) -> MetadataValue:
+        """One row per database: `row(name, what it gave or None, why it failed or None)`."""
+        return _table(columns, [row(n, self.done.get(n), self.failed.get(n)) for n in self.order])
 
 
 def for_each_database(
@@ -162,12 +169,11 @@ def retention_state(context: AssetExecutionContext, vault: VaultResource) -> Mat
         return result
 
     outcome = for_each_database(context, vault, clean)
-    rows = [retention_row(n, outcome.done.get(n), outcome.failed.get(n)) for n in outcome.order]
     return _finish(
         outcome,
         "retention",
         {
-            "databases": _table(RETENTION_COLUMNS, rows),
+            "databases": outcome.table(RETENTION_COLUMNS, retention_row),
             **retention_totals(outcome.done.values()),
             "blocked_reason": "; ".join(blocked),
         },
@@ -194,16 +200,20 @@ def former_databases(
     return former
 
 
+def _health(outcome: EachDatabase[DatabaseHealth]) -> list[DatabaseHealth]:
+    """Each database's figures in the fleet's order, a failed one's saying why."""
+    return [
+        outcome.done.get(n) or DatabaseHealth(n, error=outcome.failed[n]) for n in outcome.order
+    ]
+
+
 def _report(
     context: AssetExecutionContext, outcome: EachDatabase[DatabaseHealth], now: datetime
 ) -> tuple[str, str]:
     """The report's text and key: a fleet of one's is its database's own (the manual's, week
     and 30 days side by side); a fleet's one row per database and then what needs attention."""
     settings = outcome.settings
-    health = [
-        outcome.done.get(name) or DatabaseHealth(name, error=outcome.failed[name])
-        for name in outcome.order
-    ]
+    health = _health(outcome)
     if (
         len(health) == 1
         and health[0].week
@@ -253,13 +263,7 @@ def weekly_health_report(context: AssetExecutionContext, vault: VaultResource) -
         {
             "report": MetadataValue.md(text),
             "report_location": MetadataValue.path(f"{store.location}/{key}"),
-            "databases": _table(
-                REPORT_COLUMNS,
-                [
-                    report_row(outcome.done.get(n) or DatabaseHealth(n, error=outcome.failed[n]))
-                    for n in outcome.order
-                ],
-            ),
+            "databases": _table(REPORT_COLUMNS, [report_row(h) for h in _health(outcome)]),
             **report_totals(outcome.done.values()),
             "daily_size_and_duration": MetadataValue.table(
                 records=[
@@ -300,12 +304,11 @@ def kept_databases(context: AssetExecutionContext, vault: VaultResource) -> Mate
         return result
 
     outcome = for_each_database(context, vault, drop)
-    rows = [kept_row(n, outcome.done.get(n), outcome.failed.get(n)) for n in outcome.order]
     return _finish(
         outcome,
         "dropping kept databases",
         {
-            "databases": _table(KEPT_COLUMNS, rows),
+            "databases": outcome.table(KEPT_COLUMNS, kept_row),
             "keep_previous_hours": MetadataValue.int(outcome.settings.restore_keep_previous_hours),
             **kept_totals(outcome.done.values()),
             "skipped": MetadataValue.json(skipped),

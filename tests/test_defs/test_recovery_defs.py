@@ -22,7 +22,7 @@ from tests.dbcompare import database_snapshot
 from tests.test_defs.single import disaster_recovery_drill
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import Approvers, Databases
-from tests.test_recovery.helpers import approve, prove_on_staging, request_restore
+from tests.test_recovery.helpers import approved_request
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +121,25 @@ def test_drill_schedule_fires_only_on_the_first_monday_of_each_quarter():
     assert date(2026, 6, 1) in skipped and date(2026, 1, 1) in skipped
 
 
+def run_restore_job(instance, **config):
+    """The launchpad's restore job of DAY (unless `config` says otherwise) with `config`."""
+    return restore_job.execute_in_process(
+        run_config={
+            "ops": {"restore_from_backup": {"config": {"date": DAY.isoformat(), **config}}}
+        },
+        resources=resource_defs(),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def failure_of(result) -> str:
+    """Why the run failed: its one step failure's description."""
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.user_failure_data.description
+
+
 def test_restore_job_restores_the_chosen_date_to_staging_and_records_it(
     local_env, awkward_database, make_database, monkeypatch, instance
 ):
@@ -129,11 +148,7 @@ def test_restore_job_restores_the_chosen_date_to_staging_and_records_it(
     monkeypatch.setenv("STAGING_DATABASE_URL", staging)
     manifest = back_up(awkward_database, day=DAY)
 
-    result = restore_job.execute_in_process(
-        run_config={"ops": {"restore_from_backup": {"config": {"date": DAY.isoformat()}}}},
-        resources=resource_defs(),
-        instance=instance,
-    )
+    result = run_restore_job(instance)
 
     assert result.success
     assert database_snapshot(staging) == database_snapshot(awkward_database)
@@ -149,21 +164,9 @@ def test_restore_job_refuses_production_without_a_request_and_leaves_it_untouche
     back_up(awkward_database, day=DAY)
     before = database_snapshot(awkward_database)
 
-    result = restore_job.execute_in_process(
-        run_config={
-            "ops": {
-                "restore_from_backup": {"config": {"date": DAY.isoformat(), "target": "production"}}
-            }
-        },
-        resources=resource_defs(),
-        instance=instance,
-        raise_on_error=False,
-    )
+    result = run_restore_job(instance, target="production")
 
-    assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    description = failure.step_failure_data.user_failure_data.description
-    assert "restoring to production needs an approved request" in description
+    assert "restoring to production needs an approved request" in failure_of(result)
     assert database_snapshot(awkward_database) == before
 
 
@@ -175,48 +178,17 @@ def test_restore_job_refuses_staging_that_is_production_by_another_name(
     back_up(awkward_database, day=DAY)
     before = database_snapshot(awkward_database)
 
-    result = restore_job.execute_in_process(
-        run_config={"ops": {"restore_from_backup": {"config": {"date": DAY.isoformat()}}}},
-        resources=resource_defs(),
-        instance=instance,
-        raise_on_error=False,
-    )
+    result = run_restore_job(instance)
 
-    assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    description = failure.step_failure_data.user_failure_data.description
-    assert "STAGING_DATABASE_URL and DATABASE_URL reach the same database" in description
+    assert "STAGING_DATABASE_URL and DATABASE_URL reach the same database" in failure_of(result)
     assert database_snapshot(awkward_database) == before
     assert audit_records(vault(), "staging") == []
 
 
 def test_a_bad_date_is_refused_in_one_line(local_env, instance):
-    result = restore_job.execute_in_process(
-        run_config={"ops": {"restore_from_backup": {"config": {"date": "2026-13-01"}}}},
-        resources=resource_defs(),
-        instance=instance,
-        raise_on_error=False,
-    )
+    result = run_restore_job(instance, date="2026-13-01")
 
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    assert (
-        "is not a date; use YYYY-MM-DD" in failure.step_failure_data.user_failure_data.description
-    )
-
-
-def restore_production_job(instance, **config):
-    return restore_job.execute_in_process(
-        run_config={
-            "ops": {
-                "restore_from_backup": {
-                    "config": {"date": DAY.isoformat(), "target": "production", **config}
-                }
-            }
-        },
-        resources=resource_defs(),
-        instance=instance,
-        raise_on_error=False,
-    )
+    assert "is not a date; use YYYY-MM-DD" in failure_of(result)
 
 
 def mark_production(url: str) -> None:
@@ -233,29 +205,22 @@ def sentinel_present(url: str) -> bool:
 def test_restore_job_refuses_production_with_a_single_approval(
     databases: Databases, approvers: Approvers, capsys, instance
 ):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    request_id = approved_request(capsys, approvers.alice)
     mark_production(databases.production)
 
-    result = restore_production_job(instance, request_id=request_id)
+    result = run_restore_job(instance, target="production", request_id=request_id)
 
-    assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    assert "needs 2 distinct approvers" in failure.step_failure_data.user_failure_data.description
+    assert "needs 2 distinct approvers" in failure_of(result)
     assert sentinel_present(databases.production)
 
 
 def test_restore_job_restores_production_under_a_dual_approved_request(
     databases: Databases, approvers: Approvers, capsys, instance
 ):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
     mark_production(databases.production)
 
-    result = restore_production_job(instance, request_id=request_id)
+    result = run_restore_job(instance, target="production", request_id=request_id)
 
     assert result.success
     assert not sentinel_present(databases.production)

@@ -137,14 +137,17 @@ def production_home(
 
 
 @contextlib.contextmanager
-def started_daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run` in a session of its own (with the code server and run workers it
-    starts), ended with them at the block's end."""
+def started_daemon(
+    home: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` of `home`'s workspace, in `env` (this process's by default), in a
+    session of its own (with the code server and run workers it starts), ended with them at
+    the block's end."""
     with (home / "daemon.log").open("ab") as log:
         process = subprocess.Popen(
             [DAEMON, "run", "-w", str(home / "workspace.yaml")],
             cwd=home,
-            env=dict(os.environ),
+            env=dict(os.environ if env is None else env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

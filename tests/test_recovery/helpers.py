@@ -41,3 +41,16 @@ def request_restore(capsys: pytest.CaptureFixture[str], *extra: str) -> str:
 def approve(capsys: pytest.CaptureFixture[str], request_id: str, key: Path) -> tuple[int, str]:
     code, _, err = run(capsys, "approve-restore", request_id, "--key", str(key))
     return code, err
+
+
+def approved_request(
+    capsys: pytest.CaptureFixture[str], *keys: Path, scope: tuple[str, ...] = ()
+) -> str:
+    """A production request after a staging restore that passed its integrity check, approved
+    with each of `keys`; `scope` adds to the request's arguments."""
+    prove_on_staging(capsys)
+    request_id = request_restore(capsys, *scope)
+    for key in keys:
+        code, err = approve(capsys, request_id, key)
+        assert code == 0, err
+    return request_id

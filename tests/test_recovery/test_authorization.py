@@ -25,19 +25,26 @@ from tests.test_recovery.conftest import (
     execute,
     scalar,
 )
-from tests.test_recovery.helpers import approve, prove_on_staging, request_restore, run
+from tests.test_recovery.helpers import (
+    approve,
+    approved_request,
+    prove_on_staging,
+    request_restore,
+    run,
+)
 
 SENTINEL = "written-after-the-backup@example.org"
+
+
+def write_sentinel(url: str) -> None:
+    """A row the backup does not hold: a restore removes it."""
+    execute(url, "INSERT INTO public.users (email, created_at) VALUES (%s, now())", (SENTINEL,))
 
 
 @pytest.fixture
 def production(databases: Databases) -> Databases:
     """Production holds one row the backup does not: a restore would remove it."""
-    execute(
-        databases.production,
-        "INSERT INTO public.users (email, created_at) VALUES (%s, now())",
-        (SENTINEL,),
-    )
+    write_sentinel(databases.production)
     return databases
 
 
@@ -50,23 +57,34 @@ def assert_production_untouched(databases: Databases) -> None:
     assert previous_databases(DatabaseUrl(databases.production)) == []
 
 
+def restore_to_production(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str, str]:
+    """`pgvault restore-from-backup` of DAY to production with `flags`."""
+    return run(capsys, "restore-from-backup", "--date", str(DAY), "--target", "production", *flags)
+
+
 def restore_production(capsys: pytest.CaptureFixture[str], request_id: str) -> tuple[int, str]:
-    code, _, err = run(
-        capsys,
-        "restore-from-backup",
-        *("--date", str(DAY), "--target", "production"),
-        *("--request", request_id, "--skip-confirmation"),
-    )
+    code, _, err = restore_to_production(capsys, "--request", request_id, "--skip-confirmation")
     return code, err
+
+
+def assert_refused(
+    capsys: pytest.CaptureFixture[str], request_id: str, production: Databases, reason: str
+) -> None:
+    """The restore under `request_id` fails saying `reason`, and production is as it was."""
+    code, err = restore_production(capsys, request_id)
+    assert code == 1
+    assert reason in err
+    assert_production_untouched(production)
+
+
+def only_alice_approved(request_id: str) -> str:
+    return f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
 
 
 def test_two_approvers_restore_production_and_a_second_request_rolls_it_back(
     production, approvers: Approvers, capsys
 ):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
 
     code, err = restore_production(capsys, request_id)
 
@@ -96,70 +114,37 @@ def test_two_approvers_restore_production_and_a_second_request_rolls_it_back(
 
 
 def test_one_approver_is_refused(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    request_id = approved_request(capsys, approvers.alice)
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert "valid approvals from alice@example.org; it needs 2" in err
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, only_alice_approved(request_id))
 
 
 def test_the_same_approver_twice_counts_once(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.alice)
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert "it needs 2 distinct approvers" in err
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, "it needs 2 distinct approvers")
 
 
 def test_one_key_listed_under_two_principals_counts_once(production, approvers, capsys):
     with approvers.file.open("a") as allowed:
         allowed.write(allowed_signer_line("alice-again@example.org", approvers.alice))
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.alice)
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert (
-        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
-        in err
-    )
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, only_alice_approved(request_id))
 
 
 def test_an_unlisted_key_cannot_approve(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    request_id = approved_request(capsys, approvers.alice)
 
     code, err = approve(capsys, request_id, approvers.mallory)
 
     assert code == 1
     assert "is not an approver" in err
-    code, err = restore_production(capsys, request_id)
-    assert code == 1
-    assert (
-        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
-        in err
-    )
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, only_alice_approved(request_id))
 
 
 def test_a_forged_approval_record_by_an_unlisted_key_is_ignored(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
+    request_id = approved_request(capsys, approvers.alice)
     store = vault()
     request = auth.read_request(store, request_id)
     forged = auth.sign_request(request, approvers.mallory)
@@ -171,38 +156,21 @@ def test_a_forged_approval_record_by_an_unlisted_key_is_ignored(production, appr
         now=utcnow(),
     )
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert (
-        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
-        in err
-    )
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, only_alice_approved(request_id))
 
 
 def test_a_tampered_request_voids_its_approvals(production, approvers, local_env, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
     path = local_env / "store" / "test" / "audit" / "requests" / f"{request_id}.json"
     stored = json.loads(path.read_text())
     stored["request"]["expires_at"] = "2099-01-01T00:00:00+00:00"
     path.write_text(json.dumps(stored))
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert "valid approvals from nobody" in err
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, "valid approvals from nobody")
 
 
 def test_an_expired_request_is_refused(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
     request = auth.read_request(vault(), request_id)
 
     with pytest.raises(auth.AuthorizationRefused, match="expired"):
@@ -238,16 +206,9 @@ def test_request_lifetime_follows_restore_request_ttl_hours(
 
 
 def test_a_replayed_request_is_refused(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
     assert restore_production(capsys, request_id)[0] == 0
-    execute(
-        production.production,
-        "INSERT INTO public.users (email, created_at) VALUES (%s, now())",
-        (SENTINEL,),
-    )
+    write_sentinel(production.production)
 
     code, err = restore_production(capsys, request_id)
 
@@ -260,44 +221,23 @@ def test_a_replayed_request_is_refused(production, approvers, capsys):
 def test_an_approval_by_a_key_removed_from_the_approvers_file_no_longer_counts(
     production, approvers, capsys
 ):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
     approvers.file.write_text(allowed_signer_line("alice@example.org", approvers.alice))
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert (
-        f"request {request_id} has valid approvals from alice@example.org; it needs 2 distinct"
-        in err
-    )
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, only_alice_approved(request_id))
 
 
 def test_a_backup_replaced_after_approval_is_refused(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
     back_up(production.production)  # same date, new object: a new SHA-256
 
-    code, err = restore_production(capsys, request_id)
-
-    assert code == 1
-    assert "changed since request" in err
-    assert_production_untouched(production)
+    assert_refused(capsys, request_id, production, "changed since request")
 
 
 def test_production_restore_without_a_request_is_refused_even_skipping_confirmation(
     production, capsys
 ):
-    code, _, err = run(
-        capsys,
-        "restore-from-backup",
-        *("--date", str(DAY), "--target", "production", "--skip-confirmation"),
-    )
+    code, _, err = restore_to_production(capsys, "--skip-confirmation")
 
     assert code == 2
     assert "needs an approved request" in err
@@ -348,10 +288,7 @@ def test_an_integrity_pass_of_another_backup_on_staging_does_not_count(databases
 
 
 def test_a_declined_confirmation_leaves_the_request_usable(production, approvers, capsys):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
 
     def decline(database: str) -> None:
         raise auth.AuthorizationRefused("declined")
@@ -374,16 +311,9 @@ def test_no_database_password_reaches_the_audit_trail_or_the_output(
         ("STAGING_DATABASE_URL", databases.staging),
     ):
         monkeypatch.setenv(name, url.replace("postgres@", f"postgres:{password}@"))
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
 
-    code, out, err = run(
-        capsys,
-        *("restore-from-backup", "--date", str(DAY), "--target", "production"),
-        *("--request", request_id, "--skip-confirmation"),
-    )
+    code, out, err = restore_to_production(capsys, "--request", request_id, "--skip-confirmation")
     records = b"".join(p.read_bytes() for p in (local_env / "store").rglob("*.json"))
 
     assert code == 0, err
@@ -394,16 +324,9 @@ def test_no_database_password_reaches_the_audit_trail_or_the_output(
 def test_production_restore_asks_for_the_database_name_and_without_a_terminal_refuses(
     production, approvers, capsys
 ):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
 
-    code, _, err = run(
-        capsys,
-        *("restore-from-backup", "--date", str(DAY), "--target", "production"),
-        *("--request", request_id),
-    )
+    code, _, err = restore_to_production(capsys, "--request", request_id)
 
     assert code == 2
     assert "confirmation needs a terminal" in err
@@ -414,10 +337,7 @@ def test_production_restore_asks_for_the_database_name_and_without_a_terminal_re
 def test_the_dual_authorized_restore_works_with_the_audit_trail_in_s3(
     aws_env, production, approvers, capsys
 ):
-    prove_on_staging(capsys)
-    request_id = request_restore(capsys)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(capsys, approvers.alice, approvers.bob)
 
     assert restore_production(capsys, request_id)[0] == 0
     code, err = restore_production(capsys, request_id)

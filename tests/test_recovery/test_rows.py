@@ -12,7 +12,7 @@ from pgvault_assets.settings import DatabaseUrl
 from tests.dbcompare import database_snapshot
 from tests.test_engine.helpers import DAY, back_up, vault
 from tests.test_recovery.conftest import Databases, databases_named, execute, scalar
-from tests.test_recovery.helpers import approve, prove_on_staging, request_restore, run
+from tests.test_recovery.helpers import approved_request, run
 
 CHAIN = ("public.users", "public.bookmarks", "public.notes")
 
@@ -160,11 +160,10 @@ def test_cli_apply_to_production_needs_an_approved_request(deleted, capsys):
 
 def test_rows_go_into_production_exactly_as_two_approvers_approved(deleted, approvers, capsys):
     databases, user, _ = deleted
-    prove_on_staging(capsys)
     scope = ("--table", "public.users", "--where", f"id = {user}")
-    request_id = request_restore(capsys, "--kind", "recover-rows", *scope)
-    assert approve(capsys, request_id, approvers.alice)[0] == 0
-    assert approve(capsys, request_id, approvers.bob)[0] == 0
+    request_id = approved_request(
+        capsys, approvers.alice, approvers.bob, scope=("--kind", "recover-rows", *scope)
+    )
     argv = ("recover-rows", "--date", str(DAY), "--target", "production", "--apply")
 
     widened = run(capsys, *argv, "--table", "public.users", "--request", request_id)
@@ -354,38 +353,40 @@ def shop(local_env, make_database, monkeypatch) -> tuple[DatabaseUrl, dict[str, 
     return DatabaseUrl(url), shop_rows(url)
 
 
-def test_an_order_comes_back_with_its_items_and_what_references_them(shop):
+@pytest.mark.parametrize(
+    ("table", "where", "tables"),
+    [
+        pytest.param(
+            "shop.orders",
+            "id = 4242",
+            (("shop.orders", 1), ("shop.order_items", 3), ("billing.refunds", 1)),
+            id="an order with its items and what references them",
+        ),
+        pytest.param(
+            "shop.customers",
+            "id = 7",
+            (
+                ("shop.customers", 1),
+                ("shop.orders", 5),
+                ("shop.order_items", 15),
+                ("billing.refunds", 1),
+            ),
+            id="a customer with its orders and their items",
+        ),
+    ],
+)
+def test_deleted_rows_come_back_with_what_the_delete_cascaded_to(shop, table, where, tables):
     target, before = shop
-    execute(target.secret, "DELETE FROM shop.orders WHERE id = 4242")
-    assert scalar(target.secret, "SELECT count(*) FROM shop.order_items WHERE order_id = 4242") == 0
+    execute(target.secret, f"DELETE FROM {table} WHERE {where}")
+    cascaded = shop_rows(target.secret)
+    assert {t: len(before[t]) - len(cascaded[t]) for t, _ in tables} == dict(tables)
 
     recovery = rows.recover_rows(
-        vault(), DAY, target, "shop.orders", where="id = 4242", with_dependents=True, apply=True
+        vault(), DAY, target, table, where=where, with_dependents=True, apply=True
     )
 
-    assert recovery.tables == (
-        ("shop.orders", 1),
-        ("shop.order_items", 3),
-        ("billing.refunds", 1),
-    )
-    assert recovery.inserted == 5
-    assert shop_rows(target.secret) == before
-
-
-def test_a_deleted_customer_comes_back_with_its_orders_and_their_items(shop):
-    target, before = shop
-    execute(target.secret, "DELETE FROM shop.customers WHERE id = 7")
-
-    recovery = rows.recover_rows(
-        vault(), DAY, target, "shop.customers", where="id = 7", with_dependents=True, apply=True
-    )
-
-    assert recovery.tables == (
-        ("shop.customers", 1),
-        ("shop.orders", 5),
-        ("shop.order_items", 15),
-        ("billing.refunds", 1),
-    )
+    assert recovery.tables == tables
+    assert recovery.inserted == sum(count for _, count in tables)
     assert shop_rows(target.secret) == before
 
 
