@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import os
 
-# pgvault settings that must come from the benchmark, never from the caller's shell.
-PGVAULT_VARIABLES = (
-    "DATABASE_URL",
-    "STAGING_DATABASE_URL",
-    "BACKUP_S3_BUCKET",
-    "BACKUP_KMS_KEY_ID",
-    "BACKUP_LOCAL_DIR",
-    "BACKUP_LOCAL_KEY_FILE",
-    "BACKUP_STORAGE_BUDGET_BYTES",
-    "PGVAULT_FLEET_FILE",
-    "ALERT_WEBHOOK_URL",
-    "SENTRY_DSN",
-    "DAGSTER_HOME",
-    "DAGSTER_PG_URL",
-    "ENVIRONMENT_NAME",
-    "RESTORE_PARALLEL_LOADERS",
-    "RESTORE_READ_AHEAD_MIB",
-)
+from pgvault_assets.settings import own_variables
+
+# Every variable pgvault declares as its own (settings.py), so one added there is dropped here
+# too, and Dagster's instance: these come from the benchmark, never from the caller's shell
+# (a BACKUP_COMPRESSION_LEVEL or PGVAULT_HOME left set there would change what is timed).
+# Other tools' variables pgvault also reads (AWS_*, XDG_DATA_HOME) pass through as set.
+PGVAULT_VARIABLES = (*own_variables(), "DAGSTER_HOME", "DAGSTER_PG_URL")
 
 
 def environ_without_pgvault() -> dict[str, str]:
