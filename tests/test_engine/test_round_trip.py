@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import aws_encryption_sdk
 import psycopg
@@ -129,3 +130,26 @@ def test_a_comment_left_behind_by_a_dropped_subscription_does_not_stop_a_backup(
     manifest = back_up(source)
 
     assert manifest.table_rows == {"public.kept": 1}
+
+
+def test_a_url_that_reaches_its_server_by_hostaddr_backs_up_and_restores(local_env, make_database):
+    """pg_dump and psql connect as psycopg does: every parameter of the URL that libpq reads
+    from the environment reaches them. Here the host name resolves nowhere and `hostaddr` is
+    the only way to the server; the tools used to drop it and fail on the name."""
+    source, target = make_database("src"), make_database("staging")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE notes AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 500) g"
+        )
+
+    def by_hostaddr(url: str) -> str:
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        unresolvable = parts._replace(netloc=parts.netloc.replace(parts.hostname, "db.invalid"))
+        return urlunsplit(unresolvable._replace(query=f"hostaddr={parts.hostname}"))
+
+    manifest = back_up(by_hostaddr(source))
+    restore_backup(vault(), DAY, DatabaseUrl(by_hostaddr(target)), full_verify=True)
+
+    assert manifest.table_rows == {"public.notes": 500}
+    assert database_snapshot(target) == database_snapshot(source)

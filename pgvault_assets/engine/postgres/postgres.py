@@ -40,10 +40,51 @@ _REFUSED_FOR_GOOD = re.compile(
 )
 
 
+# Each connection parameter a URL may carry that libpq also reads from the environment
+# (PostgreSQL's "Environment Variables" page), so pg_dump and psql connect as psycopg does: a
+# `hostaddr`, client certificate or `target_session_attrs` is not lost on the way. TCP
+# keepalives and `tcp_user_timeout` have no variable; the tools keep libpq's defaults for them.
+_LIBPQ_VARIABLES = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "require_auth": "PGREQUIREAUTH",
+    "channel_binding": "PGCHANNELBINDING",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "sslmode": "PGSSLMODE",
+    "requiressl": "PGREQUIRESSL",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+
+
 def libpq_env(url: DatabaseUrl) -> dict[str, str]:
     """The URL as libpq environment variables, so no secret is on a command line."""
     parts = urlsplit(url.secret)
-    env = {"PGDATABASE": url.dbname, "PGCONNECT_TIMEOUT": "10"}
+    env = {"PGCONNECT_TIMEOUT": "10"}
     if parts.hostname:
         env["PGHOST"] = unquote(parts.hostname)
     if parts.port:
@@ -52,19 +93,10 @@ def libpq_env(url: DatabaseUrl) -> dict[str, str]:
         env["PGUSER"] = unquote(parts.username)
     if url.password:
         env["PGPASSWORD"] = url.password
-    names = {
-        "sslmode": "PGSSLMODE",
-        "host": "PGHOST",
-        "port": "PGPORT",
-        "user": "PGUSER",
-        "sslrootcert": "PGSSLROOTCERT",
-        "application_name": "PGAPPNAME",
-    }
     for key, value in parse_qsl(parts.query):
-        if key in names:
-            env[names[key]] = value
-        elif key == "password":
-            env["PGPASSWORD"] = value
+        if key in _LIBPQ_VARIABLES:
+            env[_LIBPQ_VARIABLES[key]] = value
+    env["PGDATABASE"] = url.dbname  # the database the URL names, or the one pgvault chose
     return env
 
 
