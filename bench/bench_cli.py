@@ -48,7 +48,9 @@ INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 
 # The least a CLI backup that is a Dagster run can cost, with no pgvault in it: import Dagster,
 # open the same instance as the CLI does (its dagster.yaml, compute logs off), and run a job of
-# one op that does nothing, in process, with the collector treated as the CLI treats it.
+# one op that does nothing, in process, with the collector paused while Dagster and the instance
+# load and what loaded frozen, as the CLI's backup does (the CLI's other collector and logger
+# settings measured within noise of this).
 DAGSTER_FLOOR = """
 import gc, os, tempfile, yaml
 from pathlib import Path
