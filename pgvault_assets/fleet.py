@@ -187,6 +187,15 @@ class Fleet(_Model):
         url = DatabaseUrl.parse(raw, server.url_env)
         return url.with_dbname(database.dbname) if self.from_file else url
 
+    def staging_url(self, database: FleetDatabase, env: Mapping[str, str]) -> DatabaseUrl | None:
+        """`database`'s staging in a fleet file, when its server names a staging variable and
+        that is set: the staging server's URL with the database's `dbname`."""
+        variable = self.server(database.server).staging_url_env
+        raw = env.get(variable, "").strip() if variable else ""
+        if not self.from_file or not variable or not raw:
+            return None
+        return DatabaseUrl.parse(raw, variable).with_dbname(database.dbname)
+
     def staging_named(self, server: Server) -> tuple[str, str]:
         """How an error names `server`'s staging variable, and what to do when it reaches
         production. Naming only, as `names.namespace` is: a fleet file's variable is named

@@ -61,11 +61,10 @@ def _taken(settings: Settings, env: Mapping[str, str]) -> tuple[str, str, list[_
             found.setdefault(url.secret, _Taken(url, named))
     this = fleet.choose(settings.database)
     for twin in fleet.databases:
-        variable = fleet.server(twin.server).staging_url_env
-        if twin.name == this.name or twin.dbname != this.dbname or variable is None:
+        if twin.name == this.name or twin.dbname != this.dbname:
             continue
-        if raw := env.get(variable, "").strip():
-            url = DatabaseUrl.parse(raw, variable).with_dbname(twin.dbname)
+        if (url := fleet.staging_url(twin, env)) is not None:
+            variable = fleet.server(twin.server).staging_url_env
             named = f"database {twin.name}'s staging (server {twin.server}: its staging_url_env {variable})"
             found.setdefault(url.secret, _Taken(url, named))
     setting, advice = fleet.staging_named(fleet.server(this.server))
