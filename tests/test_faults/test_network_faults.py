@@ -119,3 +119,21 @@ def test_download_cut_every_time_fails_in_one_line_and_restores_nothing(
             (DatabaseUrl(target).dbname + "_",),
         ).fetchall()
     assert beside == []
+
+
+def test_verify_backup_whose_download_keeps_failing_names_the_download_not_a_damaged_backup(
+    faulty_proxy: FaultyProxy, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full verify that cannot read the object says so; it never calls an intact backup
+    truncated or tampered with because the network failed under it."""
+    back_up(source)
+    monkeypatch.setattr(reader, "RESUME_ATTEMPTS", 1)
+    faulty_proxy.fault = Fault("download", "cut", after_bytes=64 * 1024, faults=-1)
+
+    with pytest.raises(StoreError, match=r"S3 download of .* failed") as caught:
+        verify_backup(vault(), DAY, full=True)
+
+    assert "\n" not in str(caught.value)
+    assert "do not restore" not in str(caught.value)
+    faulty_proxy.fault = None
+    assert verify_backup(vault(), DAY, full=True).sha256 == vault().read_manifest(DAY).sha256
