@@ -4,6 +4,8 @@ is measured."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,7 +13,9 @@ import pytest
 
 from pgvault_assets.settings import own_variables
 
-BENCHLIB = Path(__file__).resolve().parent.parent / "bench" / "benchlib.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCHLIB = BENCH / "benchlib.py"
+SCRIPTS = sorted(path.name for path in BENCH.glob("*.py") if path != BENCHLIB)
 
 
 def benchlib() -> ModuleType:
@@ -34,3 +38,18 @@ def test_no_pgvault_setting_of_the_callers_shell_reaches_a_benchmark(
 
     assert "from-the-shell" not in env.values()
     assert env["PGVAULT_BENCH_UNRELATED"] == "kept"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_benchmark_loads_and_says_how_to_run_it(script: str):
+    """A benchmark is run by hand, not by the suite: this catches one that no longer loads (a
+    renamed test helper it borrows, a moved module) before someone needs its figures."""
+    shown = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: ")
