@@ -16,16 +16,15 @@ from dagster import AssetKey, DagsterInstance
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from pgvault_assets.engine.basics.clock import latest_complete_day, utcnow
 from pgvault_assets.engine.vault.vault import Vault
 from pgvault_assets.fleet import pin_database
 from pgvault_assets.settings import load_settings
 from tests.conftest import PG_SERVER_URL, PrivateCluster
+from tests.test_engine.helpers import DAY as BACKED_UP
 from tests.test_fleet.helpers import write_fleet
 from tests.test_recovery.helpers import run
 
-BACKED_UP = latest_complete_day(utcnow())
-DAY = BACKED_UP.isoformat()
+DAY = BACKED_UP.isoformat()  # the run's one clock: named to each backup, never read again
 NAMES = ("app_east", "app_west")
 
 
@@ -72,7 +71,7 @@ def by_another_name(cluster: PrivateCluster) -> str:
 
 def back_up_both(capsys: pytest.CaptureFixture[str]) -> None:
     for name in NAMES:
-        code, out, err = run(capsys, "backup", "--database", name)
+        code, out, err = run(capsys, "backup", "--database", name, "--date", DAY)
         assert code == 0, err
         assert f"backup {DAY} stored" in out
 
